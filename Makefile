@@ -1,0 +1,60 @@
+# alexnet-keras: every environment is created from the pinned requirements files.
+#   make demo   builds .venv if missing and runs the main job on the embedded dataset
+#   make test   builds both environments if missing and runs the whole test suite
+#   make bench  runs the benchmark scripts
+#   make lock   regenerates the exact pins from requirements*.in
+
+PYTHON ?= python3
+VENV := .venv
+VENV_VALIDATE := .venv-validate
+PY := $(VENV)/bin/python
+PY_VALIDATE := $(VENV_VALIDATE)/bin/python
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+PIP_INSTALL := pip install --quiet --disable-pip-version-check --no-deps
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+# Quieter TensorFlow start-up logs; errors still print.
+export TF_CPP_MIN_LOG_LEVEL ?= 1
+
+.PHONY: demo test test-main test-validate bench env env-validate lock clean
+
+demo: $(VENV)/.installed
+	$(PY) train.py
+
+test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
+	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed
+	$(PY) bench/model_speed.py
+
+env: $(VENV)/.installed
+env-validate: $(VENV_VALIDATE)/.installed
+
+# Every package is pinned in the requirements file, so --no-deps installs exactly that set
+# with no resolver work; `pip check` then proves the set is consistent.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/$(PIP_INSTALL) -r requirements.txt
+	$(VENV)/bin/$(PIP_INSTALL) --editable .
+	$(VENV)/bin/pip check
+	touch $@
+
+$(VENV_VALIDATE)/.installed: requirements-validate.txt
+	rm -rf $(VENV_VALIDATE)
+	$(PYTHON) -m venv $(VENV_VALIDATE)
+	$(VENV_VALIDATE)/bin/$(PIP_INSTALL) -r requirements-validate.txt
+	$(VENV_VALIDATE)/bin/pip check
+	touch $@
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/$(PIP_INSTALL) uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements.in -o requirements.txt
+	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements-validate.in -o requirements-validate.txt
+
+clean:
+	rm -rf $(VENV) $(VENV_VALIDATE) $(TOOLS) runs datasets exports .pytest_cache

@@ -1,0 +1,30 @@
+"""Shared test setup: two logical CPU devices, quiet logs, small helpers."""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Two logical CPU devices stand in for the paper's two GPUs. This must happen before
+# TensorFlow initialises its devices, so it lives here, at collection time.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+
+@pytest.fixture
+def repo_root():
+    return REPO_ROOT
+
+
+@pytest.fixture
+def python():
+    """The interpreter running the tests, for subprocesses."""
+    return sys.executable
