@@ -28,3 +28,16 @@ def repo_root():
 def python():
     """The interpreter running the tests, for subprocesses."""
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory):
+    """A small real dataset: synthetic JPEGs converted to TFRecords by the real converter."""
+    from alexnet_keras.synthetic import make_synthetic_dataset
+    from alexnet_keras.tfrecords import convert
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root / "images", num_classes=4, images_per_class=24, seed=1)
+    convert(root / "images", root / "records", val_fraction=0.25, num_shards=4, workers=2,
+            log=lambda message: None)
+    return root / "records"

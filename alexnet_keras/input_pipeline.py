@@ -1,0 +1,252 @@
+"""tf.data input pipeline: parse -> preprocess (train / eval / ten-crop) -> make_dataset.
+
+Images leave the pipeline as RGB float32 pixel values in [0, 255]; the model's first layer
+subtracts the training-set mean. The same functions serve training, evaluation and the
+serving signature.
+"""
+
+import json
+import pathlib
+
+import tensorflow as tf
+
+STORED_SIZE = 256  # records hold 256x256 images (see tfrecords.py)
+CROP_SIZE = 227  # the network's input
+PCA_NOISE_STD = 0.1  # alpha_i ~ N(0, 0.1) (paper section 4.1)
+PADDING_LABEL = -1  # marks the examples added to complete the last evaluation batch
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+class PCALighting:
+    """The eigenpairs of the training set's RGB covariance (pixel values scaled to [0, 1])."""
+
+    def __init__(self, eigenvalues, eigenvectors, std=PCA_NOISE_STD):
+        self.eigenvalues = tf.constant(eigenvalues, tf.float32)  # (3,)
+        # Columns are the eigenvectors p_1, p_2, p_3.
+        self.eigenvectors = tf.transpose(tf.constant(eigenvectors, tf.float32))  # (3, 3)
+        self.std = float(std)
+
+    @classmethod
+    def from_dataset_info(cls, dataset_info, std=PCA_NOISE_STD):
+        return cls(dataset_info["rgb_eigenvalues"], dataset_info["rgb_eigenvectors"], std)
+
+    def shift(self, alphas):
+        """Per-pixel RGB shift on the 0-255 scale: 255 * [p1 p2 p3] (alpha_i * lambda_i)."""
+        return 255.0 * tf.linalg.matvec(self.eigenvectors, alphas * self.eigenvalues)
+
+
+def load_dataset_info(data_dir):
+    """Reads `dataset.json` written by the converter."""
+    path = pathlib.Path(data_dir) / "dataset.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: convert an image folder first with data/build_tfrecords.py"
+        )
+    return json.loads(path.read_text())
+
+
+# === Parsing and decoding ===
+
+
+def parse_example(serialized):
+    """A serialized tf.train.Example -> (encoded image bytes, int32 label)."""
+    features = tf.io.parse_single_example(serialized, FEATURES)
+    return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
+
+
+def decode_image(image_bytes):
+    """JPEG / PNG / GIF / BMP bytes -> uint8 (height, width, 3)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize_and_center_crop(image, size=STORED_SIZE):
+    """Rescales the shorter side to `size` and keeps the central size x size square, as the
+    converter does; a no-op for images already size x size."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+    def rescale():
+        shorter = tf.minimum(height, width)
+        crop_top, crop_left = (height - shorter) // 2, (width - shorter) // 2
+        square = tf.image.crop_to_bounding_box(image, crop_top, crop_left, shorter, shorter)
+        resized = tf.image.resize(square, (size, size), method="bicubic", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+    already = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
+    return tf.cond(already, lambda: image, rescale)
+
+
+# === Preprocessing ===
+
+
+def preprocess_for_train(image_bytes, seed, pca=None, crop_size=CROP_SIZE):
+    """Random crop_size crop of the 256x256 image, random horizontal flip and PCA lighting
+    noise, all drawn from the stateless `seed` (shape (2,) int). -> float32 in [0, 255]."""
+    image = resize_and_center_crop(decode_image(image_bytes))
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    image = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=seeds[0])
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    image = tf.cast(image, tf.float32)
+    if pca is not None:
+        alphas = tf.random.stateless_normal((3,), seed=seeds[2], stddev=pca.std)
+        image = image + pca.shift(alphas)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def preprocess_for_eval(image_bytes, crop_size=CROP_SIZE):
+    """Central crop_size crop of the 256x256 image (any image is first rescaled and
+    centre-cropped to 256x256 as the converter does). -> float32 in [0, 255]."""
+    image = resize_and_center_crop(decode_image(image_bytes))
+    offset = (STORED_SIZE - crop_size) // 2
+    image = tf.image.crop_to_bounding_box(image, offset, offset, crop_size, crop_size)
+    return tf.cast(image, tf.float32)
+
+
+def ten_crop(image_bytes, crop_size=CROP_SIZE):
+    """The paper's test-time patches: four corners and the centre, and their mirrors.
+    -> float32 (10, crop_size, crop_size, 3), the five crops first, then their mirrors."""
+    image = tf.cast(resize_and_center_crop(decode_image(image_bytes)), tf.float32)
+    far = STORED_SIZE - crop_size
+    center = far // 2
+    offsets = [(0, 0), (0, far), (far, 0), (far, far), (center, center)]
+    crops = tf.stack(
+        [tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size) for top, left in offsets]
+    )
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+
+
+# === Datasets ===
+
+
+def list_shards(file_pattern):
+    """Sorted shard paths matching `file_pattern`; a clear error when there are none."""
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {file_pattern}")
+    return files
+
+
+def make_dataset(
+    file_pattern,
+    global_batch_size,
+    training,
+    input_context=None,
+    pca=None,
+    shuffle_buffer=10_000,
+    seed=0,
+    deterministic=False,
+    num_examples=None,
+    ten_crops=False,
+):
+    """Batched (images, labels) from TFRecord shards.
+
+    Training: endless (repeat), shuffled, augmented, `drop_remainder`, so every replica of
+    every worker sees the same number of steps. Evaluation: one pass in file order; when
+    `num_examples` is given the last batch is completed with images labelled PADDING_LABEL,
+    so every replica has a full batch (needed under MultiWorkerMirroredStrategy); drop them
+    with `labels != PADDING_LABEL`. `ten_crops` gives (batch, 10, 227, 227, 3) images.
+
+    Under tf.distribute, pass the `tf.distribute.InputContext`: the batch is then the
+    per-replica batch and the data is sharded among the input pipelines, by file when there
+    are at least as many files as pipelines, else by example.
+    """
+    files = list_shards(file_pattern)
+    num_pipelines, pipeline_index = 1, 0
+    batch_size = global_batch_size
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_index = input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+
+    by_file = training and len(files) >= num_pipelines
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if by_file and num_pipelines > 1:
+        dataset = dataset.shard(num_pipelines, pipeline_index)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    dataset = dataset.interleave(
+        _read_records,
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic or not training,
+    )
+    if not by_file and num_pipelines > 1 and training:
+        dataset = dataset.shard(num_pipelines, pipeline_index)
+
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # One independent stateless seed per example: reproducible in deterministic mode.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+        dataset = tf.data.Dataset.zip((dataset, seeds))
+        dataset = dataset.map(
+            lambda record, example_seed: _train_example(record, example_seed, pca),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+    else:
+        preprocess = ten_crop if ten_crops else preprocess_for_eval
+        dataset = dataset.map(
+            lambda record: _eval_example(record, preprocess),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if num_examples is not None:
+            dataset = _pad_to_full_batches(
+                dataset, num_examples, global_batch_size, ten_crops
+            )
+            if num_pipelines > 1:
+                dataset = dataset.shard(num_pipelines, pipeline_index)
+        dataset = dataset.batch(batch_size, drop_remainder=num_examples is not None)
+
+    options = tf.data.Options()
+    options.deterministic = deterministic or not training
+    # Sharding is done above; tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _read_records(filename):
+    return tf.data.TFRecordDataset(filename)
+
+
+def _train_example(record, seed, pca):
+    image_bytes, label = parse_example(record)
+    return preprocess_for_train(image_bytes, seed, pca), label
+
+
+def _eval_example(record, preprocess):
+    image_bytes, label = parse_example(record)
+    return preprocess(image_bytes), label
+
+
+def find_corrupt_record(file_pattern):
+    """Scans the shards and describes the first unreadable record, naming its file; None if
+    all records read and parse. tf.data's own errors do not say which file was bad."""
+    for filename in list_shards(file_pattern):
+        index = 0
+        try:
+            for index, record in enumerate(tf.data.TFRecordDataset(filename)):
+                image_bytes, _ = parse_example(record)
+                decode_image(image_bytes)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            reason = error.message.splitlines()[0] if error.message else type(error).__name__
+            return f"{filename}: record {index}: {reason}"
+    return None
+
+
+def _pad_to_full_batches(dataset, num_examples, global_batch_size, ten_crops):
+    padding = (-num_examples) % global_batch_size
+    if padding == 0:
+        return dataset.take(num_examples)
+    shape = (10, CROP_SIZE, CROP_SIZE, 3) if ten_crops else (CROP_SIZE, CROP_SIZE, 3)
+    filler = tf.data.Dataset.from_tensors(
+        (tf.zeros(shape, tf.float32), tf.constant(PADDING_LABEL, tf.int32))
+    ).repeat(padding)
+    return dataset.take(num_examples).concatenate(filler)

@@ -1,0 +1,514 @@
+"""Image folders -> sharded TFRecords, with the paper's rescale-and-crop and dataset statistics.
+
+Layout read (as torchvision's ImageFolder): `IN/train/<class>/...` with an optional
+`IN/val/<class>/...`, or `IN/<class>/...` directly. Class index = position of the class name
+in sorted order. Images are decoded with Pillow in worker processes; the parent process
+writes the shards, each under a temporary name renamed when complete, so a killed run never
+leaves a shard that looks finished and the same command completes the job.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import random
+import sys
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+STORED_SIZE = 256  # shorter side rescaled to 256, central 256x256 kept (paper section 2)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+SPLIT_NAMES = ("train", "validation")
+# Pillow's own warning threshold: larger images are refused as decompression bombs before
+# any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+MIN_SHORTER_SIDE = 16
+EXAMPLES_PER_SHARD = 1024
+SUMMARY_DIR = "_shard_summaries"
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One source image: its path relative to the input folder and its label."""
+
+    relative_path: str
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    split: str
+    index: int
+    count: int
+    items: tuple
+
+    @property
+    def name(self):
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}.tfrecord"
+
+    def fingerprint(self, settings):
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for item in self.items:
+            digest.update(f"{item.relative_path}\0{item.label}\n".encode())
+        return digest.hexdigest()
+
+
+class ConversionError(ValueError):
+    """The input folder cannot be converted (missing, empty, no class folders...)."""
+
+
+# === Discovery ===
+
+
+def _image_files(folder):
+    """Image files under `folder` (recursively, sorted), and the other files ignored."""
+    images, ignored = [], []
+    for root, directories, files in os.walk(folder):
+        directories[:] = sorted(d for d in directories if not d.startswith("."))
+        for name in sorted(files):
+            path = pathlib.Path(root) / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                ignored.append(path)
+            else:
+                images.append(path)
+    return images, ignored
+
+
+def _class_folders(folder):
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def discover(input_dir, val_fraction=0.05, seed=0):
+    """Lists the splits: {"train": [Item...], "validation": [Item...]}, class names, ignored."""
+    input_dir = pathlib.Path(input_dir)
+    if not input_dir.is_dir():
+        raise ConversionError(f"input folder {input_dir} does not exist or is not a folder")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConversionError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+    train_dir = input_dir / "train" if (input_dir / "train").is_dir() else input_dir
+    val_dir = input_dir / "val" if train_dir != input_dir else None
+    class_names = _class_folders(train_dir)
+    if not class_names:
+        raise ConversionError(
+            f"{train_dir} holds no class folders: expected {train_dir}/<class_name>/<image files>"
+        )
+    ignored = []
+    per_class = {}
+    for label, class_name in enumerate(class_names):
+        images, skipped = _image_files(train_dir / class_name)
+        ignored += skipped
+        per_class[label] = [Item(str(p.relative_to(input_dir)), label) for p in images]
+    if not any(per_class.values()):
+        raise ConversionError(f"no image files found in the class folders of {train_dir}")
+
+    splits = {"train": [], "validation": []}
+    if val_dir is not None and val_dir.is_dir():
+        unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
+        if unknown:
+            raise ConversionError(
+                f"{val_dir} has class folders that {train_dir} lacks: {', '.join(unknown)}"
+            )
+        for items in per_class.values():
+            splits["train"] += items
+        for class_name in _class_folders(val_dir):
+            images, skipped = _image_files(val_dir / class_name)
+            ignored += skipped
+            label = class_names.index(class_name)
+            splits["validation"] += [Item(str(p.relative_to(input_dir)), label) for p in images]
+    else:
+        # Hold out a seeded fraction of each class.
+        for label, items in per_class.items():
+            shuffled = list(items)
+            random.Random(f"{seed}-{label}").shuffle(shuffled)
+            held_out = int(round(val_fraction * len(shuffled)))
+            splits["validation"] += shuffled[:held_out]
+            splits["train"] += shuffled[held_out:]
+    return splits, class_names, [str(p.relative_to(input_dir)) for p in ignored]
+
+
+def plan_shards(splits, num_shards=None, seed=0):
+    """Shuffles each split (seeded) and deals it into shards, so no shard is class-ordered."""
+    shards = []
+    train_count = len(splits["train"])
+    train_shards = num_shards or _default_shard_count(train_count, minimum=4)
+    for split in SPLIT_NAMES:
+        items = sorted(splits[split], key=lambda item: item.relative_path)
+        if not items:
+            continue
+        random.Random(f"{seed}-{split}").shuffle(items)
+        if split == "train":
+            count = min(train_shards, len(items))
+        else:
+            proportional = math.ceil(train_shards * len(items) / max(train_count, 1))
+            count = min(len(items), max(1, proportional))
+        for index in range(count):
+            shards.append(Shard(split, index, count, tuple(items[index::count])))
+    return shards
+
+
+def _default_shard_count(count, minimum):
+    return max(minimum, math.ceil(count / EXAMPLES_PER_SHARD))
+
+
+# === Per-image work (runs in worker processes: Pillow and NumPy only) ===
+
+
+def _to_rgb(image, background=(255, 255, 255)):
+    """Any Pillow image -> 8-bit RGB; transparency is composited on `background`."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if pixels.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(pixels * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def load_and_crop(path, max_pixels=DEFAULT_MAX_PIXELS, size=STORED_SIZE):
+    """Decodes an image file and returns its central size x size RGB crop (shorter side
+    rescaled to `size`), as a Pillow image. Raises ValueError with the reason on bad input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise ValueError(f"decompression bomb refused: {error}") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError("not an image Pillow can identify") from None
+        except OSError as error:
+            raise ValueError(f"unreadable: {error}") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ValueError(
+                f"decompression bomb refused: {width}x{height} pixels is more than "
+                f"--max_pixels {max_pixels}"
+            )
+        if min(width, height) < MIN_SHORTER_SIDE:
+            raise ValueError(
+                f"image too small: {width}x{height} (shorter side under {MIN_SHORTER_SIDE})"
+            )
+        try:
+            if image.format == "JPEG":
+                # Let the JPEG decoder downscale by 1/2, 1/4 or 1/8 while staying >= size.
+                scale = min(width, height) / size
+                if scale >= 2:
+                    image.draft("RGB", (math.ceil(width / scale), math.ceil(height / scale)))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise ValueError(f"corrupt or truncated image data: {error}") from None
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    # Cropping the central square first, then resizing it, equals "shorter side to 256, then
+    # central 256x256 crop", and never builds a huge intermediate for extreme aspect ratios.
+    return image.resize(
+        (size, size),
+        resample=Image.Resampling.BICUBIC,
+        box=(left, top, left + side, top + side),
+        reducing_gap=3.0,
+    )
+
+
+def process_item(task):
+    """Worker entry point: (input_dir, item, settings) -> result dict, never raises."""
+    input_dir, item, settings = task
+    try:
+        image = load_and_crop(
+            os.path.join(input_dir, item.relative_path), max_pixels=settings["max_pixels"]
+        )
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=settings["jpeg_quality"])
+        pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
+        return {
+            "item": item,
+            "encoded": buffer.getvalue(),
+            "pixel_sum": pixels.sum(axis=0),
+            "pixel_outer": pixels.T @ pixels,
+            "pixel_count": pixels.shape[0],
+        }
+    except ValueError as error:
+        return {"item": item, "error": str(error)}
+    except Exception as error:  # a bad file must never stop the run
+        return {"item": item, "error": f"{type(error).__name__}: {error}"}
+
+
+# === Writing ===
+
+
+def _example(encoded, item, class_names):
+    import tensorflow as tf
+
+    def bytes_feature(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def int_feature(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    features = {
+        "image/encoded": bytes_feature(encoded),
+        "image/format": bytes_feature(b"JPEG"),
+        "image/height": int_feature(STORED_SIZE),
+        "image/width": int_feature(STORED_SIZE),
+        "image/class/label": int_feature(item.label),
+        "image/class/text": bytes_feature(class_names[item.label].encode()),
+        "image/filename": bytes_feature(item.relative_path.encode()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def _write_shard(shard, results, output_dir, class_names, fingerprint):
+    """Writes one shard from its results; the shard appears under its final name only once
+    complete, after the summary the resume logic reads."""
+    import tensorflow as tf
+
+    output_dir = pathlib.Path(output_dir)
+    final = output_dir / shard.name
+    temporary = output_dir / f"{shard.name}.tmp-{os.getpid()}"
+    summary = {
+        "fingerprint": fingerprint,
+        "split": shard.split,
+        "examples": 0,
+        "class_counts": [0] * len(class_names),
+        "skipped": [],
+        "pixel_sum": [0.0] * 3,
+        "pixel_outer": [[0.0] * 3 for _ in range(3)],
+        "pixel_count": 0,
+    }
+    pixel_sum, pixel_outer = np.zeros(3), np.zeros((3, 3))
+    with tf.io.TFRecordWriter(str(temporary)) as writer:
+        for result in results:
+            item = result["item"]
+            if "error" in result:
+                summary["skipped"].append({"file": item.relative_path, "reason": result["error"]})
+                continue
+            writer.write(_example(result["encoded"], item, class_names))
+            summary["examples"] += 1
+            summary["class_counts"][item.label] += 1
+            pixel_sum += result["pixel_sum"]
+            pixel_outer += result["pixel_outer"]
+            summary["pixel_count"] += result["pixel_count"]
+    summary["pixel_sum"] = pixel_sum.tolist()
+    summary["pixel_outer"] = pixel_outer.tolist()
+    summary_path = output_dir / SUMMARY_DIR / f"{shard.name}.json"
+    _atomic_write_text(summary_path, json.dumps(summary))
+    os.replace(temporary, final)
+    return summary
+
+
+def _atomic_write_text(path, text):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _completed_summary(shard, output_dir, fingerprint):
+    """The shard's summary if it was completed by an identical earlier run, else None."""
+    final = pathlib.Path(output_dir) / shard.name
+    summary_path = pathlib.Path(output_dir) / SUMMARY_DIR / f"{shard.name}.json"
+    if not (final.exists() and summary_path.exists()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError:
+        return None
+    return summary if summary.get("fingerprint") == fingerprint else None
+
+
+def _remove_stale_files(output_dir, shards):
+    """Removes temporary files of killed runs and shards of a different plan."""
+    expected = {shard.name for shard in shards}
+    removed = []
+    for path in pathlib.Path(output_dir).iterdir():
+        name = path.name
+        ours = name.startswith(tuple(f"{split}-" for split in SPLIT_NAMES)) and ".tfrecord" in name
+        if ours and name not in expected:
+            path.unlink()
+            removed.append(name)
+    summary_dir = pathlib.Path(output_dir) / SUMMARY_DIR
+    if summary_dir.is_dir():
+        for path in summary_dir.iterdir():
+            if path.name.removesuffix(".json") not in expected:
+                path.unlink()
+    return removed
+
+
+# === Statistics ===
+
+
+def pixel_statistics(pixel_sum, pixel_outer, pixel_count):
+    """Mean and std (0-255 scale) and the eigenpairs of the RGB covariance (0-1 scale)."""
+    if pixel_count == 0:
+        raise ConversionError("no training image could be converted: nothing to compute")
+    mean = np.asarray(pixel_sum) / pixel_count
+    covariance = np.asarray(pixel_outer) / pixel_count - np.outer(mean, mean)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    return {
+        "rgb_mean": (mean * 255.0).tolist(),
+        "rgb_std": (np.sqrt(np.diag(covariance)) * 255.0).tolist(),
+        "rgb_covariance": covariance.tolist(),
+        # eigenvectors[i] is the unit vector of eigenvalues[i], on pixel values scaled to
+        # [0, 1] (the scale the paper's PCA noise is defined on).
+        "rgb_eigenvalues": np.maximum(eigenvalues[order], 0.0).tolist(),
+        "rgb_eigenvectors": eigenvectors[:, order].T.tolist(),
+    }
+
+
+# === The job ===
+
+
+def convert(
+    input_dir,
+    output_dir,
+    val_fraction=0.05,
+    num_shards=None,
+    workers=None,
+    seed=0,
+    jpeg_quality=95,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    num_partitions=1,
+    partition_index=0,
+    progress=None,
+    log=lambda message: print(message, file=sys.stderr),
+):
+    """Converts an image folder; returns the dataset summary written to dataset.json, or
+    None when this was one partition of several and others are still missing."""
+    if not 1 <= jpeg_quality <= 100:
+        raise ConversionError(f"--jpeg_quality must be in [1, 100], got {jpeg_quality}")
+    if num_partitions < 1 or not 0 <= partition_index < num_partitions:
+        raise ConversionError(
+            f"--partition_index must be in [0, {num_partitions}), got {partition_index}"
+        )
+    if num_shards is not None and num_shards < 1:
+        raise ConversionError(f"--num_shards must be >= 1, got {num_shards}")
+    workers = workers or os.cpu_count() or 1
+    input_dir = pathlib.Path(input_dir).resolve()
+    output_dir = pathlib.Path(output_dir)
+    splits, class_names, ignored = discover(input_dir, val_fraction, seed)
+    shards = plan_shards(splits, num_shards, seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    removed = _remove_stale_files(output_dir, shards)
+    if removed:
+        log(f"removed {len(removed)} leftover or stale shard files from {output_dir}")
+
+    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE}
+    summaries, todo = {}, []
+    for shard in shards:
+        fingerprint = shard.fingerprint(settings)
+        summary = _completed_summary(shard, output_dir, fingerprint)
+        if summary is not None:
+            summaries[shard.name] = summary
+        elif shard.index % num_partitions == partition_index:
+            todo.append((shard, fingerprint))
+    if len(summaries) and todo:
+        log(f"resuming: {len(summaries)} of {len(shards)} shards already complete")
+
+    total = sum(len(shard.items) for shard, _ in todo)
+    bar = progress(total) if progress and total else None
+    tasks = [(str(input_dir), item, settings) for shard, _ in todo for item in shard.items]
+    pool = None
+    try:
+        if workers > 1 and total > 1:
+            pool = _worker_pool(workers)
+            results = pool.imap(process_item, tasks, chunksize=8)
+        else:
+            results = map(process_item, tasks)
+        for shard, fingerprint in todo:
+            shard_results = []
+            for _ in shard.items:
+                shard_results.append(next(results))
+                if bar is not None:
+                    bar.update(1)
+            summaries[shard.name] = _write_shard(
+                shard, shard_results, output_dir, class_names, fingerprint
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    missing = [shard.name for shard in shards if shard.name not in summaries]
+    if missing:
+        log(
+            f"partition {partition_index} of {num_partitions} is complete; {len(missing)} "
+            f"shards of other partitions are missing. Gather all partitions' files in one "
+            f"folder and run the command without --partition_index to write dataset.json."
+        )
+        return None
+    dataset = _dataset_summary(
+        shards, summaries, class_names, ignored,
+        arguments={
+            "input_dir": str(input_dir),
+            "val_fraction": val_fraction,
+            "num_shards": num_shards,
+            "seed": seed,
+            "jpeg_quality": jpeg_quality,
+            "max_pixels": max_pixels,
+        },
+    )
+    (output_dir / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
+    _atomic_write_text(output_dir / "dataset.json", json.dumps(dataset, indent=2))
+    return dataset
+
+
+def _worker_pool(workers):
+    """Decoding workers. On Linux they are forked before this process runs any TensorFlow
+    op (TensorFlow is imported but idle), so they start at once and use only Pillow and
+    NumPy; elsewhere they are spawned and import the package themselves."""
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
+def _dataset_summary(shards, summaries, class_names, ignored, arguments):
+    counts = {split: 0 for split in SPLIT_NAMES}
+    class_counts = {split: [0] * len(class_names) for split in SPLIT_NAMES}
+    shard_counts = {split: 0 for split in SPLIT_NAMES}
+    skipped = []
+    pixel_sum, pixel_outer, pixel_count = np.zeros(3), np.zeros((3, 3)), 0
+    for shard in shards:
+        summary = summaries[shard.name]
+        counts[shard.split] += summary["examples"]
+        shard_counts[shard.split] += 1
+        class_counts[shard.split] = [
+            a + b for a, b in zip(class_counts[shard.split], summary["class_counts"])
+        ]
+        skipped += [dict(entry, split=shard.split) for entry in summary["skipped"]]
+        if shard.split == "train":
+            pixel_sum += summary["pixel_sum"]
+            pixel_outer += np.asarray(summary["pixel_outer"])
+            pixel_count += summary["pixel_count"]
+    return {
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "image_size": STORED_SIZE,
+        "num_examples": counts,
+        "num_shards": shard_counts,
+        "class_counts": {
+            split: dict(zip(class_names, class_counts[split])) for split in SPLIT_NAMES
+        },
+        **pixel_statistics(pixel_sum, pixel_outer, pixel_count),
+        "skipped": sorted(skipped, key=lambda entry: entry["file"]),
+        "ignored_files": len(ignored),
+        "arguments": arguments,
+    }
