@@ -235,7 +235,9 @@ def process_item(task):
         )
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=settings["jpeg_quality"])
-        pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255.0
+        # Statistics of what training will decode, not of the pixels before JPEG coding.
+        with Image.open(io.BytesIO(buffer.getvalue())) as stored:
+            pixels = np.asarray(stored.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
         return {
             "item": item,
             "encoded": buffer.getvalue(),

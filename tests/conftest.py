@@ -19,12 +19,12 @@ tf.config.set_logical_device_configuration(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def python():
     """The interpreter running the tests, for subprocesses."""
     return sys.executable

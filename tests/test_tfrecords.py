@@ -1,0 +1,280 @@
+"""The converter on real files: good images, every kind of bad one, kill -9 and resume."""
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from alexnet_keras.synthetic import make_synthetic_dataset
+
+CONVERTER = ["data/build_tfrecords.py"]
+
+
+def run_converter(python, repo_root, *arguments, timeout=600):
+    return subprocess.run(
+        [python, *CONVERTER, *map(str, arguments)],
+        cwd=repo_root, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def read_records(output_dir, split):
+    examples = []
+    for path in sorted(output_dir.glob(f"{split}-*.tfrecord")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            example = tf.train.Example.FromString(record.numpy())
+            feature = example.features.feature
+            examples.append({
+                "shard": path.name,
+                "filename": feature["image/filename"].bytes_list.value[0].decode(),
+                "label": feature["image/class/label"].int64_list.value[0],
+                "text": feature["image/class/text"].bytes_list.value[0].decode(),
+                "height": feature["image/height"].int64_list.value[0],
+                "width": feature["image/width"].int64_list.value[0],
+                "format": feature["image/format"].bytes_list.value[0],
+                "encoded": feature["image/encoded"].bytes_list.value[0],
+            })
+    return examples
+
+
+def decode(encoded):
+    return tf.io.decode_jpeg(encoded, dct_method="INTEGER_ACCURATE")
+
+
+def save(image, path, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+def png_with_header_size(width, height):
+    """A small PNG file whose header claims width x height (a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Good images of three classes next to every kind of bad file. Returns (root, good
+    relative paths, {bad relative path: expected words of the reason})."""
+    root = tmp_path_factory.mktemp("messy") / "images"
+    make_synthetic_dataset(root, num_classes=3, images_per_class=12, seed=5)
+    good = {str(p.relative_to(root)) for p in root.rglob("*.jpg")}
+    circle, square, triangle = root / "circle", root / "square", root / "triangle"
+    rng = np.random.default_rng(0)
+
+    # Unusual but valid: converted.
+    save(Image.new("RGB", (300, 280), (200, 10, 10)), circle / "png_named.jpg", format="PNG")
+    save(Image.new("CMYK", (300, 260), (10, 200, 30, 0)), circle / "cmyk.jpg", format="JPEG")
+    sixteen = Image.fromarray((rng.uniform(0, 65535, (270, 290))).astype(np.uint16))
+    save(sixteen, square / "sixteen_bit.png")
+    palette = Image.new("P", (280, 300))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    save(palette, square / "palette.png", transparency=0)
+    save(Image.new("RGBA", (300, 300), (0, 0, 255, 0)), square / "transparent.png")
+    save(Image.new("RGB", (60, 40), (0, 255, 0)), triangle / "small.jpg", quality=95)
+    save(Image.new("RGB", (3000, 40), (0, 0, 255)), triangle / "wide.jpg", quality=95)
+    save(Image.new("L", (280, 280), 77), triangle / "grey.jpg")
+    # EXIF orientation 6: the stored image is shown rotated 90 degrees clockwise.
+    oriented = Image.new("RGB", (300, 260), (255, 0, 0))
+    oriented.paste((0, 0, 255), (150, 0, 300, 260))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(oriented, triangle / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    good |= {"circle/png_named.jpg", "circle/cmyk.jpg", "square/sixteen_bit.png",
+             "square/palette.png", "square/transparent.png", "triangle/small.jpg",
+             "triangle/wide.jpg", "triangle/grey.jpg", "triangle/rotated.jpg"}
+
+    bad = {}
+    (circle / "empty.jpg").write_bytes(b"")
+    bad["circle/empty.jpg"] = "not an image"
+    whole = (circle / "circle_0000.jpg").read_bytes()
+    (circle / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    bad["circle/truncated.jpg"] = "truncated"
+    (square / "noise.jpg").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    bad["square/noise.jpg"] = "not an image"
+    (square / "notes.png").write_text("this is not a picture\n")
+    bad["square/notes.png"] = "not an image"
+    (triangle / "bomb.png").write_bytes(png_with_header_size(30000, 30000))
+    bad["triangle/bomb.png"] = "decompression bomb"
+    save(Image.new("RGB", (12, 400)), triangle / "sliver.png")
+    bad["triangle/sliver.png"] = "too small"
+    os.symlink(root / "does-not-exist.jpg", triangle / "dangling.jpg")
+    bad["triangle/dangling.jpg"] = "unreadable"
+    # Not images at all: ignored, not reported.
+    (circle / "README.txt").write_text("notes")
+    (square / ".DS_Store").write_bytes(b"\x00\x01")
+    return root, good, bad
+
+
+@pytest.fixture(scope="module")
+def converted(messy_folder, tmp_path_factory, python, repo_root):
+    root, _, _ = messy_folder
+    output_dir = tmp_path_factory.mktemp("converted")
+    result = run_converter(python, repo_root, "--input_dir", root, "--output_dir", output_dir,
+                           "--val_fraction", "0.25", "--num_shards", "3", "--workers", "2")
+    return result, output_dir
+
+
+def test_every_good_file_lands_exactly_once(messy_folder, converted):
+    _, good, _ = messy_folder
+    result, output_dir = converted
+    assert result.returncode == 0, result.stderr
+    examples = read_records(output_dir, "train") + read_records(output_dir, "validation")
+    filenames = [example["filename"] for example in examples]
+    assert sorted(filenames) == sorted(good)
+    for example in examples:
+        assert (example["height"], example["width"], example["format"]) == (256, 256, b"JPEG")
+        image = decode(example["encoded"])
+        assert image.shape == (256, 256, 3)
+    dataset = json.loads((output_dir / "dataset.json").read_text())
+    assert dataset["num_examples"]["train"] + dataset["num_examples"]["validation"] == len(good)
+    assert dataset["ignored_files"] == 2
+    assert "wrote" in result.stdout and "skipped 7" in result.stdout
+
+
+def test_every_bad_file_is_reported_with_its_reason(messy_folder, converted):
+    _, _, bad = messy_folder
+    result, output_dir = converted
+    dataset = json.loads((output_dir / "dataset.json").read_text())
+    reasons = {entry["file"]: entry["reason"] for entry in dataset["skipped"]}
+    assert set(reasons) == set(bad)
+    for filename, words in bad.items():
+        assert words in reasons[filename], (filename, reasons[filename])
+        assert filename in result.stderr
+
+
+def test_labels_follow_sorted_folder_names(converted):
+    _, output_dir = converted
+    assert (output_dir / "labels.txt").read_text().split() == ["circle", "square", "triangle"]
+    for example in read_records(output_dir, "train") + read_records(output_dir, "validation"):
+        folder = example["filename"].split("/")[0]
+        assert example["text"] == folder
+        assert example["label"] == ["circle", "square", "triangle"].index(folder)
+
+
+def test_shards_are_not_class_ordered(converted):
+    _, output_dir = converted
+    for shard in sorted(output_dir.glob("train-*.tfrecord")):
+        labels = [e["label"] for e in read_records(output_dir, "train") if e["shard"] == shard.name]
+        assert len(set(labels)) == 3
+        assert labels != sorted(labels)
+
+
+def test_images_are_oriented_and_composited(converted):
+    _, output_dir = converted
+    examples = {e["filename"]: e for e in read_records(output_dir, "train") + read_records(output_dir, "validation")}
+    rotated = decode(examples["triangle/rotated.jpg"]["encoded"]).numpy()
+    # After the EXIF rotation the red half is on top and the blue half at the bottom.
+    assert rotated[20, 128, 0] > 200 and rotated[20, 128, 2] < 50
+    assert rotated[235, 128, 2] > 200 and rotated[235, 128, 0] < 50
+    transparent = decode(examples["square/transparent.png"]["encoded"]).numpy()
+    assert transparent.min() > 245  # fully transparent blue on the white background
+    cmyk = decode(examples["circle/cmyk.jpg"]["encoded"]).numpy().astype(int)
+    assert cmyk[..., 1].mean() < 100 < cmyk[..., 0].mean()
+
+
+def test_statistics_match_numpy_over_the_decoded_training_images(converted):
+    _, output_dir = converted
+    dataset = json.loads((output_dir / "dataset.json").read_text())
+    pixels = np.concatenate([
+        decode(e["encoded"]).numpy().reshape(-1, 3).astype(np.float64)
+        for e in read_records(output_dir, "train")
+    ])
+    np.testing.assert_allclose(dataset["rgb_mean"], pixels.mean(axis=0), atol=0.5)
+    np.testing.assert_allclose(dataset["rgb_std"], pixels.std(axis=0), rtol=0.01)
+    covariance = np.cov((pixels / 255.0).T, bias=True)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    np.testing.assert_allclose(dataset["rgb_eigenvalues"], eigenvalues[::-1], rtol=0.02)
+    for ours, theirs in zip(dataset["rgb_eigenvectors"], eigenvectors[:, ::-1].T):
+        assert abs(abs(np.dot(ours, theirs)) - 1.0) < 1e-3  # same direction, up to sign
+
+
+def test_explicit_val_folder_is_used(tmp_path, python, repo_root):
+    make_synthetic_dataset(tmp_path / "in" / "train", num_classes=2, images_per_class=6, seed=1)
+    make_synthetic_dataset(tmp_path / "in" / "val", num_classes=2, images_per_class=2, seed=2)
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    validation = read_records(tmp_path / "out", "validation")
+    assert sorted(e["filename"] for e in validation) == sorted(
+        f"val/{c}/{c}_{i:04d}.jpg" for c in ("circle", "square") for i in range(2))
+    assert len(read_records(tmp_path / "out", "train")) == 12
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no class folders"),
+    ("flat", "holds no class folders"),
+    ("no_images", "no image files"),
+])
+def test_unusable_input_folders_fail_clearly(tmp_path, python, repo_root, layout, message):
+    input_dir = tmp_path / "in"
+    if layout != "missing":
+        input_dir.mkdir()
+    if layout == "flat":
+        Image.new("RGB", (300, 300)).save(input_dir / "lonely.jpg")
+    if layout == "no_images":
+        (input_dir / "cats").mkdir()
+        (input_dir / "cats" / "notes.txt").write_text("no pictures here")
+    result = run_converter(python, repo_root, "--input_dir", input_dir,
+                           "--output_dir", tmp_path / "out")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, python, repo_root):
+    input_dir, output_dir = tmp_path / "in", tmp_path / "out"
+    make_synthetic_dataset(input_dir, num_classes=4, images_per_class=100, seed=3)
+    arguments = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "10",
+                 "--workers", "1", "--val_fraction", "0.1"]
+    process = subprocess.Popen([python, *CONVERTER, *map(str, arguments)], cwd=repo_root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(output_dir.glob("train-*.tfrecord"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the conversion finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p.name for p in output_dir.glob("*.tfrecord")}
+    assert 2 <= len(finished) < 11 and not (output_dir / "dataset.json").exists()
+
+    result = run_converter(python, repo_root, *arguments)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert not list(output_dir.glob("*.tmp-*"))
+    filenames = [e["filename"] for e in read_records(output_dir, "train") + read_records(output_dir, "validation")]
+    assert len(filenames) == len(set(filenames)) == 400
+    dataset = json.loads((output_dir / "dataset.json").read_text())
+    assert dataset["num_examples"] == {"train": 360, "validation": 40}
+
+
+def test_partitions_combine_into_one_dataset(tmp_path, python, repo_root):
+    input_dir, output_dir = tmp_path / "in", tmp_path / "out"
+    make_synthetic_dataset(input_dir, num_classes=2, images_per_class=10, seed=4)
+    common = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "4",
+              "--workers", "1"]
+    first = run_converter(python, repo_root, *common, "--num_partitions", "2", "--partition_index", "0")
+    assert first.returncode == 0, first.stderr
+    assert not (output_dir / "dataset.json").exists()
+    assert "missing" in first.stderr
+    second = run_converter(python, repo_root, *common, "--num_partitions", "2", "--partition_index", "1")
+    assert second.returncode == 0, second.stderr
+    combined = run_converter(python, repo_root, *common)
+    assert combined.returncode == 0, combined.stderr
+    dataset = json.loads((output_dir / "dataset.json").read_text())
+    assert sum(dataset["num_examples"].values()) == 20
