@@ -95,15 +95,40 @@ def resize_and_center_crop(image, size=STORED_SIZE):
 def preprocess_for_train(image_bytes, seed, pca=None, crop_size=CROP_SIZE):
     """Random crop_size crop of the 256x256 image, random horizontal flip and PCA lighting
     noise, all drawn from the stateless `seed` (shape (2,) int). -> float32 in [0, 255]."""
-    image = resize_and_center_crop(decode_image(image_bytes))
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-    image = tf.image.stateless_random_crop(image, (crop_size, crop_size, 3), seed=seeds[0])
+    top, left = tf.unstack(
+        tf.random.stateless_uniform(
+            (2,), seed=seeds[0], maxval=STORED_SIZE - crop_size + 1, dtype=tf.int32
+        )
+    )
+
+    def crop_while_decoding():
+        # Decodes only the crop: the JPEG records the converter writes are all 256x256.
+        window = tf.stack([top, left, crop_size, crop_size])
+        return tf.io.decode_and_crop_jpeg(
+            image_bytes, window, channels=3, dct_method="INTEGER_ACCURATE"
+        )
+
+    def decode_then_crop():
+        image = resize_and_center_crop(decode_image(image_bytes))
+        return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
+
+    image = tf.cond(_is_stored_size_jpeg(image_bytes), crop_while_decoding, decode_then_crop)
+    image.set_shape([crop_size, crop_size, 3])
     image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     image = tf.cast(image, tf.float32)
     if pca is not None:
         alphas = tf.random.stateless_normal((3,), seed=seeds[2], stddev=pca.std)
         image = image + pca.shift(alphas)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _is_stored_size_jpeg(image_bytes):
+    def has_stored_size():
+        shape = tf.io.extract_jpeg_shape(image_bytes)
+        return tf.logical_and(tf.equal(shape[0], STORED_SIZE), tf.equal(shape[1], STORED_SIZE))
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), has_stored_size, lambda: tf.constant(False))
 
 
 def preprocess_for_eval(image_bytes, crop_size=CROP_SIZE):

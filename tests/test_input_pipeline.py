@@ -8,12 +8,12 @@ from PIL import Image
 from alexnet_keras import input_pipeline as ip
 
 
-def position_image():
-    """256x256 PNG whose red channel is the column and green channel the row."""
+def position_image(image_format="PNG"):
+    """256x256 image whose red channel is the column and green channel the row."""
     columns, rows = np.meshgrid(np.arange(256), np.arange(256))
     pixels = np.stack([columns, rows, np.full_like(rows, 128)], axis=-1).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format=image_format, quality=100, subsampling=0)
     return tf.constant(buffer.getvalue())
 
 
@@ -24,11 +24,12 @@ def flat_image(value=128, size=256):
 
 
 def crop_position(image):
-    """(left, top, flipped) of a train crop of position_image()."""
+    """(left, top, flipped) of a crop of position_image(), robust to JPEG coding."""
     image = image.numpy()
-    left_red, right_red = image[0, 0, 0], image[0, -1, 0]
+    left_red, right_red = image[:, 0, 0].mean(), image[:, -1, 0].mean()
     flipped = left_red > right_red
-    return int(min(left_red, right_red)), int(image[0, 0, 1]), bool(flipped)
+    top = image[0, :, 1].mean()
+    return int(round(min(left_red, right_red))), int(round(top)), bool(flipped)
 
 
 def seeds(count):
@@ -50,8 +51,10 @@ def test_train_preprocessing_shape_dtype_range_eagerly_and_in_tf_data():
         np.testing.assert_allclose(eager_image.numpy(), graph_image.numpy(), atol=1e-3)
 
 
-def test_random_crops_reach_all_corners_and_flip_about_half_the_time():
-    image_bytes = position_image()
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_random_crops_reach_all_corners_and_flip_about_half_the_time(image_format):
+    # JPEG takes the decode-and-crop path, PNG the decode-then-crop path.
+    image_bytes = position_image(image_format)
     dataset = tf.data.Dataset.from_tensor_slices(tf.stack(seeds(400))).map(
         lambda seed: ip.preprocess_for_train(image_bytes, seed),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -62,6 +65,14 @@ def test_random_crops_reach_all_corners_and_flip_about_half_the_time():
     assert min(tops) == 0 and max(tops) == 256 - 227
     assert 0.4 < np.mean(flips) < 0.6
     assert len(set(zip(lefts, tops))) > 200  # many distinct crops, not a few
+
+
+def test_jpeg_and_other_formats_give_the_same_crop_for_the_same_seed():
+    for seed in seeds(20):
+        from_jpeg = ip.preprocess_for_train(position_image("JPEG"), seed)
+        from_png = ip.preprocess_for_train(position_image("PNG"), seed)
+        assert crop_position(from_jpeg) == crop_position(from_png)
+        np.testing.assert_allclose(from_jpeg.numpy(), from_png.numpy(), atol=4)
 
 
 def test_pca_lighting_shifts_along_eigenvectors_scaled_by_eigenvalues():
