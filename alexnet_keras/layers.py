@@ -200,7 +200,8 @@ class GroupedConv2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MeanSubtraction(keras.layers.Layer):
-    """Subtracts the training set's per-channel mean from RGB pixel values in [0, 255].
+    """Subtracts the training set's per-channel mean from RGB pixel values in [0, 255], then
+    multiplies by a fixed `scale` (1.0 in the paper, which fed raw centred pixel values).
 
     The mean is a non-trainable weight, so it travels with checkpoints, `.keras` files and
     SavedModels: whoever feeds the model raw pixels gets the preprocessing it was trained with.
@@ -208,10 +209,11 @@ class MeanSubtraction(keras.layers.Layer):
     mean need more precision than float16 gives near 255.
     """
 
-    def __init__(self, initial_mean=IMAGENET_RGB_MEAN, **kwargs):
+    def __init__(self, initial_mean=IMAGENET_RGB_MEAN, scale=1.0, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         self.initial_mean = tuple(float(value) for value in initial_mean)
+        self.scale = float(scale)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -237,7 +239,8 @@ class MeanSubtraction(keras.layers.Layer):
         self.mean.assign(mean)
 
     def call(self, inputs):
-        return tf.cast(inputs, tf.float32) - self.mean
+        centred = tf.cast(inputs, tf.float32) - self.mean
+        return centred if self.scale == 1.0 else centred * self.scale
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -246,6 +249,7 @@ class MeanSubtraction(keras.layers.Layer):
         config = super().get_config()
         config.pop("dtype", None)
         config["initial_mean"] = list(self.initial_mean)
+        config["scale"] = self.scale
         return config
 
 

@@ -30,6 +30,7 @@ def build_alexnet(
     bias_init=1.0,
     kernel_init="paper",
     rgb_mean=IMAGENET_RGB_MEAN,
+    input_scale=1.0,
     name="alexnet",
 ):
     """Builds AlexNet.
@@ -44,6 +45,9 @@ def build_alexnet(
         Caffe's reference model uses 0.1. The other biases start at 0.
       kernel_init: "paper" (weights ~ N(0, 0.01)) or "he_normal".
       rgb_mean: initial per-channel mean subtracted by the first layer (0-255 scale).
+      input_scale: factor applied after the mean subtraction. The paper feeds raw centred
+        pixel values (1.0) to N(0, 0.01) weights; He-initialised variants want about 1/64,
+        so that the first layer sees inputs of unit scale.
       name: the model's name.
     """
     if int(num_classes) != num_classes or num_classes < 2:
@@ -95,7 +99,9 @@ def build_alexnet(
 
     # === Functional Model ===
     images = keras.Input(shape=(image_size, image_size, 3), name="images")
-    x = MeanSubtraction(initial_mean=rgb_mean, name="mean_subtraction")(images)
+    if not input_scale > 0:
+        raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
+    x = MeanSubtraction(initial_mean=rgb_mean, scale=input_scale, name="mean_subtraction")(images)
     x = conv("conv1", widths["conv1"], 11, 0.0, strides=4, padding="valid")(x)
     x = LocalResponseNormalization(name="norm1")(x)  # (batch, 55, 55, 96)
     x = pool("pool1")(x)  # (batch, 27, 27, 96)

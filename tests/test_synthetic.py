@@ -1,0 +1,45 @@
+import hashlib
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset
+
+
+def digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*.jpg"))}
+
+
+def test_deterministic_from_the_seed(tmp_path):
+    make_synthetic_dataset(tmp_path / "a", num_classes=3, images_per_class=4, seed=7)
+    make_synthetic_dataset(tmp_path / "b", num_classes=3, images_per_class=4, seed=7)
+    make_synthetic_dataset(tmp_path / "c", num_classes=3, images_per_class=4, seed=8)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    assert len(digest(tmp_path / "a")) == 12
+
+
+def test_classes_differ_in_shape_not_in_colour(tmp_path):
+    make_synthetic_dataset(tmp_path, num_classes=10, images_per_class=6, seed=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CLASS_NAMES)
+    mean_colours = {}
+    for class_name in CLASS_NAMES:
+        images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
+                  for p in sorted((tmp_path / class_name).glob("*.jpg"))]
+        assert all(220 <= min(image.shape[:2]) for image in images)
+        mean_colours[class_name] = np.mean([image.mean(axis=(0, 1)) for image in images], axis=0)
+        # Random colours within a class: no single colour identifies it.
+        assert np.std([image.mean(axis=(0, 1)) for image in images], axis=0).mean() > 10
+
+
+def test_script_and_bad_arguments(tmp_path, python, repo_root):
+    result = subprocess.run([python, "data/make_synthetic.py", "--output_dir", tmp_path / "out",
+                             "--num_classes", "2", "--images_per_class", "3"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == 6
+    with pytest.raises(ValueError, match="num_classes must be between 2 and 10"):
+        make_synthetic_dataset(tmp_path / "bad", num_classes=11)

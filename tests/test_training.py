@@ -1,0 +1,269 @@
+"""Training on real TFRecords: replicas, workers, resume, SIGTERM, NaN, bad usage."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import alexnet_keras  # noqa: F401  (registers the layers for load_model)
+from alexnet_keras import training
+from alexnet_keras.config import PRESETS
+
+# A small network and schedule that still has every layer of the paper's.
+TINY = PRESETS["demo"].replace(width_multiplier=0.125, epochs=2, global_batch_size=8,
+                               checkpoint_every_steps=3, shuffle_buffer=64, warmup_epochs=0.0)
+
+
+def tiny_flags(config=TINY):
+    return ["--width_multiplier", str(config.width_multiplier), "--epochs", str(config.epochs),
+            "--global_batch_size", str(config.global_batch_size), "--checkpoint_every_steps",
+            str(config.checkpoint_every_steps), "--shuffle_buffer", str(config.shuffle_buffer),
+            "--config", "demo", "--warmup_epochs", "0", "--no_progress"]
+
+
+def run_train(python, repo_root, *arguments, env=None, timeout=600):
+    return subprocess.run([python, "train.py", *map(str, arguments)], cwd=repo_root,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def final_step(output):
+    for line in output.splitlines():
+        if line.startswith("finished at step"):
+            return int(line.split()[3].rstrip(";"))
+    raise AssertionError(f"no 'finished at step' line in:\n{output[-3000:]}")
+
+
+def steps_per_epoch(records, batch):
+    info = json.loads((records / "dataset.json").read_text())
+    return info["num_examples"]["train"] // batch
+
+
+def test_two_replicas_train_and_lower_the_loss(synthetic_records, tmp_path):
+    messages = []
+    config = TINY.replace(epochs=3)
+    results = training.train(config, synthetic_records, tmp_path / "model",
+                             devices=["/cpu:0", "/cpu:1"], log=messages.append)
+    assert "MirroredStrategy with 2 replica(s), 4 images per replica per step" in messages[0]
+    assert len(results) == 3
+    assert results[-1].train_loss < results[0].train_loss
+    for name in ("alexnet.keras", "alexnet_best.keras", "history.csv", "training_curves.png",
+                 "config.json"):
+        assert (tmp_path / "model" / name).exists(), name
+    assert list((tmp_path / "model" / "logs").iterdir())
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["epochs"] == 3 and saved["width_multiplier"] == 0.125
+    history = (tmp_path / "model" / "history.csv").read_text().splitlines()
+    assert len(history) == 4 and history[0].startswith("epoch,train_loss")
+
+
+def test_one_and_two_replicas_end_with_the_same_weights(synthetic_records, tmp_path):
+    # 3 steps of 24 images: few enough that float summation order stays negligible.
+    config = TINY.replace(epochs=1, dropout_rate=0.0, deterministic=True, global_batch_size=24)
+    weights = []
+    for devices in (["/cpu:0"], ["/cpu:0", "/cpu:1"]):
+        model_dir = tmp_path / f"replicas_{len(devices)}"
+        training.train(config, synthetic_records, model_dir, devices=devices, log=lambda m: None)
+        model = keras.models.load_model(model_dir / "alexnet.keras")
+        weights.append(model.get_weights())
+    keras.utils.set_random_seed(config.seed)
+    initial = training.build_alexnet(
+        num_classes=4, width_multiplier=0.125, kernel_init=config.kernel_init,
+        bias_init=config.bias_init, input_scale=config.input_scale).get_weights()
+    for index, (one, two, start) in enumerate(zip(*weights, initial)):
+        if index == 0:  # the RGB mean, set from dataset.json
+            np.testing.assert_array_equal(one, two)
+            continue
+        update_one, update_two = one - start, two - start
+        # Both runs moved the weights, by the same update up to float summation order.
+        # A loss scaled per replica instead of per global batch would differ by 2x.
+        assert np.linalg.norm(update_one) > 0
+        relative = np.linalg.norm(update_one - update_two) / np.linalg.norm(update_one)
+        assert relative < 1e-2, (index, relative)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_with_two_local_workers(synthetic_records, tmp_path,
+                                                                python, repo_root):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    model_dir = tmp_path / "model"
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [python, "train.py", "--data_dir", synthetic_records, "--model_dir", model_dir,
+             *tiny_flags(TINY.replace(epochs=1))],
+            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CONFIG": tf_config}))
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert "MultiWorkerMirroredStrategy with 2 replica(s)" in output
+    fingerprints = [line.split()[-1] for output in outputs for line in output.splitlines()
+                    if line.startswith("finished at step")]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert final_step(outputs[0]) == steps_per_epoch(synthetic_records, 8)
+    # Only the chief (worker 0) wrote the final artifacts.
+    assert (model_dir / "alexnet.keras").exists()
+
+
+def wait_for_checkpoint(model_dir, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        state = tf.train.get_checkpoint_state(str(model_dir / "checkpoints"))
+        if state and state.model_checkpoint_path:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
+        synthetic_records, tmp_path, python, repo_root):
+    model_dir = tmp_path / "model"
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(model_dir, process)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run_train(python, repo_root, *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+    assert final_step(result.stdout) == 2 * steps_per_epoch(synthetic_records, 8)
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, python, repo_root):
+    model_dir = tmp_path / "model"
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir,
+                 *tiny_flags(TINY.replace(epochs=20, checkpoint_every_steps=2))]
+    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(model_dir, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == training.PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert "SIGTERM: saved a checkpoint at step" in stderr
+    saved_step = int(stderr.split("checkpoint at step ")[1].split()[0])
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert latest.endswith(f"-{saved_step}")
+    assert "Traceback" not in stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_records, tmp_path,
+                                                           python, repo_root):
+    model_dir = tmp_path / "model"
+    common = ["--data_dir", synthetic_records, "--model_dir", model_dir]
+    first = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=1)))
+    assert first.returncode == 0, first.stderr[-3000:]
+    good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    diverging = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=3)),
+                          "--learning_rate", "1e12")
+    assert diverging.returncode == 3, diverging.stderr[-3000:]
+    assert "the loss became nan" in diverging.stderr or "the loss became inf" in diverging.stderr
+    assert "last good checkpoint" in diverging.stderr
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == good
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"),
+    ("empty", "is empty"),
+    ("no_labels", "has no labels.txt"),
+    ("no_records", "has no train-*.tfrecord"),
+    ("other_classes", "holds a checkpoint for 7 classes but the data has 4"),
+    ("unknown_device", "unknown device '/gpu:7'"),
+    ("indivisible_batch", "--global_batch_size 9 is not divisible by the 2 replicas"),
+    ("model_dir_missing", "--model_dir is required"),
+])
+def test_bad_usage_gets_a_clear_message(case, message, synthetic_records, tmp_path, repo_root,
+                                        capsys):
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    data_dir, model_dir = tmp_path / "data", tmp_path / "model"
+    extra = []
+    if case == "missing":
+        pass
+    elif case == "empty":
+        data_dir.mkdir()
+    elif case in ("no_labels", "no_records"):
+        data_dir.mkdir()
+        (data_dir / "dataset.json").write_text((synthetic_records / "dataset.json").read_text())
+        if case == "no_records":
+            (data_dir / "labels.txt").write_text((synthetic_records / "labels.txt").read_text())
+    else:
+        data_dir = synthetic_records
+    if case == "other_classes":
+        (model_dir / "checkpoints").mkdir(parents=True)
+        (model_dir / "run.json").write_text(json.dumps({"num_classes": 7}))
+    if case == "unknown_device":
+        extra = ["--devices", "/gpu:7"]
+    if case == "indivisible_batch":
+        extra = ["--devices", "/cpu:0,/cpu:1", "--global_batch_size", "9"]
+    arguments = ["--data_dir", str(data_dir), *tiny_flags(), *extra]
+    if case != "model_dir_missing":
+        arguments += ["--model_dir", str(model_dir)]
+    if case == "indivisible_batch":
+        arguments += ["--global_batch_size", "9"]
+    assert train_script.main(arguments) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_mixed_precision_trains_and_saves_float32_interfaces(precision, synthetic_records,
+                                                             tmp_path):
+    config = TINY.replace(epochs=1, mixed_precision=precision)
+    results = training.train(config, synthetic_records, tmp_path / "model", log=lambda m: None)
+    assert np.isfinite(results[0].train_loss)
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
+    model = keras.models.load_model(tmp_path / "model" / "alexnet.keras")
+    assert model.get_layer("conv2").compute_dtype == {"float16": "float16", "bfloat16": "bfloat16"}[precision]
+    assert model.get_layer("norm1").compute_dtype == precision  # casts to float32 inside
+    output = model(np.full((1, 227, 227, 3), 120.0, np.float32), training=False)
+    assert output.dtype == tf.float32 and np.all(np.isfinite(output.numpy()))
+    assert model.input.dtype == "float32"
+
+
+def test_xla_train_step_runs_on_the_cpu(synthetic_records, tmp_path):
+    results = training.train(TINY.replace(epochs=1, xla=True), synthetic_records,
+                             tmp_path / "model", log=lambda m: None)
+    assert np.isfinite(results[0].train_loss)
+
+
+def test_learning_rate_schedules():
+    config = PRESETS["paper"]
+    assert training.learning_rate_at(config, 0, 100, 0.01) == 0.01
+    step = config.replace(lr_schedule="step", step_epochs=2)
+    assert training.learning_rate_at(step, 150, 100, 0.01) == 0.01
+    assert abs(training.learning_rate_at(step, 250, 100, 0.01) - 0.001) < 1e-12
+    cosine = config.replace(lr_schedule="cosine", epochs=10, warmup_epochs=1)
+    assert training.learning_rate_at(cosine, 0, 100, 0.01) == pytest.approx(0.0001)
+    assert training.learning_rate_at(cosine, 99, 100, 0.01) == pytest.approx(0.01)
+    assert training.learning_rate_at(cosine, 999, 100, 0.01) < 1e-5
+    plateau = training.PlateauState(config.replace(plateau_patience=2, max_lr_reductions=1))
+    assert [plateau.update(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)] == [
+        False, False, True, False, False, False, False, False]
+    assert float(plateau.rate.numpy()) == pytest.approx(0.001)
