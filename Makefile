@@ -21,12 +21,17 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 
 demo: $(VENV)/.installed
 	$(PY) train.py
+	$(PY) evaluate.py
+	$(PY) evaluate.py --ten_crops
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed
-	$(PY) bench/model_speed.py
+	$(PY) bench/model_speed.py --compare_keras_groups
+	$(PY) bench/converter_speed.py
+	$(PY) bench/input_speed.py
+	$(PY) bench/train_speed.py
 
 env: $(VENV)/.installed
 env-validate: $(VENV_VALIDATE)/.installed

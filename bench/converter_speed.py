@@ -11,9 +11,7 @@ and each converter figure as a ratio of the plain loop.
 
 import argparse
 import io
-import json
 import multiprocessing
-import os
 import pathlib
 import sys
 import tempfile
@@ -22,7 +20,7 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras.tfrecords import convert  # noqa: E402
 
 
@@ -90,9 +88,7 @@ def main():
         )
         # The plain loop again, to show how much the machine drifted during the run.
         results["plain_pillow_loop_images_per_s_after"] = args.images / timed(lambda: plain_loop(paths))
-    for key, value in results.items():
-        print(f"{key:45s} {value:.3f}" if isinstance(value, float) else f"{key:45s} {value}")
-    print(json.dumps(results))
+    print_results(results)
 
 
 if __name__ == "__main__":

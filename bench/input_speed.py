@@ -11,7 +11,6 @@ converted to float32 as the pipeline's output is (the cost of handing the model 
 """
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -22,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import input_pipeline  # noqa: E402
 from alexnet_keras.synthetic import make_synthetic_dataset  # noqa: E402
 from alexnet_keras.tfrecords import convert  # noqa: E402
@@ -85,9 +84,7 @@ def main():
             results["training_pipeline_images_per_s"] / results["bare_decode_to_float32_images_per_s"])
         results["ratio_vs_bare_default_decode"] = (
             results["training_pipeline_images_per_s"] / results["bare_decode_default_dct_images_per_s"])
-    for key, value in results.items():
-        print(f"{key:45s} {value:.3f}")
-    print(json.dumps(results))
+    print_results(results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ image. Ratios measured in one run stay meaningful on a shared, drifting machine.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import GroupedConv2D, build_alexnet  # noqa: E402
 
 
@@ -136,9 +135,7 @@ def main():
     # The ceiling drifts on a shared machine: measure it again and report both.
     results["matmul_ceiling_gflops_after"] = matmul_ceiling() / 1e9
 
-    for key, value in results.items():
-        print(f"{key:45s} {value:.3f}" if isinstance(value, float) else f"{key:45s} {value}")
-    print(json.dumps(results))
+    print_results(results)
 
 
 if __name__ == "__main__":
