@@ -83,23 +83,23 @@ def select_strategy(devices=None):
         if devices:
             raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    available = {device.name.lower().replace("/job:localhost/replica:0/task:0", "")
-                 for device in tf.config.list_logical_devices()}
     if devices:
+        available = {_canonical_device(device.name) for device in tf.config.list_logical_devices()}
         for device in devices:
-            canonical = device.lower().replace("device:", "")
-            if not canonical.startswith("/"):
-                canonical = "/" + canonical
-            if canonical not in {name.replace("device:", "") for name in available}:
+            if _canonical_device(device) not in available:
                 raise UsageError(
-                    f"unknown device {device!r}; this machine has: "
-                    f"{', '.join(sorted(name.replace('device:', '') for name in available))}"
-                )
+                    f"unknown device {device!r}; this machine has: {', '.join(sorted(available))}")
         return tf.distribute.MirroredStrategy(devices=list(devices))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+
+
+def _canonical_device(name):
+    """'/job:localhost/replica:0/task:0/device:GPU:0' and 'gpu:0' -> '/gpu:0'."""
+    name = name.lower().replace("/job:localhost/replica:0/task:0", "").replace("device:", "")
+    return name if name.startswith("/") else "/" + name
 
 
 def is_chief(strategy):
@@ -148,16 +148,14 @@ def learning_rate_at(config, step, steps_per_epoch, plateau_rate):
     """The learning rate of `step` (0-based). `plateau_rate` is the current rate of the
     plateau schedule, which only epoch ends change."""
     total_steps = config.epochs * steps_per_epoch
-    epoch = step // steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "plateau":
         rate = plateau_rate
     elif config.lr_schedule == "step":
-        rate = config.learning_rate * 0.1 ** (epoch // config.step_epochs)
+        rate = config.learning_rate * 0.1 ** (step // steps_per_epoch // config.step_epochs)
     else:
-        warmup = config.warmup_epochs * steps_per_epoch
-        progress = (step - warmup) / max(1.0, total_steps - warmup)
+        progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
         rate = config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-    warmup_steps = config.warmup_epochs * steps_per_epoch
     if warmup_steps and step < warmup_steps:
         rate *= (step + 1) / warmup_steps
     return rate
@@ -177,10 +175,12 @@ class PlateauState:
         return dict(plateau_rate=self.rate, best_error=self.best_error,
                     bad_epochs=self.bad_epochs, reductions=self.reductions)
 
+    def is_improvement(self, val_top1_error):
+        return val_top1_error < float(self.best_error.numpy()) - 1e-6
+
     def update(self, val_top1_error):
         """Called at each epoch end; returns True when the rate was reduced."""
-        improved = val_top1_error < float(self.best_error.numpy()) - 1e-6
-        if improved:
+        if self.is_improvement(val_top1_error):
             self.best_error.assign(val_top1_error)
             self.bad_epochs.assign(0)
             return False
@@ -244,15 +244,12 @@ def make_step_functions(strategy, model, optimizer, config):
     def reduce(per_replica):
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    @tf.function(jit_compile=config.xla or None)
-    def train_replica_compiled(images, labels):
-        return train_replica(images, labels)
+    replica_step = tf.function(train_replica, jit_compile=True) if config.xla else train_replica
 
     @tf.function
     def train_step(iterator):
         images, labels = next(iterator)
-        step = train_replica_compiled if config.xla else train_replica
-        return reduce(strategy.run(step, args=(images, labels)))
+        return reduce(strategy.run(replica_step, args=(images, labels)))
 
     @tf.function
     def eval_step(batch):
@@ -410,10 +407,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         pca = (input_pipeline.PCALighting.from_dataset_info(info, config.pca_noise_std)
                if config.pca_noise_std > 0 else None)
 
+        train_pattern = str(data_dir / "train-*.tfrecord")
+
         def train_dataset(context):
             # A resumed run reshuffles with a new seed instead of replaying the first batches.
             return input_pipeline.make_dataset(
-                str(data_dir / "train-*.tfrecord"), config.global_batch_size, training=True,
+                train_pattern, config.global_batch_size, training=True,
                 input_context=context, pca=pca, shuffle_buffer=config.shuffle_buffer,
                 seed=config.seed + start_step, deterministic=config.deterministic)
 
@@ -435,12 +434,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         with _SigtermFlag() as sigterm:
             while int(step.numpy()) < total_steps:
                 result = _run_epoch(
-                    config, str(data_dir / "train-*.tfrecord"), step, steps_per_epoch, total_steps, plateau, optimizer,
+                    config, train_pattern, step, steps_per_epoch, plateau, optimizer,
                     train_step, eval_step, train_iterator, validation, manager, sigterm,
                     progress, log)
                 results.append(result)
                 history.append(dataclasses.asdict(result))
-                improved = result.val_top1_error < float(plateau.best_error.numpy()) - 1e-6
+                improved = plateau.is_improvement(result.val_top1_error)
                 reduced = plateau.update(result.val_top1_error)
                 manager.save(checkpoint_number=int(step.numpy()))
                 if reduced:
@@ -484,42 +483,45 @@ def _check_model_dir(model_dir, num_classes, config):
             f"but the config asks for {config.width_multiplier}: use another --model_dir")
 
 
-def _run_epoch(config, train_pattern, step, steps_per_epoch, total_steps, plateau, optimizer, train_step,
+def _run_epoch(config, train_pattern, step, steps_per_epoch, plateau, optimizer, train_step,
                eval_step, train_iterator, validation, manager, sigterm, progress, log):
-    epoch = int(step.numpy()) // steps_per_epoch
+    # The step and the plateau rate are read from their variables once per epoch: reading a
+    # variable each step would be a device-to-host copy on GPUs.
+    current = int(step.numpy())
+    plateau_rate = float(plateau.rate.numpy())
+    epoch = current // steps_per_epoch
     epoch_end = (epoch + 1) * steps_per_epoch
     sums = np.zeros(4)
     start = time.perf_counter()
-    bar = progress(epoch_end - int(step.numpy()), epoch) if progress else None
-    while int(step.numpy()) < epoch_end:
-        current = int(step.numpy())
-        rate = learning_rate_at(config, current, steps_per_epoch, float(plateau.rate.numpy()))
-        optimizer.learning_rate = rate
-        try:
-            step_sums = train_step(train_iterator).numpy()
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-            raise _describe_data_error(error, train_pattern) from None
-        if not np.isfinite(step_sums[0]):
-            raise TrainingDiverged(
-                f"the loss became {step_sums[0]} at step {current + 1}; stopped without saving, "
-                f"so the last good checkpoint in {manager.directory} is kept. Lower "
-                f"--learning_rate (now {rate:g}) or check the data.")
-        step.assign_add(1)
-        sums += step_sums
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}",
-                            top1=f"{sums[1] / sums[3]:.3f}", lr=f"{rate:.2g}")
-        if int(step.numpy()) % config.checkpoint_every_steps == 0:
-            manager.save(checkpoint_number=int(step.numpy()))
-        if sigterm.raised:
-            manager.save(checkpoint_number=int(step.numpy()))
+    bar = progress(epoch_end - current, epoch) if progress else None
+    try:
+        while current < epoch_end:
+            rate = learning_rate_at(config, current, steps_per_epoch, plateau_rate)
+            optimizer.learning_rate = rate
+            try:
+                step_sums = train_step(train_iterator).numpy()
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+                raise _describe_data_error(error, train_pattern) from None
+            if not np.isfinite(step_sums[0]):
+                raise TrainingDiverged(
+                    f"the loss became {step_sums[0]} at step {current + 1}; stopped without "
+                    f"saving, so the last good checkpoint in {manager.directory} is kept. Lower "
+                    f"--learning_rate (now {rate:g}) or check the data.")
+            current += 1
+            step.assign(current)
+            sums += step_sums
             if bar is not None:
-                bar.close()
-            raise Preempted(f"SIGTERM: saved a checkpoint at step {int(step.numpy())} in "
-                            f"{manager.directory}; run the same command to resume")
-    if bar is not None:
-        bar.close()
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}",
+                                top1=f"{sums[1] / sums[3]:.3f}", lr=f"{rate:.2g}")
+            if current % config.checkpoint_every_steps == 0 or sigterm.raised:
+                manager.save(checkpoint_number=current)
+            if sigterm.raised:
+                raise Preempted(f"SIGTERM: saved a checkpoint at step {current} in "
+                                f"{manager.directory}; run the same command to resume")
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     val_sums = np.zeros(4)
     for batch in validation:
