@@ -11,6 +11,8 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from alexnet_keras.files import replaced_atomically
+
 CLASS_NAMES = (
     "circle",
     "square",
@@ -142,8 +144,7 @@ def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, see
         for image_index in range(images_per_class):
             path = class_dir / f"{class_name}_{image_index:04d}.jpg"
             image = draw_image(class_name, rng)
-            temporary = path.with_suffix(".jpg.tmp")
-            image.save(temporary, format="JPEG", quality=90)
-            temporary.replace(path)
+            with replaced_atomically(path) as temporary:
+                image.save(temporary, format="JPEG", quality=90)
             count += 1
     return count

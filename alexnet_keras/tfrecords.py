@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from alexnet_keras.files import replaced_atomically, write_text_atomically
+
 STORED_SIZE = 256  # shorter side rescaled to 256, central 256x256 kept (paper section 2)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 SPLIT_NAMES = ("train", "validation")
@@ -295,8 +297,6 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
     import tensorflow as tf
 
     output_dir = pathlib.Path(output_dir)
-    final = output_dir / shard.name
-    temporary = output_dir / f"{shard.name}.tmp-{os.getpid()}"
     summary = {
         "fingerprint": fingerprint,
         "split": shard.split,
@@ -308,32 +308,24 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
         "pixel_count": 0,
     }
     pixel_sum, pixel_outer = np.zeros(3), np.zeros((3, 3))
-    with tf.io.TFRecordWriter(str(temporary)) as writer:
-        for result in results:
-            item = result["item"]
-            if "error" in result:
-                summary["skipped"].append({"file": item.relative_path, "reason": result["error"]})
-                continue
-            writer.write(_example(result["encoded"], item, class_names))
-            summary["examples"] += 1
-            summary["class_counts"][item.label] += 1
-            pixel_sum += result["pixel_sum"]
-            pixel_outer += result["pixel_outer"]
-            summary["pixel_count"] += result["pixel_count"]
-    summary["pixel_sum"] = pixel_sum.tolist()
-    summary["pixel_outer"] = pixel_outer.tolist()
-    summary_path = output_dir / SUMMARY_DIR / f"{shard.name}.json"
-    _atomic_write_text(summary_path, json.dumps(summary))
-    os.replace(temporary, final)
+    with replaced_atomically(output_dir / shard.name) as temporary:
+        with tf.io.TFRecordWriter(str(temporary)) as writer:
+            for result in results:
+                item = result["item"]
+                if "error" in result:
+                    summary["skipped"].append({"file": item.relative_path, "reason": result["error"]})
+                    continue
+                writer.write(_example(result["encoded"], item, class_names))
+                summary["examples"] += 1
+                summary["class_counts"][item.label] += 1
+                pixel_sum += result["pixel_sum"]
+                pixel_outer += result["pixel_outer"]
+                summary["pixel_count"] += result["pixel_count"]
+        summary["pixel_sum"] = pixel_sum.tolist()
+        summary["pixel_outer"] = pixel_outer.tolist()
+        # The summary lands before the shard: a shard under its final name always has one.
+        write_text_atomically(output_dir / SUMMARY_DIR / f"{shard.name}.json", json.dumps(summary))
     return summary
-
-
-def _atomic_write_text(path, text):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _completed_summary(shard, output_dir, fingerprint):
@@ -355,7 +347,9 @@ def _remove_stale_files(output_dir, shards):
     removed = []
     for path in pathlib.Path(output_dir).iterdir():
         name = path.name
-        ours = name.startswith(tuple(f"{split}-" for split in SPLIT_NAMES)) and ".tfrecord" in name
+        # Temporary files of killed runs are hidden copies of a shard's name (files.py).
+        ours = (name.lstrip(".").startswith(tuple(f"{split}-" for split in SPLIT_NAMES))
+                and ".tfrecord" in name)
         if ours and name not in expected:
             path.unlink()
             removed.append(name)
@@ -484,7 +478,7 @@ def convert(
         },
     )
     (output_dir / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
-    _atomic_write_text(output_dir / "dataset.json", json.dumps(dataset, indent=2))
+    write_text_atomically(output_dir / "dataset.json", json.dumps(dataset, indent=2))
     return dataset
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
+from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
 
 CHECKPOINT_DIR = "checkpoints"
@@ -261,24 +262,18 @@ def make_step_functions(strategy, model, optimizer, config):
 # === Outputs ===
 
 
-def _atomic_save_model(model, path):
-    """Saves a .keras file under a temporary name, then renames it: never half-written."""
-    path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
+def _save_model(model, path):
+    with replaced_atomically(path) as temporary:
+        model.save(temporary)
 
 
 def _write_history(model_dir, rows):
-    path = pathlib.Path(model_dir) / "history.csv"
     fields = [field.name for field in dataclasses.fields(EpochResult)]
-    temporary = path.with_name(f".history.csv.tmp-{os.getpid()}")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    os.replace(temporary, path)
+    with replaced_atomically(pathlib.Path(model_dir) / "history.csv") as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def _read_history(model_dir, before_epoch):
@@ -309,10 +304,9 @@ def plot_training_curves(rows, path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    temporary = pathlib.Path(path).with_name(f".curves.tmp-{os.getpid()}.png")
-    figure.savefig(temporary, dpi=90)
+    with replaced_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=90)
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def weights_fingerprint(model):
@@ -367,8 +361,8 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     _check_model_dir(model_dir, num_classes, config)
 
     if chief:
-        (model_dir / "config.json").write_text(config.to_json())
-        (model_dir / "run.json").write_text(json.dumps(
+        write_text_atomically(model_dir / "config.json", config.to_json())
+        write_text_atomically(model_dir / "run.json", json.dumps(
             {"num_classes": num_classes, "data_dir": str(data_dir), "replicas": replicas,
              "width_multiplier": config.width_multiplier}, indent=2))
     strategy_name = ("MultiWorkerMirroredStrategy"
@@ -456,9 +450,9 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
                     _write_history(model_dir, history)
                     plot_training_curves(history, model_dir / "training_curves.png")
                     if improved:
-                        _atomic_save_model(model, model_dir / BEST_MODEL)
+                        _save_model(model, model_dir / BEST_MODEL)
         if chief:
-            _atomic_save_model(model, model_dir / FINAL_MODEL)
+            _save_model(model, model_dir / FINAL_MODEL)
         log(f"finished at step {int(step.numpy())}; weights fingerprint "
             f"{weights_fingerprint(model)}")
         return results

@@ -1,0 +1,25 @@
+"""Writing files so that a reader never sees one half-written."""
+
+import contextlib
+import os
+import pathlib
+
+
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yields a temporary path beside `path`, with the same extension (Keras and matplotlib
+    infer the format from it); renames it to `path` when the block ends without error, and
+    removes it when the block fails."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path, text):
+    with replaced_atomically(path) as temporary:
+        temporary.write_text(text)
