@@ -16,16 +16,16 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-DEMO_MODEL = pathlib.Path("runs/demo/alexnet.keras")
-DEMO_DATA = pathlib.Path("datasets/synthetic/records")
+from alexnet_keras.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR  # noqa: E402
+from alexnet_keras.training import FINAL_MODEL  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEMO_MODEL),
+    parser.add_argument("--model", default=str(pathlib.Path(DEMO_MODEL_DIR) / FINAL_MODEL),
                         help="a .keras file written by train.py (default: %(default)s)")
-    parser.add_argument("--data_dir", default=str(DEMO_DATA),
+    parser.add_argument("--data_dir", default=DEMO_RECORDS_DIR,
                         help="output folder of data/build_tfrecords.py (default: %(default)s)")
     parser.add_argument("--split", choices=("validation", "train"), default="validation",
                         help="which split to evaluate (default: validation)")

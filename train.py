@@ -21,18 +21,21 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-DEMO_DATA = pathlib.Path("datasets/synthetic")
-DEMO_MODEL = pathlib.Path("runs/demo")
+from alexnet_keras.config import (  # noqa: E402
+    DEMO_DATASET_DIR,
+    DEMO_MODEL_DIR,
+    DEMO_RECORDS_DIR,
+    LR_SCHEDULES,
+    PRESETS,
+)
 
 
 def parse_args(argv=None):
-    from alexnet_keras.config import LR_SCHEDULES, PRESETS
-
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", help="output folder of data/build_tfrecords.py (default: "
-                        f"the synthetic demo dataset, built once in {DEMO_DATA})")
-    parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: {DEMO_MODEL} "
+                        f"the synthetic demo dataset, built once in {DEMO_DATASET_DIR})")
+    parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: {DEMO_MODEL_DIR} "
                         "for the demo; required with --data_dir)")
     parser.add_argument("--config", choices=sorted(PRESETS), default=None,
                         help="preset: 'paper' (default with --data_dir) or 'demo' (default without)")
@@ -68,8 +71,6 @@ def parse_args(argv=None):
 
 def resolve(args):
     """(config, data_dir, model_dir) from the flags; builds the demo dataset if needed."""
-    from alexnet_keras.config import PRESETS
-
     demo = args.data_dir is None
     preset = args.config or ("demo" if demo else "paper")
     overrides = {name: getattr(args, name) for name in (
@@ -81,7 +82,7 @@ def resolve(args):
     config = PRESETS[preset].replace(**overrides)
     if demo:
         data_dir = build_demo_dataset()
-        model_dir = pathlib.Path(args.model_dir) if args.model_dir else DEMO_MODEL
+        model_dir = pathlib.Path(args.model_dir or DEMO_MODEL_DIR)
     else:
         if not args.model_dir:
             raise ValueError("--model_dir is required with --data_dir")
@@ -94,11 +95,12 @@ def build_demo_dataset():
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import convert
 
-    records = DEMO_DATA / "records"
+    records = pathlib.Path(DEMO_RECORDS_DIR)
+    images = pathlib.Path(DEMO_DATASET_DIR) / "images"
     if not (records / "dataset.json").exists():
-        print(f"building the synthetic demo dataset in {DEMO_DATA} (once)")
-        make_synthetic_dataset(DEMO_DATA / "images", num_classes=10, images_per_class=150)
-        convert(DEMO_DATA / "images", records, val_fraction=0.2)
+        print(f"building the synthetic demo dataset in {DEMO_DATASET_DIR} (once)")
+        make_synthetic_dataset(images, num_classes=10, images_per_class=150)
+        convert(images, records, val_fraction=0.2)
     return records
 
 

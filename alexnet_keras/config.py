@@ -9,6 +9,12 @@ Every run prints its resolved config and writes it to `model_dir/config.json`.
 import dataclasses
 import json
 
+# Where train.py builds the embedded synthetic dataset and writes the demo run; evaluate.py
+# reads them by default.
+DEMO_DATASET_DIR = "datasets/synthetic"
+DEMO_RECORDS_DIR = "datasets/synthetic/records"
+DEMO_MODEL_DIR = "runs/demo"
+
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 

@@ -13,6 +13,10 @@ import tensorflow as tf
 STORED_SIZE = 256  # records hold 256x256 images (see tfrecords.py)
 CROP_SIZE = 227  # the network's input
 PCA_NOISE_STD = 0.1  # alpha_i ~ N(0, 0.1) (paper section 4.1)
+# The accurate integer DCT, as Pillow and libjpeg decode by default: TensorFlow's default fast
+# DCT shifts red and blue by about -1 on average, which would make training pixels disagree
+# with the converter's statistics.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 PADDING_LABEL = -1  # marks the examples added to complete the last evaluation batch
 
 FEATURES = {
@@ -60,14 +64,10 @@ def parse_example(serialized):
 
 
 def decode_image(image_bytes):
-    """JPEG / PNG / GIF / BMP bytes -> uint8 (height, width, 3).
-
-    JPEGs are decoded with the accurate integer DCT, as Pillow and libjpeg do by default:
-    TensorFlow's default fast DCT shifts red and blue by about -1 on average, which would
-    make training pixels disagree with the converter's statistics."""
+    """JPEG / PNG / GIF / BMP bytes -> uint8 (height, width, 3)."""
     image = tf.cond(
         tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method=JPEG_DCT_METHOD),
         lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
     )
     image.set_shape([None, None, 3])
@@ -88,6 +88,11 @@ def resize_and_center_crop(image, size=STORED_SIZE):
 
     already = tf.logical_and(tf.equal(height, size), tf.equal(width, size))
     return tf.cond(already, lambda: image, rescale)
+
+
+def decode_stored_size(image_bytes):
+    """Image bytes -> uint8 (256, 256, 3), as the converter stores every image."""
+    return resize_and_center_crop(decode_image(image_bytes))
 
 
 # === Preprocessing ===
@@ -114,11 +119,11 @@ def random_crop_and_flip(image_bytes, seed, crop_size=CROP_SIZE):
         # Decodes only the crop: the JPEG records the converter writes are all 256x256.
         window = tf.stack([top, left, crop_size, crop_size])
         return tf.io.decode_and_crop_jpeg(
-            image_bytes, window, channels=3, dct_method="INTEGER_ACCURATE"
+            image_bytes, window, channels=3, dct_method=JPEG_DCT_METHOD
         )
 
     def decode_then_crop():
-        image = resize_and_center_crop(decode_image(image_bytes))
+        image = decode_stored_size(image_bytes)
         return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
 
     image = tf.cond(_is_stored_size_jpeg(image_bytes), crop_while_decoding, decode_then_crop)
@@ -149,7 +154,7 @@ def _is_stored_size_jpeg(image_bytes):
 def preprocess_for_eval(image_bytes, crop_size=CROP_SIZE):
     """Central crop_size crop of the 256x256 image (any image is first rescaled and
     centre-cropped to 256x256 as the converter does). -> float32 in [0, 255]."""
-    image = resize_and_center_crop(decode_image(image_bytes))
+    image = decode_stored_size(image_bytes)
     offset = (STORED_SIZE - crop_size) // 2
     image = tf.image.crop_to_bounding_box(image, offset, offset, crop_size, crop_size)
     return tf.cast(image, tf.float32)
@@ -158,7 +163,7 @@ def preprocess_for_eval(image_bytes, crop_size=CROP_SIZE):
 def ten_crop(image_bytes, crop_size=CROP_SIZE):
     """The paper's test-time patches: four corners and the centre, and their mirrors.
     -> float32 (10, crop_size, crop_size, 3), the five crops first, then their mirrors."""
-    image = tf.cast(resize_and_center_crop(decode_image(image_bytes)), tf.float32)
+    image = tf.cast(decode_stored_size(image_bytes), tf.float32)
     far = STORED_SIZE - crop_size
     center = far // 2
     offsets = [(0, 0), (0, far), (far, 0), (far, far), (center, center)]

@@ -8,6 +8,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def synthetic_records(folder, images_per_class, num_shards):
+    """Converts synthetic images (10 classes) into TFRecords under `folder`; returns the
+    records folder and its dataset.json."""
+    from alexnet_keras import input_pipeline
+    from alexnet_keras.synthetic import make_synthetic_dataset
+    from alexnet_keras.tfrecords import convert
+
+    make_synthetic_dataset(folder / "images", num_classes=10, images_per_class=images_per_class)
+    convert(folder / "images", folder / "records", num_shards=num_shards, log=lambda m: None)
+    return folder / "records", input_pipeline.load_dataset_info(folder / "records")
+
+
 def print_results(results):
     """One aligned line per figure, then the whole dict as JSON for scripts."""
     for key, value in results.items():

@@ -21,10 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
+from common import print_results, synthetic_records  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import input_pipeline  # noqa: E402
-from alexnet_keras.synthetic import make_synthetic_dataset  # noqa: E402
-from alexnet_keras.tfrecords import convert  # noqa: E402
 
 BATCH = 128
 
@@ -62,10 +60,8 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        make_synthetic_dataset(scratch / "images", num_classes=10, images_per_class=100)
-        convert(scratch / "images", scratch / "records", num_shards=8, log=lambda m: None)
-        info = input_pipeline.load_dataset_info(scratch / "records")
-        pattern = str(scratch / "records" / "train-*")
+        records, info = synthetic_records(scratch, images_per_class=100, num_shards=8)
+        pattern = str(records / "train-*")
         pca = input_pipeline.PCALighting.from_dataset_info(info)
         training = input_pipeline.make_dataset(pattern, BATCH, training=True, pca=pca,
                                                shuffle_buffer=2000)

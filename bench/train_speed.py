@@ -24,12 +24,10 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
+from common import print_results, synthetic_records  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import input_pipeline, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
 from alexnet_keras.model import build_alexnet  # noqa: E402
-from alexnet_keras.synthetic import make_synthetic_dataset  # noqa: E402
-from alexnet_keras.tfrecords import convert  # noqa: E402
 
 BATCH = 32
 
@@ -59,11 +57,9 @@ def main():
                                       global_batch_size=BATCH)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        make_synthetic_dataset(scratch / "images", num_classes=10, images_per_class=40)
-        convert(scratch / "images", scratch / "records", num_shards=4, log=lambda m: None)
-        info = input_pipeline.load_dataset_info(scratch / "records")
+        records, info = synthetic_records(scratch, images_per_class=40, num_shards=4)
         pca = input_pipeline.PCALighting.from_dataset_info(info)
-        pattern = str(scratch / "records" / "train-*")
+        pattern = str(records / "train-*")
 
         def from_records(context):
             return input_pipeline.make_dataset(pattern, BATCH, training=True,
