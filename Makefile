@@ -1,5 +1,6 @@
 # alexnet-keras: every environment is created from the pinned requirements files.
-#   make demo   builds .venv if missing and runs the main job on the embedded dataset
+#   make demo   builds .venv if missing, trains on the embedded dataset, evaluates, exports
+#               for TF Serving and answers two demo images through the export
 #   make test   builds both environments if missing and runs the whole test suite
 #   make bench  runs the benchmark scripts
 #   make lock   regenerates the exact pins from requirements*.in
@@ -19,10 +20,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 
 .PHONY: demo test test-main test-validate bench env env-validate lock clean
 
+DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
+
 demo: $(VENV)/.installed
 	$(PY) train.py
 	$(PY) evaluate.py
 	$(PY) evaluate.py --ten_crops
+	$(PY) export/export_model.py --model runs/demo/alexnet.keras --export_base exports/alexnet
+	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
@@ -32,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/converter_speed.py
 	$(PY) bench/input_speed.py
 	$(PY) bench/train_speed.py
+	$(PY) bench/serving_speed.py
 
 env: $(VENV)/.installed
 env-validate: $(VENV_VALIDATE)/.installed
