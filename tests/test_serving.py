@@ -484,3 +484,42 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
                    "--batching_parameters_file=/config/batching_parameters.txt",
                    '"8500:8500"', '"8501:8501"', "--enable_batching=true"):
         assert needed in compose, needed
+
+
+def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files, runner, tmp_path,
+                                            python, repo_root):
+    """README's gRPC snippet against a stand-in PredictionService that answers through the
+    C++ loader (only the port differs from the snippet)."""
+    from concurrent import futures
+
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    class StandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
+            answer = run_signature(runner, export_dir, request.model_spec.signature_name,
+                                   dict(request.inputs))
+            if not answer.ok:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.status)
+            response = predict_pb2.PredictResponse()
+            for name, value in answer.outputs.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandIn(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        readme = (repo_root / "README.md").read_text()
+        snippet = re.search(r"```python\n(import grpc.*?)```", readme, re.S).group(1)
+        (tmp_path / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
+        result = subprocess.run(
+            [python, "-c", snippet.replace("localhost:8500", f"127.0.0.1:{port}")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        server.stop(grace=None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
+    for index in top5[0]:
+        assert repr(LABELS[index].encode()) in result.stdout
