@@ -20,6 +20,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 
 .PHONY: demo test test-main test-validate bench env env-validate lock clean
 
+DEMO_RECORDS := datasets/synthetic/records
 DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
 
 demo: $(VENV)/.installed
@@ -27,6 +28,7 @@ demo: $(VENV)/.installed
 	$(PY) evaluate.py
 	$(PY) evaluate.py --ten_crops
 	$(PY) export/export_model.py --model runs/demo/alexnet.keras --export_base exports/alexnet
+	$(PY) evaluate.py --model exports/alexnet --data_dir $(DEMO_RECORDS) --no_progress
 	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
