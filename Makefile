@@ -18,12 +18,16 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # Quieter TensorFlow start-up logs; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo test test-main test-validate bench env env-validate lock clean
+.PHONY: demo demo-run test test-main test-validate bench env env-validate lock clean
 
 DEMO_RECORDS := datasets/synthetic/records
 DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
 
 demo: $(VENV)/.installed
+	$(MAKE) --no-print-directory demo-run
+
+# The demo's steps with whatever $(PY) is: the Docker image runs `make demo-run PY=python`.
+demo-run:
 	$(PY) train.py
 	$(PY) evaluate.py
 	$(PY) evaluate.py --ten_crops
@@ -71,6 +75,7 @@ $(UV):
 lock: $(UV)
 	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements.in -o requirements.txt
 	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements-validate.in -o requirements-validate.txt
+	$(UV) pip compile $(LOCK_TARGET) requirements-cuda.in -c requirements.txt -o requirements-cuda.txt
 
 clean:
 	rm -rf $(VENV) $(VENV_VALIDATE) $(TOOLS) runs datasets exports .pytest_cache
