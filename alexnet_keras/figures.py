@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import struct
 
 import numpy as np
@@ -285,6 +286,12 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     info_path.unlink(missing_ok=True)  # from here on, whatever is in cache_dir is stale
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(features_path)
+    needed = expected * dimension * 2
+    available = shutil.disk_usage(cache_dir).free
+    if needed > available:
+        raise FiguresError(f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
+                           f"{available / 1e9:.1f} GB free: pass another --output_dir")
     labels = np.empty(expected, np.int32)
     shard_of = np.empty(expected, np.int32)
     position_of = np.empty(expected, np.int64)
@@ -322,6 +329,25 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
         {**identity, "data_dir": str(data_dir), "rows": expected, "dimension": dimension,
          "files": [pathlib.Path(name).name for name in files]}, indent=2))
     return features_path, RecordIndex(files, labels, shard_of, position_of)
+
+
+def _remove_abandoned_temporaries(path):
+    """Deletes the temporary copies of `path` left by killed runs (whose process is gone):
+    at ImageNet scale each is 10 GB."""
+    for temporary in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        pid = temporary.name.removesuffix(path.suffix).rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _eval_image_and_label(record):
@@ -381,6 +407,7 @@ def nearest_neighbours(queries, features_path, count=NUM_NEIGHBOURS,
         order = np.argsort(merged_squared, axis=1, kind="stable")[:, :count]
         best_squared = np.take_along_axis(merged_squared, order, axis=1)
         best_indices = np.take_along_axis(merged_indices, order, axis=1)
+        del block  # before the next block is read, so that two never coexist
     return best_indices, np.sqrt(np.maximum(best_squared, 0.0))
 
 

@@ -303,8 +303,11 @@ def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_rec
     figures.train_features(tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append)
     assert messages[-1].startswith("computing")
     assert not np.array_equal(np.load(path), original)
-    # A cache whose info file is missing (a crash before it was written) is not reused.
+    # A cache whose info file is missing (a crash before it was written) is not reused, and
+    # the temporary file of a killed run (its process gone) is removed.
     (tmp_path / figures.FEATURES_INFO_FILE).unlink()
+    abandoned = tmp_path / ".fc7_train.tmp-999999999.npy"
+    abandoned.write_bytes(b"half a file")
     figures.train_features(tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append)
     assert messages[-1].startswith("computing")
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
