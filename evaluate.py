@@ -16,6 +16,12 @@ The report folder (default: <model folder>/evaluation_<split>[_10crop]/) holds r
 (every metric, the confusion matrix, the 10 most confused pairs, the identity of model and
 data), per_class.csv (examples, top-1 error, precision, recall), confusion_matrix.png and
 most_confused.png. --report PATH writes the JSON alone to PATH instead.
+
+--figures adds the paper's Figures 3 and 4 to the report folder (a .keras file or run folder
+only): conv1_kernels.png, the conv1 kernels, and nearest_neighbours.png / .json, six
+validation images and the six training images nearest to each in fc7. fc7 of the training
+split is kept in fc7_train.npy (float16; about 10 GB for ImageNet) and reused by later runs
+of the same model on the same data.
 """
 
 import argparse
@@ -49,7 +55,14 @@ def parse_args(argv=None):
                         "evaluation_<split>[_10crop]/)")
     parser.add_argument("--report", help="write only the JSON report, to this path")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    parser.add_argument("--figures", action="store_true",
+                        help="also write the paper's figures 3 and 4 into the report folder: "
+                             "conv1_kernels.png, nearest_neighbours.png and .json (computes "
+                             "fc7 of the training split once, into fc7_train.npy)")
+    args = parser.parse_args(argv)
+    if args.figures and args.report:
+        parser.error("--figures writes into a report folder: use --output_dir, not --report")
+    return args
 
 
 def default_data_dir(model_path):
@@ -74,12 +87,16 @@ def main(argv=None):
     if not args.no_progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        def progress(total):
-            return tqdm(total=total, desc=f"evaluating {args.split}", unit="img",
+        def progress(total, description=f"evaluating {args.split}"):
+            return tqdm(total=total, desc=description, unit="img",
                         file=sys.stderr, leave=False)
 
     try:
         data_dir = args.data_dir or default_data_dir(args.model)
+        if args.figures:  # before the evaluation, not after it
+            from alexnet_keras.figures import keras_model_path
+
+            keras_model_path(args.model, args.best)
         report = evaluation.evaluate_model(args.model, data_dir, args.split, args.batch_size,
                                            args.ten_crops, args.best, progress)
         print(evaluation.summary(report))
@@ -91,6 +108,12 @@ def main(argv=None):
                 args.model, args.split, args.ten_crops, args.best)
             evaluation.write_report_folder(report, output_dir)
             print(f"report: {output_dir}/ ({', '.join(evaluation.REPORT_FILES)})")
+            if args.figures:
+                from alexnet_keras import figures
+
+                figures.write_figures(args.model, data_dir, output_dir, args.best,
+                                      args.batch_size, progress)
+                print(f"figures: {output_dir}/ ({', '.join(figures.FIGURE_FILES)})")
     except (evaluation.EvaluationError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
