@@ -32,6 +32,10 @@ CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "alexnet.keras"
 BEST_MODEL = "alexnet_best.keras"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a job controller should run the command again
+# Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
+# while the loss still looks finite (a huge update can silence every ReLU and leave a constant
+# loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
+MAX_ABS_WEIGHT = 1e4
 
 
 class UsageError(ValueError):
@@ -309,6 +313,18 @@ def plot_training_curves(rows, path):
     plt.close(figure)
 
 
+def _check_weights_before_saving(model, step, manager, learning_rate):
+    """Raises TrainingDiverged, so nothing is saved, when a weight is non-finite or absurd."""
+    # `abs(w) <= bound` is False for NaN as well as for infinities and huge values.
+    if all(bool(tf.reduce_all(tf.abs(weight.value) <= MAX_ABS_WEIGHT))
+           for weight in model.trainable_weights):
+        return
+    raise TrainingDiverged(
+        f"the weights became non-finite or larger than {MAX_ABS_WEIGHT:g} by step {step}; "
+        f"stopped without saving, so the last good checkpoint in {manager.directory} is kept. "
+        f"Lower --learning_rate (now {learning_rate:g}) or check the data.")
+
+
 def weights_fingerprint(model):
     """A short hash of all weights, to compare replicas and workers."""
     digest = hashlib.sha256()
@@ -428,13 +444,15 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         with _SigtermFlag() as sigterm:
             while int(step.numpy()) < total_steps:
                 result = _run_epoch(
-                    config, train_pattern, step, steps_per_epoch, plateau, optimizer,
+                    config, train_pattern, model, step, steps_per_epoch, plateau, optimizer,
                     train_step, eval_step, train_iterator, validation, manager, sigterm,
                     progress, log)
                 results.append(result)
                 history.append(dataclasses.asdict(result))
                 improved = plateau.is_improvement(result.val_top1_error)
                 reduced = plateau.update(result.val_top1_error)
+                _check_weights_before_saving(model, int(step.numpy()), manager,
+                                             result.learning_rate)
                 manager.save(checkpoint_number=int(step.numpy()))
                 if reduced:
                     log(f"validation top-1 error has not improved for "
@@ -477,7 +495,7 @@ def _check_model_dir(model_dir, num_classes, config):
             f"but the config asks for {config.width_multiplier}: use another --model_dir")
 
 
-def _run_epoch(config, train_pattern, step, steps_per_epoch, plateau, optimizer, train_step,
+def _run_epoch(config, train_pattern, model, step, steps_per_epoch, plateau, optimizer, train_step,
                eval_step, train_iterator, validation, manager, sigterm, progress, log):
     # The step and the plateau rate are read from their variables once per epoch: reading a
     # variable each step would be a device-to-host copy on GPUs.
@@ -509,6 +527,7 @@ def _run_epoch(config, train_pattern, step, steps_per_epoch, plateau, optimizer,
                 bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}",
                                 top1=f"{sums[1] / sums[3]:.3f}", lr=f"{rate:.2g}")
             if current % config.checkpoint_every_steps == 0 or sigterm.raised:
+                _check_weights_before_saving(model, current, manager, rate)
                 manager.save(checkpoint_number=current)
             if sigterm.raised:
                 raise Preempted(f"SIGTERM: saved a checkpoint at step {current} in "

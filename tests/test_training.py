@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -173,19 +174,34 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     assert "Traceback" not in stderr
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_records, tmp_path,
-                                                           python, repo_root):
-    model_dir = tmp_path / "model"
-    common = ["--data_dir", synthetic_records, "--model_dir", model_dir]
-    first = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=1)))
-    assert first.returncode == 0, first.stderr[-3000:]
-    good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    diverging = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=3)),
-                          "--learning_rate", "1e12")
-    assert diverging.returncode == 3, diverging.stderr[-3000:]
-    assert "the loss became nan" in diverging.stderr or "the loss became inf" in diverging.stderr
-    assert "last good checkpoint" in diverging.stderr
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == good
+def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
+        synthetic_records, tmp_path, repo_root, capsys):
+    """A learning rate of inf (or 1e30) turns the weights non-finite (or absurd) in the first
+    update of the resumed run, on every CPU. With a checkpoint after every step, that step's
+    checkpoint must not be written; with a checkpoint every 3 steps, the NaN loss of the next
+    step stops the run. Either way the checkpoint of the first, good run stays the latest."""
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    good_dir = tmp_path / "good"
+    training.train(TINY.replace(epochs=1), synthetic_records, good_dir, log=lambda m: None)
+    first_steps = steps_per_epoch(synthetic_records, TINY.global_batch_size)
+    good = tf.train.latest_checkpoint(str(good_dir / "checkpoints"))
+    assert good.endswith(f"ckpt-{first_steps}")
+    cases = [("inf", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
+             ("1e30", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
+             ("inf", 3, f"at step {first_steps + 2}")]
+    for index, (learning_rate, every, message) in enumerate(cases):
+        model_dir = tmp_path / f"diverging_{index}"
+        shutil.copytree(good_dir, model_dir)
+        flags = tiny_flags(TINY.replace(epochs=2, checkpoint_every_steps=every))
+        code = train_script.main(["--data_dir", str(synthetic_records), "--model_dir",
+                                  str(model_dir), *flags, "--learning_rate", learning_rate])
+        stderr = capsys.readouterr().err
+        assert code == 3, stderr[-3000:]
+        latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+        assert latest == str(model_dir / "checkpoints" / f"ckpt-{first_steps}"), (index, latest)
+        assert message in stderr and "last good checkpoint" in stderr, stderr[-3000:]
 
 
 @pytest.mark.parametrize("case,message", [
