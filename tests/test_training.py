@@ -2,11 +2,13 @@
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -41,6 +43,15 @@ def final_step(output):
         if line.startswith("finished at step"):
             return int(line.split()[3].rstrip(";"))
     raise AssertionError(f"no 'finished at step' line in:\n{output[-3000:]}")
+
+
+def checkpoint_value(checkpoint_path, name):
+    """A variable of the loop as saved in a checkpoint (`step`, `plateau_rate`...)."""
+    return tf.train.load_variable(checkpoint_path, f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def latest_checkpoint(model_dir):
+    return tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
 
 
 def steps_per_epoch(records, batch):
@@ -97,36 +108,128 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_multi_worker_mirrored_strategy_with_two_local_workers(synthetic_records, tmp_path,
-                                                                python, repo_root):
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    model_dir = tmp_path / "model"
-    processes = []
-    for index in range(2):
+class Worker:
+    """A train.py process of a local two-worker cluster, its output collected as it comes."""
+
+    def __init__(self, python, repo_root, arguments, cluster, index, temporary_dir):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            [python, "train.py", "--data_dir", synthetic_records, "--model_dir", model_dir,
-             *tiny_flags(TINY.replace(epochs=1))],
-            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TF_CONFIG": tf_config}))
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
-        assert "MultiWorkerMirroredStrategy with 2 replica(s)" in output
-    fingerprints = [line.split()[-1] for output in outputs for line in output.splitlines()
-                    if line.startswith("finished at step")]
-    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
-    assert final_step(outputs[0]) == steps_per_epoch(synthetic_records, 8)
-    # Only the chief (worker 0) wrote the final artifacts.
+        self.process = subprocess.Popen(
+            [python, "train.py", *map(str, arguments)], cwd=repo_root, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1",
+                 "TMPDIR": str(temporary_dir)})
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never came:\n{self.output[-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout=600):
+        self.process.wait(timeout=timeout)
+        self.reader.join()
+        return self.process.returncode
+
+
+def start_cluster(python, repo_root, arguments, temporary_dir):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    return [Worker(python, repo_root, arguments, cluster, index, temporary_dir)
+            for index in range(2)]
+
+
+def stop_cluster(workers):
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.finish()
+
+
+def scratch_folders(temporary_dir):
+    """The folders non-chief workers write their checkpoints to (see training.train)."""
+    return list(temporary_dir.glob("alexnet-worker-*"))
+
+
+def resumed_step(output):
+    for line in output.splitlines():
+        if line.startswith("resumed from"):
+            return int(line.split(" at step ")[1].split()[0])
+    raise AssertionError(f"no 'resumed from' line in:\n{output[-3000:]}")
+
+
+def fingerprint(output):
+    return [line.split()[-1] for line in output.splitlines()
+            if line.startswith("finished at step")][0]
+
+
+@pytest.mark.slow
+def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
+        synthetic_records, tmp_path, python, repo_root):
+    """MultiWorkerMirroredStrategy on 127.0.0.1: both workers killed with -9 after the first
+    checkpoint resume at the same step; a SIGTERM to worker 1 alone stops both with 143 and
+    one checkpoint; the rerun resumes from it and ends with identical weights on both."""
+    model_dir, temporary_dir = tmp_path / "model", tmp_path / "worker_tmp"
+    temporary_dir.mkdir()
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+    total_steps = 2 * steps_per_epoch(synthetic_records, TINY.global_batch_size)
+
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        wait_for_checkpoint(model_dir, workers[0].process)
+        assert all(worker.process.poll() is None for worker in workers), "finished too early"
+    finally:
+        for worker in workers:
+            worker.process.send_signal(signal.SIGKILL)
+        stop_cluster(workers)
+    for folder in scratch_folders(temporary_dir):  # kill -9 gives no chance to clean up
+        shutil.rmtree(folder)
+
+    # Both restore the chief's checkpoint; a SIGTERM to the non-chief stops the cluster.
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        workers[1].wait_for("resumed from")
+        workers[1].process.send_signal(signal.SIGTERM)
+        codes = [worker.finish(timeout=300) for worker in workers]
+    finally:
+        stop_cluster(workers)
+    outputs = [worker.output for worker in workers]
+    assert codes == [training.PREEMPTED_EXIT_CODE] * 2, [output[-2000:] for output in outputs]
+    first_resume = resumed_step(outputs[0])
+    assert first_resume > 0 and resumed_step(outputs[1]) == first_resume
+    saved = [int(output.split("saved a checkpoint at step ")[1].split()[0]) for output in outputs]
+    assert saved[0] == saved[1] > first_resume
+    assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved[0]
+    assert not scratch_folders(temporary_dir), "a worker left its scratch folder"
+
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        codes = [worker.finish() for worker in workers]
+    finally:
+        stop_cluster(workers)
+    outputs = [worker.output for worker in workers]
+    assert codes == [0, 0], [output[-2000:] for output in outputs]
+    assert [resumed_step(output) for output in outputs] == saved
+    assert [final_step(output) for output in outputs] == [total_steps] * 2
+    assert fingerprint(outputs[0]) == fingerprint(outputs[1])
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert (model_dir / "alexnet.keras").exists()
+    assert not scratch_folders(temporary_dir)
+    # Only the chief writes to model_dir: no other worker's checkpoints or logs there.
+    assert sorted(path.name for path in model_dir.iterdir()) == [
+        "alexnet.keras", "alexnet_best.keras", "checkpoints", "config.json", "history.csv",
+        "logs", "run.json", "training_curves.png"]
 
 
 def wait_for_checkpoint(model_dir, process, timeout=300):
@@ -169,8 +272,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     assert process.returncode == training.PREEMPTED_EXIT_CODE, stderr[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in stderr
     saved_step = int(stderr.split("checkpoint at step ")[1].split()[0])
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    assert latest.endswith(f"-{saved_step}")
+    assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved_step
     assert "Traceback" not in stderr
 
 
@@ -186,8 +288,8 @@ def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
     good_dir = tmp_path / "good"
     training.train(TINY.replace(epochs=1), synthetic_records, good_dir, log=lambda m: None)
     first_steps = steps_per_epoch(synthetic_records, TINY.global_batch_size)
-    good = tf.train.latest_checkpoint(str(good_dir / "checkpoints"))
-    assert good.endswith(f"ckpt-{first_steps}")
+    good = pathlib.Path(latest_checkpoint(good_dir)).name
+    assert checkpoint_value(latest_checkpoint(good_dir), "step") == first_steps
     cases = [("inf", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
              ("1e30", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
              ("inf", 3, f"at step {first_steps + 2}")]
@@ -199,8 +301,8 @@ def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
                                   str(model_dir), *flags, "--learning_rate", learning_rate])
         stderr = capsys.readouterr().err
         assert code == 3, stderr[-3000:]
-        latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-        assert latest == str(model_dir / "checkpoints" / f"ckpt-{first_steps}"), (index, latest)
+        latest = latest_checkpoint(model_dir)
+        assert latest == str(model_dir / "checkpoints" / good), (index, latest)
         assert message in stderr and "last good checkpoint" in stderr, stderr[-3000:]
 
 
@@ -279,10 +381,19 @@ def test_learning_rate_schedules():
     assert training.learning_rate_at(cosine, 0, 100, 0.01) == pytest.approx(0.0001)
     assert training.learning_rate_at(cosine, 99, 100, 0.01) == pytest.approx(0.01)
     assert training.learning_rate_at(cosine, 999, 100, 0.01) < 1e-5
-    plateau = training.PlateauState(config.replace(plateau_patience=2, max_lr_reductions=1))
-    assert [plateau.update(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)] == [
+    tracker = training.ValidationTracker(config.replace(plateau_patience=2, max_lr_reductions=1))
+    verdicts = [tracker.end_epoch(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)]
+    assert [verdict.rate_reduced for verdict in verdicts] == [
         False, False, True, False, False, False, False, False]
-    assert float(plateau.rate.numpy()) == pytest.approx(0.001)
+    assert [verdict.improved for verdict in verdicts] == [
+        True, False, False, True, False, False, False, False]
+    assert float(tracker.rate.numpy()) == pytest.approx(0.001)
+    # Under the step and cosine schedules the tracker still decides the best-model saves,
+    # and never touches the rate.
+    cosine_tracker = training.ValidationTracker(cosine.replace(plateau_patience=1))
+    assert [cosine_tracker.end_epoch(error).improved for error in (0.5, 0.6, 0.4)] == [
+        True, False, True]
+    assert float(cosine_tracker.rate.numpy()) == cosine.learning_rate
 
 
 @pytest.mark.slow
