@@ -306,6 +306,176 @@ def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
         assert message in stderr and "last good checkpoint" in stderr, stderr[-3000:]
 
 
+class SimulatedCrash(Exception):
+    """Stands for a kill -9: the run stops where it is, with no chance to save."""
+
+
+def interrupting_progress(target, at_update, how):
+    """train()'s `progress` argument: quiet bars (tqdm's interface), except that the bar
+    named `target` ('epoch 1', 'validation 2'...) interrupts the run at its `at_update`-th
+    update, with a real SIGTERM to this process or a SimulatedCrash."""
+
+    class Bar:
+        def __init__(self, armed):
+            self.armed, self.updates = armed, 0
+
+        def update(self, count):
+            self.updates += count
+            if self.armed and self.updates == at_update:
+                if how == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                else:
+                    raise SimulatedCrash(target)
+
+        def set_postfix(self, **values):
+            pass
+
+        def close(self):
+            pass
+
+    return lambda total, description: Bar(description == target)
+
+
+TRACKER_STATE = ("plateau_rate", "best_error", "bad_epochs", "reductions")
+TIMING = ("seconds", "images_per_second")
+
+
+def rows_without_timing(model_dir):
+    rows = (model_dir / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    return [{name: value for name, value in zip(header, row.split(","))
+             if name not in TIMING} for row in rows[1:]]
+
+
+# The plateau schedule with patience 1: an epoch end done twice (a second update with the same
+# error) would divide the rate; one skipped would leave a history row missing.
+PLATEAU = TINY.replace(deterministic=True, lr_schedule="plateau", plateau_patience=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(synthetic_records, tmp_path_factory):
+    """The model folder of a PLATEAU run that nothing interrupted."""
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    training.train(PLATEAU, synthetic_records, model_dir, log=lambda m: None)
+    return model_dir
+
+
+@pytest.mark.parametrize("target,at_update,how", [
+    ("epoch 1", 9, "sigterm"),  # on the last step of epoch 1
+    ("validation 2", 1, "sigterm"),  # during the last epoch's validation
+    ("validation 2", 1, "crash"),  # kill -9 during validation, after the step-18 checkpoint
+])
+def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
+        target, at_update, how, synthetic_records, uninterrupted_run, tmp_path):
+    config, reference_dir, model_dir = PLATEAU, uninterrupted_run, tmp_path / "interrupted"
+    assert steps_per_epoch(synthetic_records, config.global_batch_size) == 9
+
+    messages = []
+    expected = training.Preempted if how == "sigterm" else SimulatedCrash
+    with pytest.raises(expected):
+        training.train(config, synthetic_records, model_dir, log=messages.append,
+                       progress=interrupting_progress(target, at_update, how))
+    if how == "sigterm":  # the checkpoint holds the epoch's last step
+        saved = latest_checkpoint(model_dir)
+        assert checkpoint_value(saved, "step") == (9 if target == "epoch 1" else 18)
+        assert checkpoint_value(saved, "epochs_ended") == (0 if target == "epoch 1" else 1)
+    training.train(config, synthetic_records, model_dir, log=messages.append)
+
+    for epoch in (1, 2):  # each epoch ended once, over both runs
+        assert sum(m.startswith(f"epoch {epoch}/2:") for m in messages) == 1, messages
+    reference_rows, rows = rows_without_timing(reference_dir), rows_without_timing(model_dir)
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    # The first epoch's row, training sums included, is the uninterrupted run's.
+    assert rows[0] == reference_rows[0]
+    assert rows[1]["learning_rate"] == reference_rows[1]["learning_rate"]
+    if target != "epoch 1":  # interrupted after the last step: everything is the reference's
+        assert rows == reference_rows
+        reference, resumed = latest_checkpoint(reference_dir), latest_checkpoint(model_dir)
+        for name in TRACKER_STATE:
+            assert checkpoint_value(resumed, name) == checkpoint_value(reference, name), name
+        assert (training.weights_fingerprint(keras.models.load_model(model_dir / "alexnet.keras"))
+                == training.weights_fingerprint(
+                    keras.models.load_model(reference_dir / "alexnet.keras")))
+
+
+def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
+        synthetic_records, tmp_path):
+    model_dir = tmp_path / "model"
+    first = TINY.replace(epochs=1)
+    training.train(first, synthetic_records, model_dir, log=lambda m: None)
+    # float16 wraps the optimizer in a LossScaleOptimizer: refused before anything is built.
+    with pytest.raises(training.UsageError, match="trained with --mixed_precision off, and "
+                       "--mixed_precision float16 adds the loss scaling optimizer"):
+        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
+                       model_dir, log=lambda m: None)
+    # Without run.json's record of the settings, the verified restore still refuses it.
+    run = json.loads((model_dir / "run.json").read_text())
+    (model_dir / "run.json").write_text(json.dumps({"num_classes": run["num_classes"]}))
+    with pytest.raises(training.UsageError, match="does not match this model, optimizer"):
+        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
+                       model_dir, log=lambda m: None)
+    (model_dir / "run.json").write_text(json.dumps(run))
+
+    resumed = first.replace(epochs=2, learning_rate=0.01)
+    training.train(resumed, synthetic_records, model_dir, log=lambda m: None)
+    assert json.loads((model_dir / "config.json").read_text()) == json.loads(first.to_json())
+    resumes = json.loads((model_dir / "run.json").read_text())["resumes"]
+    assert resumes == [{"step": 9, "replicas": 1,
+                        "config_changes": {"epochs": 2, "learning_rate": 0.01}}]
+
+
+def copy_records(records, destination, rewrite_train_example):
+    """A copy of a converted dataset whose training examples go through
+    `rewrite_train_example(tf.train.Example)`."""
+    shutil.copytree(records, destination)
+    for shard in destination.glob("train-*.tfrecord"):
+        examples = [tf.train.Example.FromString(record.numpy())
+                    for record in tf.data.TFRecordDataset(str(shard))]
+        with tf.io.TFRecordWriter(str(shard)) as writer:
+            for example in examples:
+                rewrite_train_example(example)
+                writer.write(example.SerializeToString())
+    return destination
+
+
+def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_path):
+    # A label outside the classes is an error of the step, not of reading: it surfaces as
+    # TensorFlow's own error, and no shard is searched.
+    def out_of_range(example):
+        example.features.feature["image/class/label"].int64_list.value[:] = [9]
+
+    bad_labels = copy_records(synthetic_records, tmp_path / "bad_labels", out_of_range)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 9"):
+        training.train(TINY.replace(epochs=1), bad_labels, tmp_path / "model_labels",
+                       log=lambda m: None)
+
+    # A corrupt image is a data error: the message names the file and record.
+    def corrupt(example):
+        example.features.feature["image/encoded"].bytes_list.value[:] = [b"\xff\xd8 not a jpeg"]
+
+    bad_images = copy_records(synthetic_records, tmp_path / "bad_images", corrupt)
+    with pytest.raises(training.UsageError, match=r"unreadable training data: .*train-\d+-of-"
+                       r"\d+\.tfrecord: record 0"):
+        training.train(TINY.replace(epochs=1), bad_images, tmp_path / "model_images",
+                       log=lambda m: None)
+
+
+def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, tmp_path,
+                                                            repo_root):
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    data_dir = tmp_path / "records"
+    shutil.copytree(synthetic_records, data_dir)
+    info = json.loads((data_dir / "dataset.json").read_text())
+    info["rgb_mean"] = info["rgb_mean"][:2]  # the converter never writes this
+    (data_dir / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="expected 3 mean values") as raised:
+        train_script.main(["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"),
+                           *tiny_flags()])
+    assert not isinstance(raised.value, training.UsageError)
+
+
 @pytest.mark.parametrize("case,message", [
     ("missing", "does not exist"),
     ("empty", "is empty"),
