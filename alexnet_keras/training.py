@@ -448,7 +448,6 @@ class TrainingLoop:
     `checkpoint`: the model, the optimizer, `step`, `epochs_ended`, the tracker's state and
     the training sums of the epoch in progress (`epoch_sums`, `epoch_seconds`)."""
     config: object
-    strategy: object
     model: keras.Model
     optimizer: object
     train_step: object
@@ -730,7 +729,7 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
                  val_batches=math.ceil(val_count / config.global_batch_size))
     train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
     loop = TrainingLoop(
-        config=config, strategy=strategy, model=model, optimizer=optimizer,
+        config=config, model=model, optimizer=optimizer,
         train_step=train_step, eval_step=eval_step, manager=manager,
         step=step, epochs_ended=epochs_ended, epoch_sums=epoch_sums,
         epoch_seconds=epoch_seconds, tracker=tracker, steps_per_epoch=steps_per_epoch,
