@@ -8,9 +8,10 @@ Several machines: set TF_CONFIG on each (cluster and task) and run the same comm
 worker; MultiWorkerMirroredStrategy is used and only the chief writes to --model_dir.
 
 Running the same command again with the same --model_dir resumes from the last checkpoint.
-SIGTERM saves a checkpoint and exits with status 143. Outputs in --model_dir: alexnet.keras,
-alexnet_best.keras, checkpoints/, logs/ (TensorBoard), history.csv, training_curves.png,
-config.json.
+SIGTERM (to any worker) saves a checkpoint of the whole run and exits with status 143.
+Outputs in --model_dir: alexnet.keras, alexnet_best.keras, checkpoints/, logs/ (TensorBoard),
+history.csv, training_curves.png, config.json (the config the run started with) and run.json
+(dataset, replicas, checkpointed settings, and each resume with its config changes).
 """
 
 import argparse
@@ -27,6 +28,8 @@ from alexnet_keras.config import (  # noqa: E402
     DEMO_RECORDS_DIR,
     LR_SCHEDULES,
     PRESETS,
+    UsageError,
+    print_config,
 )
 
 
@@ -85,7 +88,7 @@ def resolve(args):
         model_dir = pathlib.Path(args.model_dir or DEMO_MODEL_DIR)
     else:
         if not args.model_dir:
-            raise ValueError("--model_dir is required with --data_dir")
+            raise UsageError("--model_dir is required with --data_dir")
         data_dir, model_dir = pathlib.Path(args.data_dir), pathlib.Path(args.model_dir)
     return config, data_dir, model_dir
 
@@ -110,14 +113,14 @@ def main(argv=None):
 
     try:
         config, data_dir, model_dir = resolve(args)
-        training.print_config(config)
+        print_config(config)
         progress = None
         if not args.no_progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            def progress(total, epoch):
-                return tqdm(total=total, desc=f"epoch {epoch + 1}", unit="step",
-                            file=sys.stderr, leave=False)
+            def progress(total, description):
+                return tqdm(total=total, desc=description, unit="step", file=sys.stderr,
+                            leave=False)
 
         devices = args.devices.split(",") if args.devices else None
         training.train(config, data_dir, model_dir, devices=devices, progress=progress)
@@ -127,7 +130,7 @@ def main(argv=None):
     except training.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except ValueError as error:  # UsageError and bad config values
+    except UsageError as error:  # raised on purpose, with what to do; anything else is a bug
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"models and logs are in {model_dir}")

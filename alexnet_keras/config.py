@@ -19,6 +19,11 @@ LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 
 
+class UsageError(ValueError):
+    """A problem the user can fix (bad flags, a bad data or model folder), raised on purpose
+    with a message that says what to do; the scripts print it without a traceback."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # === Model ===
@@ -73,7 +78,7 @@ class Config:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
 
     def replace(self, **changes):
         """A copy with `changes`; unknown names are an error."""
@@ -113,3 +118,10 @@ PRESETS = {
         checkpoint_every_steps=50,
     ),
 }
+
+
+def print_config(config, log=print):
+    """Logs every field of `config`, one per line, as each run starts."""
+    log("config:")
+    for key, value in dataclasses.asdict(config).items():
+        log(f"  {key}: {value}")

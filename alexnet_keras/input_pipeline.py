@@ -235,7 +235,11 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         # One independent stateless seed per example: reproducible in deterministic mode.
-        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+        # Each input pipeline (one per worker) draws its own stream, so workers do not crop,
+        # flip and light their images alike; the file order above stays common to all, so
+        # sharding by example still splits one sequence.
+        augmentation_seed = seed + pipeline_index * 2**32
+        seeds = tf.data.Dataset.random(seed=augmentation_seed).batch(2, drop_remainder=True)
         dataset = tf.data.Dataset.zip((dataset, seeds))
         dataset = dataset.map(
             _train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from alexnet_keras.config import UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 
 STORED_SIZE = 256  # shorter side rescaled to 256, central 256x256 kept (paper section 2)
@@ -62,8 +63,9 @@ class Shard:
         return digest.hexdigest()
 
 
-class ConversionError(ValueError):
-    """The input folder cannot be converted (missing, empty, no class folders...)."""
+# The input folder cannot be converted (missing, empty, no class folders...): a usage error,
+# the same type as training's. The old name stays importable.
+ConversionError = UsageError
 
 
 # === Discovery ===
@@ -91,14 +93,14 @@ def discover(input_dir, val_fraction=0.05, seed=0):
     """Lists the splits: {"train": [Item...], "validation": [Item...]}, class names, ignored."""
     input_dir = pathlib.Path(input_dir)
     if not input_dir.is_dir():
-        raise ConversionError(f"input folder {input_dir} does not exist or is not a folder")
+        raise UsageError(f"input folder {input_dir} does not exist or is not a folder")
     if not 0.0 <= val_fraction < 1.0:
-        raise ConversionError(f"--val_fraction must be in [0, 1), got {val_fraction}")
+        raise UsageError(f"--val_fraction must be in [0, 1), got {val_fraction}")
     train_dir = input_dir / "train" if (input_dir / "train").is_dir() else input_dir
     val_dir = input_dir / "val" if train_dir != input_dir else None
     class_names = _class_folders(train_dir)
     if not class_names:
-        raise ConversionError(
+        raise UsageError(
             f"{train_dir} holds no class folders: expected {train_dir}/<class_name>/<image files>"
         )
     ignored = []
@@ -108,13 +110,13 @@ def discover(input_dir, val_fraction=0.05, seed=0):
         ignored += skipped
         per_class[label] = [Item(str(p.relative_to(input_dir)), label) for p in images]
     if not any(per_class.values()):
-        raise ConversionError(f"no image files found in the class folders of {train_dir}")
+        raise UsageError(f"no image files found in the class folders of {train_dir}")
 
     splits = {"train": [], "validation": []}
     if val_dir is not None and val_dir.is_dir():
         unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
         if unknown:
-            raise ConversionError(
+            raise UsageError(
                 f"{val_dir} has class folders that {train_dir} lacks: {', '.join(unknown)}"
             )
         for items in per_class.values():
@@ -367,7 +369,7 @@ def _remove_stale_files(output_dir, shards):
 def pixel_statistics(pixel_sum, pixel_outer, pixel_count):
     """Mean and std (0-255 scale) and the eigenpairs of the RGB covariance (0-1 scale)."""
     if pixel_count == 0:
-        raise ConversionError("no training image could be converted: nothing to compute")
+        raise UsageError("no training image could be converted: nothing to compute")
     mean = np.asarray(pixel_sum) / pixel_count
     covariance = np.asarray(pixel_outer) / pixel_count - np.outer(mean, mean)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
@@ -403,13 +405,13 @@ def convert(
     """Converts an image folder; returns the dataset summary written to dataset.json, or
     None when this was one partition of several and others are still missing."""
     if not 1 <= jpeg_quality <= 100:
-        raise ConversionError(f"--jpeg_quality must be in [1, 100], got {jpeg_quality}")
+        raise UsageError(f"--jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if num_partitions < 1 or not 0 <= partition_index < num_partitions:
-        raise ConversionError(
+        raise UsageError(
             f"--partition_index must be in [0, {num_partitions}), got {partition_index}"
         )
     if num_shards is not None and num_shards < 1:
-        raise ConversionError(f"--num_shards must be >= 1, got {num_shards}")
+        raise UsageError(f"--num_shards must be >= 1, got {num_shards}")
     workers = workers or os.cpu_count() or 1
     input_dir = pathlib.Path(input_dir).resolve()
     output_dir = pathlib.Path(output_dir)

@@ -6,9 +6,14 @@ Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy, so the loop is wr
 `strategy.run`, the loss averaged over the *global* batch with `tf.nn.compute_average_loss`,
 the weight decay as an L2 term scaled with `tf.nn.scale_regularization_loss`, and metrics
 summed across replicas.
+
+What a restart relies on: every worker restores the chief's latest checkpoint from
+`model_dir`; the checkpoint holds the step, the epoch ends done so far and the running sums of
+the epoch in progress, so an interrupted epoch end (validation, schedule, history, best model)
+is done exactly once on resume; a SIGTERM is agreed on by all workers within one training or
+validation step, so the whole cluster saves one checkpoint and exits with status 143.
 """
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -24,40 +29,30 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline
+from alexnet_keras import figures, history, input_pipeline
+from alexnet_keras.config import UsageError
+from alexnet_keras.evaluation import BEST_MODEL, FINAL_MODEL
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
 
+__all__ = ["UsageError", "TrainingDiverged", "Preempted", "train"]
+
 CHECKPOINT_DIR = "checkpoints"
-FINAL_MODEL = "alexnet.keras"
-BEST_MODEL = "alexnet_best.keras"
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a job controller should run the command again
-
-
-class UsageError(ValueError):
-    """A problem the user can fix: bad flags, a bad data or model folder."""
+# Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
+# while the loss still looks finite (a huge update can silence every ReLU and leave a constant
+# loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
+MAX_ABS_WEIGHT = 1e4
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or the weights became NaN, infinite or absurd; nothing was saved."""
 
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was saved."""
-
-
-@dataclasses.dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    train_top1_error: float
-    train_top5_error: float
-    val_loss: float
-    val_top1_error: float
-    val_top5_error: float
-    learning_rate: float
-    images_per_second: float
-    seconds: float
 
 
 # === Strategy ===
@@ -162,8 +157,16 @@ def learning_rate_at(config, step, steps_per_epoch, plateau_rate):
     return rate
 
 
-class PlateauState:
-    """ReduceLROnPlateau on the validation top-1 error, kept in checkpointed variables."""
+@dataclasses.dataclass(frozen=True)
+class EpochVerdict:
+    improved: bool  # a new best validation top-1 error: save the best model
+    rate_reduced: bool  # the plateau schedule divided the learning rate
+
+
+class ValidationTracker:
+    """The best validation top-1 error so far and the plateau schedule's state, in
+    checkpointed variables. One call per epoch end, `end_epoch`, decides both the best-model
+    save (under every schedule) and the plateau schedule's rate reductions."""
 
     def __init__(self, config):
         self.config = config
@@ -176,15 +179,12 @@ class PlateauState:
         return dict(plateau_rate=self.rate, best_error=self.best_error,
                     bad_epochs=self.bad_epochs, reductions=self.reductions)
 
-    def is_improvement(self, val_top1_error):
-        return val_top1_error < float(self.best_error.numpy()) - 1e-6
-
-    def update(self, val_top1_error):
-        """Called at each epoch end; returns True when the rate was reduced."""
-        if self.is_improvement(val_top1_error):
+    def end_epoch(self, val_top1_error):
+        """Records an epoch's validation top-1 error; returns what it changes."""
+        if val_top1_error < float(self.best_error.numpy()) - 1e-6:
             self.best_error.assign(val_top1_error)
             self.bad_epochs.assign(0)
-            return False
+            return EpochVerdict(improved=True, rate_reduced=False)
         self.bad_epochs.assign_add(1)
         if (self.config.lr_schedule == "plateau"
                 and int(self.bad_epochs.numpy()) >= self.config.plateau_patience
@@ -192,11 +192,29 @@ class PlateauState:
             self.rate.assign(float(self.rate.numpy()) * self.config.plateau_factor)
             self.reductions.assign_add(1)
             self.bad_epochs.assign(0)
-            return True
-        return False
+            return EpochVerdict(improved=False, rate_reduced=True)
+        return EpochVerdict(improved=False, rate_reduced=False)
 
 
-# === Steps ===
+# === Model and steps ===
+
+
+def build_model(config, num_classes):
+    """The network of a run, with the initial weights the run starts from (seeded by
+    `config.seed`); call it inside the strategy's scope."""
+    keras.utils.set_random_seed(config.seed)
+    return build_alexnet(num_classes=num_classes, dropout_rate=config.dropout_rate,
+                         width_multiplier=config.width_multiplier, bias_init=config.bias_init,
+                         kernel_init=config.kernel_init, input_scale=config.input_scale)
+
+
+def build_optimizer(config, model):
+    """The paper's SGD with momentum (loss-scaled for float16), with its slots created."""
+    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 def _regularized_kernels(model):
@@ -205,22 +223,57 @@ def _regularized_kernels(model):
     return [weight for weight in model.trainable_weights if weight.path.endswith("kernel")]
 
 
+@dataclasses.dataclass
+class MetricSums:
+    """Sums over examples, so that the sums of batches, replicas and workers add up."""
+    loss: float = 0.0
+    top1_correct: float = 0.0
+    top5_correct: float = 0.0
+    examples: float = 0.0
+
+    @classmethod
+    def of_step(cls, outputs):
+        return cls(**{field.name: float(outputs[field.name]) for field in dataclasses.fields(cls)})
+
+    def __add__(self, other):
+        return MetricSums(**{name: value + getattr(other, name)
+                             for name, value in dataclasses.asdict(self).items()})
+
+    @property
+    def mean_loss(self):
+        return self.loss / self.examples
+
+    @property
+    def top1_error(self):
+        return 1 - self.top1_correct / self.examples
+
+    @property
+    def top5_error(self):
+        return 1 - self.top5_correct / self.examples
+
+
+STEP_OUTPUTS = (*(field.name for field in dataclasses.fields(MetricSums)), "stop_requests")
+
+
 def make_step_functions(strategy, model, optimizer, config):
-    """tf.functions: train_step(iterator) and eval_step(iterator), each returning metric sums
-    over the global batch: loss, top-1 correct, top-5 correct, example count."""
+    """tf.functions train_step(batch, stop_request) and eval_step(batch, stop_request), each
+    returning a dict of sums over the global batch: MetricSums' fields, and `stop_requests`,
+    the number of replicas whose worker passed a `stop_request` of 1 (a SIGTERM): summed
+    within the step, it is the same on every worker."""
     kernels = _regularized_kernels(model)
     top_k = min(5, model.output.shape[-1])
     float16 = config.mixed_precision == "float16"
 
-    def metric_sums(labels, logits, per_example_loss):
+    def outputs(labels, logits, per_example_loss, stop_request):
+        # One vector, in STEP_OUTPUTS' order, so that one all-reduce sums them all.
         valid = tf.cast(labels != input_pipeline.PADDING_LABEL, tf.float32)
         safe_labels = tf.maximum(labels, 0)
         top1 = tf.cast(tf.math.in_top_k(safe_labels, logits, 1), tf.float32) * valid
         top5 = tf.cast(tf.math.in_top_k(safe_labels, logits, top_k), tf.float32) * valid
         return tf.stack([tf.reduce_sum(per_example_loss * valid), tf.reduce_sum(top1),
-                         tf.reduce_sum(top5), tf.reduce_sum(valid)])
+                         tf.reduce_sum(top5), tf.reduce_sum(valid), stop_request])
 
-    def train_replica(images, labels):
+    def train_replica(images, labels, stop_request):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example_loss = keras.losses.sparse_categorical_crossentropy(
@@ -234,79 +287,31 @@ def make_step_functions(strategy, model, optimizer, config):
             scaled_loss = optimizer.scale_loss(loss) if float16 else loss
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
-        return metric_sums(labels, logits, per_example_loss)
+        return outputs(labels, logits, per_example_loss, stop_request)
 
-    def eval_replica(images, labels):
+    def eval_replica(images, labels, stop_request):
         logits = model(images, training=False)
         per_example_loss = keras.losses.sparse_categorical_crossentropy(
             tf.maximum(labels, 0), logits, from_logits=True)
-        return metric_sums(labels, logits, per_example_loss)
+        return outputs(labels, logits, per_example_loss, stop_request)
 
     def reduce(per_replica):
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return dict(zip(STEP_OUTPUTS, tf.unstack(total)))
 
     replica_step = tf.function(train_replica, jit_compile=True) if config.xla else train_replica
 
     @tf.function
-    def train_step(iterator):
-        images, labels = next(iterator)
-        return reduce(strategy.run(replica_step, args=(images, labels)))
+    def train_step(batch, stop_request):
+        images, labels = batch
+        return reduce(strategy.run(replica_step, args=(images, labels, stop_request)))
 
     @tf.function
-    def eval_step(batch):
-        return reduce(strategy.run(eval_replica, args=batch))
+    def eval_step(batch, stop_request):
+        images, labels = batch
+        return reduce(strategy.run(eval_replica, args=(images, labels, stop_request)))
 
     return train_step, eval_step
-
-
-# === Outputs ===
-
-
-def _save_model(model, path):
-    with replaced_atomically(path) as temporary:
-        model.save(temporary)
-
-
-def _write_history(model_dir, rows):
-    fields = [field.name for field in dataclasses.fields(EpochResult)]
-    with replaced_atomically(pathlib.Path(model_dir) / "history.csv") as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def _read_history(model_dir, before_epoch):
-    path = pathlib.Path(model_dir) / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["epoch"]) < before_epoch]
-
-
-def plot_training_curves(rows, path):
-    """training_curves.png: loss and top-1 / top-5 error per epoch, train and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(row["epoch"]) + 1 for row in rows]
-    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axis.plot(epochs, [float(r["train_loss"]) for r in rows], label="train")
-    loss_axis.plot(epochs, [float(r["val_loss"]) for r in rows], label="validation")
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    for key, style in (("top1", "-"), ("top5", "--")):
-        error_axis.plot(epochs, [float(r[f"train_{key}_error"]) for r in rows], style, label=f"train {key}")
-        error_axis.plot(epochs, [float(r[f"val_{key}_error"]) for r in rows], style, label=f"validation {key}")
-    error_axis.set(xlabel="epoch", ylabel="error", title="Top-1 / top-5 error", ylim=(0, 1))
-    for axis in (loss_axis, error_axis):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=90)
-    plt.close(figure)
 
 
 def weights_fingerprint(model):
@@ -317,7 +322,109 @@ def weights_fingerprint(model):
     return digest.hexdigest()[:16]
 
 
-# === The job ===
+# === Checkpoints and the run's record ===
+
+
+def _checkpoint_layout(config, num_classes):
+    """The settings that change which variables a checkpoint holds, with the flag that sets
+    each: a resume must keep them."""
+    return {
+        "num_classes": (num_classes, "the number of classes in --data_dir"),
+        "width_multiplier": (config.width_multiplier, "--width_multiplier"),
+        # float16 wraps the optimizer in a LossScaleOptimizer; bfloat16 and off do not.
+        "loss_scaling": (config.mixed_precision == "float16", "--mixed_precision"),
+        # SGD without momentum has no momentum slots.
+        "momentum_slots": (config.momentum != 0, "momentum"),
+    }
+
+
+def _check_model_dir(model_dir, num_classes, config):
+    """Refuses, before anything is built, to resume a checkpoint with settings that would
+    change what it holds."""
+    run_file = model_dir / RUN_FILE
+    if not run_file.exists() or not (model_dir / CHECKPOINT_DIR).exists():
+        return
+    previous = json.loads(run_file.read_text())
+    for key, (value, flag) in _checkpoint_layout(config, num_classes).items():
+        if key not in previous or previous[key] == value:
+            continue
+        if key == "num_classes":
+            raise UsageError(
+                f"--model_dir {model_dir} holds a checkpoint for {previous[key]} classes but the "
+                f"data has {num_classes}: use another --model_dir")
+        if key == "loss_scaling":
+            before = previous.get("mixed_precision", "float16" if previous[key] else "off")
+            raise UsageError(
+                f"--model_dir {model_dir} holds a checkpoint trained with --mixed_precision "
+                f"{before}, and --mixed_precision {config.mixed_precision} "
+                f"{'drops' if previous[key] else 'adds'} the loss scaling optimizer it "
+                f"checkpoints: resume with --mixed_precision {before}, or use another --model_dir")
+        raise UsageError(
+            f"--model_dir {model_dir} holds a checkpoint made with {flag} {previous[key]} but "
+            f"this run has {value}: resume with the same {flag}, or use another --model_dir")
+
+
+def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_step):
+    """config.json is the config the run started with; a resume keeps it and appends its own
+    step, replicas and config changes to run.json's `resumes`. The class names travel with
+    the run, so an export labels its outputs without the data folder."""
+    num_classes = len(class_names)
+    run = {"num_classes": num_classes, "class_names": list(class_names),
+           "data_dir": str(data_dir), "replicas": replicas,
+           "width_multiplier": config.width_multiplier,
+           "mixed_precision": config.mixed_precision,
+           **{key: value for key, (value, _) in _checkpoint_layout(config, num_classes).items()},
+           "resumes": []}
+    config_file, run_file = model_dir / CONFIG_FILE, model_dir / RUN_FILE
+    if resumed_at_step is None or not config_file.exists():
+        write_text_atomically(config_file, config.to_json())
+    else:
+        original = json.loads(config_file.read_text())
+        previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+        run = {**previous, "resumes": previous.get("resumes", [])}
+        run["resumes"].append({
+            "step": resumed_at_step, "replicas": replicas,
+            "config_changes": {name: value for name, value in dataclasses.asdict(config).items()
+                               if original.get(name) != value}})
+    write_text_atomically(run_file, json.dumps(run, indent=2))
+
+
+def _restore_latest(checkpoint, checkpoint_dir):
+    """Restores the latest checkpoint in `checkpoint_dir`, verifying that it fills every
+    variable of the model, optimizer and loop; returns its path, or None when there is none."""
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if latest is None:
+        return None
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UsageError(f"the checkpoint {latest} does not match this model, optimizer and "
+                         f"settings ({reason}): resume with the settings it was made with, or "
+                         f"use another --model_dir") from None
+    return latest
+
+
+def _check_workers_agree(strategy, start_step, model_dir):
+    """Every worker must restore the same checkpoint, or replicas diverge and the workers run
+    different numbers of steps until a collective hangs."""
+    local = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([start_step], tf.int64))
+    every_start = strategy.gather(local, axis=0).numpy()  # the same on every worker
+    lowest, highest = int(every_start.min()), int(every_start.max())
+    if lowest != highest:
+        raise UsageError(
+            f"the workers found different checkpoints in --model_dir {model_dir} (steps "
+            f"{lowest} to {highest}): --model_dir must be one shared folder that every worker "
+            f"reads")
+
+
+def _save_model(model, path):
+    with replaced_atomically(path) as temporary:
+        model.save(temporary)
+
+
+# === The loop ===
 
 
 class _SigtermFlag:
@@ -337,222 +444,312 @@ class _SigtermFlag:
         signal.signal(signal.SIGTERM, self.previous)
 
 
+@dataclasses.dataclass
+class TrainingLoop:
+    """What the loop carries from step to step. Everything a restart needs is a variable in
+    `checkpoint`: the model, the optimizer, `step`, `epochs_ended`, the tracker's state and
+    the training sums of the epoch in progress (`epoch_sums`, `epoch_seconds`)."""
+    config: object
+    model: keras.Model
+    optimizer: object
+    train_step: object
+    eval_step: object
+    manager: tf.train.CheckpointManager
+    step: tf.Variable  # training steps done
+    epochs_ended: tf.Variable  # epochs whose end (validation, schedule, history, best model) is done
+    epoch_sums: dict  # MetricSums field -> tf.Variable, the running sums of the epoch in progress
+    epoch_seconds: tf.Variable
+    tracker: ValidationTracker
+    steps_per_epoch: int
+    multi_worker: bool
+    sigterm: _SigtermFlag
+    progress: object = None
+    log: object = print
+
+    def stop_request(self):
+        return tf.constant(1.0 if self.sigterm.raised else 0.0)
+
+    def stop_agreed(self, outputs):
+        """True when the run must save and exit. Across workers, only the count summed within
+        the step is the same everywhere; on one machine the flag itself is."""
+        if self.multi_worker:
+            return float(outputs["stop_requests"]) > 0
+        return self.sigterm.raised
+
+    def running_sums(self):
+        return MetricSums(**{name: float(variable.numpy())
+                             for name, variable in self.epoch_sums.items()})
+
+    def save(self, sums, seconds, learning_rate):
+        """Checkpoints the loop, with the epoch's running `sums` and `seconds`, unless the
+        weights blew up."""
+        _check_weights_before_saving(self.model, int(self.step.numpy()), self.manager,
+                                     learning_rate)
+        for name, value in dataclasses.asdict(sums).items():
+            self.epoch_sums[name].assign(value)
+        self.epoch_seconds.assign(seconds)
+        return self.manager.save()
+
+    def preempted(self, sums, seconds, learning_rate, during):
+        self.save(sums, seconds, learning_rate)
+        return Preempted(f"SIGTERM: saved a checkpoint at step {int(self.step.numpy())} "
+                         f"{during} in {self.manager.directory}; run the same command to resume")
+
+
+def _check_weights_before_saving(model, step, manager, learning_rate):
+    """Raises TrainingDiverged, so nothing is saved, when a weight is non-finite or absurd."""
+    # `abs(w) <= bound` is False for NaN as well as for infinities and huge values.
+    if all(bool(tf.reduce_all(tf.abs(weight.value) <= MAX_ABS_WEIGHT))
+           for weight in model.trainable_weights):
+        return
+    raise TrainingDiverged(
+        f"the weights became non-finite or larger than {MAX_ABS_WEIGHT:g} by step {step}; "
+        f"stopped without saving, so the last good checkpoint in {manager.directory} is kept. "
+        f"Lower --learning_rate (now {learning_rate:g}) or check the data.")
+
+
+def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
+    """Runs the steps left in `epoch`; returns the epoch's training sums and seconds, both
+    including the part done before a restart."""
+    config = loop.config
+    epoch_end = (epoch + 1) * loop.steps_per_epoch
+    # The step and the plateau rate are read from their variables once per epoch: reading a
+    # variable each step would be a device-to-host copy on GPUs.
+    current = int(loop.step.numpy())
+    plateau_rate = float(loop.tracker.rate.numpy())
+    sums, seconds = loop.running_sums(), float(loop.epoch_seconds.numpy())
+    start = time.perf_counter() - seconds
+    bar = loop.progress(epoch_end - current, f"epoch {epoch + 1}") if loop.progress else None
+    try:
+        while current < epoch_end:
+            rate = learning_rate_at(config, current, loop.steps_per_epoch, plateau_rate)
+            loop.optimizer.learning_rate = rate
+            try:
+                batch = next(train_iterator)
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+                raise _describe_data_error(error, train_pattern) from None
+            outputs = loop.train_step(batch, loop.stop_request())
+            step_sums = MetricSums.of_step(outputs)
+            if not np.isfinite(step_sums.loss):
+                raise TrainingDiverged(
+                    f"the loss became {step_sums.loss} at step {current + 1}; stopped without "
+                    f"saving, so the last good checkpoint in {loop.manager.directory} is kept. "
+                    f"Lower --learning_rate (now {rate:g}) or check the data.")
+            current += 1
+            loop.step.assign(current)
+            sums += step_sums
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums.mean_loss:.3f}", top1=f"{1 - sums.top1_error:.3f}",
+                                lr=f"{rate:.2g}")
+            if loop.stop_agreed(outputs):
+                raise loop.preempted(sums, time.perf_counter() - start, rate, "during training")
+            if current % config.checkpoint_every_steps == 0:
+                loop.save(sums, time.perf_counter() - start, rate)
+    finally:
+        if bar is not None:
+            bar.close()
+    return sums, time.perf_counter() - start
+
+
+def _validate(loop, epoch, validation, val_batches, train_sums, train_seconds, learning_rate):
+    """Validation sums of `epoch`. A SIGTERM here saves the training state at the epoch's
+    last step; the resumed run validates the epoch again."""
+    sums = MetricSums()
+    bar = loop.progress(val_batches, f"validation {epoch + 1}") if loop.progress else None
+    try:
+        for batch in validation:
+            outputs = loop.eval_step(batch, loop.stop_request())
+            sums += MetricSums.of_step(outputs)
+            if bar is not None:
+                bar.update(1)
+            if loop.stop_agreed(outputs):
+                raise loop.preempted(train_sums, train_seconds, learning_rate, "during validation")
+    finally:
+        if bar is not None:
+            bar.close()
+    return sums
+
+
+def _run_epochs(loop, data, outputs):
+    """Trains and ends every epoch not yet ended; returns their EpochResults."""
+    config, results = loop.config, []
+    total_steps = config.epochs * loop.steps_per_epoch
+    rows = history.read_history(outputs.model_dir, int(loop.epochs_ended.numpy()))
+    while (epoch := int(loop.epochs_ended.numpy())) < config.epochs:
+        train_sums, seconds = _train_to_epoch_end(loop, epoch, data.train_iterator,
+                                                  data.train_pattern)
+        # The rate of the epoch's last step, also when a restart left only the epoch end.
+        learning_rate = learning_rate_at(config, (epoch + 1) * loop.steps_per_epoch - 1,
+                                         loop.steps_per_epoch, float(loop.tracker.rate.numpy()))
+        val_sums = _validate(loop, epoch, data.validation, data.val_batches, train_sums,
+                             seconds, learning_rate)
+        verdict = loop.tracker.end_epoch(val_sums.top1_error)
+        result = history.EpochResult(
+            epoch=epoch, train_loss=train_sums.mean_loss, train_top1_error=train_sums.top1_error,
+            train_top5_error=train_sums.top5_error, val_loss=val_sums.mean_loss,
+            val_top1_error=val_sums.top1_error, val_top5_error=val_sums.top5_error,
+            learning_rate=learning_rate, images_per_second=train_sums.examples / seconds,
+            seconds=seconds)
+        # The outputs come before the checkpoint that marks the epoch as ended: a restart
+        # between the two redoes the epoch end, which rewrites the same row and best model.
+        if outputs.chief:
+            rows = [row for row in rows if int(row["epoch"]) < epoch]
+            rows.append(dataclasses.asdict(result))
+            history.write_history(outputs.model_dir, rows)
+            history.plot_training_curves(rows, outputs.model_dir / history.CURVES_FILE)
+            if verdict.improved:
+                _save_model(loop.model, outputs.model_dir / BEST_MODEL)
+        with outputs.summary_writer.as_default(step=int(loop.step.numpy())):
+            for name, value in dataclasses.asdict(result).items():
+                if name not in ("epoch", "seconds"):
+                    tf.summary.scalar(name, value)
+        loop.epochs_ended.assign(epoch + 1)
+        loop.save(MetricSums(), 0.0, learning_rate)
+        if verdict.rate_reduced:
+            loop.log(f"validation top-1 error has not improved for {config.plateau_patience} "
+                     f"epochs: learning rate divided by {1 / config.plateau_factor:g}")
+        remaining = (total_steps - int(loop.step.numpy())) / loop.steps_per_epoch
+        loop.log(history.describe_epoch(result, config.epochs, eta_seconds=remaining * seconds))
+        results.append(result)
+    return results
+
+
+@dataclasses.dataclass
+class _Data:
+    train_iterator: object
+    train_pattern: str
+    validation: object
+    val_batches: int
+
+
+@dataclasses.dataclass
+class _Outputs:
+    model_dir: pathlib.Path
+    chief: bool
+    summary_writer: object
+
+
+# === The job ===
+
+
 def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     """Trains AlexNet on the converter's TFRecords; resumes from `model_dir` if it holds
-    checkpoints. Returns the list of EpochResult of this run."""
+    checkpoints. Returns the list of EpochResult of the epochs this run ended.
+
+    `progress(total, description)`, if given, returns a progress bar (tqdm's interface:
+    `update`, `set_postfix`, `close`) for each epoch's training and validation."""
     info = check_data_dir(data_dir)
     data_dir, model_dir = pathlib.Path(data_dir), pathlib.Path(model_dir)
     num_classes = info["num_classes"]
     strategy = select_strategy(devices)
-    replicas = strategy.num_replicas_in_sync
-    if config.global_batch_size % replicas:
-        raise UsageError(f"--global_batch_size {config.global_batch_size} is not divisible by "
-                         f"the {replicas} replicas")
-    steps_per_epoch = info["num_examples"]["train"] // config.global_batch_size
-    if steps_per_epoch < 1:
-        raise UsageError(f"the training split has {info['num_examples']['train']} images, fewer "
-                         f"than one global batch of {config.global_batch_size}")
-    chief = is_chief(strategy)
-    # Non-chief workers must take part in saving checkpoints, but into a folder of their own
-    # that is removed at the end.
-    scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="alexnet-worker-"))
-    output_dir = model_dir if chief else scratch
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_model_dir(model_dir, num_classes, config)
+    # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
+    # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
+    with _SigtermFlag() as sigterm:
+        replicas = strategy.num_replicas_in_sync
+        if config.global_batch_size % replicas:
+            raise UsageError(f"--global_batch_size {config.global_batch_size} is not divisible "
+                             f"by the {replicas} replicas")
+        steps_per_epoch = info["num_examples"]["train"] // config.global_batch_size
+        if steps_per_epoch < 1:
+            raise UsageError(f"the training split has {info['num_examples']['train']} images, "
+                             f"fewer than one global batch of {config.global_batch_size}")
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        chief = is_chief(strategy)
+        _check_model_dir(model_dir, num_classes, config)
+        # Every worker takes part in saving checkpoints, but only the chief's land in
+        # model_dir; the others write to a folder of their own that is removed at the end.
+        scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="alexnet-worker-"))
+        output_dir = model_dir if chief else scratch
+        output_dir.mkdir(parents=True, exist_ok=True)
+        log(f"strategy: {'MultiWorkerMirroredStrategy' if multi_worker else type(strategy).__name__}"
+            f" with {replicas} replica(s), {config.global_batch_size // replicas} images per "
+            f"replica per step")
+        policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+        keras.config.set_dtype_policy(policy[config.mixed_precision])
+        try:
+            return _train(config, info, data_dir, model_dir, output_dir, strategy, chief,
+                          multi_worker, steps_per_epoch, sigterm, log, progress)
+        finally:
+            keras.config.set_dtype_policy("float32")
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi_worker,
+           steps_per_epoch, sigterm, log, progress):
+    num_classes = info["num_classes"]
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        mean_layer(model).set_mean(info["rgb_mean"])
+        optimizer = build_optimizer(config, model)
+        tracker = ValidationTracker(config)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        epochs_ended = tf.Variable(0, dtype=tf.int64, trainable=False)
+        epoch_sums = {field.name: tf.Variable(0.0, dtype=tf.float64, trainable=False)
+                      for field in dataclasses.fields(MetricSums)}
+        epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step, epochs_ended=epochs_ended,
+        epoch_seconds=epoch_seconds, **tracker.checkpoint_items(),
+        **{f"epoch_{name}": variable for name, variable in epoch_sums.items()})
+    # Every worker restores the chief's checkpoint (model_dir is shared storage).
+    restored = _restore_latest(checkpoint, model_dir / CHECKPOINT_DIR)
+    start_step = int(step.numpy())
+    if multi_worker:
+        _check_workers_agree(strategy, start_step, model_dir)
     if chief:
-        write_text_atomically(model_dir / "config.json", config.to_json())
-        write_text_atomically(model_dir / "run.json", json.dumps(
-            {"num_classes": num_classes, "data_dir": str(data_dir), "replicas": replicas,
-             "width_multiplier": config.width_multiplier}, indent=2))
-    strategy_name = ("MultiWorkerMirroredStrategy"
-                     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                     else type(strategy).__name__)
-    log(f"strategy: {strategy_name} with {replicas} replica(s), "
-        f"{config.global_batch_size // replicas} images per replica per step")
+        _record_run(model_dir, config, info["class_names"], data_dir, strategy.num_replicas_in_sync,
+                    start_step if restored else None)
+    if restored:
+        log(f"resumed from {restored} at step {start_step} "
+            f"(epoch {int(epochs_ended.numpy()) + 1})")
+    manager = tf.train.CheckpointManager(checkpoint, str(output_dir / CHECKPOINT_DIR),
+                                         max_to_keep=config.keep_checkpoints)
 
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-    keras.config.set_dtype_policy(policy[config.mixed_precision])
-    keras.utils.set_random_seed(config.seed)
-    try:
-        with strategy.scope():
-            model = build_alexnet(num_classes=num_classes, dropout_rate=config.dropout_rate,
-                                  width_multiplier=config.width_multiplier,
-                                  bias_init=config.bias_init, kernel_init=config.kernel_init,
-                                  input_scale=config.input_scale)
-            mean_layer(model).set_mean(info["rgb_mean"])
-            optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
-                                             momentum=config.momentum)
-            if config.mixed_precision == "float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(model.trainable_variables)
-            plateau = PlateauState(config)
-            step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                                         **plateau.checkpoint_items())
-        manager = tf.train.CheckpointManager(checkpoint, str(output_dir / CHECKPOINT_DIR),
-                                             max_to_keep=config.keep_checkpoints)
-        restored = manager.restore_or_initialize()
-        start_step = int(step.numpy())
-        if restored and start_step:
-            log(f"resumed from {restored} at step {start_step} "
-                f"(epoch {start_step // steps_per_epoch + 1})")
+    pca = (input_pipeline.PCALighting.from_dataset_info(info, config.pca_noise_std)
+           if config.pca_noise_std > 0 else None)
+    train_pattern = str(data_dir / "train-*.tfrecord")
 
-        pca = (input_pipeline.PCALighting.from_dataset_info(info, config.pca_noise_std)
-               if config.pca_noise_std > 0 else None)
+    def train_dataset(context):
+        # A resumed run reshuffles with a new seed instead of replaying the first batches.
+        return input_pipeline.make_dataset(
+            train_pattern, config.global_batch_size, training=True, input_context=context,
+            pca=pca, shuffle_buffer=config.shuffle_buffer, seed=config.seed + start_step,
+            deterministic=config.deterministic)
 
-        train_pattern = str(data_dir / "train-*.tfrecord")
+    val_count = info["num_examples"]["validation"]
 
-        def train_dataset(context):
-            # A resumed run reshuffles with a new seed instead of replaying the first batches.
-            return input_pipeline.make_dataset(
-                train_pattern, config.global_batch_size, training=True,
-                input_context=context, pca=pca, shuffle_buffer=config.shuffle_buffer,
-                seed=config.seed + start_step, deterministic=config.deterministic)
+    def val_dataset(context):
+        return input_pipeline.make_dataset(
+            str(data_dir / "validation-*.tfrecord"), config.global_batch_size, training=False,
+            input_context=context, num_examples=val_count)
 
-        val_count = info["num_examples"]["validation"]
-
-        def val_dataset(context):
-            return input_pipeline.make_dataset(
-                str(data_dir / "validation-*.tfrecord"), config.global_batch_size,
-                training=False, input_context=context, num_examples=val_count)
-
-        train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset))
-        validation = strategy.distribute_datasets_from_function(val_dataset)
-        train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
-
-        summary_writer = tf.summary.create_file_writer(str(output_dir / "logs"))
-        history = _read_history(model_dir, start_step // steps_per_epoch) if chief else []
-        results = []
-        total_steps = config.epochs * steps_per_epoch
-        with _SigtermFlag() as sigterm:
-            while int(step.numpy()) < total_steps:
-                result = _run_epoch(
-                    config, train_pattern, step, steps_per_epoch, plateau, optimizer,
-                    train_step, eval_step, train_iterator, validation, manager, sigterm,
-                    progress, log)
-                results.append(result)
-                history.append(dataclasses.asdict(result))
-                improved = plateau.is_improvement(result.val_top1_error)
-                reduced = plateau.update(result.val_top1_error)
-                manager.save(checkpoint_number=int(step.numpy()))
-                if reduced:
-                    log(f"validation top-1 error has not improved for "
-                        f"{config.plateau_patience} epochs: learning rate divided by "
-                        f"{1 / config.plateau_factor:g}")
-                remaining = (total_steps - int(step.numpy())) / steps_per_epoch
-                _log_epoch(log, result, config.epochs, eta_seconds=remaining * result.seconds)
-                with summary_writer.as_default(step=int(step.numpy())):
-                    for name, value in dataclasses.asdict(result).items():
-                        if name not in ("epoch", "seconds"):
-                            tf.summary.scalar(name, value)
-                if chief:
-                    _write_history(model_dir, history)
-                    plot_training_curves(history, model_dir / "training_curves.png")
-                    if improved:
-                        _save_model(model, model_dir / BEST_MODEL)
-        if chief:
-            _save_model(model, model_dir / FINAL_MODEL)
-        log(f"finished at step {int(step.numpy())}; weights fingerprint "
-            f"{weights_fingerprint(model)}")
-        return results
-    finally:
-        keras.config.set_dtype_policy("float32")
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _check_model_dir(model_dir, num_classes, config):
-    run_file = model_dir / "run.json"
-    if not run_file.exists() or not (model_dir / CHECKPOINT_DIR).exists():
-        return
-    previous = json.loads(run_file.read_text())
-    if previous.get("num_classes") != num_classes:
-        raise UsageError(
-            f"--model_dir {model_dir} holds a checkpoint for {previous.get('num_classes')} "
-            f"classes but the data has {num_classes}: use another --model_dir")
-    if previous.get("width_multiplier", config.width_multiplier) != config.width_multiplier:
-        raise UsageError(
-            f"--model_dir {model_dir} holds a checkpoint of width {previous['width_multiplier']} "
-            f"but the config asks for {config.width_multiplier}: use another --model_dir")
-
-
-def _run_epoch(config, train_pattern, step, steps_per_epoch, plateau, optimizer, train_step,
-               eval_step, train_iterator, validation, manager, sigterm, progress, log):
-    # The step and the plateau rate are read from their variables once per epoch: reading a
-    # variable each step would be a device-to-host copy on GPUs.
-    current = int(step.numpy())
-    plateau_rate = float(plateau.rate.numpy())
-    epoch = current // steps_per_epoch
-    epoch_end = (epoch + 1) * steps_per_epoch
-    sums = np.zeros(4)
-    start = time.perf_counter()
-    bar = progress(epoch_end - current, epoch) if progress else None
-    try:
-        while current < epoch_end:
-            rate = learning_rate_at(config, current, steps_per_epoch, plateau_rate)
-            optimizer.learning_rate = rate
-            try:
-                step_sums = train_step(train_iterator).numpy()
-            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-                raise _describe_data_error(error, train_pattern) from None
-            if not np.isfinite(step_sums[0]):
-                raise TrainingDiverged(
-                    f"the loss became {step_sums[0]} at step {current + 1}; stopped without "
-                    f"saving, so the last good checkpoint in {manager.directory} is kept. Lower "
-                    f"--learning_rate (now {rate:g}) or check the data.")
-            current += 1
-            step.assign(current)
-            sums += step_sums
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}",
-                                top1=f"{sums[1] / sums[3]:.3f}", lr=f"{rate:.2g}")
-            if current % config.checkpoint_every_steps == 0 or sigterm.raised:
-                manager.save(checkpoint_number=current)
-            if sigterm.raised:
-                raise Preempted(f"SIGTERM: saved a checkpoint at step {current} in "
-                                f"{manager.directory}; run the same command to resume")
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - start
-    val_sums = np.zeros(4)
-    for batch in validation:
-        val_sums += eval_step(batch).numpy()
-    return EpochResult(
-        epoch=epoch,
-        train_loss=sums[0] / sums[3],
-        train_top1_error=1 - sums[1] / sums[3],
-        train_top5_error=1 - sums[2] / sums[3],
-        val_loss=val_sums[0] / val_sums[3],
-        val_top1_error=1 - val_sums[1] / val_sums[3],
-        val_top5_error=1 - val_sums[2] / val_sums[3],
-        learning_rate=float(rate),
-        images_per_second=sums[3] / seconds,
-        seconds=seconds,
-    )
+    data = _Data(train_iterator=iter(strategy.distribute_datasets_from_function(train_dataset)),
+                 train_pattern=train_pattern,
+                 validation=strategy.distribute_datasets_from_function(val_dataset),
+                 val_batches=math.ceil(val_count / config.global_batch_size))
+    train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
+    loop = TrainingLoop(
+        config=config, model=model, optimizer=optimizer,
+        train_step=train_step, eval_step=eval_step, manager=manager,
+        step=step, epochs_ended=epochs_ended, epoch_sums=epoch_sums,
+        epoch_seconds=epoch_seconds, tracker=tracker, steps_per_epoch=steps_per_epoch,
+        multi_worker=multi_worker, sigterm=sigterm, progress=progress, log=log)
+    outputs = _Outputs(model_dir=model_dir, chief=chief,
+                       summary_writer=tf.summary.create_file_writer(str(output_dir / "logs")))
+    results = _run_epochs(loop, data, outputs)
+    if chief:
+        _save_model(model, model_dir / FINAL_MODEL)
+        figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
+    log(f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}")
+    return results
 
 
 def _describe_data_error(error, train_pattern):
-    """tf.data's error does not say which file is bad: find it."""
+    """tf.data's error does not say which file is bad: find it. Only called for errors
+    raised while reading the next batch, never for the step's own errors."""
     culprit = input_pipeline.find_corrupt_record(train_pattern)
     detail = culprit or error.message.splitlines()[0]
     return UsageError(f"unreadable training data: {detail}. Convert the images again with "
                       f"data/build_tfrecords.py")
-
-
-def _log_epoch(log, result, epochs, eta_seconds):
-    log(f"epoch {result.epoch + 1}/{epochs}: loss {result.train_loss:.4f}, "
-        f"top-1 error {result.train_top1_error:.4f}, top-5 error {result.train_top5_error:.4f} | "
-        f"validation loss {result.val_loss:.4f}, top-1 error {result.val_top1_error:.4f}, "
-        f"top-5 error {result.val_top5_error:.4f} | lr {result.learning_rate:.3g}, "
-        f"{result.images_per_second:.1f} images/s, {result.seconds:.1f} s, "
-        f"ETA {eta_seconds / 60:.1f} min")
-
-
-def print_config(config, log=print):
-    log("config:")
-    for key, value in dataclasses.asdict(config).items():
-        log(f"  {key}: {value}")
-

@@ -23,7 +23,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alexnet_keras.tfrecords import DEFAULT_MAX_PIXELS, ConversionError, convert  # noqa: E402
+from alexnet_keras.config import UsageError  # noqa: E402
+from alexnet_keras.tfrecords import DEFAULT_MAX_PIXELS, convert  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -77,7 +78,7 @@ def main(argv=None):
             partition_index=args.partition_index,
             progress=progress,
         )
-    except ConversionError as error:
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if dataset is None:

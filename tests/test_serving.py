@@ -343,6 +343,10 @@ def test_labels_default_to_the_training_runs_class_names(tmp_path, labels_file):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"data_dir": str(labels_file.parent)}))
     assert serving.labels_for_model(run / "alexnet.keras") == LABELS
+    # train.py records the class names themselves: they win, the data folder may be gone.
+    (run / "run.json").write_text(json.dumps({"data_dir": str(labels_file.parent),
+                                              "class_names": ["a", "b"]}))
+    assert serving.labels_for_model(run / "alexnet.keras") == ["a", "b"]
     assert serving.labels_for_model(tmp_path / "elsewhere" / "alexnet.keras") is None
 
 

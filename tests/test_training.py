@@ -2,10 +2,13 @@
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -42,6 +45,15 @@ def final_step(output):
     raise AssertionError(f"no 'finished at step' line in:\n{output[-3000:]}")
 
 
+def checkpoint_value(checkpoint_path, name):
+    """A variable of the loop as saved in a checkpoint (`step`, `plateau_rate`...)."""
+    return tf.train.load_variable(checkpoint_path, f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def latest_checkpoint(model_dir):
+    return tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+
+
 def steps_per_epoch(records, batch):
     info = json.loads((records / "dataset.json").read_text())
     return info["num_examples"]["train"] // batch
@@ -74,15 +86,18 @@ def test_one_and_two_replicas_end_with_the_same_weights(synthetic_records, tmp_p
         training.train(config, synthetic_records, model_dir, devices=devices, log=lambda m: None)
         model = keras.models.load_model(model_dir / "alexnet.keras")
         weights.append(model.get_weights())
-    keras.utils.set_random_seed(config.seed)
-    initial = training.build_alexnet(
-        num_classes=4, width_multiplier=0.125, kernel_init=config.kernel_init,
-        bias_init=config.bias_init, input_scale=config.input_scale).get_weights()
+    # The starting weights, built exactly as train() builds them (same seed, same dropout:
+    # a dropout layer with a rate draws a seed and shifts every later initializer).
+    initial = training.build_model(config, num_classes=4).get_weights()
     for index, (one, two, start) in enumerate(zip(*weights, initial)):
         if index == 0:  # the RGB mean, set from dataset.json
             np.testing.assert_array_equal(one, two)
             continue
         update_one, update_two = one - start, two - start
+        # `start` is where the runs started: 3 steps move a kernel far less than a redraw of
+        # its initializer would (a redraw differs by about 1.4x the kernel's norm).
+        if start.ndim > 1:
+            assert np.linalg.norm(update_one) < 0.5 * np.linalg.norm(start), index
         # Both runs moved the weights, by the same update up to float summation order.
         # A loss scaled per replica instead of per global batch would differ by 2x.
         assert np.linalg.norm(update_one) > 0
@@ -96,36 +111,128 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_multi_worker_mirrored_strategy_with_two_local_workers(synthetic_records, tmp_path,
-                                                                python, repo_root):
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    model_dir = tmp_path / "model"
-    processes = []
-    for index in range(2):
+class Worker:
+    """A train.py process of a local two-worker cluster, its output collected as it comes."""
+
+    def __init__(self, python, repo_root, arguments, cluster, index, temporary_dir):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes.append(subprocess.Popen(
-            [python, "train.py", "--data_dir", synthetic_records, "--model_dir", model_dir,
-             *tiny_flags(TINY.replace(epochs=1))],
-            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TF_CONFIG": tf_config}))
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
-        assert "MultiWorkerMirroredStrategy with 2 replica(s)" in output
-    fingerprints = [line.split()[-1] for output in outputs for line in output.splitlines()
-                    if line.startswith("finished at step")]
-    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
-    assert final_step(outputs[0]) == steps_per_epoch(synthetic_records, 8)
-    # Only the chief (worker 0) wrote the final artifacts.
+        self.process = subprocess.Popen(
+            [python, "train.py", *map(str, arguments)], cwd=repo_root, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1",
+                 "TMPDIR": str(temporary_dir)})
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never came:\n{self.output[-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout=600):
+        self.process.wait(timeout=timeout)
+        self.reader.join()
+        return self.process.returncode
+
+
+def start_cluster(python, repo_root, arguments, temporary_dir):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    return [Worker(python, repo_root, arguments, cluster, index, temporary_dir)
+            for index in range(2)]
+
+
+def stop_cluster(workers):
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.finish()
+
+
+def scratch_folders(temporary_dir):
+    """The folders non-chief workers write their checkpoints to (see training.train)."""
+    return list(temporary_dir.glob("alexnet-worker-*"))
+
+
+def resumed_step(output):
+    for line in output.splitlines():
+        if line.startswith("resumed from"):
+            return int(line.split(" at step ")[1].split()[0])
+    raise AssertionError(f"no 'resumed from' line in:\n{output[-3000:]}")
+
+
+def fingerprint(output):
+    return [line.split()[-1] for line in output.splitlines()
+            if line.startswith("finished at step")][0]
+
+
+@pytest.mark.slow
+def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
+        synthetic_records, tmp_path, python, repo_root):
+    """MultiWorkerMirroredStrategy on 127.0.0.1: both workers killed with -9 after the first
+    checkpoint resume at the same step; a SIGTERM to worker 1 alone stops both with 143 and
+    one checkpoint; the rerun resumes from it and ends with identical weights on both."""
+    model_dir, temporary_dir = tmp_path / "model", tmp_path / "worker_tmp"
+    temporary_dir.mkdir()
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+    total_steps = 2 * steps_per_epoch(synthetic_records, TINY.global_batch_size)
+
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        wait_for_checkpoint(model_dir, workers[0].process)
+        assert all(worker.process.poll() is None for worker in workers), "finished too early"
+    finally:
+        for worker in workers:
+            worker.process.send_signal(signal.SIGKILL)
+        stop_cluster(workers)
+    for folder in scratch_folders(temporary_dir):  # kill -9 gives no chance to clean up
+        shutil.rmtree(folder)
+
+    # Both restore the chief's checkpoint; a SIGTERM to the non-chief stops the cluster.
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        workers[1].wait_for("resumed from")
+        workers[1].process.send_signal(signal.SIGTERM)
+        codes = [worker.finish(timeout=300) for worker in workers]
+    finally:
+        stop_cluster(workers)
+    outputs = [worker.output for worker in workers]
+    assert codes == [training.PREEMPTED_EXIT_CODE] * 2, [output[-2000:] for output in outputs]
+    first_resume = resumed_step(outputs[0])
+    assert first_resume > 0 and resumed_step(outputs[1]) == first_resume
+    saved = [int(output.split("saved a checkpoint at step ")[1].split()[0]) for output in outputs]
+    assert saved[0] == saved[1] > first_resume
+    assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved[0]
+    assert not scratch_folders(temporary_dir), "a worker left its scratch folder"
+
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        codes = [worker.finish() for worker in workers]
+    finally:
+        stop_cluster(workers)
+    outputs = [worker.output for worker in workers]
+    assert codes == [0, 0], [output[-2000:] for output in outputs]
+    assert [resumed_step(output) for output in outputs] == saved
+    assert [final_step(output) for output in outputs] == [total_steps] * 2
+    assert fingerprint(outputs[0]) == fingerprint(outputs[1])
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert (model_dir / "alexnet.keras").exists()
+    assert not scratch_folders(temporary_dir)
+    # Only the chief writes to model_dir: no other worker's checkpoints or logs there.
+    assert sorted(path.name for path in model_dir.iterdir()) == [
+        "alexnet.keras", "alexnet_best.keras", "checkpoints", "config.json", "history.csv",
+        "logs", "run.json", "training_curves.png"]
 
 
 def wait_for_checkpoint(model_dir, process, timeout=300):
@@ -168,24 +275,208 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     assert process.returncode == training.PREEMPTED_EXIT_CODE, stderr[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in stderr
     saved_step = int(stderr.split("checkpoint at step ")[1].split()[0])
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    assert latest.endswith(f"-{saved_step}")
+    assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved_step
     assert "Traceback" not in stderr
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_records, tmp_path,
-                                                           python, repo_root):
+def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
+        synthetic_records, tmp_path, repo_root, capsys):
+    """A learning rate of inf (or 1e30) turns the weights non-finite (or absurd) in the first
+    update of the resumed run, on every CPU. With a checkpoint after every step, that step's
+    checkpoint must not be written; with a checkpoint every 3 steps, the NaN loss of the next
+    step stops the run. Either way the checkpoint of the first, good run stays the latest."""
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    good_dir = tmp_path / "good"
+    training.train(TINY.replace(epochs=1), synthetic_records, good_dir, log=lambda m: None)
+    first_steps = steps_per_epoch(synthetic_records, TINY.global_batch_size)
+    good = pathlib.Path(latest_checkpoint(good_dir)).name
+    assert checkpoint_value(latest_checkpoint(good_dir), "step") == first_steps
+    cases = [("inf", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
+             ("1e30", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
+             ("inf", 3, f"at step {first_steps + 2}")]
+    for index, (learning_rate, every, message) in enumerate(cases):
+        model_dir = tmp_path / f"diverging_{index}"
+        shutil.copytree(good_dir, model_dir)
+        flags = tiny_flags(TINY.replace(epochs=2, checkpoint_every_steps=every))
+        code = train_script.main(["--data_dir", str(synthetic_records), "--model_dir",
+                                  str(model_dir), *flags, "--learning_rate", learning_rate])
+        stderr = capsys.readouterr().err
+        assert code == 3, stderr[-3000:]
+        latest = latest_checkpoint(model_dir)
+        assert latest == str(model_dir / "checkpoints" / good), (index, latest)
+        assert message in stderr and "last good checkpoint" in stderr, stderr[-3000:]
+
+
+class SimulatedCrash(Exception):
+    """Stands for a kill -9: the run stops where it is, with no chance to save."""
+
+
+def interrupting_progress(target, at_update, how):
+    """train()'s `progress` argument: quiet bars (tqdm's interface), except that the bar
+    named `target` ('epoch 1', 'validation 2'...) interrupts the run at its `at_update`-th
+    update, with a real SIGTERM to this process or a SimulatedCrash."""
+
+    class Bar:
+        def __init__(self, armed):
+            self.armed, self.updates = armed, 0
+
+        def update(self, count):
+            self.updates += count
+            if self.armed and self.updates == at_update:
+                if how == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                else:
+                    raise SimulatedCrash(target)
+
+        def set_postfix(self, **values):
+            pass
+
+        def close(self):
+            pass
+
+    return lambda total, description: Bar(description == target)
+
+
+TRACKER_STATE = ("plateau_rate", "best_error", "bad_epochs", "reductions")
+TIMING = ("seconds", "images_per_second")
+
+
+def rows_without_timing(model_dir):
+    rows = (model_dir / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    return [{name: value for name, value in zip(header, row.split(","))
+             if name not in TIMING} for row in rows[1:]]
+
+
+# The plateau schedule with patience 1: an epoch end done twice (a second update with the same
+# error) would divide the rate; one skipped would leave a history row missing.
+PLATEAU = TINY.replace(deterministic=True, lr_schedule="plateau", plateau_patience=1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(synthetic_records, tmp_path_factory):
+    """The model folder of a PLATEAU run that nothing interrupted."""
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    training.train(PLATEAU, synthetic_records, model_dir, log=lambda m: None)
+    return model_dir
+
+
+@pytest.mark.parametrize("target,at_update,how", [
+    ("epoch 1", 9, "sigterm"),  # on the last step of epoch 1
+    ("validation 2", 1, "sigterm"),  # during the last epoch's validation
+    ("validation 2", 1, "crash"),  # kill -9 during validation, after the step-18 checkpoint
+])
+def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
+        target, at_update, how, synthetic_records, uninterrupted_run, tmp_path):
+    config, reference_dir, model_dir = PLATEAU, uninterrupted_run, tmp_path / "interrupted"
+    assert steps_per_epoch(synthetic_records, config.global_batch_size) == 9
+
+    messages = []
+    expected = training.Preempted if how == "sigterm" else SimulatedCrash
+    with pytest.raises(expected):
+        training.train(config, synthetic_records, model_dir, log=messages.append,
+                       progress=interrupting_progress(target, at_update, how))
+    if how == "sigterm":  # the checkpoint holds the epoch's last step
+        saved = latest_checkpoint(model_dir)
+        assert checkpoint_value(saved, "step") == (9 if target == "epoch 1" else 18)
+        assert checkpoint_value(saved, "epochs_ended") == (0 if target == "epoch 1" else 1)
+    training.train(config, synthetic_records, model_dir, log=messages.append)
+
+    for epoch in (1, 2):  # each epoch ended once, over both runs
+        assert sum(m.startswith(f"epoch {epoch}/2:") for m in messages) == 1, messages
+    reference_rows, rows = rows_without_timing(reference_dir), rows_without_timing(model_dir)
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    # The first epoch's row, training sums included, is the uninterrupted run's.
+    assert rows[0] == reference_rows[0]
+    assert rows[1]["learning_rate"] == reference_rows[1]["learning_rate"]
+    if target != "epoch 1":  # interrupted after the last step: everything is the reference's
+        assert rows == reference_rows
+        reference, resumed = latest_checkpoint(reference_dir), latest_checkpoint(model_dir)
+        for name in TRACKER_STATE:
+            assert checkpoint_value(resumed, name) == checkpoint_value(reference, name), name
+        assert (training.weights_fingerprint(keras.models.load_model(model_dir / "alexnet.keras"))
+                == training.weights_fingerprint(
+                    keras.models.load_model(reference_dir / "alexnet.keras")))
+
+
+def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
+        synthetic_records, tmp_path):
     model_dir = tmp_path / "model"
-    common = ["--data_dir", synthetic_records, "--model_dir", model_dir]
-    first = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=1)))
-    assert first.returncode == 0, first.stderr[-3000:]
-    good = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    diverging = run_train(python, repo_root, *common, *tiny_flags(TINY.replace(epochs=3)),
-                          "--learning_rate", "1e12")
-    assert diverging.returncode == 3, diverging.stderr[-3000:]
-    assert "the loss became nan" in diverging.stderr or "the loss became inf" in diverging.stderr
-    assert "last good checkpoint" in diverging.stderr
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == good
+    first = TINY.replace(epochs=1)
+    training.train(first, synthetic_records, model_dir, log=lambda m: None)
+    # float16 wraps the optimizer in a LossScaleOptimizer: refused before anything is built.
+    with pytest.raises(training.UsageError, match="trained with --mixed_precision off, and "
+                       "--mixed_precision float16 adds the loss scaling optimizer"):
+        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
+                       model_dir, log=lambda m: None)
+    # Without run.json's record of the settings, the verified restore still refuses it.
+    run = json.loads((model_dir / "run.json").read_text())
+    (model_dir / "run.json").write_text(json.dumps({"num_classes": run["num_classes"]}))
+    with pytest.raises(training.UsageError, match="does not match this model, optimizer"):
+        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
+                       model_dir, log=lambda m: None)
+    (model_dir / "run.json").write_text(json.dumps(run))
+
+    resumed = first.replace(epochs=2, learning_rate=0.01)
+    training.train(resumed, synthetic_records, model_dir, log=lambda m: None)
+    assert json.loads((model_dir / "config.json").read_text()) == json.loads(first.to_json())
+    resumes = json.loads((model_dir / "run.json").read_text())["resumes"]
+    assert resumes == [{"step": 9, "replicas": 1,
+                        "config_changes": {"epochs": 2, "learning_rate": 0.01}}]
+
+
+def copy_records(records, destination, rewrite_train_example):
+    """A copy of a converted dataset whose training examples go through
+    `rewrite_train_example(tf.train.Example)`."""
+    shutil.copytree(records, destination)
+    for shard in destination.glob("train-*.tfrecord"):
+        examples = [tf.train.Example.FromString(record.numpy())
+                    for record in tf.data.TFRecordDataset(str(shard))]
+        with tf.io.TFRecordWriter(str(shard)) as writer:
+            for example in examples:
+                rewrite_train_example(example)
+                writer.write(example.SerializeToString())
+    return destination
+
+
+def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_path):
+    # A label outside the classes is an error of the step, not of reading: it surfaces as
+    # TensorFlow's own error, and no shard is searched.
+    def out_of_range(example):
+        example.features.feature["image/class/label"].int64_list.value[:] = [9]
+
+    bad_labels = copy_records(synthetic_records, tmp_path / "bad_labels", out_of_range)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 9"):
+        training.train(TINY.replace(epochs=1), bad_labels, tmp_path / "model_labels",
+                       log=lambda m: None)
+
+    # A corrupt image is a data error: the message names the file and record.
+    def corrupt(example):
+        example.features.feature["image/encoded"].bytes_list.value[:] = [b"\xff\xd8 not a jpeg"]
+
+    bad_images = copy_records(synthetic_records, tmp_path / "bad_images", corrupt)
+    with pytest.raises(training.UsageError, match=r"unreadable training data: .*train-\d+-of-"
+                       r"\d+\.tfrecord: record 0"):
+        training.train(TINY.replace(epochs=1), bad_images, tmp_path / "model_images",
+                       log=lambda m: None)
+
+
+def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, tmp_path,
+                                                            repo_root):
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    data_dir = tmp_path / "records"
+    shutil.copytree(synthetic_records, data_dir)
+    info = json.loads((data_dir / "dataset.json").read_text())
+    info["rgb_mean"] = info["rgb_mean"][:2]  # the converter never writes this
+    (data_dir / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="expected 3 mean values") as raised:
+        train_script.main(["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"),
+                           *tiny_flags()])
+    assert not isinstance(raised.value, training.UsageError)
 
 
 @pytest.mark.parametrize("case,message", [
@@ -263,10 +554,19 @@ def test_learning_rate_schedules():
     assert training.learning_rate_at(cosine, 0, 100, 0.01) == pytest.approx(0.0001)
     assert training.learning_rate_at(cosine, 99, 100, 0.01) == pytest.approx(0.01)
     assert training.learning_rate_at(cosine, 999, 100, 0.01) < 1e-5
-    plateau = training.PlateauState(config.replace(plateau_patience=2, max_lr_reductions=1))
-    assert [plateau.update(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)] == [
+    tracker = training.ValidationTracker(config.replace(plateau_patience=2, max_lr_reductions=1))
+    verdicts = [tracker.end_epoch(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)]
+    assert [verdict.rate_reduced for verdict in verdicts] == [
         False, False, True, False, False, False, False, False]
-    assert float(plateau.rate.numpy()) == pytest.approx(0.001)
+    assert [verdict.improved for verdict in verdicts] == [
+        True, False, False, True, False, False, False, False]
+    assert float(tracker.rate.numpy()) == pytest.approx(0.001)
+    # Under the step and cosine schedules the tracker still decides the best-model saves,
+    # and never touches the rate.
+    cosine_tracker = training.ValidationTracker(cosine.replace(plateau_patience=1))
+    assert [cosine_tracker.end_epoch(error).improved for error in (0.5, 0.6, 0.4)] == [
+        True, False, True]
+    assert float(cosine_tracker.rate.numpy()) == cosine.learning_rate
 
 
 @pytest.mark.slow
