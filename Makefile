@@ -20,18 +20,37 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 .PHONY: demo test test-main test-validate bench env env-validate lock clean
 
 demo: $(VENV)/.installed
+	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory validate; else echo "no $(VENV_VALIDATE): data validation skipped (make env-validate adds it)"; fi
 	$(PY) train.py
 	$(PY) evaluate.py
 	$(PY) evaluate.py --ten_crops
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
+	$(PY_VALIDATE) -m pytest tests_validate
 
 bench: $(VENV)/.installed
 	$(PY) bench/model_speed.py --compare_keras_groups
 	$(PY) bench/converter_speed.py
 	$(PY) bench/input_speed.py
 	$(PY) bench/train_speed.py
+	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory bench-validate; fi
+
+# Data validation (TFDV, in .venv-validate) of the demo records, built once by train.py's helper.
+DEMO_RECORDS := datasets/synthetic/records
+VALIDATE_DATA := $(PY_VALIDATE) data/validate_data.py
+.PHONY: validate bench-validate
+validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
+	$(VALIDATE_DATA) stats --data_dir $(DEMO_RECORDS)
+	$(VALIDATE_DATA) schema --data_dir $(DEMO_RECORDS)
+	$(VALIDATE_DATA) validate --data_dir $(DEMO_RECORDS) --split train
+	$(VALIDATE_DATA) validate --data_dir $(DEMO_RECORDS) --split validation
+
+bench-validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
+	$(PY_VALIDATE) bench/validate_speed.py --data_dir $(DEMO_RECORDS)
+
+$(DEMO_RECORDS)/dataset.json: | $(VENV)/.installed
+	$(PY) -c 'import train; train.build_demo_dataset()'
 
 env: $(VENV)/.installed
 env-validate: $(VENV_VALIDATE)/.installed

@@ -28,11 +28,15 @@ Flink or Spark, e.g. --runner DataflowRunner --project P --region R --temp_locat
 """
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import re
 import sys
+import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DRIFT_THRESHOLD = 0.1
@@ -59,6 +63,14 @@ def _load_report_module():
 
 
 report_lib = _load_report_module()
+
+
+def import_tfdv():
+    """TFDV, without the notice its display module prints when IPython is missing (notebook
+    views are not used here: the HTML is written to files)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import tensorflow_data_validation as tfdv
+    return tfdv
 
 
 class UsageError(Exception):
@@ -125,6 +137,10 @@ def read_class_names(data_dir):
 # === Statistics ===
 
 
+def _count_files(records):
+    return f"{len(records)} file{'s' if len(records) != 1 else ''}"
+
+
 def _stats_path(data_dir, name):
     return os.path.join(data_dir, "stats", f"{name}.pb")
 
@@ -161,8 +177,9 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
     """Runs TFDV's Beam pipeline over `pattern`; writes D/stats/NAME.pb and NAME.json (the
     records it covers) and returns the statistics."""
     import tensorflow as tf
-    import tensorflow_data_validation as tfdv
+    tfdv = import_tfdv()
 
+    print(f"computing statistics of {name}: {_count_files(records)} ({pattern})")
     options = tfdv.StatsOptions(enable_semantic_domain_stats=True, schema=stats_schema_hint())
     stats_dir = os.path.join(data_dir, "stats")
     # The pipeline's own output must be reachable by remote workers: it goes beside the
@@ -181,7 +198,7 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
 
 def load_statistics(data_dir, name, hint):
     import tensorflow as tf
-    import tensorflow_data_validation as tfdv
+    tfdv = import_tfdv()
 
     path = _stats_path(data_dir, name)
     if not tf.io.gfile.exists(path):
@@ -193,7 +210,7 @@ def load_statistics(data_dir, name, hint):
 def reusable_statistics(data_dir, name, pattern, records):
     """The saved statistics of NAME if they cover exactly these records, else None."""
     import tensorflow as tf
-    import tensorflow_data_validation as tfdv
+    tfdv = import_tfdv()
 
     sidecar = os.path.join(data_dir, "stats", f"{name}.json")
     if not (tf.io.gfile.exists(sidecar) and tf.io.gfile.exists(_stats_path(data_dir, name))):
@@ -208,6 +225,8 @@ def reusable_statistics(data_dir, name, pattern, records):
 def write_statistics_html(path, stats, name, baseline=None, baseline_name=None):
     """TFDV's Facets view (it loads the Facets component from the web when opened)."""
     import tensorflow as tf
+
+    import_tfdv()
     from tensorflow_data_validation.utils.display_util import get_statistics_html
 
     html = get_statistics_html(stats, baseline, lhs_name=name, rhs_name=baseline_name or "")
@@ -336,7 +355,7 @@ def drift_lines(anomalies):
 
 def text_report(name, examples, records, rows, drift, schema_path, baseline_name):
     status = "PASSED" if not rows else f"FAILED: {len(rows)} anomalies"
-    lines = [f"data validation of {name} ({examples} examples in {len(records)} files) against "
+    lines = [f"data validation of {name} ({examples} examples in {_count_files(records)}) against "
              f"{schema_path}" + (f", label drift against {baseline_name}" if baseline_name
                                  else "") + f": {status}"]
     lines += [f"  {line}" for line in drift]
@@ -363,7 +382,6 @@ def _write_text(path, text):
 def command_stats(args, beam_options):
     name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
                                           default_split="train")
-    print(f"computing statistics of {name}: {len(records)} files ({pattern})")
     stats = compute_statistics(args.data_dir, name, pattern, records, beam_options)
     html = os.path.join(args.data_dir, "stats", f"{name}.html")
     write_statistics_html(html, stats, name)
@@ -379,7 +397,7 @@ def command_stats(args, beam_options):
 
 def command_schema(args, beam_options):
     import tensorflow as tf
-    import tensorflow_data_validation as tfdv
+    tfdv = import_tfdv()
 
     path = os.path.join(args.data_dir, report_lib.SCHEMA_FILE)
     if tf.io.gfile.exists(path) and not args.force:
@@ -403,7 +421,7 @@ def command_schema(args, beam_options):
 
 def command_validate(args, beam_options):
     import tensorflow as tf
-    import tensorflow_data_validation as tfdv
+    tfdv = import_tfdv()
 
     schema_path = os.path.join(args.data_dir, report_lib.SCHEMA_FILE)
     name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
@@ -422,7 +440,6 @@ def command_validate(args, beam_options):
 
     stats = reusable_statistics(args.data_dir, name, pattern, records)
     if stats is None:
-        print(f"computing statistics of {name}: {len(records)} files ({pattern})")
         stats = compute_statistics(args.data_dir, name, pattern, records, beam_options)
     else:
         print(f"reusing {_stats_path(args.data_dir, name)} (computed from these same files)")
@@ -502,7 +519,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args, beam_flags = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.16 logs CUDA plugin clashes
+    # Keep the output for the report: Google Cloud libraries' Python-version notices and
+    # TensorFlow's deprecation notices about TFDV's own calls are not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     command = {"stats": command_stats, "schema": command_schema, "validate": command_validate}
     try:
         if args.command == "schema" and beam_flags:
