@@ -11,10 +11,10 @@ the project's environment has 2.21):
 
 stats      Statistics of a split (or of --records) with semantic-domain (image) statistics:
            D/stats/NAME.pb, a Facets HTML view D/stats/NAME.html and a printed summary.
-stats      needs nothing but the records; schema needs D/stats/train.pb and D/labels.txt.
-schema     Infers a schema from the training statistics and curates it from the converter's
-           contract (label in [0, classes - 1] from labels.txt, class names, 256x256 JPEG
-           images, every feature required, a drift comparator on the label distribution).
+schema     Infers a schema from the training statistics (D/stats/train.pb) and curates it
+           from labels.txt and the converter's contract (label in [0, classes - 1], the
+           class names, 256x256 JPEG images, every feature required, a drift comparator on
+           the label distribution).
            An existing D/schema.pbtxt is kept (edit it by hand) unless --force.
 validate   Validates a split, or any TFRecords (--records), against D/schema.pbtxt and the
            label distribution against the --against split's statistics. Writes
@@ -480,7 +480,7 @@ def parse_args(argv=None):
         subparser.add_argument("--split", help=f"reads DATA_DIR/SPLIT-*.tfrecord (default "
                                f"{default_split})")
         subparser.add_argument("--records", help="other TFRecords instead: a folder (its "
-                               "*.tfrecord files) or a glob pattern, e.g. a new batch of data")
+                               "*.tfrecord* files) or a glob pattern, e.g. a new batch of data")
         subparser.add_argument("--name", help="names the outputs for --records (default: the "
                                "folder's name)")
 
