@@ -1,5 +1,6 @@
 # alexnet-keras: every environment is created from the pinned requirements files.
-#   make demo   builds .venv if missing and runs the main job on the embedded dataset
+#   make demo   builds .venv if missing, trains on the embedded dataset, evaluates, exports
+#               for TF Serving and answers two demo images through the export
 #   make test   builds both environments if missing and runs the whole test suite
 #   make bench  runs the benchmark scripts
 #   make lock   regenerates the exact pins from requirements*.in
@@ -17,13 +18,23 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # Quieter TensorFlow start-up logs; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo test test-main test-validate bench env env-validate lock clean
+.PHONY: demo demo-run test test-main test-validate bench env env-validate lock clean
+
+DEMO_RECORDS := datasets/synthetic/records
+DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
 
 demo: $(VENV)/.installed
 	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory validate; else echo "no $(VENV_VALIDATE): data validation skipped (make env-validate adds it)"; fi
+	$(MAKE) --no-print-directory demo-run
+
+# The demo's steps with whatever $(PY) is: the Docker image runs `make demo-run PY=python`.
+demo-run:
 	$(PY) train.py
 	$(PY) evaluate.py
 	$(PY) evaluate.py --ten_crops
+	$(PY) export/export_model.py --model runs/demo/alexnet.keras --export_base exports/alexnet
+	$(PY) evaluate.py --model exports/alexnet --data_dir $(DEMO_RECORDS) --no_progress
+	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
@@ -34,10 +45,10 @@ bench: $(VENV)/.installed
 	$(PY) bench/converter_speed.py
 	$(PY) bench/input_speed.py
 	$(PY) bench/train_speed.py
+	$(PY) bench/serving_speed.py
 	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory bench-validate; fi
 
 # Data validation (TFDV, in .venv-validate) of the demo records, built once by train.py's helper.
-DEMO_RECORDS := datasets/synthetic/records
 VALIDATE_DATA := $(PY_VALIDATE) data/validate_data.py
 .PHONY: validate bench-validate
 validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
@@ -55,21 +66,24 @@ $(DEMO_RECORDS)/dataset.json: | $(VENV)/.installed
 env: $(VENV)/.installed
 env-validate: $(VENV_VALIDATE)/.installed
 
-# Every package is pinned in the requirements file, so --no-deps installs exactly that set
-# with no resolver work; `pip check` then proves the set is consistent.
-$(VENV)/.installed: requirements.txt pyproject.toml
+# Every package is pinned in the requirements files, so `uv pip install --no-deps` installs
+# exactly that set with no resolver work (seconds, where pip takes minutes); `uv pip check`
+# then proves the set is consistent. uv itself is pinned and lives in .tools/.
+UV_INSTALL = $(UV) pip install --quiet --no-deps --python $(1)/bin/python
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
 	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/$(PIP_INSTALL) -r requirements.txt
-	$(VENV)/bin/$(PIP_INSTALL) --editable .
-	$(VENV)/bin/pip check
+	$(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(call UV_INSTALL,$(VENV)) -r requirements.txt
+	$(call UV_INSTALL,$(VENV)) --editable .
+	$(UV) pip check --quiet --python $(VENV)/bin/python
 	touch $@
 
-$(VENV_VALIDATE)/.installed: requirements-validate.txt
+$(VENV_VALIDATE)/.installed: requirements-validate.txt | $(UV)
 	rm -rf $(VENV_VALIDATE)
-	$(PYTHON) -m venv $(VENV_VALIDATE)
-	$(VENV_VALIDATE)/bin/$(PIP_INSTALL) -r requirements-validate.txt
-	$(VENV_VALIDATE)/bin/pip check
+	$(UV) venv --quiet --python $(PYTHON) $(VENV_VALIDATE)
+	$(call UV_INSTALL,$(VENV_VALIDATE)) -r requirements-validate.txt
+	$(UV) pip check --quiet --python $(VENV_VALIDATE)/bin/python
 	touch $@
 
 $(UV):
@@ -79,6 +93,7 @@ $(UV):
 lock: $(UV)
 	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements.in -o requirements.txt
 	$(UV) pip compile $(LOCK_TARGET) --upgrade requirements-validate.in -o requirements-validate.txt
+	$(UV) pip compile $(LOCK_TARGET) requirements-cuda.in -c requirements.txt -o requirements-cuda.txt
 
 clean:
 	rm -rf $(VENV) $(VENV_VALIDATE) $(TOOLS) runs datasets exports .pytest_cache

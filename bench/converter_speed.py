@@ -3,8 +3,9 @@
     python bench/converter_speed.py [--images 1500]
 
 Writes a folder of photo-sized JPEGs (500x375, noisy, like an average ImageNet image), then
-times on the same files: (1) a plain single-process loop of Pillow decode -> resize ->
-crop -> JPEG encode, the per-core limit; (2) the same loop in two processes at once, the
+times on the same files: (1) a plain single-process loop of the converter's image work with
+Pillow (decode -> central square -> resize to 256 -> JPEG encode), the per-core limit of that
+work without the converter's bookkeeping (statistics, TFRecord writing, resume summaries); (2) the same loop in two processes at once, the
 machine's parallel limit; (3) the converter with 1 worker; (4) with 2 workers. Prints images/s
 and each converter figure as a ratio of the plain loop.
 """
@@ -38,14 +39,16 @@ def make_photos(folder, count, seed=0):
 
 
 def plain_loop(paths):
+    """The converter's per-image work and nothing else, in the same order: decode, cut the
+    central square, resize it to 256x256, encode as JPEG."""
     for path in paths:
         with Image.open(path) as image:
             image = image.convert("RGB")
             width, height = image.size
-            scale = 256 / min(width, height)
-            image = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC)
-            left, top = (image.width - 256) // 2, (image.height - 256) // 2
-            image = image.crop((left, top, left + 256, top + 256))
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            image = image.resize((256, 256), Image.Resampling.BICUBIC)
             image.save(io.BytesIO(), format="JPEG", quality=95)
 
 

@@ -1,69 +1,248 @@
+"""Evaluation: metrics against hand computations, 10-crop, the report folder, the export
+evaluated like the Keras file, bad usage."""
+
+import csv
+import io
 import json
+import math
 import subprocess
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
-from alexnet_keras import build_alexnet, evaluation, input_pipeline, mean_layer
+from alexnet_keras import build_alexnet, evaluation, input_pipeline, mean_layer, serving
+
+
+def write_records(path, examples):
+    """A TFRecord file of (256x256 RGB uint8 array, label) examples, JPEG-encoded as the
+    converter stores them."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for pixels, label in examples:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[buffer.getvalue()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                         .SerializeToString())
+    return str(path)
+
+
+# Ten examples over seven classes, with the probabilities a stand-in model gives each:
+# (label, probabilities). Ties are broken by the lower class index.
+CASES = [
+    (0, [0.7, 0.1, 0.05, 0.05, 0.05, 0.03, 0.02]),  # top-1 right
+    (1, [0.6, 0.2, 0.05, 0.05, 0.05, 0.03, 0.02]),  # predicted 0; top-5 hit
+    (5, [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]),  # predicted 0; class 5 ties 3-6 at the top-5
+    (4, [0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]),  # boundary: 2, 3, 4 are in, 5 and 6 out
+    (2, [0.1, 0.1, 0.4, 0.1, 0.1, 0.1, 0.1]),  # top-1 right
+    (6, [0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.7]),  # top-1 right
+    (6, [0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]),  # predicted 0; class 6 is 7th: top-5 miss
+    (3, [0.02, 0.02, 0.02, 0.02, 0.02, 0.9, 0.0]),  # predicted 5; class 3 is 5th: hit
+    (0, [0.4, 0.4, 0.05, 0.05, 0.05, 0.03, 0.02]),  # tie at the top: 0 wins, right
+    (1, [0.4, 0.4, 0.05, 0.05, 0.05, 0.03, 0.02]),  # tie at the top: 0 wins, wrong
+]
+
+
+def red_level(index):
+    return 20 * index + 10
 
 
 @pytest.fixture(scope="module")
-def model_and_data(synthetic_records, tmp_path_factory):
-    keras.utils.set_random_seed(4)
-    model = build_alexnet(num_classes=4, width_multiplier=0.125, kernel_init="he_normal",
-                          input_scale=1 / 64)
-    info = input_pipeline.load_dataset_info(synthetic_records)
-    mean_layer(model).set_mean(info["rgb_mean"])
-    path = tmp_path_factory.mktemp("model") / "alexnet.keras"
-    model.save(path)
-    return model, path, synthetic_records, info
+def known_predictions(tmp_path_factory):
+    """Records whose image i is a flat picture of red level 20 i + 10, and a stand-in model
+    that reads i back from the pixels and answers CASES[i]'s probabilities."""
+    folder = tmp_path_factory.mktemp("known")
+    examples = []
+    for index, (label, _) in enumerate(CASES):
+        pixels = np.zeros((256, 256, 3), np.uint8)
+        pixels[..., 0] = red_level(index)
+        examples.append((pixels, label))
+    pattern = write_records(folder / "validation-00000-of-00001.tfrecord", examples)
+    table = tf.constant([probabilities for _, probabilities in CASES], tf.float32)
 
+    def stand_in(images):
+        red = tf.reduce_mean(images[..., 0], axis=[1, 2])
+        index = tf.cast(tf.round((red - 10.0) / 20.0), tf.int32)
+        return tf.gather(table, index)
 
-def records(data_dir):
-    for path in sorted(data_dir.glob("validation-*.tfrecord")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            yield input_pipeline.parse_example(record)
+    return stand_in, pattern
 
 
 @pytest.mark.parametrize("ten_crops", [False, True])
-def test_errors_match_a_direct_computation(model_and_data, ten_crops):
-    model, _, data_dir, info = model_and_data
-    count = info["num_examples"]["validation"]
-    # batch 5 does not divide the count: padding must not be counted.
-    report = evaluation.evaluate(model, str(data_dir / "validation-*.tfrecord"), count,
-                                 batch_size=5, ten_crops=ten_crops)
-    probabilities, labels = [], []
-    for image_bytes, label in records(data_dir):
-        if ten_crops:
-            crops = input_pipeline.ten_crop(image_bytes)
-            probabilities.append(tf.nn.softmax(model(crops, training=False)).numpy().mean(axis=0))
-        else:
-            image = input_pipeline.preprocess_for_eval(image_bytes)[tf.newaxis]
-            probabilities.append(tf.nn.softmax(model(image, training=False)).numpy()[0])
-        labels.append(int(label))
-    probabilities, labels = np.array(probabilities), np.array(labels)
-    ranked = np.argsort(-probabilities, axis=1)
-    assert report["examples"] == count == len(labels)
-    assert report["top1_error"] == pytest.approx(np.mean(ranked[:, 0] != labels))
-    top4 = np.mean(~(ranked[:, :4] == labels[:, None]).any(axis=1))  # 4 classes: top-5 = all
-    assert report["top5_error"] == pytest.approx(top4) == 0.0
-    expected_loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
-    assert report["loss"] == pytest.approx(expected_loss, rel=1e-4)
+def test_metrics_equal_a_hand_computation(known_predictions, ten_crops):
+    stand_in, pattern = known_predictions
+    # Batch 4 does not divide 10: the padding must not be counted.
+    report = evaluation.evaluate(stand_in, 7, pattern, len(CASES), batch_size=4,
+                                 ten_crops=ten_crops)
+    assert report["examples"] == 10
+    assert report["top1_error"] == pytest.approx(6 / 10)  # right: examples 0, 4, 5, 8
+    assert report["top1_accuracy"] == pytest.approx(4 / 10)
+    assert report["top5_error"] == pytest.approx(2 / 10)  # missed: examples 2 and 6
+    assert report["top5_accuracy"] == pytest.approx(8 / 10)
+    true_probabilities = [0.7, 0.2, 0.1, 0.1, 0.4, 0.7, 0.05, 0.02, 0.4, 0.4]
+    assert report["loss"] == pytest.approx(-sum(map(math.log, true_probabilities)) / 10, rel=1e-6)
+    assert report["confusion_matrix"] == [
+        [2, 0, 0, 0, 0, 0, 0],
+        [2, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0],
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0, 1],
+    ]
+    assert report["most_confused"] == [
+        {"true": 1, "predicted": 0, "count": 2}, {"true": 3, "predicted": 5, "count": 1},
+        {"true": 4, "predicted": 0, "count": 1}, {"true": 5, "predicted": 0, "count": 1},
+        {"true": 6, "predicted": 0, "count": 1}]
+    assert report["per_class_examples"] == [2, 2, 1, 1, 1, 1, 2]
+    assert report["per_class_recall"] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5]
+    assert report["per_class_top1_error"] == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.5]
+    assert report["per_class_precision"] == [pytest.approx(2 / 7), None, 1.0, None, None, 0.0, 1.0]
+    assert report["images_per_second"] > 0
 
 
-def test_script_writes_a_report_and_rejects_bad_input(model_and_data, tmp_path, python,
-                                                      repo_root):
-    _, path, data_dir, _ = model_and_data
-    result = subprocess.run([python, "evaluate.py", "--model", path, "--data_dir", data_dir,
-                             "--report", tmp_path / "report.json"],
-                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+def test_ten_crop_averages_softmax_outputs_not_logits(tmp_path):
+    """A bright spot seen only by the top-left crop and its mirror: those two crops say class
+    0 with confidence, the other eight lean to class 1. Averaged softmax: class 1; averaged
+    logits would say class 0."""
+    pixels = np.zeros((256, 256, 3), np.uint8)
+    pixels[:10, :10] = 255
+    pattern = write_records(tmp_path / "validation-00000-of-00001.tfrecord", [(pixels, 1)])
+
+    def logits(images):
+        sees_the_spot = tf.reduce_mean(images, axis=[1, 2, 3]) > 0.25
+        return tf.where(sees_the_spot[:, None], tf.constant([[8.0, 0.0, 0.0]]),
+                        tf.constant([[0.0, 1.0, 0.0]]))
+
+    crops = input_pipeline.ten_crop(tf.io.encode_jpeg(pixels, quality=95))
+    crop_logits = logits(crops).numpy()
+    assert int(tf.reduce_sum(tf.cast(crop_logits[:, 0] == 8.0, tf.int32))) == 2
+    assert np.argmax(crop_logits.mean(axis=0)) == 0  # the case discriminates
+    report = evaluation.evaluate(lambda images: tf.nn.softmax(logits(images)), 3, pattern, 1,
+                                 batch_size=1, ten_crops=True)
+    assert report["confusion_matrix"][1] == [0, 1, 0]
+    assert report["top1_error"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def model_file(synthetic_records, tmp_path_factory):
+    keras.utils.set_random_seed(4)
+    model = build_alexnet(num_classes=4, width_multiplier=0.125, kernel_init="he_normal",
+                          input_scale=1 / 64)
+    mean_layer(model).set_mean(input_pipeline.load_dataset_info(synthetic_records)["rgb_mean"])
+    path = tmp_path_factory.mktemp("model") / "alexnet.keras"
+    model.save(path)
+    return path
+
+
+def run_evaluate(python, repo_root, *arguments):
+    return subprocess.run([python, "evaluate.py", "--no_progress", *map(str, arguments)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+
+
+def test_report_folder_has_the_files_and_consistent_counts(model_file, synthetic_records,
+                                                           tmp_path, python, repo_root):
+    output = tmp_path / "report"
+    result = run_evaluate(python, repo_root, "--model", model_file, "--data_dir",
+                          synthetic_records, "--output_dir", output)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert f"top-1 error {report['top1_error']:.4f}" in result.stdout
-    assert len(report["per_class_top1_error"]) == 4
-    missing = subprocess.run([python, "evaluate.py", "--model", tmp_path / "none.keras",
-                              "--data_dir", data_dir], cwd=repo_root, capture_output=True,
-                             text=True, timeout=300)
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    report = json.loads((output / "report.json").read_text())
+    info = input_pipeline.load_dataset_info(synthetic_records)
+    class_counts = [info["class_counts"]["validation"][name] for name in info["class_names"]]
+    assert [sum(row) for row in report["confusion_matrix"]] == class_counts
+    assert report["examples"] == info["num_examples"]["validation"]
+    assert report["model"] == {"path": str(model_file), "kind": "keras",
+                               "parameters": keras.models.load_model(model_file).count_params()}
+    assert report["data"]["num_examples"] == info["num_examples"]
+    assert report["class_names"] == info["class_names"]
+    with open(output / "per_class.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == info["class_names"]
+    assert [int(row["examples"]) for row in rows] == class_counts
+    for name in ("confusion_matrix.png", "most_confused.png"):
+        with Image.open(output / name) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 150, name
+    # The printed summary: the errors, then the worst classes.
+    (top1_line,) = [line for line in result.stdout.splitlines() if line.startswith("  top-1 ")]
+    assert top1_line.split()[1:] == [f"{report['top1_error']:.4f}", f"{report['top1_accuracy']:.4f}"]
+    assert "worst classes" in result.stdout
+    # --report still writes the JSON alone.
+    alone = tmp_path / "alone.json"
+    result = run_evaluate(python, repo_root, "--model", model_file, "--data_dir",
+                          synthetic_records, "--report", alone)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(alone.read_text())["top1_error"] == report["top1_error"]
+
+
+def test_the_heatmap_of_many_classes_shows_the_most_confused(tmp_path):
+    classes = 150
+    confusion = np.diag(np.full(classes, 10))
+    confused = [(3, 140), (77, 12), (149, 0)]
+    for true, predicted in confused:
+        confusion[true, predicted] = 5
+    shown = evaluation.heatmap_classes(confusion)
+    assert len(shown) == evaluation.HEATMAP_SUBSET
+    assert {3, 140, 77, 12, 149, 0} <= set(shown)
+    sums = evaluation.MetricSums(classes)
+    sums.confusion = confusion
+    report = {**sums.metrics(), "class_names": [f"class_{index}" for index in range(classes)],
+              "data": {"split": "validation"}, "crop": "central crop"}
+    evaluation.plot_confusion_matrix(report, tmp_path / "confusion.png")
+    with Image.open(tmp_path / "confusion.png") as image:
+        assert image.format == "PNG" and image.size[0] >= 600
+
+
+def test_the_export_scores_what_the_keras_file_scores(model_file, synthetic_records, tmp_path):
+    """A model evaluated through its run folder's .keras file and through its exported
+    SavedModel's predict_pixels signature, on the same crops. (An untrained network whose
+    predictions vary between images: a few epochs of training on the small test set collapse
+    to one class, which would make equal numbers say nothing.)"""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "alexnet.keras").write_bytes(model_file.read_bytes())
+    info = input_pipeline.load_dataset_info(synthetic_records)
+    export = serving.export_model(keras.models.load_model(model_file), tmp_path / "exports",
+                                  info["class_names"], log=lambda message: None)
+    # Report folders: beside the .keras file, and outside the folder TF Serving watches.
+    assert evaluation.default_output_dir(run, "validation", True) == run / "evaluation_validation_10crop"
+    assert evaluation.default_output_dir(tmp_path / "exports", "train", False) == (
+        tmp_path / "exports_v1_evaluation_train")
+    for ten_crops in (False, True):
+        from_keras = evaluation.evaluate_model(run, synthetic_records, ten_crops=ten_crops)
+        from_export = evaluation.evaluate_model(export, synthetic_records, ten_crops=ten_crops)
+        assert from_keras["model"]["kind"] == "keras"
+        assert from_export["model"]["kind"] == "saved_model"
+        assert from_export["model"]["parameters"] == from_keras["model"]["parameters"] - 3
+        assert from_export["top1_error"] == from_keras["top1_error"]
+        assert from_export["top5_error"] == from_keras["top5_error"]
+        assert from_export["confusion_matrix"] == from_keras["confusion_matrix"]
+        assert from_export["loss"] == pytest.approx(from_keras["loss"], rel=1e-4)
+        predicted_classes = np.count_nonzero(np.sum(from_keras["confusion_matrix"], axis=0))
+        assert predicted_classes >= 2, from_keras["confusion_matrix"]
+
+
+def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path,
+                                                   python, repo_root):
+    five_classes = tmp_path / "five.keras"
+    build_alexnet(num_classes=5, width_multiplier=0.125).save(five_classes)
+    cases = [
+        (["--model", tmp_path / "none.keras"], "does not exist"),
+        (["--model", five_classes], "predicts 5 classes but"),
+        (["--model", model_file, "--split", "test"], "has no 'test' split"),
+        (["--model", tmp_path], "holds neither alexnet.keras"),
+        (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "dataset.json not found"),
+    ]
+    for arguments, message in cases:
+        if "--data_dir" not in arguments:
+            arguments = [*arguments, "--data_dir", synthetic_records]
+        result = run_evaluate(python, repo_root, *arguments)
+        assert result.returncode == 2, (arguments, result.stderr[-2000:])
+        assert message in result.stderr, (message, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr

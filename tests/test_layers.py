@@ -44,14 +44,31 @@ def test_lrn_matches_the_paper_formula(scale):
     assert not np.allclose(output, activations / 2.0**0.75, rtol=1e-4) or scale == 1.0
 
 
+def caffe_lrn(activations, local_size, alpha, beta, k):
+    """Caffe's ACROSS_CHANNELS LRN as its documentation states it, written independently of
+    the paper's formula: b_i = a_i / (k + alpha / local_size * sum over the window of a_j^2)^beta,
+    the window centred on i, zero-padded at the edges."""
+    channels = activations.shape[-1]
+    pad = (local_size - 1) // 2
+    padded = np.pad(activations.astype(np.float64) ** 2, [(0, 0)] * 3 + [(pad, pad)])
+    window_sums = sum(padded[..., offset:offset + channels] for offset in range(local_size))
+    scale = k + (alpha / local_size) * window_sums
+    return activations / scale**beta
+
+
 def test_lrn_caffe_mapping_divides_alpha_by_window():
+    """README and the layer's docstring: Caffe's bvlc_alexnet LRN (local_size 5, alpha 1e-4,
+    beta 0.75, k 1) is depth_radius=2, alpha=2e-5, beta=0.75, bias=1.0 here."""
     rng = np.random.default_rng(1)
     activations = np.abs(rng.normal(size=(1, 3, 3, 8)) * 50).astype(np.float32)
-    caffe_like = LocalResponseNormalization(depth_radius=2, bias=1.0, alpha=1e-4 / 5)
-    expected = numpy_lrn(activations, size=5, k=1.0, alpha=1e-4 / 5)
+    caffe_mapped = LocalResponseNormalization(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75)
+    expected = caffe_lrn(activations, local_size=5, alpha=1e-4, beta=0.75, k=1.0)
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(caffe_like(activations)), expected, rtol=2e-5
+        keras.ops.convert_to_numpy(caffe_mapped(activations)), expected, rtol=2e-5
     )
+    # Caffe's alpha passed unchanged would be 5x too strong: the comparison can fail.
+    unmapped = LocalResponseNormalization(depth_radius=2, bias=1.0, alpha=1e-4, beta=0.75)
+    assert not np.allclose(keras.ops.convert_to_numpy(unmapped(activations)), expected, rtol=2e-5)
 
 
 def test_lrn_computes_in_float32_and_returns_the_input_dtype():

@@ -1,0 +1,401 @@
+"""Export for TensorFlow Serving: signatures on image bytes and on pixels, labels inside the
+SavedModel, warmup requests, and versions that appear whole or not at all.
+
+    python export/export_model.py --model runs/X/alexnet.keras --export_base exports/alexnet
+
+Signatures (TF Serving calls them by name):
+  serving_default  image_bytes: string [batch], encoded JPEG / PNG / GIF / BMP / WebP images
+  predict_pixels   images: float32 [batch, 227, 227, 3], RGB in [0, 255]
+Both answer probabilities [batch, classes], top_k_classes, top_k_labels, top_k_scores
+[batch, min(5, classes)].
+
+A request that cannot be answered (empty bytes, bytes that are not an image, a truncated
+image, an image above the pixel limit, non-finite pixels) fails with InvalidArgument, which
+TF Serving returns as HTTP 400; one bad image fails the whole batch. The pixel limit is read
+from the image header and checked before the decoder allocates anything.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from alexnet_keras import input_pipeline
+
+SERVING_DEFAULT = "serving_default"
+PREDICT_PIXELS = "predict_pixels"
+IMAGE_BYTES = "image_bytes"
+PIXELS = "images"
+TOP_K = 5
+DEFAULT_MAX_PIXELS = 50_000_000
+WARMUP_FILE = "tf_serving_warmup_requests"  # under assets.extra/, read by TF Serving
+WARMUP_BATCH_SIZES = (1, 32)
+EXPORT_INFO_FILE = "alexnet_export.json"  # under assets.extra/, for people; servers ignore it
+_HEADER_BYTES = 32  # every size field below lies in the first 30 bytes
+
+
+class ExportError(ValueError):
+    """A problem the user can fix: a bad model, labels or export folder."""
+
+
+# === Reading the image size from the header ===
+
+
+def _header_fields(image_bytes):
+    """The first _HEADER_BYTES bytes as int64 values, zero-padded when the input is shorter."""
+    head = tf.io.decode_raw(tf.strings.substr(image_bytes, 0, _HEADER_BYTES), tf.uint8)
+    head = tf.pad(head, [[0, _HEADER_BYTES - tf.size(head)]])
+    return tf.cast(head, tf.int64)
+
+
+def _little_endian(head, start, length):
+    return sum(head[start + index] * 256**index for index in range(length))
+
+
+def _big_endian(head, start, length):
+    return sum(head[start + index] * 256 ** (length - 1 - index) for index in range(length))
+
+
+def _starts_with(head, offset, signature):
+    return tf.reduce_all(tf.equal(head[offset:offset + len(signature)],
+                                  tf.constant(list(signature), tf.int64)))
+
+
+def image_size_from_header(image_bytes):
+    """(height, width) of an encoded JPEG, PNG, GIF, BMP or WebP image, read from its header
+    without decoding it; (-1, -1) for bytes in no supported format. int64 scalars."""
+    head = _header_fields(image_bytes)
+
+    def jpeg():
+        # Parses the markers up to the frame header; fails InvalidArgument when it is not
+        # there (a JPEG cut before its size).
+        shape = tf.cast(tf.io.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0], shape[1]
+
+    def png():  # IHDR: width and height, big-endian uint32 at bytes 16-23
+        return _big_endian(head, 20, 4), _big_endian(head, 16, 4)
+
+    def gif():  # logical screen: width and height, little-endian uint16 at bytes 6-9
+        return _little_endian(head, 8, 2), _little_endian(head, 6, 2)
+
+    def bmp():  # BITMAPINFOHEADER: int32 width and height (negative: top-down rows)
+        width, height = _little_endian(head, 18, 4), _little_endian(head, 22, 4)
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return height, width
+
+    def webp():
+        chunk = head[12:16]
+
+        def lossy():  # 'VP8 ': 14-bit width and height at bytes 26-29
+            return _little_endian(head, 28, 2) % 2**14, _little_endian(head, 26, 2) % 2**14
+
+        def lossless():  # 'VP8L': 14-bit width - 1 and height - 1 packed from byte 21
+            bits = _little_endian(head, 21, 4)
+            return (bits // 2**14) % 2**14 + 1, bits % 2**14 + 1
+
+        def extended():  # 'VP8X': 24-bit canvas width - 1 and height - 1 at bytes 24-29
+            return _little_endian(head, 27, 3) + 1, _little_endian(head, 24, 3) + 1
+
+        return tf.case([
+            (_starts_with(chunk, 0, b"VP8 "), lossy),
+            (_starts_with(chunk, 0, b"VP8L"), lossless),
+            (_starts_with(chunk, 0, b"VP8X"), extended),
+        ], default=_unknown)
+
+    is_webp = tf.logical_and(_starts_with(head, 0, b"RIFF"), _starts_with(head, 8, b"WEBP"))
+    return tf.case([
+        (_starts_with(head, 0, b"\xff\xd8\xff"), jpeg),
+        (_starts_with(head, 0, b"\x89PNG\r\n\x1a\n"), png),
+        (_starts_with(head, 0, b"GIF8"), gif),
+        (_starts_with(head, 0, b"BM"), bmp),
+        (is_webp, webp),
+    ], default=_unknown, exclusive=False)
+
+
+def _unknown():
+    return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)
+
+
+def checked_image_bytes(image_bytes, max_pixels):
+    """`image_bytes` again, available only after its header was checked: a supported
+    format, at most `max_pixels` pixels. Whatever consumes the result (the decoder) runs
+    after the checks, so an oversize image is refused before any pixel is allocated."""
+    height, width = image_size_from_header(image_bytes)
+    checks = [
+        tf.debugging.Assert(tf.strings.length(image_bytes) > 0,
+                            ["empty image bytes"]),
+        tf.debugging.Assert(height > 0, [
+            "not a JPEG, PNG, GIF, BMP or WebP image, or a header with a zero size; first "
+            "bytes:", tf.strings.substr(image_bytes, 0, 8)]),
+        tf.debugging.Assert(height * width <= max_pixels, [tf.strings.format(
+            "image of {} x {} pixels is above the limit of this export, {} pixels",
+            (height, width, max_pixels))]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(image_bytes)
+
+
+# === Signatures ===
+
+
+class ServingFunctions:
+    """The functions behind the two signatures, on a loaded Keras model."""
+
+    def __init__(self, model, labels, max_pixels=DEFAULT_MAX_PIXELS):
+        num_classes = model.output.shape[-1]
+        if len(labels) != num_classes:
+            raise ExportError(f"{len(labels)} labels for a model of {num_classes} classes")
+        if max_pixels < 1:
+            raise ExportError(f"max_pixels must be >= 1, got {max_pixels}")
+        self.model = model
+        self.max_pixels = int(max_pixels)
+        self.top_k = min(TOP_K, num_classes)
+        self.labels_file = _write_labels(labels)
+        # Class index -> label, from an asset file: the labels travel inside the SavedModel.
+        self.label_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                str(self.labels_file), key_dtype=tf.int64,
+                key_index=tf.lookup.TextFileIndex.LINE_NUMBER, value_dtype=tf.string,
+                value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
+            default_value="")
+
+    def predict_image_bytes(self, image_bytes):
+        """string [batch] of encoded images -> the outputs dict."""
+        size = input_pipeline.CROP_SIZE
+
+        def preprocess(one_image):
+            # The evaluation preprocessing itself: one code path for evaluation and serving.
+            return input_pipeline.preprocess_for_eval(
+                checked_image_bytes(one_image, self.max_pixels))
+
+        images = tf.map_fn(preprocess, image_bytes,
+                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        return self.predict_pixels(images)
+
+    def predict_pixels(self, images):
+        """float32 [batch, 227, 227, 3] RGB pixels in [0, 255] -> the outputs dict."""
+        images = tf.debugging.check_numerics(images, "pixel values must be finite")
+        logits = self.model(images, training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+        scores, classes = tf.math.top_k(probabilities, k=self.top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_classes": tf.cast(classes, tf.int32),
+            "top_k_labels": self.label_table.lookup(tf.cast(classes, tf.int64)),
+            "top_k_scores": scores,
+        }
+
+
+def _write_labels(labels):
+    for label in labels:
+        if not label or "\n" in label or "\r" in label:
+            raise ExportError(f"label {label!r} is empty or spans lines")
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="alexnet-labels-"))
+    path = folder / "labels.txt"
+    path.write_text("".join(f"{label}\n" for label in labels))
+    return path
+
+
+def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
+    """A `keras.export.ExportArchive` with the two signatures (serving_default first)."""
+    functions = ServingFunctions(model, labels, max_pixels)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(functions.label_table)
+    size = input_pipeline.CROP_SIZE
+    archive.add_endpoint(SERVING_DEFAULT, functions.predict_image_bytes, input_signature=[
+        tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
+    archive.add_endpoint(PREDICT_PIXELS, functions.predict_pixels, input_signature=[
+        tf.TensorSpec((None, size, size, 3), tf.float32, name=PIXELS)])
+    return archive, functions
+
+
+# === Warmup ===
+
+
+def warmup_image(size=256, seed=0):
+    """A JPEG of a smooth random picture, for warmup requests."""
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(0, 255, size=(2, 2, 3)).astype(np.float32)
+    image = tf.image.resize(corners[np.newaxis], (size, size), method="bilinear")[0]
+    return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy()
+
+
+def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES):
+    """Serialized `PredictionLog`s asking `serving_default` for each batch size."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    records = []
+    for batch_size in batch_sizes:
+        images = [warmup_image(seed=index) for index in range(batch_size)]
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT))
+        request.inputs[IMAGE_BYTES].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+# === Export folder ===
+
+_TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-")
+
+
+def existing_versions(export_base):
+    """The integer version folders under `export_base` (TF Serving ignores other names)."""
+    base = pathlib.Path(export_base)
+    if not base.is_dir():
+        return []
+    return sorted(int(path.name) for path in base.iterdir()
+                  if path.is_dir() and path.name.isdigit())
+
+
+def remove_stale_temporaries(export_base):
+    """Removes temporary folders left beside `export_base` by exports that were killed."""
+    base = pathlib.Path(export_base)
+    removed = []
+    if not base.parent.is_dir():
+        return removed
+    for path in base.parent.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match and match["base"] == base.name and not _process_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def xla_must_compile_functions(export_dir):
+    """Names of the functions and nodes marked `_XlaMustCompile` in a SavedModel: TF Serving
+    refuses them unless it was started with XLA enabled."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((pathlib.Path(export_dir) / "saved_model.pb").read_bytes())
+
+    def marked(node_or_function):
+        attr = node_or_function.attr.get("_XlaMustCompile")
+        return attr is not None and attr.b
+
+    names = []
+    for meta_graph in saved_model.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            if marked(function):
+                names.append(function.signature.name)
+            names += [f"{function.signature.name}/{node.name}"
+                      for node in function.node_def if marked(node)]
+        names += [node.name for node in meta_graph.graph_def.node if marked(node)]
+    return names
+
+
+def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MAX_PIXELS,
+                 model_name=None, source=None, log=print):
+    """Writes `export_base/<version>/`, a SavedModel for TF Serving; returns its path.
+
+    The version is built in a hidden folder beside `export_base` and renamed into place
+    when complete and checked, so a server polling `export_base` never sees half of it and
+    a killed export leaves no version. `version` defaults to the highest present + 1; an
+    existing version is never overwritten.
+    """
+    base = pathlib.Path(export_base)
+    if version is not None and (int(version) != version or version < 1):
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    if version is not None and (base / str(version)).exists():
+        raise ExportError(f"{base / str(version)} already exists; versions are never "
+                          f"overwritten (omit --version to take the next one)")
+    base.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(base):
+        log(f"removed {path}, left by an export that did not finish")
+    model_name = model_name or base.name
+    temporary = pathlib.Path(tempfile.mkdtemp(prefix=f".{base.name}.tmp-{os.getpid()}-",
+                                              dir=base.parent))
+    functions = None
+    try:
+        archive, functions = build_export_archive(model, labels, max_pixels)
+        archive.write_out(str(temporary), verbose=False)
+        marked = xla_must_compile_functions(temporary)
+        if marked:
+            raise ExportError(
+                f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
+                f"which TF Serving refuses unless started with XLA: the model uses a layer "
+                f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)")
+        extra = temporary / "assets.extra"
+        extra.mkdir()
+        with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+            for record in warmup_records(model_name):
+                writer.write(record)
+        info = {"model": str(source) if source else None, "labels": len(labels),
+                "max_pixels": functions.max_pixels, "top_k": functions.top_k,
+                "tensorflow": tf.__version__, "keras": keras.__version__,
+                "signatures": [SERVING_DEFAULT, PREDICT_PIXELS]}
+        (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
+        _fsync_tree(temporary)
+        return _rename_into_place(temporary, base, version)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if functions is not None:
+            shutil.rmtree(functions.labels_file.parent, ignore_errors=True)
+
+
+def _rename_into_place(temporary, base, version):
+    """Renames the finished folder to the next free version (or `version`); a rename onto
+    an existing, non-empty folder fails, so two concurrent exports cannot share a number."""
+    while True:
+        number = version if version is not None else max(existing_versions(base), default=0) + 1
+        target = base / str(number)
+        try:
+            os.rename(temporary, target)
+            return target
+        except OSError:
+            if version is not None or not target.exists():
+                raise
+            # Another export took this number meanwhile: take the next one.
+
+
+def _fsync_tree(root):
+    """Flushes every file to disk before the rename publishes the folder."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def labels_for_model(model_path, labels_path=None, num_classes=None):
+    """Class names for an export: `labels_path` (one per line), else the labels.txt of the
+    data the model was trained on, as its run folder's run.json records; None when neither
+    is known."""
+    if labels_path:
+        path = pathlib.Path(labels_path)
+        if not path.is_file():
+            raise ExportError(f"--labels {path} does not exist")
+        return _read_labels(path)
+    run_file = pathlib.Path(model_path).parent / "run.json"
+    if run_file.is_file():
+        run = json.loads(run_file.read_text())
+        if run.get("class_names"):
+            return list(run["class_names"])
+        if run.get("data_dir"):
+            path = pathlib.Path(run["data_dir"]) / "labels.txt"
+            if path.is_file():
+                return _read_labels(path)
+    return None
+
+
+def _read_labels(path):
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

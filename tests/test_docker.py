@@ -1,0 +1,128 @@
+"""The Dockerfile and the Kubernetes manifest, checked without a Docker engine: hadolint, the
+requirements they install, the scripts they name, their users and the flags they pass."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+
+def dockerfile_stages(repo_root):
+    """{stage name: its lines} of the Dockerfile (continuation lines joined)."""
+    text = (repo_root / "Dockerfile").read_text().replace("\\\n", " ")
+    stages, current = {}, None
+    for line in text.splitlines():
+        match = re.match(r"FROM \S+(?: AS (\S+))?", line)
+        if match:
+            current = match.group(1) or "final"
+            stages[current] = []
+        elif current and line.strip() and not line.startswith("#"):
+            stages[current].append(line)
+    return stages
+
+
+def pins(path):
+    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", path.read_text(), re.M))
+
+
+def test_hadolint_passes(repo_root):
+    hadolint = os.path.join(os.path.dirname(sys.executable), "hadolint")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=repo_root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_images_install_the_makefiles_requirements(repo_root):
+    makefile = (repo_root / "Makefile").read_text()
+    installed_by_make = set(re.findall(r"-r (requirements\S*\.txt)", makefile))
+    assert installed_by_make == {"requirements.txt", "requirements-validate.txt"}
+    stages = dockerfile_stages(repo_root)
+    per_stage = {name: set(re.findall(r"-r (requirements\S*\.txt)", " ".join(lines)))
+                 for name, lines in stages.items()}
+    assert per_stage["train"] == {"requirements.txt", "requirements-cuda.txt"}
+    assert per_stage["validate"] == {"requirements-validate.txt"}
+    for stage in ("train", "validate"):
+        assert any("--no-deps" in line and "-r requirements" in line for line in stages[stage])
+        assert any("uv pip check" in line for line in stages[stage])
+    # The CUDA add-on agrees with requirements.txt on every package they share.
+    main, cuda = pins(repo_root / "requirements.txt"), pins(repo_root / "requirements-cuda.txt")
+    shared = set(main) & set(cuda)
+    assert "tensorflow" in shared and {name: main[name] for name in shared} == {
+        name: cuda[name] for name in shared}
+    assert any(name.startswith("nvidia-cudnn") for name in cuda)
+    assert f"UV_VERSION := {dockerfile_uv_version(repo_root)}\n" in makefile  # one uv for both
+
+
+def dockerfile_uv_version(repo_root):
+    return re.search(r"ARG UV_VERSION=(\S+)", (repo_root / "Dockerfile").read_text()).group(1)
+
+
+def test_the_images_run_as_a_user_and_name_only_existing_scripts(repo_root):
+    stages = dockerfile_stages(repo_root)
+    for stage in ("train", "validate"):
+        users = [line.split()[1] for line in stages[stage] if line.startswith("USER ")]
+        assert users and users[-1].split(":")[0] not in ("root", "0"), stage
+        assert any(line.startswith("WORKDIR ") for line in stages["base"])
+    text = (repo_root / "Dockerfile").read_text()
+    scripts = set(re.findall(r"\b([\w/]+\.(?:py|sh))\b", text))
+    assert {"train.py", "evaluate.py", "docker/entrypoint.sh", "data/validate_data.py"} <= scripts
+    for script in scripts:
+        assert (repo_root / script).is_file(), script
+    ignored = (repo_root / ".dockerignore").read_text().split()
+    for folder in (".git", ".venv", ".venv-validate", "datasets", "runs", "exports"):
+        assert folder in ignored, folder
+
+
+@pytest.fixture
+def python_on_path(tmp_path):
+    """A PATH whose `python` is this interpreter, as in the image."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_the_entry_point_runs_project_scripts_and_commands(repo_root, python_on_path):
+    script = repo_root / "docker" / "entrypoint.sh"
+    result = subprocess.run(["sh", str(script), "train.py", "--help"], cwd=repo_root,
+                            capture_output=True, text=True, timeout=300, env=python_on_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--data_dir" in result.stdout and "--model_dir" in result.stdout
+    result = subprocess.run(["sh", str(script), "echo", "as given"], cwd=repo_root,
+                            capture_output=True, text=True, timeout=60, env=python_on_path)
+    assert result.stdout.strip() == "as given"
+    # No arguments: the demo's steps, the same ones `make demo` runs.
+    dry_run = subprocess.run(["make", "-n", "demo-run", "PY=python"], cwd=repo_root,
+                             capture_output=True, text=True, timeout=60)
+    assert "python train.py" in dry_run.stdout and "export/predict.py" in dry_run.stdout
+    assert "make --no-print-directory demo-run PY=python" in script.read_text()
+
+
+def test_the_tfjob_runs_the_image_with_train_py_flags(repo_root, python_on_path):
+    manifest = yaml.safe_load((repo_root / "deploy" / "tfjob.yaml").read_text())
+    assert manifest["kind"] == "TFJob"
+    worker = manifest["spec"]["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 2 and worker["restartPolicy"] == "ExitCode"
+    pod = worker["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "tensorflow"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert container["image"].split(":")[0].endswith("alexnet-keras")
+    assert re.search(r"-t (\S+)", (repo_root / "Dockerfile").read_text()).group(1).split(":")[0] \
+        == "alexnet-keras"
+    arguments = container["args"]
+    assert arguments[0] == "train.py" and (repo_root / arguments[0]).is_file()
+    help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=repo_root,
+                               capture_output=True, text=True, timeout=300).stdout
+    for flag in (argument for argument in arguments if argument.startswith("--")):
+        assert re.search(rf"\s{flag}\b", help_text), flag
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert {"/data", "/dev/shm"} <= mounts
+    for path in arguments[arguments.index("--data_dir") + 1], arguments[arguments.index("--model_dir") + 1]:
+        assert path.startswith("/data/")
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["shared-memory"]["emptyDir"]["medium"] == "Memory"
