@@ -24,6 +24,7 @@ DEMO_RECORDS := datasets/synthetic/records
 DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
 
 demo: $(VENV)/.installed
+	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory validate; else echo "no $(VENV_VALIDATE): data validation skipped (make env-validate adds it)"; fi
 	$(MAKE) --no-print-directory demo-run
 
 # The demo's steps with whatever $(PY) is: the Docker image runs `make demo-run PY=python`.
@@ -37,6 +38,7 @@ demo-run:
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
+	$(PY_VALIDATE) -m pytest tests_validate
 
 bench: $(VENV)/.installed
 	$(PY) bench/model_speed.py --compare_keras_groups
@@ -44,6 +46,22 @@ bench: $(VENV)/.installed
 	$(PY) bench/input_speed.py
 	$(PY) bench/train_speed.py
 	$(PY) bench/serving_speed.py
+	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory bench-validate; fi
+
+# Data validation (TFDV, in .venv-validate) of the demo records, built once by train.py's helper.
+VALIDATE_DATA := $(PY_VALIDATE) data/validate_data.py
+.PHONY: validate bench-validate
+validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
+	$(VALIDATE_DATA) stats --data_dir $(DEMO_RECORDS)
+	$(VALIDATE_DATA) schema --data_dir $(DEMO_RECORDS)
+	$(VALIDATE_DATA) validate --data_dir $(DEMO_RECORDS) --split train
+	$(VALIDATE_DATA) validate --data_dir $(DEMO_RECORDS) --split validation
+
+bench-validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
+	$(PY_VALIDATE) bench/validate_speed.py --data_dir $(DEMO_RECORDS)
+
+$(DEMO_RECORDS)/dataset.json: | $(VENV)/.installed
+	$(PY) -c 'import train; train.build_demo_dataset()'
 
 env: $(VENV)/.installed
 env-validate: $(VENV_VALIDATE)/.installed

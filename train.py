@@ -69,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--deterministic", action="store_true", default=None,
                         help="reproducible input order and augmentation (slower)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--require_validation", action="store_true",
+                        help="refuse data without a passing, current report of "
+                             "data/validate_data.py validate for the train and validation splits")
     return parser.parse_args(argv)
 
 
@@ -123,6 +126,14 @@ def main(argv=None):
                             leave=False)
 
         devices = args.devices.split(",") if args.devices else None
+        if args.require_validation:
+            from alexnet_keras.validation_report import ValidationRequired, check_validated
+
+            try:
+                check_validated(data_dir)
+            except ValidationRequired as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
         training.train(config, data_dir, model_dir, devices=devices, progress=progress)
     except training.Preempted as stop:
         print(stop, file=sys.stderr)
