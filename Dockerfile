@@ -39,7 +39,7 @@ COPY requirements.txt requirements-cuda.txt ./
 RUN uv pip install --no-deps -r requirements.txt -r requirements-cuda.txt \
     && uv pip check
 COPY --chown=alexnet:alexnet . .
-RUN uv pip install --no-deps . \
+RUN uv pip install --no-deps --no-build-isolation . \
     && chmod +x docker/entrypoint.sh \
     && chown alexnet:alexnet /app
 USER 1000:1000

@@ -75,7 +75,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
 	rm -rf $(VENV)
 	$(UV) venv --quiet --python $(PYTHON) $(VENV)
 	$(call UV_INSTALL,$(VENV)) -r requirements.txt
-	$(call UV_INSTALL,$(VENV)) --editable .
+	$(call UV_INSTALL,$(VENV)) --no-build-isolation --editable .
 	$(UV) pip check --quiet --python $(VENV)/bin/python
 	touch $@
 

@@ -192,13 +192,13 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
              ten_crops=False, progress=None):
     """Evaluates on TFRecords; -> the metrics dict (see MetricSums.metrics) plus
     images_per_second. `probabilities_fn` maps float32 pixel batches to probabilities;
-    `progress(total)` may return a tqdm-like bar."""
+    `progress(total, description)` may return a tqdm-like bar."""
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
     dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False,
                                           num_examples=num_examples, ten_crops=ten_crops)
     sums = MetricSums(num_classes)
-    bar = progress(num_examples) if progress else None
+    bar = progress(num_examples, "evaluating") if progress else None
     start = time.perf_counter()
     try:
         for images, labels in dataset:

@@ -1,104 +1,14 @@
-"""Converts a folder of images into sharded TFRecords for training and validation.
+"""Converts a folder of images into sharded TFRecords: `python data/build_tfrecords.py --help`.
 
-    python data/build_tfrecords.py --input_dir IN --output_dir OUT
-
-IN is laid out as torchvision's ImageFolder: IN/train/<class>/*.jpg with an optional
-IN/val/<class>/*.jpg, or IN/<class>/*.jpg. Without val/, --val_fraction of each class is held
-out (seeded). Each image is decoded (EXIF orientation applied, converted to RGB), its shorter
-side rescaled to 256 and the central 256x256 kept, as in the paper, then re-encoded as JPEG.
-
-Writes OUT/train-NNNNN-of-NNNNN.tfrecord, OUT/validation-..., OUT/labels.txt and
-OUT/dataset.json (counts, skipped files with reasons, RGB mean/std and the eigenpairs of the
-RGB covariance for the PCA lighting noise). Bad files are skipped and reported, never fatal.
-A killed run is completed by running the same command again.
-
-Several machines: run the same command with --num_partitions P --partition_index K on each
-(K = 0..P-1), gather all output files in one folder, then run the command once more without
-the partition flags: it finds every shard complete and writes dataset.json.
+The command lives in alexnet_keras_cli/build_tfrecords.py (also installed as `alexnet-build-tfrecords`).
 """
 
-import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alexnet_keras.config import UsageError  # noqa: E402
-from alexnet_keras.tfrecords import DEFAULT_MAX_PIXELS, convert  # noqa: E402
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--input_dir", required=True, help="folder of class folders (see above)")
-    parser.add_argument("--output_dir", required=True, help="where shards and dataset.json go")
-    parser.add_argument("--val_fraction", type=float, default=0.05,
-                        help="share of each class held out when IN has no val/ (default 0.05)")
-    parser.add_argument("--num_shards", type=int, default=None,
-                        help="training shards (default: one per 1024 images, at least 4); "
-                             "validation gets a proportional number")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="decoding processes (default: all cores, %(default)s here)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the validation hold-out and the shuffling (default 0)")
-    parser.add_argument("--jpeg_quality", type=int, default=95,
-                        help="quality of the re-encoded JPEGs, 1-100 (default 95)")
-    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="larger images are refused as decompression bombs (default %(default)s)")
-    parser.add_argument("--num_partitions", type=int, default=1,
-                        help="split the shards among this many machines (default 1)")
-    parser.add_argument("--partition_index", type=int, default=0,
-                        help="which partition this machine converts, 0-based (default 0)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    progress = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        def progress(total):
-            return tqdm(total=total, unit="img", desc="converting", file=sys.stderr)
-
-    start = time.perf_counter()
-    try:
-        dataset = convert(
-            args.input_dir,
-            args.output_dir,
-            val_fraction=args.val_fraction,
-            num_shards=args.num_shards,
-            workers=args.workers,
-            seed=args.seed,
-            jpeg_quality=args.jpeg_quality,
-            max_pixels=args.max_pixels,
-            num_partitions=args.num_partitions,
-            partition_index=args.partition_index,
-            progress=progress,
-        )
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if dataset is None:
-        return 0
-    seconds = time.perf_counter() - start
-    skipped = dataset["skipped"]
-    if skipped:
-        print(f"skipped {len(skipped)} files:", file=sys.stderr)
-        for entry in skipped[:20]:
-            print(f"  {entry['file']}: {entry['reason']}", file=sys.stderr)
-        if len(skipped) > 20:
-            print(f"  ... and {len(skipped) - 20} more, listed in dataset.json", file=sys.stderr)
-    counts = dataset["num_examples"]
-    print(
-        f"wrote {counts['train']} training and {counts['validation']} validation images of "
-        f"{dataset['num_classes']} classes to {args.output_dir} in {seconds:.1f} s; "
-        f"skipped {len(skipped)}, ignored {dataset['ignored_files']} non-image files"
-    )
-    return 0
-
+from alexnet_keras_cli.build_tfrecords import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

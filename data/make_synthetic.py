@@ -1,43 +1,14 @@
-"""Writes the embedded default dataset: procedurally drawn shapes and textures.
+"""Writes the embedded default dataset of synthetic shapes: `python data/make_synthetic.py --help`.
 
-    python data/make_synthetic.py --output_dir datasets/synthetic/images
-
-An ImageFolder (OUT/<class>/<class>_NNNN.jpg) of ten classes (circle, square, triangle, star,
-cross, ring, stripes, checkerboard, crescent, dots) with random colours, positions, sizes,
-rotations, image sizes, backgrounds, blur and noise. Deterministic from --seed. Convert it
-with data/build_tfrecords.py; train.py without --data_dir does both.
+The command lives in alexnet_keras_cli/make_synthetic.py (also installed as `alexnet-make-synthetic`).
 """
 
-import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset  # noqa: E402
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True, help="folder to write the classes into")
-    parser.add_argument("--num_classes", type=int, default=10,
-                        help=f"number of classes, 2-{len(CLASS_NAMES)} (default 10)")
-    parser.add_argument("--images_per_class", type=int, default=150,
-                        help="images per class (default 150)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        count = make_synthetic_dataset(args.output_dir, args.num_classes,
-                                       args.images_per_class, args.seed)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {count} images of {args.num_classes} classes to {args.output_dir} "
-          f"in {time.perf_counter() - start:.1f} s")
-    return 0
-
+from alexnet_keras_cli.make_synthetic import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

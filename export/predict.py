@@ -12,7 +12,6 @@ import os
 import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -24,7 +23,9 @@ def main(argv=None):
                         help="an export version folder, or the base folder of its versions")
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
+    from alexnet_keras_cli import import_tensorflow_quietly
+
+    tf = import_tensorflow_quietly()
 
     from alexnet_keras import serving
 

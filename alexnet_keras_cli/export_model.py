@@ -1,0 +1,74 @@
+"""Exports a trained model as a versioned SavedModel for TensorFlow Serving.
+
+    python export/export_model.py --model runs/X/alexnet.keras --export_base exports/alexnet
+
+Writes exports/alexnet/<version>/ (default: the highest version present + 1), built in a
+hidden folder beside the base and renamed into place when complete, so a server polling the
+base never loads half a version and a killed export leaves none. Existing versions are never
+overwritten. Signatures: serving_default (image_bytes: encoded JPEG / PNG / GIF / BMP / WebP
+images) and predict_pixels (images: float32 [batch, 227, 227, 3] RGB in [0, 255]); both answer
+probabilities, top_k_classes, top_k_labels and top_k_scores. The class names travel inside the
+SavedModel (assets/labels.txt); warmup requests are in assets.extra/.
+"""
+
+import argparse
+import pathlib
+import sys
+
+from alexnet_keras_cli import SERVING_MAX_PIXELS, import_tensorflow_quietly
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a .keras file written by train.py")
+    parser.add_argument("--export_base", required=True,
+                        help="the model's folder that TF Serving watches, e.g. exports/alexnet")
+    parser.add_argument("--version", type=int,
+                        help="version number to write (default: highest present + 1)")
+    parser.add_argument("--labels", help="class names, one per line (default: labels.txt of "
+                        "the data the model was trained on, found through the run folder's "
+                        "run.json; else the class indices)")
+    parser.add_argument("--max_pixels", type=int, default=SERVING_MAX_PIXELS,
+                        help="refuse images with more pixels than this, read from the image "
+                        "header before decoding (default: %(default)s)")
+    parser.add_argument("--model_name", help="model name in the warmup requests (default: the "
+                        "export base's folder name)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import_tensorflow_quietly()
+    import keras
+
+    import alexnet_keras  # noqa: F401  (registers the custom layers)
+    from alexnet_keras import serving
+
+    model_path = pathlib.Path(args.model)
+    try:
+        if not model_path.is_file():
+            raise serving.ExportError(f"--model {model_path} does not exist")
+        model = keras.models.load_model(model_path)
+        num_classes = model.output.shape[-1]
+        labels = serving.labels_for_model(model_path, args.labels)
+        if labels is None:
+            print(f"no class names found for {model_path} (pass --labels): the labels are the "
+                  f"class indices")
+            labels = [str(index) for index in range(num_classes)]
+        elif len(labels) != num_classes:
+            raise serving.ExportError(
+                f"{len(labels)} labels{' in ' + args.labels if args.labels else ''} but "
+                f"{model_path} predicts {num_classes} classes")
+        path = serving.export_model(model, args.export_base, labels, version=args.version,
+                                    max_pixels=args.max_pixels, model_name=args.model_name,
+                                    source=model_path)
+    except (serving.ExportError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {model_path} ({num_classes} classes) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The commands: --help without TensorFlow, quiet start-up, defaults that agree with the
+library, and the package as a wheel with its console scripts, outside the checkout."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import sysconfig
+
+import keras
+import pytest
+
+import alexnet_keras_cli
+from alexnet_keras import build_alexnet, config, serving, synthetic, tfrecords
+
+SCRIPTS = ["train.py", "evaluate.py", "data/build_tfrecords.py", "data/make_synthetic.py",
+           "export/export_model.py", "export/predict.py", "export/client.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_answers_without_importing_tensorflow(script, python, repo_root):
+    result = subprocess.run([python, "-X", "importtime", script, "--help"], cwd=repo_root,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: ")
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "argparse" in imported  # the measurement works
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+
+
+def test_the_commands_defaults_agree_with_the_library():
+    cli = alexnet_keras_cli
+    assert cli.DEMO_DATASET_DIR == config.DEMO_DATASET_DIR
+    assert cli.DEMO_RECORDS_DIR == config.DEMO_RECORDS_DIR
+    assert cli.DEMO_MODEL_DIR == config.DEMO_MODEL_DIR
+    assert cli.PRESET_NAMES == tuple(sorted(config.PRESETS))
+    assert cli.LR_SCHEDULES == config.LR_SCHEDULES
+    assert cli.MIXED_PRECISION == config.MIXED_PRECISION
+    assert cli.CONVERTER_MAX_PIXELS == tfrecords.DEFAULT_MAX_PIXELS
+    assert cli.SERVING_MAX_PIXELS == serving.DEFAULT_MAX_PIXELS
+    assert cli.SYNTHETIC_CLASSES == len(synthetic.CLASS_NAMES)
+
+
+def test_a_run_shows_its_error_without_tensorflows_start_up_chatter(python, repo_root, tmp_path):
+    result = subprocess.run([python, "train.py", "--data_dir", tmp_path / "missing",
+                             "--model_dir", tmp_path / "model"], cwd=repo_root,
+                            capture_output=True, text=True, timeout=300,
+                            env={key: value for key, value in os.environ.items()
+                                 if key != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 2
+    assert f"error: --data_dir {tmp_path / 'missing'} does not exist" in result.stderr
+    for chatter in ("cudart_stub", "cpu_feature_guard", "absl::InitializeLog", "cuInit",
+                    "To enable the following instructions"):
+        assert chatter not in result.stderr, result.stderr
+
+
+def test_the_start_up_filter_keeps_real_errors(capsys):
+    captured = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n"
+        "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+        "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+        "E0000 00:00:1.0 1 some_kernel.cc:10] Out of memory while allocating 4 GiB\n"
+    )
+    alexnet_keras_cli._replay(captured, no_gpu=True)
+    assert capsys.readouterr().err == (
+        "no GPU found: running on the CPU\n"
+        "E0000 00:00:1.0 1 some_kernel.cc:10] Out of memory while allocating 4 GiB\n")
+    # With a GPU present, a failed cuInit is news and stays.
+    alexnet_keras_cli._replay(captured, no_gpu=False)
+    assert capsys.readouterr().err.count("failed call to cuInit") == 2
+
+
+@pytest.fixture(scope="module")
+def wheel(repo_root, tmp_path_factory):
+    """The package built as a wheel, as `pip install .` or a package index would get it."""
+    output = tmp_path_factory.mktemp("dist")
+    uv = repo_root / ".tools" / "bin" / "uv"
+    result = subprocess.run([str(uv), "build", "--wheel", "--no-build-isolation", "--python",
+                             sys.executable, "--out-dir", str(output), str(repo_root)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = output.glob("alexnet_keras-*.whl")
+    return path
+
+
+def test_the_wheel_installs_the_library_and_console_scripts_outside_the_checkout(
+        wheel, repo_root, tmp_path):
+    # A fresh environment that reuses this environment's pinned packages (no network), but
+    # not its editable install of the checkout: a .pth line adds a folder to the path
+    # without running the .pth files inside it.
+    environment = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
+    site_packages = pathlib.Path(subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True).stdout.strip())
+    (site_packages / "pinned.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    uv = repo_root / ".tools" / "bin" / "uv"
+    result = subprocess.run([str(uv), "pip", "install", "--offline", "--no-deps", "--python",
+                             str(environment / "bin" / "python"), str(wheel)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    app = tmp_path / "app"
+    app.mkdir()
+    keras.utils.set_random_seed(3)
+    build_alexnet(num_classes=6, width_multiplier=0.125).save(app / "alexnet.keras")
+    snippet = ("import alexnet_keras, keras\n"
+               "model = keras.models.load_model('alexnet.keras')  # safe mode\n"
+               "print(alexnet_keras.__file__, model.output.shape[-1])\n")
+    loaded = subprocess.run([str(environment / "bin" / "python"), "-c", snippet], cwd=app,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    module_file, classes = loaded.stdout.split()[-2:]
+    assert module_file.startswith(str(environment)) and classes == "6"
+
+    for command in ("alexnet-train", "alexnet-evaluate", "alexnet-export",
+                    "alexnet-build-tfrecords", "alexnet-make-synthetic"):
+        helped = subprocess.run([str(environment / "bin" / command), "--help"], cwd=app,
+                                capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0, (command, helped.stderr[-2000:])
+        assert helped.stdout.startswith("usage: ")
