@@ -18,7 +18,7 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # Quieter TensorFlow start-up logs; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo demo-run test test-main test-validate bench env env-validate lock clean
+.PHONY: demo demo-run test test-fast test-main test-validate bench env env-validate lock clean
 
 DEMO_RECORDS := datasets/synthetic/records
 DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
@@ -39,6 +39,11 @@ demo-run:
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(PY) -m pytest tests
 	$(PY_VALIDATE) -m pytest tests_validate
+
+# Under 2 minutes: everything but in-process training and the tests that start processes
+# (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) bench/model_speed.py --compare_keras_groups

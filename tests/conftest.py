@@ -41,3 +41,15 @@ def synthetic_records(tmp_path_factory):
     convert(root / "images", root / "records", val_fraction=0.25, num_shards=4, workers=2,
             log=lambda message: None)
     return root / "records"
+
+
+# Processes to start = slow: `make test-fast` leaves out every test that takes the `python`
+# fixture (it runs the scripts in subprocesses) or the `runner` fixture (the C++ serving
+# stand-in), besides the tests marked slow by hand (in-process training).
+PROCESS_FIXTURES = {"python", "runner"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -4,6 +4,7 @@ import subprocess
 import textwrap
 
 import keras
+import pytest
 import tensorflow as tf
 
 
@@ -31,6 +32,7 @@ def test_no_tensorflow_addons_and_no_tensorflow_cpu(repo_root):
         assert "\ntensorflow-cpu==" not in text
 
 
+@pytest.mark.slow
 def test_validation_environment_computes_statistics(repo_root, tmp_path):
     """TFDV, in its own environment, reads a real TFRecord file written here."""
     records = tmp_path / "tiny.tfrecord"

@@ -9,6 +9,9 @@ import sys
 import pytest
 import tensorflow as tf
 
+# Validating the records runs TFDV's Beam pipeline in the validation environment's process.
+pytestmark = pytest.mark.slow
+
 
 def validate_data(repo_root, *arguments):
     python = repo_root / ".venv-validate" / "bin" / "python"

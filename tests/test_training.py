@@ -59,6 +59,7 @@ def steps_per_epoch(records, batch):
     return info["num_examples"]["train"] // batch
 
 
+@pytest.mark.slow
 def test_two_replicas_train_and_lower_the_loss(synthetic_records, tmp_path):
     messages = []
     config = TINY.replace(epochs=3)
@@ -77,6 +78,7 @@ def test_two_replicas_train_and_lower_the_loss(synthetic_records, tmp_path):
     assert len(history) == 4 and history[0].startswith("epoch,train_loss")
 
 
+@pytest.mark.slow
 def test_one_and_two_replicas_end_with_the_same_weights(synthetic_records, tmp_path):
     # 3 steps of 24 images: few enough that float summation order stays negligible.
     config = TINY.replace(epochs=1, dropout_rate=0.0, deterministic=True, global_batch_size=24)
@@ -245,6 +247,7 @@ def wait_for_checkpoint(model_dir, process, timeout=300):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
         synthetic_records, tmp_path, python, repo_root):
     model_dir = tmp_path / "model"
@@ -263,6 +266,7 @@ def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, python, repo_root):
     model_dir = tmp_path / "model"
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir,
@@ -279,6 +283,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
         synthetic_records, tmp_path, repo_root, capsys):
     """A learning rate of inf (or 1e30) turns the weights non-finite (or absurd) in the first
@@ -363,6 +368,7 @@ def uninterrupted_run(synthetic_records, tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target,at_update,how", [
     ("epoch 1", 9, "sigterm"),  # on the last step of epoch 1
     ("validation 2", 1, "sigterm"),  # during the last epoch's validation
@@ -401,6 +407,7 @@ def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
                     keras.models.load_model(reference_dir / "alexnet.keras")))
 
 
+@pytest.mark.slow
 def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
         synthetic_records, tmp_path):
     model_dir = tmp_path / "model"
@@ -441,6 +448,7 @@ def copy_records(records, destination, rewrite_train_example):
     return destination
 
 
+@pytest.mark.slow
 def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_path):
     # A label outside the classes is an error of the step, not of reading: it surfaces as
     # TensorFlow's own error, and no shard is searched.
@@ -463,6 +471,7 @@ def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_pat
                        log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, tmp_path,
                                                             repo_root):
     sys.path.insert(0, str(repo_root))
@@ -523,6 +532,7 @@ def test_bad_usage_gets_a_clear_message(case, message, synthetic_records, tmp_pa
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 def test_mixed_precision_trains_and_saves_float32_interfaces(precision, synthetic_records,
                                                              tmp_path):
@@ -538,6 +548,7 @@ def test_mixed_precision_trains_and_saves_float32_interfaces(precision, syntheti
     assert model.input.dtype == "float32"
 
 
+@pytest.mark.slow
 def test_xla_train_step_runs_on_the_cpu(synthetic_records, tmp_path):
     results = training.train(TINY.replace(epochs=1, xla=True), synthetic_records,
                              tmp_path / "model", log=lambda m: None)
