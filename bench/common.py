@@ -25,3 +25,12 @@ def print_results(results):
     for key, value in results.items():
         print(f"{key:45s} {value:.3f}" if isinstance(value, float) else f"{key:45s} {value}")
     print(json.dumps(results))
+
+
+def set_threads(intra_op, inter_op):
+    """TensorFlow's thread pools, before it starts: `intra_op` threads inside one op (the
+    convolutions and matmuls), `inter_op` ops running side by side."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
