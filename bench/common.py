@@ -2,7 +2,9 @@
 
 import json
 import os
+import statistics
 import sys
+import time
 
 # The benchmarks run from a checkout: make `alexnet_keras` importable without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,3 +36,14 @@ def set_threads(intra_op, inter_op):
 
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def median_seconds(function, repeats):
+    """Median of `repeats` timed calls, after one untimed warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

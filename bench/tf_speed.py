@@ -12,25 +12,12 @@ bench/peer_speed.py runs it alternately with the peer and prints the ratios.
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads  # noqa: E402  (also puts the checkout on sys.path)
-
-
-def median_seconds(function, repeats):
-    """Median of `repeats` timed calls, after one untimed warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import median_seconds, set_threads  # noqa: E402  (also puts the checkout on sys.path)
 
 
 def training_speed(batch_size, repeats):

@@ -15,11 +15,10 @@ timed repeats.
 
 import argparse
 import json
-import statistics
-import time
-
 import torch
 from torch import nn
+
+from common import median_seconds
 
 IMAGE_SIZE = 227
 
@@ -40,17 +39,6 @@ def alexnet(num_classes=1000, dropout_rate=0.5):
         nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout_rate),
         nn.Linear(4096, num_classes),
     )
-
-
-def median_seconds(function, repeats):
-    """Median of `repeats` timed calls, after one untimed warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_speed(model, batch_size, repeats):
