@@ -6,8 +6,8 @@ Times each layer of the paper network alone, in tf.functions, at the shapes it h
 the step: the forward pass (training=True), then forward + input gradient and forward +
 weight gradient, whose differences to the forward are the two backward parts (inside a
 tf.function TensorFlow prunes the gradient nobody asked for). conv1 gets no input gradient:
-the step never computes it. Then the parameter-wide work: the L2 weight decay term (forward
-and its gradient, added to the kernels' gradients as the tape does) and the SGD-momentum
+the step never computes it. Then the parameter-wide work: the weight decay (weight_decay * kernel
+added to the kernels' gradients, as the step does) and the SGD-momentum
 update; the split and concat of the grouped convolutions (their copies, included in those
 layers' times); and the whole real step (`training.make_step_functions`) to compare the sum
 of the parts with. Layout conversions of oneDNN happen inside each op and are part of its
@@ -74,16 +74,14 @@ def split_concat_seconds(layer, batch_size, repeats):
 def parameter_update_times(model, optimizer, config, repeats):
     """(L2 decay term with its gradient, SGD-momentum update) seconds over all parameters."""
     variables = model.trainable_variables
-    kernels = training._regularized_kernels(model)
+    kernels = [variable for variable in variables if training.is_decayed(variable)]
     gradients = [tf.random.normal(variable.shape, stddev=1e-4) for variable in variables]
-    kernel_gradients = [g for g, v in zip(gradients, variables) if v.path.endswith("kernel")]
+    kernel_gradients = [g for g, v in zip(gradients, variables) if training.is_decayed(v)]
 
     @tf.function
     def decay_term(loss_gradients):
-        with tf.GradientTape() as tape:
-            l2 = 0.5 * config.weight_decay * tf.add_n(
-                [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
-        return [g + d for g, d in zip(loss_gradients, tape.gradient(l2, kernels))]
+        # As make_step_functions adds it: weight_decay * kernel to each kernel's gradient.
+        return [g + config.weight_decay * kernel for g, kernel in zip(loss_gradients, kernels)]
 
     @tf.function
     def update(gradients):
@@ -120,7 +118,7 @@ def main():
         rows.append((layer.name, *layer_times(layer, args.batch, args.repeats,
                                              needs_input_gradient)))
     decay, update = parameter_update_times(model, optimizer, config, args.repeats)
-    rows.append(("weight decay (L2 term + grad)", 0.0, 0.0, decay))
+    rows.append(("weight decay (added to the gradients)", 0.0, 0.0, decay))
     rows.append(("SGD-momentum update", 0.0, 0.0, update))
     total = sum(sum(row[1:]) for row in rows)
     step = whole_step_seconds(model, optimizer, config, args.repeats)
