@@ -38,12 +38,17 @@ def set_threads(intra_op, inter_op):
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
-def median_seconds(function, repeats):
-    """Median of `repeats` timed calls, after one untimed warm-up call."""
+def call_times(function, repeats):
+    """Seconds of each of `repeats` timed calls, after one untimed warm-up call."""
     function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(function, repeats):
+    """Median of `repeats` timed calls, after one untimed warm-up call."""
+    return statistics.median(call_times(function, repeats))
