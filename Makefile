@@ -3,11 +3,13 @@
 #               for TF Serving and answers two demo images through the export
 #   make test   builds both environments if missing and runs the whole test suite
 #   make bench  runs the benchmark scripts
+#   make bench-peer  creates .venv-peer (PyTorch, optional) and times our AlexNet against it
 #   make lock   regenerates the exact pins from requirements*.in
 
 PYTHON ?= python3
 VENV := .venv
 VENV_VALIDATE := .venv-validate
+VENV_PEER := .venv-peer
 PY := $(VENV)/bin/python
 PY_VALIDATE := $(VENV_VALIDATE)/bin/python
 TOOLS := .tools
@@ -65,6 +67,23 @@ validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
 bench-validate: $(VENV_VALIDATE)/.installed $(DEMO_RECORDS)/dataset.json
 	$(PY_VALIDATE) bench/validate_speed.py --data_dir $(DEMO_RECORDS)
 
+# The PyTorch peer of issue 12, in its own environment: never part of `make test`. It is
+# installed with pip, which honours PIP_FIND_LINKS (e.g. a folder with a CPU-only torch
+# wheel); without one, pip takes torch==2.13.0 from the package index.
+.PHONY: bench-peer env-peer
+PEER_ARGS ?= --rounds 3
+bench-peer: $(VENV)/.installed $(VENV_PEER)/.installed
+	$(PY) bench/peer_speed.py --peer_python $(VENV_PEER)/bin/python $(PEER_ARGS)
+
+env-peer: $(VENV_PEER)/.installed
+
+$(VENV_PEER)/.installed: requirements-peer.txt
+	rm -rf $(VENV_PEER)
+	$(PYTHON) -m venv $(VENV_PEER)
+	$(VENV_PEER)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements-peer.txt
+	$(VENV_PEER)/bin/pip check
+	touch $@
+
 $(DEMO_RECORDS)/dataset.json: | $(VENV)/.installed
 	$(PY) -c 'import train; train.build_demo_dataset()'
 
@@ -101,4 +120,4 @@ lock: $(UV)
 	$(UV) pip compile $(LOCK_TARGET) requirements-cuda.in -c requirements.txt -o requirements-cuda.txt
 
 clean:
-	rm -rf $(VENV) $(VENV_VALIDATE) $(TOOLS) runs datasets exports .pytest_cache
+	rm -rf $(VENV) $(VENV_VALIDATE) $(VENV_PEER) $(TOOLS) runs datasets exports .pytest_cache

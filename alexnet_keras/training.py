@@ -217,10 +217,10 @@ def build_optimizer(config, model):
     return optimizer
 
 
-def _regularized_kernels(model):
-    # Weight decay on the kernels only, as Caffe's reference model (decay_mult 0 on the
-    # biases): decaying the biases would pull the paper's 1.0 initial biases back to 0.
-    return [weight for weight in model.trainable_weights if weight.path.endswith("kernel")]
+def is_decayed(weight):
+    """Weight decay applies to the kernels only, as in Caffe's reference model (decay_mult 0
+    on the biases): decaying the biases would pull the paper's 1.0 initial biases back to 0."""
+    return weight.path.endswith("kernel")
 
 
 @dataclasses.dataclass
@@ -260,7 +260,13 @@ def make_step_functions(strategy, model, optimizer, config):
     returning a dict of sums over the global batch: MetricSums' fields, and `stop_requests`,
     the number of replicas whose worker passed a `stop_request` of 1 (a SIGTERM): summed
     within the step, it is the same on every worker."""
-    kernels = _regularized_kernels(model)
+    decayed = [is_decayed(weight) for weight in model.trainable_variables]
+    # The gradient of the L2 term 0.5 * weight_decay * sum(kernel ** 2) is weight_decay *
+    # kernel: it is added to the kernels' gradients directly, one pass over the weights where
+    # the term on the tape made several (square, sum, its backward, the sum of gradients).
+    # Divided by the replicas like `tf.nn.scale_regularization_loss`, since the all-reduce
+    # sums the replicas' gradients.
+    replica_decay = config.weight_decay / strategy.num_replicas_in_sync
     top_k = min(5, model.output.shape[-1])
     float16 = config.mixed_precision == "float16"
 
@@ -280,12 +286,15 @@ def make_step_functions(strategy, model, optimizer, config):
                 labels, logits, from_logits=True)
             loss = tf.nn.compute_average_loss(
                 per_example_loss, global_batch_size=config.global_batch_size)
-            if config.weight_decay:
-                l2 = 0.5 * config.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(tf.cast(kernel, tf.float32))) for kernel in kernels])
-                loss += tf.nn.scale_regularization_loss(l2)
             scaled_loss = optimizer.scale_loss(loss) if float16 else loss
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        if config.weight_decay:
+            # Scaled like the loss under float16: the optimizer unscales all gradients.
+            decay = optimizer.scale_loss(replica_decay) if float16 else replica_decay
+            gradients = [
+                gradient + decay * tf.cast(weight, gradient.dtype) if decay_it else gradient
+                for gradient, weight, decay_it in zip(
+                    gradients, model.trainable_variables, decayed)]
         optimizer.apply(gradients, model.trainable_variables)
         return outputs(labels, logits, per_example_loss, stop_request)
 

@@ -2,7 +2,9 @@
 
 import json
 import os
+import statistics
 import sys
+import time
 
 # The benchmarks run from a checkout: make `alexnet_keras` importable without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,3 +27,28 @@ def print_results(results):
     for key, value in results.items():
         print(f"{key:45s} {value:.3f}" if isinstance(value, float) else f"{key:45s} {value}")
     print(json.dumps(results))
+
+
+def set_threads(intra_op, inter_op):
+    """TensorFlow's thread pools, before it starts: `intra_op` threads inside one op (the
+    convolutions and matmuls), `inter_op` ops running side by side."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def call_times(function, repeats):
+    """Seconds of each of `repeats` timed calls, after one untimed warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_seconds(function, repeats):
+    """Median of `repeats` timed calls, after one untimed warm-up call."""
+    return statistics.median(call_times(function, repeats))

@@ -15,7 +15,6 @@ Ratios measured in one run stay meaningful on a shared, drifting machine.
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
+from common import call_times, print_results  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import GroupedConv2D, build_alexnet  # noqa: E402
 
 
@@ -55,13 +54,7 @@ def forward_flops(model):
 
 def best_time(function, repeats):
     """Fastest of `repeats` timed calls, after one untimed warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_times(function, repeats))
 
 
 def matmul_ceiling(size=4096, repeats=5):

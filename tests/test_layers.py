@@ -71,6 +71,65 @@ def test_lrn_caffe_mapping_divides_alpha_by_window():
     assert not np.allclose(keras.ops.convert_to_numpy(unmapped(activations)), expected, rtol=2e-5)
 
 
+def numpy_lrn_input_gradient(activations, upstream, size=5, k=2.0, alpha=1e-4, beta=0.75,
+                             cross_channel=True):
+    """d(sum(upstream * lrn(a)))/da from the paper's formula, by hand: with
+    d_j = k + alpha * sum(window of j) a^2, b_j = a_j * d_j^-beta and the windows symmetric,
+    da_i = g_i * d_i^-beta - 2 * alpha * beta * a_i * sum(window of i) g_j * a_j * d_j^(-beta-1)."""
+    activations = activations.astype(np.float64)
+    upstream = upstream.astype(np.float64)
+    channels = activations.shape[-1]
+    half = size // 2
+
+    def window_sums(values):
+        padded = np.pad(values, [(0, 0)] * 3 + [(half, half)])
+        return sum(padded[..., offset:offset + channels] for offset in range(size))
+
+    denominator = k + alpha * window_sums(activations**2)
+    local = upstream * denominator**-beta
+    if not cross_channel:  # a wrong derivation, for the tests to show they can fail
+        return local
+    return local - 2 * alpha * beta * activations * window_sums(
+        upstream * activations * denominator ** (-beta - 1))
+
+
+def lrn_input_gradient(layer, activations, upstream):
+    inputs = tf.constant(activations)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs)
+    return tape.gradient(outputs, inputs, output_gradients=tf.constant(upstream)).numpy()
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_lrn_gradient_matches_the_paper_formula(scale):
+    """The training step's LRN gradient (TensorFlow's LRNGrad) against the derivative of the
+    paper's formula; at scale 30 the cross-channel term is a large part of it."""
+    rng = np.random.default_rng(4)
+    activations = np.maximum(rng.normal(size=(2, 5, 5, 16)), 0).astype(np.float32) * scale
+    upstream = rng.normal(size=activations.shape).astype(np.float32)
+    ours = lrn_input_gradient(LocalResponseNormalization(), activations, upstream)
+    expected = numpy_lrn_input_gradient(activations, upstream)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    # Without the cross-channel term the gradient differs: the comparison can fail.
+    if scale > 1.0:
+        local_only = numpy_lrn_input_gradient(activations, upstream, cross_channel=False)
+        assert not np.allclose(ours, local_only, rtol=1e-4, atol=1e-6)
+
+
+def test_lrn_gradient_uses_its_own_parameters():
+    """A layer with Caffe's parameters has Caffe's gradient, not the paper's."""
+    rng = np.random.default_rng(5)
+    activations = np.abs(rng.normal(size=(1, 4, 4, 8)) * 50).astype(np.float32)
+    upstream = rng.normal(size=activations.shape).astype(np.float32)
+    caffe = LocalResponseNormalization(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75)
+    ours = lrn_input_gradient(caffe, activations, upstream)
+    np.testing.assert_allclose(
+        ours, numpy_lrn_input_gradient(activations, upstream, k=1.0, alpha=2e-5),
+        rtol=1e-4, atol=1e-6)
+    assert not np.allclose(ours, numpy_lrn_input_gradient(activations, upstream), rtol=1e-3)
+
+
 def test_lrn_computes_in_float32_and_returns_the_input_dtype():
     # 300^2 * 5 channels overflows float16 (max 65504) if squared in half precision.
     activations = tf.fill((1, 2, 2, 8), tf.constant(300.0, tf.float16))

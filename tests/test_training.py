@@ -595,3 +595,46 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
                              tmp_path / "model", log=lambda message: None)
     assert 1 - results[-1].val_top1_error >= 0.40
     assert results[-1].train_loss < results[0].train_loss
+
+
+def _one_step_weights(config, initial_weights, images, labels, l2_on_the_tape):
+    """The kernels after one training step from `initial_weights`: either the project's step
+    (`make_step_functions`), or a reference written out here with the paper's L2 term
+    0.5 * weight_decay * sum(kernel ** 2) added to the loss on the tape."""
+    strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+    with strategy.scope():
+        model = training.build_model(config, num_classes=4)
+        model.set_weights(initial_weights)
+        optimizer = training.build_optimizer(config, model)
+    if l2_on_the_tape:
+        kernels = [w for w in model.trainable_variables if training.is_decayed(w)]
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+            loss += 0.5 * config.weight_decay * tf.add_n(
+                [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
+        optimizer.apply(tape.gradient(loss, model.trainable_variables),
+                        model.trainable_variables)
+    else:
+        train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
+        train_step((images, labels), tf.constant(0.0))
+    return [w.numpy() for w in model.trainable_variables]
+
+
+def test_weight_decay_in_the_step_equals_the_l2_term_on_the_tape():
+    # A decay large enough that its share of the update is far above float32 noise.
+    config = TINY.replace(dropout_rate=0.0, weight_decay=0.05, learning_rate=0.05,
+                          global_batch_size=4)
+    initial = training.build_model(config, num_classes=4).get_weights()
+    rng = np.random.default_rng(3)
+    images = tf.constant(rng.uniform(0, 255, (4, 227, 227, 3)).astype(np.float32))
+    labels = tf.constant([0, 1, 2, 3])
+    ours = _one_step_weights(config, initial, images, labels, l2_on_the_tape=False)
+    reference = _one_step_weights(config, initial, images, labels, l2_on_the_tape=True)
+    without_decay = _one_step_weights(config.replace(weight_decay=0.0), initial, images, labels,
+                                      l2_on_the_tape=False)
+    for index, (one, two, plain) in enumerate(zip(ours, reference, without_decay)):
+        np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7, err_msg=str(index))
+        if one.ndim > 1:  # a kernel: the decay moved it, so the comparison above can fail
+            assert np.abs(one - plain).max() > 100 * np.abs(one - two).max() + 1e-6, index
