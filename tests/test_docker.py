@@ -38,7 +38,10 @@ def test_hadolint_passes(repo_root):
 def test_the_images_install_the_makefiles_requirements(repo_root):
     makefile = (repo_root / "Makefile").read_text()
     installed_by_make = set(re.findall(r"-r (requirements\S*\.txt)", makefile))
-    assert installed_by_make == {"requirements.txt", "requirements-validate.txt"}
+    # The two environments the project runs in; the optional PyTorch benchmark peer is not
+    # part of the image.
+    assert installed_by_make - {"requirements-peer.txt"} == {"requirements.txt",
+                                                             "requirements-validate.txt"}
     stages = dockerfile_stages(repo_root)
     per_stage = {name: set(re.findall(r"-r (requirements\S*\.txt)", " ".join(lines)))
                  for name, lines in stages.items()}
