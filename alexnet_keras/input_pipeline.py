@@ -54,6 +54,12 @@ def load_dataset_info(data_dir):
     return json.loads(path.read_text())
 
 
+def readable_class_names(dataset_info):
+    """The classes' readable names (the converter's --class_names), else their folder names
+    (labels.txt)."""
+    return dataset_info.get("readable_class_names") or dataset_info["class_names"]
+
+
 # === Parsing and decoding ===
 
 

@@ -699,7 +699,9 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
     if multi_worker:
         _check_workers_agree(strategy, start_step, model_dir)
     if chief:
-        _record_run(model_dir, config, info["class_names"], data_dir, strategy.num_replicas_in_sync,
+        # Readable names when the converter was given them: exports label their outputs so.
+        _record_run(model_dir, config, input_pipeline.readable_class_names(info), data_dir,
+                    strategy.num_replicas_in_sync,
                     start_step if restored else None)
     if restored:
         log(f"resumed from {restored} at step {start_step} "

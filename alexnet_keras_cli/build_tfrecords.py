@@ -4,7 +4,10 @@
 
 IN is laid out as torchvision's ImageFolder: IN/train/<class>/*.jpg with an optional
 IN/val/<class>/*.jpg, or IN/<class>/*.jpg. Without val/, --val_fraction of each class is held
-out (seeded). Each image is decoded (EXIF orientation applied, converted to RGB), its shorter
+out (seeded). ImageNet's validation images, all in one flat IN/val/ folder, need their labels:
+--val_labels LOC_val_solution.csv (Kaggle), or a file with one synset per line in sorted file
+order; the devkit's ILSVRC2012_validation_ground_truth.txt (class indices in the devkit's own
+order) also needs --val_label_synsets, the synsets in that order, one per line. Each image is decoded (EXIF orientation applied, converted to RGB), its shorter
 side rescaled to 256 and the central 256x256 kept, as in the paper, then re-encoded as JPEG.
 
 Writes OUT/train-NNNNN-of-NNNNN.tfrecord, OUT/validation-..., OUT/labels.txt and
@@ -45,6 +48,16 @@ def parse_args(argv=None):
                         help="quality of the re-encoded JPEGs, 1-100 (default 95)")
     parser.add_argument("--max_pixels", type=int, default=CONVERTER_MAX_PIXELS,
                         help="larger images are refused as decompression bombs (default %(default)s)")
+    parser.add_argument("--val_labels", metavar="FILE",
+                        help="labels of a flat IN/val/ folder: LOC_val_solution.csv, or one "
+                             "synset (or devkit class index) per line in sorted file order")
+    parser.add_argument("--val_label_synsets", metavar="FILE",
+                        help="with a --val_labels file of class indices: line k is the synset "
+                             "of index k (the devkit's order)")
+    parser.add_argument("--class_names", metavar="FILE",
+                        help="readable class names, lines 'synset name' (the devkit's words.txt, "
+                             "Kaggle's LOC_synset_mapping.txt), for evaluation reports and "
+                             "exports; labels.txt keeps the folder names")
     parser.add_argument("--num_partitions", type=int, default=1,
                         help="split the shards among this many machines (default 1)")
     parser.add_argument("--partition_index", type=int, default=0,
@@ -74,6 +87,9 @@ def main(argv=None):
             seed=args.seed,
             jpeg_quality=args.jpeg_quality,
             max_pixels=args.max_pixels,
+            val_labels=args.val_labels,
+            val_label_synsets=args.val_label_synsets,
+            class_names_file=args.class_names,
             num_partitions=args.num_partitions,
             partition_index=args.partition_index,
             progress=progress,
