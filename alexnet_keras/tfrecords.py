@@ -8,9 +8,12 @@ writes the shards, each under a temporary name renamed when complete, so a kille
 leaves a shard that looks finished and the same command completes the job.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -40,10 +43,22 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One source image: its path relative to the input folder and its label."""
+    """One source image: its path relative to the input folder, its label, and its size and
+    modification time (so that a changed file changes its shard's fingerprint)."""
 
     relative_path: str
     label: int
+    size: int = -1
+    mtime_ns: int = -1
+
+    @classmethod
+    def of_file(cls, path, input_dir, label):
+        try:
+            status = os.stat(path)
+            size, mtime_ns = status.st_size, status.st_mtime_ns
+        except OSError:  # a dangling link: reported as unreadable when converted
+            size, mtime_ns = -1, -1
+        return cls(str(path.relative_to(input_dir)), label, size, mtime_ns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +75,18 @@ class Shard:
     def fingerprint(self, settings):
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for item in self.items:
-            digest.update(f"{item.relative_path}\0{item.label}\n".encode())
+            digest.update(
+                f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode())
         return digest.hexdigest()
 
 
 # The input folder cannot be converted (missing, empty, no class folders...): a usage error,
 # the same type as training's. The old name stays importable.
 ConversionError = UsageError
+
+
+class WorkerDied(RuntimeError):
+    """A decoding worker process died; the message says what to do."""
 
 
 # === Discovery ===
@@ -116,7 +136,7 @@ def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_sy
     for label, class_name in enumerate(class_names):
         images, skipped = _image_files(train_dir / class_name)
         ignored += skipped
-        per_class[label] = [Item(str(p.relative_to(input_dir)), label) for p in images]
+        per_class[label] = [Item.of_file(p, input_dir, label) for p in images]
     if not any(per_class.values()):
         raise UsageError(f"no image files found in the class folders of {train_dir}")
 
@@ -139,7 +159,7 @@ def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_sy
             splits["train"] += items
         labels = read_val_labels(val_labels, [p.name for p in flat_val], class_names,
                                  val_label_synsets)
-        splits["validation"] = [Item(str(p.relative_to(input_dir)), label)
+        splits["validation"] = [Item.of_file(p, input_dir, label)
                                 for p, label in zip(flat_val, labels)]
     elif val_dir is not None and val_dir.is_dir():
         unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
@@ -153,7 +173,7 @@ def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_sy
             images, skipped = _image_files(val_dir / class_name)
             ignored += skipped
             label = class_names.index(class_name)
-            splits["validation"] += [Item(str(p.relative_to(input_dir)), label) for p in images]
+            splits["validation"] += [Item.of_file(p, input_dir, label) for p in images]
     else:
         # Hold out a seeded fraction of each class.
         for label, items in per_class.items():
@@ -416,6 +436,11 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
     import tensorflow as tf
 
     output_dir = pathlib.Path(output_dir)
+    summary_path = output_dir / SUMMARY_DIR / f"{shard.name}.json"
+    # An older shard of the same name goes first: were this run killed after writing the new
+    # summary but before renaming the new shard, the old shard would pass for the new one.
+    (output_dir / shard.name).unlink(missing_ok=True)
+    summary_path.unlink(missing_ok=True)
     summary = {
         "fingerprint": fingerprint,
         "split": shard.split,
@@ -443,7 +468,7 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
         summary["pixel_sum"] = pixel_sum.tolist()
         summary["pixel_outer"] = pixel_outer.tolist()
         # The summary lands before the shard: a shard under its final name always has one.
-        write_text_atomically(output_dir / SUMMARY_DIR / f"{shard.name}.json", json.dumps(summary))
+        write_text_atomically(summary_path, json.dumps(summary))
     return summary
 
 
@@ -545,7 +570,10 @@ def convert(
     if removed:
         log(f"removed {len(removed)} leftover or stale shard files from {output_dir}")
 
-    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE}
+    # The input folder is part of every fingerprint: another tree of the same layout is
+    # other images.
+    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE,
+                "input_dir": str(input_dir)}
     summaries, todo = {}, []
     for shard in shards:
         fingerprint = shard.fingerprint(settings)
@@ -564,7 +592,7 @@ def convert(
     try:
         if workers > 1 and total > 1:
             pool = _worker_pool(workers)
-            results = pool.imap(process_item, tasks, chunksize=32)
+            results = _results_in_order(pool, tasks, in_flight=4 * workers)
         else:
             results = map(process_item, tasks)
         for shard, fingerprint in todo:
@@ -580,8 +608,7 @@ def convert(
         if bar is not None:
             bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     missing = [shard.name for shard in shards if shard.name not in summaries]
     if missing:
@@ -614,9 +641,35 @@ def convert(
 def _worker_pool(workers):
     """Decoding workers. On Linux they are forked before this process runs any TensorFlow
     op (TensorFlow is imported but idle), so they start at once and use only Pillow and
-    NumPy; elsewhere they are spawned and import the package themselves."""
+    NumPy; elsewhere they are spawned and import the package themselves. A process pool
+    executor, not multiprocessing.Pool: when a worker dies (killed, out of memory) it fails
+    every pending result instead of waiting for it forever."""
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method))
+
+
+def _process_chunk(tasks):
+    return [process_item(task) for task in tasks]
+
+
+def _results_in_order(pool, tasks, in_flight, chunk_size=32):
+    """process_item's results in task order, computed by `pool`, with at most `in_flight`
+    chunks of `chunk_size` tasks submitted ahead (decoded images wait in memory only that
+    long). Raises WorkerDied if a worker process dies."""
+    chunks = (tasks[start:start + chunk_size] for start in range(0, len(tasks), chunk_size))
+    pending = collections.deque(pool.submit(_process_chunk, chunk)
+                                for chunk in itertools.islice(chunks, in_flight))
+    while pending:
+        try:
+            results = pending.popleft().result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise WorkerDied(
+                "a decoding worker process died (killed, or out of memory?) and the conversion "
+                "stopped; the finished shards are kept: run the same command again to go on, "
+                "with fewer --workers if memory is short") from None
+        pending.extend(pool.submit(_process_chunk, chunk) for chunk in itertools.islice(chunks, 1))
+        yield from results
 
 
 def _dataset_summary(shards, summaries, class_names, ignored, arguments):

@@ -13,7 +13,8 @@ side rescaled to 256 and the central 256x256 kept, as in the paper, then re-enco
 Writes OUT/train-NNNNN-of-NNNNN.tfrecord, OUT/validation-..., OUT/labels.txt and
 OUT/dataset.json (counts, skipped files with reasons, RGB mean/std and the eigenpairs of the
 RGB covariance for the PCA lighting noise). Bad files are skipped and reported, never fatal.
-A killed run is completed by running the same command again.
+A killed run is completed by running the same command again; a shard is rebuilt when any of
+its files changed (size or modification time), its settings, or the input folder.
 
 Several machines: run the same command with --num_partitions P --partition_index K on each
 (K = 0..P-1), gather all output files in one folder, then run the command once more without
@@ -72,7 +73,7 @@ def main(argv=None):
     # op runs; TensorFlow is imported (quietly) only for the TFRecord writer.
     import_tensorflow_quietly(find_devices=False)
     from alexnet_keras.config import UsageError
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import WorkerDied, convert
 
     bar = progress_bar_factory("img", enabled=not args.no_progress)
     progress = (lambda total: bar(total, "converting")) if bar else None
@@ -97,6 +98,9 @@ def main(argv=None):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkerDied as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if dataset is None:
         return 0
     seconds = time.perf_counter() - start

@@ -440,3 +440,127 @@ def test_max_pixels_above_pillows_default_takes_effect(tmp_path):
         load_and_crop(bomb, max_pixels=200_000_000)
     with pytest.raises(ValueError, match="decompression bomb refused"):
         load_and_crop(tmp_path / "large.png", max_pixels=1_000_000)
+
+
+# === A resume that notices changed inputs ===
+
+
+def convert_quietly(input_dir, output_dir, messages=None, **kwargs):
+    from alexnet_keras.tfrecords import convert
+
+    log = messages.append if messages is not None else (lambda message: None)
+    return convert(input_dir, output_dir, val_fraction=0.25, num_shards=2, workers=1, log=log,
+                   **kwargs)
+
+
+def shard_of(output_dir, filename):
+    for example in read_records(output_dir, "train") + read_records(output_dir, "validation"):
+        if example["filename"] == filename:
+            return example
+    raise AssertionError(f"{filename} is in no shard")
+
+
+def repaint(path, colour):
+    """Rewrites an image file with other pixels and a later modification time."""
+    Image.new("RGB", (300, 300), colour).save(path, quality=95)
+    later = os.stat(path).st_mtime_ns + 5_000_000_000
+    os.utime(path, ns=(later, later))
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=4, seed=2)
+    return tmp_path / "in"
+
+
+def test_a_changed_file_rebuilds_its_shard_only(small_folder, tmp_path):
+    output_dir = tmp_path / "out"
+    convert_quietly(small_folder, output_dir)
+    changed = "circle/circle_0001.jpg"
+    shard = shard_of(output_dir, changed)["shard"]
+    untouched = {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
+                 if p.name != shard}
+    repaint(small_folder / changed, (0, 0, 255))
+    messages = []
+    convert_quietly(small_folder, output_dir, messages)
+    assert any("resuming" in message for message in messages)
+    pixels = decode(shard_of(output_dir, changed)["encoded"]).numpy().astype(int)
+    assert pixels[..., 2].mean() > 240 and pixels[..., 0].mean() < 15  # the new, blue image
+    assert {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
+            if p.name != shard} == untouched
+
+
+def test_another_input_folder_of_the_same_layout_is_converted_afresh(small_folder, tmp_path):
+    import shutil
+
+    convert_quietly(small_folder, tmp_path / "out")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tfrecord")}
+    # A copy keeps names, sizes and modification times: only the folder differs.
+    shutil.copytree(small_folder, tmp_path / "other", copy_function=shutil.copy2)
+    time.sleep(0.01)
+    convert_quietly(tmp_path / "other", tmp_path / "out")
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tfrecord")}
+    assert before.keys() == after.keys()
+    assert all(after[name] != before[name] for name in before)  # every shard written again
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["arguments"]["input_dir"] == str((tmp_path / "other").resolve())
+
+
+def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(small_folder, tmp_path,
+                                                                    monkeypatch):
+    output_dir = tmp_path / "out"
+    convert_quietly(small_folder, output_dir)
+    changed = "square/square_0002.jpg"
+    repaint(small_folder / changed, (255, 0, 0))
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+
+    def replace_then_die_before_shards(source, destination):
+        if str(destination).endswith(".tfrecord"):
+            raise Killed  # the new summary is written, the new shard not renamed
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace_then_die_before_shards)
+    with pytest.raises(Killed):
+        convert_quietly(small_folder, output_dir)
+    monkeypatch.setattr(os, "replace", real_replace)
+    convert_quietly(small_folder, output_dir)
+    pixels = decode(shard_of(output_dir, changed)["encoded"]).numpy().astype(int)
+    assert pixels[..., 0].mean() > 240 and pixels[..., 2].mean() < 15  # the new, red image
+
+
+def child_processes(pid):
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        with open(path) as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_killed_worker_fails_the_conversion_with_a_message(tmp_path, python, repo_root):
+    make_synthetic_dataset(tmp_path / "in", num_classes=4, images_per_class=60, seed=3)
+    process = subprocess.Popen(
+        [python, *CONVERTER, "--input_dir", str(tmp_path / "in"), "--output_dir",
+         str(tmp_path / "out"), "--workers", "2", "--num_shards", "4", "--no_progress"],
+        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, to end it and its workers if hung
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and process.poll() is None and not workers:
+        workers = child_processes(process.pid)
+        time.sleep(0.01)
+    assert workers, "no worker process started"
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the conversion hung after its worker was killed")
+    assert process.returncode == 1
+    assert "worker process died" in stderr and "Traceback" not in stderr
