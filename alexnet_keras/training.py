@@ -262,6 +262,9 @@ def make_step_functions(strategy, model, optimizer, config):
     within the step, it is the same on every worker."""
     kernels = _regularized_kernels(model)
     top_k = min(5, model.output.shape[-1])
+    # uint8 -> float32 with the lighting noise, on the device: XLA fuses cast, shift and
+    # clip into one pass over the batch.
+    pixels_on_device = tf.function(input_pipeline.add_lighting, jit_compile=True)
     float16 = config.mixed_precision == "float16"
 
     def outputs(labels, logits, per_example_loss, stop_request):
@@ -274,6 +277,8 @@ def make_step_functions(strategy, model, optimizer, config):
                          tf.reduce_sum(top5), tf.reduce_sum(valid), stop_request])
 
     def train_replica(images, labels, stop_request):
+        pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_dataset)
+        images = pixels_on_device(pixels, rgb_shift)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example_loss = keras.losses.sparse_categorical_crossentropy(
