@@ -248,7 +248,8 @@ def evaluate_model(model_path, data_dir, split="validation", batch_size=64, ten_
                  "num_examples": info["num_examples"], "num_classes": info["num_classes"]},
         "ten_crops": ten_crops,
         "crop": "10-crop" if ten_crops else "central crop",
-        "class_names": info["class_names"],
+        "class_names": input_pipeline.readable_class_names(info),
+        "class_ids": info["class_names"],
         **metrics,
     }
 

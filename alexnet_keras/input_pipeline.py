@@ -1,8 +1,10 @@
 """tf.data input pipeline: parse -> preprocess (train / eval / ten-crop) -> make_dataset.
 
-Images leave the pipeline as RGB float32 pixel values in [0, 255]; the model's first layer
-subtracts the training-set mean. The same functions serve training, evaluation and the
-serving signature.
+Evaluation and serving images leave the pipeline as RGB float32 pixel values in [0, 255]; the
+model's first layer subtracts the training-set mean. Training batches leave it as uint8 pixels
+with each image's lighting shift (a quarter of the bytes to copy), made float32 on the device
+by `add_lighting` inside the training step. The same functions serve training, evaluation and
+the serving signature.
 """
 
 import json
@@ -52,6 +54,12 @@ def load_dataset_info(data_dir):
             f"{path} not found: convert an image folder first with data/build_tfrecords.py"
         )
     return json.loads(path.read_text())
+
+
+def readable_class_names(dataset_info):
+    """The classes' readable names (the converter's --class_names), else their folder names
+    (labels.txt)."""
+    return dataset_info.get("readable_class_names") or dataset_info["class_names"]
 
 
 # === Parsing and decoding ===
@@ -134,13 +142,24 @@ def random_crop_and_flip(image_bytes, seed, crop_size=CROP_SIZE):
 
 def apply_lighting(images, alphas, pca=None):
     """uint8 images (..., height, width, 3) and alphas (..., 3) -> float32 in [0, 255] with
-    the PCA lighting shift of each image added. Works on one image or on a batch, so the
-    pipeline can run it once per batch."""
-    images = tf.cast(images, tf.float32)
+    the PCA lighting shift of each image added. Works on one image or on a batch."""
     if pca is None:
-        return images
-    shift = pca.shift(alphas * pca.std)  # (..., 3)
-    return tf.clip_by_value(images + shift[..., tf.newaxis, tf.newaxis, :], 0.0, 255.0)
+        return tf.cast(images, tf.float32)
+    return add_lighting(images, lighting_shift(alphas, pca))
+
+
+def lighting_shift(alphas, pca=None):
+    """Alphas ~ N(0, 1) (..., 3) -> each image's RGB shift on the 0-255 scale (..., 3);
+    zeros without `pca`."""
+    alphas = tf.convert_to_tensor(alphas, tf.float32)
+    return tf.zeros_like(alphas) if pca is None else pca.shift(alphas * pca.std)
+
+
+def add_lighting(images, rgb_shift):
+    """uint8 images (..., height, width, 3) and RGB shifts (..., 3) -> float32 in [0, 255].
+    The training step runs it on the device, on the uint8 batches the pipeline hands out."""
+    images = tf.cast(images, tf.float32)
+    return tf.clip_by_value(images + rgb_shift[..., tf.newaxis, tf.newaxis, :], 0.0, 255.0)
 
 
 def _is_stored_size_jpeg(image_bytes):
@@ -199,7 +218,9 @@ def make_dataset(
     """Batched (images, labels) from TFRecord shards.
 
     Training: endless (repeat), shuffled, augmented, `drop_remainder`, so every replica of
-    every worker sees the same number of steps. Evaluation: one pass in file order; when
+    every worker sees the same number of steps; its images are a pair (uint8 crops
+    (batch, 227, 227, 3), RGB lighting shifts (batch, 3)) that `add_lighting` turns into
+    float32 pixels (the training step does, on the device). Evaluation: one pass in file order; when
     `num_examples` is given the last batch is completed with images labelled PADDING_LABEL,
     so every replica has a full batch (needed under MultiWorkerMirroredStrategy); drop them
     with `labels != PADDING_LABEL`. `ten_crops` gives (batch, 10, 227, 227, 3) images.
@@ -244,15 +265,11 @@ def make_dataset(
         dataset = dataset.map(
             _train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
         )
-        # Batch while the images are still uint8 (a quarter of the bytes to copy), then
-        # add the lighting noise and convert to float32 once per batch.
+        # The images stay uint8 to the device (a quarter of the bytes of float32 to copy
+        # and hand over); only each image's lighting shift (3 floats) is computed here.
         dataset = dataset.batch(batch_size, drop_remainder=True)
-        # XLA fuses cast, shift and clip into one pass over the batch (about 1.4x faster on
-        # a CPU); this is input-pipeline code, nothing of it reaches the exported model.
-        lighting = tf.function(lambda images, alphas: apply_lighting(images, alphas, pca),
-                               jit_compile=True)
         dataset = dataset.map(
-            lambda images, alphas, labels: (lighting(images, alphas), labels),
+            lambda images, alphas, labels: ((images, lighting_shift(alphas, pca)), labels),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,
         )

@@ -1,15 +1,19 @@
 """Image folders -> sharded TFRecords, with the paper's rescale-and-crop and dataset statistics.
 
 Layout read (as torchvision's ImageFolder): `IN/train/<class>/...` with an optional
-`IN/val/<class>/...`, or `IN/<class>/...` directly. Class index = position of the class name
-in sorted order. Images are decoded with Pillow in worker processes; the parent process
+`IN/val/<class>/...`, or `IN/<class>/...` directly. ImageNet's flat `IN/val/*.JPEG` (all
+validation images in one folder) is read with a labels file (`read_val_labels`). Class index =
+position of the class name in sorted order. Images are decoded with Pillow in worker processes; the parent process
 writes the shards, each under a temporary name renamed when complete, so a killed run never
 leaves a shard that looks finished and the same command completes the job.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -39,10 +43,22 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One source image: its path relative to the input folder and its label."""
+    """One source image: its path relative to the input folder, its label, and its size and
+    modification time (so that a changed file changes its shard's fingerprint)."""
 
     relative_path: str
     label: int
+    size: int = -1
+    mtime_ns: int = -1
+
+    @classmethod
+    def of_file(cls, path, input_dir, label):
+        try:
+            status = os.stat(path)
+            size, mtime_ns = status.st_size, status.st_mtime_ns
+        except OSError:  # a dangling link: reported as unreadable when converted
+            size, mtime_ns = -1, -1
+        return cls(str(path.relative_to(input_dir)), label, size, mtime_ns)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +75,18 @@ class Shard:
     def fingerprint(self, settings):
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for item in self.items:
-            digest.update(f"{item.relative_path}\0{item.label}\n".encode())
+            digest.update(
+                f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode())
         return digest.hexdigest()
 
 
 # The input folder cannot be converted (missing, empty, no class folders...): a usage error,
 # the same type as training's. The old name stays importable.
 ConversionError = UsageError
+
+
+class WorkerDied(RuntimeError):
+    """A decoding worker process died; the message says what to do."""
 
 
 # === Discovery ===
@@ -89,8 +110,15 @@ def _class_folders(folder):
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def discover(input_dir, val_fraction=0.05, seed=0):
-    """Lists the splits: {"train": [Item...], "validation": [Item...]}, class names, ignored."""
+def _flat_images(folder):
+    """Image files directly in `folder` (not in its subfolders), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_synsets=None):
+    """Lists the splits: {"train": [Item...], "validation": [Item...]}, class names, ignored.
+    `val_labels` labels a flat `val/` folder (see `read_val_labels`)."""
     input_dir = pathlib.Path(input_dir)
     if not input_dir.is_dir():
         raise UsageError(f"input folder {input_dir} does not exist or is not a folder")
@@ -108,12 +136,32 @@ def discover(input_dir, val_fraction=0.05, seed=0):
     for label, class_name in enumerate(class_names):
         images, skipped = _image_files(train_dir / class_name)
         ignored += skipped
-        per_class[label] = [Item(str(p.relative_to(input_dir)), label) for p in images]
+        per_class[label] = [Item.of_file(p, input_dir, label) for p in images]
     if not any(per_class.values()):
         raise UsageError(f"no image files found in the class folders of {train_dir}")
 
     splits = {"train": [], "validation": []}
-    if val_dir is not None and val_dir.is_dir():
+    flat_val = _flat_images(val_dir) if val_dir is not None and val_dir.is_dir() else []
+    if val_labels is not None and not flat_val:
+        raise UsageError(f"--val_labels {val_labels} labels a flat validation folder, but "
+                         f"{input_dir / 'val'} holds no image files directly")
+    if flat_val:
+        if val_labels is None:
+            raise UsageError(
+                f"{val_dir} holds {len(flat_val)} image files directly, not in class folders: "
+                f"give their labels with --val_labels (ImageNet's LOC_val_solution.csv, or a "
+                f"file with one synset per line in sorted file order), or move them into "
+                f"{val_dir}/<class_name>/ folders")
+        if _class_folders(val_dir):
+            raise UsageError(f"{val_dir} holds both image files and class folders: use one "
+                             f"layout or the other")
+        for items in per_class.values():
+            splits["train"] += items
+        labels = read_val_labels(val_labels, [p.name for p in flat_val], class_names,
+                                 val_label_synsets)
+        splits["validation"] = [Item.of_file(p, input_dir, label)
+                                for p, label in zip(flat_val, labels)]
+    elif val_dir is not None and val_dir.is_dir():
         unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
         if unknown:
             raise UsageError(
@@ -125,7 +173,7 @@ def discover(input_dir, val_fraction=0.05, seed=0):
             images, skipped = _image_files(val_dir / class_name)
             ignored += skipped
             label = class_names.index(class_name)
-            splits["validation"] += [Item(str(p.relative_to(input_dir)), label) for p in images]
+            splits["validation"] += [Item.of_file(p, input_dir, label) for p in images]
     else:
         # Hold out a seeded fraction of each class.
         for label, items in per_class.items():
@@ -134,7 +182,92 @@ def discover(input_dir, val_fraction=0.05, seed=0):
             held_out = int(round(val_fraction * len(shuffled)))
             splits["validation"] += shuffled[:held_out]
             splits["train"] += shuffled[held_out:]
+        if not splits["validation"]:
+            raise UsageError(
+                f"--val_fraction {val_fraction} holds out no image of {train_dir} and "
+                f"{input_dir} has no val/ folder: training needs a validation split; raise "
+                f"--val_fraction or add {input_dir}/val/")
     return splits, class_names, [str(p.relative_to(input_dir)) for p in ignored]
+
+
+def read_val_labels(path, filenames, class_names, index_synsets_path=None):
+    """Labels (indices into `class_names`) of the flat validation files `filenames` (sorted).
+
+    `path` is either Kaggle's LOC_val_solution.csv (header `ImageId,PredictionString`; the
+    first word of PredictionString is the synset of the file named ImageId), or a text file
+    with one line per file in sorted file order: a synset, or a 1-based class index such as
+    the devkit's ILSVRC2012_validation_ground_truth.txt. Indices are in the devkit's own class
+    order, not the sorted one, so they need `index_synsets_path`: a file whose line k is the
+    synset of index k (the devkit's meta.mat order)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"--val_labels {path} does not exist")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if lines and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring"):
+        by_stem = {}
+        for number, line in enumerate(lines[1:], start=2):
+            image_id, _, prediction = line.partition(",")
+            if not prediction.split():
+                raise UsageError(f"{path} line {number} has no synset: {line!r}")
+            by_stem[image_id.strip()] = prediction.split()[0]
+        unlabelled = [name for name in filenames if pathlib.Path(name).stem not in by_stem]
+        if unlabelled:
+            raise UsageError(f"{path} has no label for {len(unlabelled)} of the "
+                             f"{len(filenames)} validation files, e.g. {unlabelled[0]}")
+        synsets = [by_stem[pathlib.Path(name).stem] for name in filenames]
+        where = [f"the row of {pathlib.Path(name).stem}" for name in filenames]
+    else:
+        if len(lines) != len(filenames):
+            raise UsageError(f"{path} has {len(lines)} labels but the flat validation folder "
+                             f"has {len(filenames)} image files: one line per file, in sorted "
+                             f"file order")
+        where = [f"line {number}" for number in range(1, len(lines) + 1)]
+        if all(line.isdigit() for line in lines):
+            if index_synsets_path is None:
+                raise UsageError(
+                    f"{path} holds class indices, which are in the devkit's class order, not "
+                    f"the sorted synsets: give that order with --val_label_synsets FILE (line "
+                    f"k = synset of index k), or use a file of synsets / LOC_val_solution.csv")
+            order = read_synset_list(index_synsets_path)
+            out_of_range = [line for line in lines if not 1 <= int(line) <= len(order)]
+            if out_of_range:
+                raise UsageError(f"{path} has index {out_of_range[0]}, outside 1-{len(order)} "
+                                 f"of --val_label_synsets {index_synsets_path}")
+            synsets = [order[int(line) - 1] for line in lines]
+        else:
+            synsets = lines
+    index_of = {name: index for index, name in enumerate(class_names)}
+    for synset, place in zip(synsets, where):
+        if synset not in index_of:
+            raise UsageError(f"{path} {place} names class {synset!r}, which has no training "
+                             f"folder")
+    return [index_of[synset] for synset in synsets]
+
+
+def read_synset_list(path):
+    """The first word of each non-empty line of `path` (a synset, maybe followed by a name)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_class_names(path, class_names):
+    """Readable names of `class_names` (synsets) from `path`: lines `synset<tab or space>name`,
+    as the devkit's words.txt or Kaggle's LOC_synset_mapping.txt; extra synsets are ignored."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"--class_names {path} does not exist")
+    readable = {}
+    for line in path.read_text().splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2:
+            readable.setdefault(parts[0], parts[1].strip())
+    missing = [name for name in class_names if name not in readable]
+    if missing:
+        raise UsageError(f"--class_names {path} has no name for {len(missing)} of the "
+                         f"{len(class_names)} classes, e.g. {missing[0]}")
+    return [readable[name] for name in class_names]
 
 
 def plan_shards(splits, num_shards=None, seed=0):
@@ -185,6 +318,10 @@ def _to_rgb(image, background=(255, 255, 255)):
 def load_and_crop(path, max_pixels=DEFAULT_MAX_PIXELS, size=STORED_SIZE):
     """Decodes an image file and returns its central size x size RGB crop (shorter side
     rescaled to `size`), as a Pillow image. Raises ValueError with the reason on bad input."""
+    # Pillow refuses images above its own MAX_IMAGE_PIXELS before ours is checked: make its
+    # limit ours, so that a --max_pixels above Pillow's default takes effect (one image at a
+    # time per process, so the global is safe to set).
+    Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -299,6 +436,11 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
     import tensorflow as tf
 
     output_dir = pathlib.Path(output_dir)
+    summary_path = output_dir / SUMMARY_DIR / f"{shard.name}.json"
+    # An older shard of the same name goes first: were this run killed after writing the new
+    # summary but before renaming the new shard, the old shard would pass for the new one.
+    (output_dir / shard.name).unlink(missing_ok=True)
+    summary_path.unlink(missing_ok=True)
     summary = {
         "fingerprint": fingerprint,
         "split": shard.split,
@@ -326,7 +468,7 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
         summary["pixel_sum"] = pixel_sum.tolist()
         summary["pixel_outer"] = pixel_outer.tolist()
         # The summary lands before the shard: a shard under its final name always has one.
-        write_text_atomically(output_dir / SUMMARY_DIR / f"{shard.name}.json", json.dumps(summary))
+        write_text_atomically(summary_path, json.dumps(summary))
     return summary
 
 
@@ -397,6 +539,9 @@ def convert(
     seed=0,
     jpeg_quality=95,
     max_pixels=DEFAULT_MAX_PIXELS,
+    val_labels=None,
+    val_label_synsets=None,
+    class_names_file=None,
     num_partitions=1,
     partition_index=0,
     progress=None,
@@ -415,14 +560,20 @@ def convert(
     workers = workers or os.cpu_count() or 1
     input_dir = pathlib.Path(input_dir).resolve()
     output_dir = pathlib.Path(output_dir)
-    splits, class_names, ignored = discover(input_dir, val_fraction, seed)
+    splits, class_names, ignored = discover(input_dir, val_fraction, seed, val_labels,
+                                            val_label_synsets)
+    readable_names = (read_class_names(class_names_file, class_names)
+                      if class_names_file else None)
     shards = plan_shards(splits, num_shards, seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     removed = _remove_stale_files(output_dir, shards)
     if removed:
         log(f"removed {len(removed)} leftover or stale shard files from {output_dir}")
 
-    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE}
+    # The input folder is part of every fingerprint: another tree of the same layout is
+    # other images.
+    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE,
+                "input_dir": str(input_dir)}
     summaries, todo = {}, []
     for shard in shards:
         fingerprint = shard.fingerprint(settings)
@@ -441,7 +592,7 @@ def convert(
     try:
         if workers > 1 and total > 1:
             pool = _worker_pool(workers)
-            results = pool.imap(process_item, tasks, chunksize=32)
+            results = _results_in_order(pool, tasks, in_flight=4 * workers)
         else:
             results = map(process_item, tasks)
         for shard, fingerprint in todo:
@@ -457,8 +608,7 @@ def convert(
         if bar is not None:
             bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     missing = [shard.name for shard in shards if shard.name not in summaries]
     if missing:
@@ -477,9 +627,13 @@ def convert(
             "seed": seed,
             "jpeg_quality": jpeg_quality,
             "max_pixels": max_pixels,
+            "val_labels": str(val_labels) if val_labels else None,
+            "class_names": str(class_names_file) if class_names_file else None,
         },
     )
-    (output_dir / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
+    if readable_names is not None:
+        dataset["readable_class_names"] = readable_names
+    write_text_atomically(output_dir / "labels.txt", "".join(f"{name}\n" for name in class_names))
     write_text_atomically(output_dir / "dataset.json", json.dumps(dataset, indent=2))
     return dataset
 
@@ -487,9 +641,35 @@ def convert(
 def _worker_pool(workers):
     """Decoding workers. On Linux they are forked before this process runs any TensorFlow
     op (TensorFlow is imported but idle), so they start at once and use only Pillow and
-    NumPy; elsewhere they are spawned and import the package themselves."""
+    NumPy; elsewhere they are spawned and import the package themselves. A process pool
+    executor, not multiprocessing.Pool: when a worker dies (killed, out of memory) it fails
+    every pending result instead of waiting for it forever."""
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method))
+
+
+def _process_chunk(tasks):
+    return [process_item(task) for task in tasks]
+
+
+def _results_in_order(pool, tasks, in_flight, chunk_size=32):
+    """process_item's results in task order, computed by `pool`, with at most `in_flight`
+    chunks of `chunk_size` tasks submitted ahead (decoded images wait in memory only that
+    long). Raises WorkerDied if a worker process dies."""
+    chunks = (tasks[start:start + chunk_size] for start in range(0, len(tasks), chunk_size))
+    pending = collections.deque(pool.submit(_process_chunk, chunk)
+                                for chunk in itertools.islice(chunks, in_flight))
+    while pending:
+        try:
+            results = pending.popleft().result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise WorkerDied(
+                "a decoding worker process died (killed, or out of memory?) and the conversion "
+                "stopped; the finished shards are kept: run the same command again to go on, "
+                "with fewer --workers if memory is short") from None
+        pending.extend(pool.submit(_process_chunk, chunk) for chunk in itertools.islice(chunks, 1))
+        yield from results
 
 
 def _dataset_summary(shards, summaries, class_names, ignored, arguments):

@@ -268,6 +268,9 @@ def make_step_functions(strategy, model, optimizer, config):
     # sums the replicas' gradients.
     replica_decay = config.weight_decay / strategy.num_replicas_in_sync
     top_k = min(5, model.output.shape[-1])
+    # uint8 -> float32 with the lighting noise, on the device: XLA fuses cast, shift and
+    # clip into one pass over the batch.
+    pixels_on_device = tf.function(input_pipeline.add_lighting, jit_compile=True)
     float16 = config.mixed_precision == "float16"
 
     def outputs(labels, logits, per_example_loss, stop_request):
@@ -280,6 +283,8 @@ def make_step_functions(strategy, model, optimizer, config):
                          tf.reduce_sum(top5), tf.reduce_sum(valid), stop_request])
 
     def train_replica(images, labels, stop_request):
+        pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_dataset)
+        images = pixels_on_device(pixels, rgb_shift)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example_loss = keras.losses.sparse_categorical_crossentropy(
@@ -708,7 +713,9 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
     if multi_worker:
         _check_workers_agree(strategy, start_step, model_dir)
     if chief:
-        _record_run(model_dir, config, info["class_names"], data_dir, strategy.num_replicas_in_sync,
+        # Readable names when the converter was given them: exports label their outputs so.
+        _record_run(model_dir, config, input_pipeline.readable_class_names(info), data_dir,
+                    strategy.num_replicas_in_sync,
                     start_step if restored else None)
     if restored:
         log(f"resumed from {restored} at step {start_step} "

@@ -4,13 +4,17 @@
 
 IN is laid out as torchvision's ImageFolder: IN/train/<class>/*.jpg with an optional
 IN/val/<class>/*.jpg, or IN/<class>/*.jpg. Without val/, --val_fraction of each class is held
-out (seeded). Each image is decoded (EXIF orientation applied, converted to RGB), its shorter
+out (seeded). ImageNet's validation images, all in one flat IN/val/ folder, need their labels:
+--val_labels LOC_val_solution.csv (Kaggle), or a file with one synset per line in sorted file
+order; the devkit's ILSVRC2012_validation_ground_truth.txt (class indices in the devkit's own
+order) also needs --val_label_synsets, the synsets in that order, one per line. Each image is decoded (EXIF orientation applied, converted to RGB), its shorter
 side rescaled to 256 and the central 256x256 kept, as in the paper, then re-encoded as JPEG.
 
 Writes OUT/train-NNNNN-of-NNNNN.tfrecord, OUT/validation-..., OUT/labels.txt and
 OUT/dataset.json (counts, skipped files with reasons, RGB mean/std and the eigenpairs of the
 RGB covariance for the PCA lighting noise). Bad files are skipped and reported, never fatal.
-A killed run is completed by running the same command again.
+A killed run is completed by running the same command again; a shard is rebuilt when any of
+its files changed (size or modification time), its settings, or the input folder.
 
 Several machines: run the same command with --num_partitions P --partition_index K on each
 (K = 0..P-1), gather all output files in one folder, then run the command once more without
@@ -45,6 +49,16 @@ def parse_args(argv=None):
                         help="quality of the re-encoded JPEGs, 1-100 (default 95)")
     parser.add_argument("--max_pixels", type=int, default=CONVERTER_MAX_PIXELS,
                         help="larger images are refused as decompression bombs (default %(default)s)")
+    parser.add_argument("--val_labels", metavar="FILE",
+                        help="labels of a flat IN/val/ folder: LOC_val_solution.csv, or one "
+                             "synset (or devkit class index) per line in sorted file order")
+    parser.add_argument("--val_label_synsets", metavar="FILE",
+                        help="with a --val_labels file of class indices: line k is the synset "
+                             "of index k (the devkit's order)")
+    parser.add_argument("--class_names", metavar="FILE",
+                        help="readable class names, lines 'synset name' (the devkit's words.txt, "
+                             "Kaggle's LOC_synset_mapping.txt), for evaluation reports and "
+                             "exports; labels.txt keeps the folder names")
     parser.add_argument("--num_partitions", type=int, default=1,
                         help="split the shards among this many machines (default 1)")
     parser.add_argument("--partition_index", type=int, default=0,
@@ -59,7 +73,7 @@ def main(argv=None):
     # op runs; TensorFlow is imported (quietly) only for the TFRecord writer.
     import_tensorflow_quietly(find_devices=False)
     from alexnet_keras.config import UsageError
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import WorkerDied, convert
 
     bar = progress_bar_factory("img", enabled=not args.no_progress)
     progress = (lambda total: bar(total, "converting")) if bar else None
@@ -74,6 +88,9 @@ def main(argv=None):
             seed=args.seed,
             jpeg_quality=args.jpeg_quality,
             max_pixels=args.max_pixels,
+            val_labels=args.val_labels,
+            val_label_synsets=args.val_label_synsets,
+            class_names_file=args.class_names,
             num_partitions=args.num_partitions,
             partition_index=args.partition_index,
             progress=progress,
@@ -81,6 +98,9 @@ def main(argv=None):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkerDied as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if dataset is None:
         return 0
     seconds = time.perf_counter() - start

@@ -5,9 +5,10 @@
 Converts synthetic images to TFRecords, then times on the same cores: (1) read + parse +
 `tf.io.decode_jpeg` alone, parallel map, the floor any JPEG pipeline pays; (2) the full
 training pipeline (`make_dataset(training=True)`: shuffle, decode-and-crop, flip, PCA
-lighting noise, batching, float32 out). Prints images/s and (2) as a ratio of (1): with the
-same accurate DCT as the pipeline, with TensorFlow's default (fast) DCT, and with the batch
-converted to float32 as the pipeline's output is (the cost of handing the model floats).
+lighting noise shifts, batching; uint8 out, made float32 on the device by the training step).
+Prints images/s and (2) as a ratio of (1): with the same accurate DCT as the pipeline, with
+TensorFlow's default (fast) DCT, and with the batch converted to float32 in the pipeline (what
+the training pipeline handed out before it kept uint8).
 """
 
 import argparse
@@ -35,7 +36,7 @@ def images_per_second(dataset, images):
     seen = 0
     while seen < images:
         batch = next(iterator)
-        seen += int(batch[0].shape[0])
+        seen += int(batch[1].shape[0])  # the labels: training images are a pair
     return seen / (time.perf_counter() - start)
 
 

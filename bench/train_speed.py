@@ -76,8 +76,9 @@ def main():
 
         def in_memory(context):
             per_replica = context.get_per_replica_batch_size(BATCH)
-            images, labels = held[0][:per_replica], held[1][:per_replica]
-            return tf.data.Dataset.from_tensors((images, labels)).repeat()
+            (pixels, rgb_shift), labels = held
+            images = (pixels[:per_replica], rgb_shift[:per_replica])
+            return tf.data.Dataset.from_tensors((images, labels[:per_replica])).repeat()
 
         results = {
             "width_multiplier": args.width_multiplier,

@@ -268,7 +268,7 @@ def test_partitions_combine_into_one_dataset(tmp_path, python, repo_root):
     input_dir, output_dir = tmp_path / "in", tmp_path / "out"
     make_synthetic_dataset(input_dir, num_classes=2, images_per_class=10, seed=4)
     common = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "4",
-              "--workers", "1"]
+              "--workers", "1", "--val_fraction", "0.1"]
     first = run_converter(python, repo_root, *common, "--num_partitions", "2", "--partition_index", "0")
     assert first.returncode == 0, first.stderr
     assert not (output_dir / "dataset.json").exists()
@@ -279,3 +279,288 @@ def test_partitions_combine_into_one_dataset(tmp_path, python, repo_root):
     assert combined.returncode == 0, combined.stderr
     dataset = json.loads((output_dir / "dataset.json").read_text())
     assert sum(dataset["num_examples"].values()) == 20
+
+
+# === ImageNet as users have it: a flat val/ folder with a labels file, readable names ===
+
+SYNSETS = ("n01440764", "n01443537")  # the folders' names, as in ImageNet's train/
+
+
+def imagenet_like_folder(root, per_class=3, val_count=4):
+    """train/<synset>/*.JPEG and a flat val/ILSVRC2012_val_NNNNNNNN.JPEG folder; the
+    validation file k shows class k % 2. Returns the validation files' synsets, in order."""
+    make_synthetic_dataset(root / "drawn", num_classes=2, images_per_class=per_class + 2, seed=7)
+    drawn = {synset: sorted((root / "drawn" / shape).glob("*.jpg"))
+             for synset, shape in zip(SYNSETS, ("circle", "square"))}
+    for synset, paths in drawn.items():
+        (root / "train" / synset).mkdir(parents=True)
+        for path in paths[:per_class]:
+            (root / "train" / synset / f"{synset}_{path.stem}.JPEG").write_bytes(path.read_bytes())
+    (root / "val").mkdir()
+    truth = []
+    for number in range(1, val_count + 1):
+        synset = SYNSETS[number % 2]
+        source = drawn[synset][per_class + (number // 2) % 2]
+        (root / "val" / f"ILSVRC2012_val_{number:08d}.JPEG").write_bytes(source.read_bytes())
+        truth.append(synset)
+    return truth
+
+
+def labels_by_file(output_dir, split="validation"):
+    return {e["filename"]: (e["label"], e["text"]) for e in read_records(output_dir, split)}
+
+
+def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path, python, repo_root):
+    imagenet_like_folder(tmp_path / "in")
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--workers", "1")
+    assert result.returncode == 2
+    assert "4 image files directly" in result.stderr and "--val_labels" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("form", ["kaggle_csv", "synset_lines", "devkit_indices"])
+def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, python, repo_root, form):
+    truth = imagenet_like_folder(tmp_path / "in")
+    extra = []
+    if form == "kaggle_csv":
+        # Kaggle's rows are not in file order and carry boxes after the synset.
+        rows = [f"ILSVRC2012_val_{n:08d},{s} 10 20 100 200 {s} 1 2 3 4"
+                for n, s in enumerate(truth, start=1)]
+        labels = "ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n"
+    elif form == "synset_lines":
+        labels = "".join(f"{synset}\n" for synset in truth)
+    else:
+        # The devkit numbers classes in its own order: here the reverse of the sorted one.
+        devkit_order = list(reversed(SYNSETS))
+        labels = "".join(f"{devkit_order.index(synset) + 1}\n" for synset in truth)
+        (tmp_path / "devkit_synsets.txt").write_text("\n".join(devkit_order) + "\n")
+        extra = ["--val_label_synsets", tmp_path / "devkit_synsets.txt"]
+    (tmp_path / "labels_file").write_text(labels)
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--workers", "1",
+                           "--val_labels", tmp_path / "labels_file", *extra)
+    assert result.returncode == 0, result.stderr
+    expected = {f"val/ILSVRC2012_val_{n:08d}.JPEG": (SYNSETS.index(s), s)
+                for n, s in enumerate(truth, start=1)}
+    assert labels_by_file(tmp_path / "out") == expected
+    assert len(read_records(tmp_path / "out", "train")) == 6
+
+
+@pytest.mark.parametrize("labels,extra,message", [
+    ("n01440764\n", [], "has 1 labels but the flat validation folder has 4"),
+    ("n01440764\nn01443537\nn09999999\nn01440764\n", [], "line 3 names class 'n09999999'"),
+    ("1\n2\n1\n2\n", [], "--val_label_synsets"),
+    ("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n", [],
+     "no label for 3 of the 4"),
+])
+def test_bad_val_labels_files_are_refused_clearly(tmp_path, python, repo_root, labels, extra,
+                                                  message):
+    imagenet_like_folder(tmp_path / "in")
+    (tmp_path / "labels_file").write_text(labels)
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--workers", "1",
+                           "--val_labels", tmp_path / "labels_file", *extra)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_validation_split_is_refused_by_the_converter(tmp_path, python, repo_root):
+    make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=3, seed=1)
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--val_fraction", "0")
+    assert result.returncode == 2
+    assert "holds out no image" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, python,
+                                                                      repo_root):
+    from alexnet_keras import evaluation, input_pipeline, serving, training
+    from alexnet_keras.config import PRESETS
+
+    truth = imagenet_like_folder(tmp_path / "in")
+    (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
+    # As the devkit's words.txt: tab-separated, many more synsets than the classes.
+    (tmp_path / "words.txt").write_text(
+        "n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\n"
+        "n01440764\ttench, Tinca tinca\n")
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--workers", "1",
+                           "--val_labels", tmp_path / "val.txt",
+                           "--class_names", tmp_path / "words.txt")
+    assert result.returncode == 0, result.stderr
+    readable = ["tench, Tinca tinca", "goldfish, Carassius auratus"]
+    assert (tmp_path / "out" / "labels.txt").read_text().split() == list(SYNSETS)
+    info = input_pipeline.load_dataset_info(tmp_path / "out")
+    assert info["class_names"] == list(SYNSETS)
+    assert info["readable_class_names"] == readable
+
+    # The run records them, so an export's top_k_labels default to them.
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    training._record_run(model_dir, PRESETS["demo"], input_pipeline.readable_class_names(info),
+                         tmp_path / "out", replicas=1, resumed_at_step=None)
+    assert serving.labels_for_model(model_dir / "alexnet.keras") == readable
+
+    # Evaluation reports name the classes so.
+    model = training.build_model(PRESETS["demo"], num_classes=2)
+    model.save(model_dir / "alexnet.keras")
+    report = evaluation.evaluate_model(model_dir / "alexnet.keras", tmp_path / "out",
+                                       batch_size=4)
+    assert report["class_names"] == readable and report["class_ids"] == list(SYNSETS)
+    evaluation.write_report_folder(report, tmp_path / "report")
+    rows = (tmp_path / "report" / "per_class.csv").read_text().splitlines()
+    assert "tench, Tinca tinca" in rows[1] and "goldfish" in rows[2]
+
+
+def test_class_names_file_missing_a_class_is_refused(tmp_path, python, repo_root):
+    truth = imagenet_like_folder(tmp_path / "in")
+    (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
+    (tmp_path / "words.txt").write_text("n01440764\ttench\n")
+    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+                           "--output_dir", tmp_path / "out", "--val_labels", tmp_path / "val.txt",
+                           "--class_names", tmp_path / "words.txt")
+    assert result.returncode == 2
+    assert "no name for 1 of the 2 classes, e.g. n01443537" in result.stderr
+
+
+def test_max_pixels_above_pillows_default_takes_effect(tmp_path):
+    from alexnet_keras.tfrecords import DEFAULT_MAX_PIXELS, load_and_crop
+
+    # 10,000 x 10,000 is above Pillow's default limit (about 89.5 million pixels). The header
+    # is real, the pixel data is not: once the limit is raised, decoding is tried and fails.
+    bomb = tmp_path / "large.png"
+    bomb.write_bytes(png_with_header_size(10_000, 10_000))
+    assert 10_000 * 10_000 > DEFAULT_MAX_PIXELS
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_and_crop(bomb)
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_and_crop(bomb, max_pixels=200_000_000)
+    with pytest.raises(ValueError, match="decompression bomb refused"):
+        load_and_crop(tmp_path / "large.png", max_pixels=1_000_000)
+
+
+# === A resume that notices changed inputs ===
+
+
+def convert_quietly(input_dir, output_dir, messages=None, **kwargs):
+    from alexnet_keras.tfrecords import convert
+
+    log = messages.append if messages is not None else (lambda message: None)
+    return convert(input_dir, output_dir, val_fraction=0.25, num_shards=2, workers=1, log=log,
+                   **kwargs)
+
+
+def shard_of(output_dir, filename):
+    for example in read_records(output_dir, "train") + read_records(output_dir, "validation"):
+        if example["filename"] == filename:
+            return example
+    raise AssertionError(f"{filename} is in no shard")
+
+
+def repaint(path, colour):
+    """Rewrites an image file with other pixels and a later modification time."""
+    Image.new("RGB", (300, 300), colour).save(path, quality=95)
+    later = os.stat(path).st_mtime_ns + 5_000_000_000
+    os.utime(path, ns=(later, later))
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=4, seed=2)
+    return tmp_path / "in"
+
+
+def test_a_changed_file_rebuilds_its_shard_only(small_folder, tmp_path):
+    output_dir = tmp_path / "out"
+    convert_quietly(small_folder, output_dir)
+    changed = "circle/circle_0001.jpg"
+    shard = shard_of(output_dir, changed)["shard"]
+    untouched = {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
+                 if p.name != shard}
+    repaint(small_folder / changed, (0, 0, 255))
+    messages = []
+    convert_quietly(small_folder, output_dir, messages)
+    assert any("resuming" in message for message in messages)
+    pixels = decode(shard_of(output_dir, changed)["encoded"]).numpy().astype(int)
+    assert pixels[..., 2].mean() > 240 and pixels[..., 0].mean() < 15  # the new, blue image
+    assert {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
+            if p.name != shard} == untouched
+
+
+def test_another_input_folder_of_the_same_layout_is_converted_afresh(small_folder, tmp_path):
+    import shutil
+
+    convert_quietly(small_folder, tmp_path / "out")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tfrecord")}
+    # A copy keeps names, sizes and modification times: only the folder differs.
+    shutil.copytree(small_folder, tmp_path / "other", copy_function=shutil.copy2)
+    time.sleep(0.01)
+    convert_quietly(tmp_path / "other", tmp_path / "out")
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.tfrecord")}
+    assert before.keys() == after.keys()
+    assert all(after[name] != before[name] for name in before)  # every shard written again
+    dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert dataset["arguments"]["input_dir"] == str((tmp_path / "other").resolve())
+
+
+def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(small_folder, tmp_path,
+                                                                    monkeypatch):
+    output_dir = tmp_path / "out"
+    convert_quietly(small_folder, output_dir)
+    changed = "square/square_0002.jpg"
+    repaint(small_folder / changed, (255, 0, 0))
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+
+    def replace_then_die_before_shards(source, destination):
+        if str(destination).endswith(".tfrecord"):
+            raise Killed  # the new summary is written, the new shard not renamed
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace_then_die_before_shards)
+    with pytest.raises(Killed):
+        convert_quietly(small_folder, output_dir)
+    monkeypatch.setattr(os, "replace", real_replace)
+    convert_quietly(small_folder, output_dir)
+    pixels = decode(shard_of(output_dir, changed)["encoded"]).numpy().astype(int)
+    assert pixels[..., 0].mean() > 240 and pixels[..., 2].mean() < 15  # the new, red image
+
+
+def child_processes(pid):
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        with open(path) as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_killed_worker_fails_the_conversion_with_a_message(tmp_path, python, repo_root):
+    make_synthetic_dataset(tmp_path / "in", num_classes=4, images_per_class=60, seed=3)
+    process = subprocess.Popen(
+        [python, *CONVERTER, "--input_dir", str(tmp_path / "in"), "--output_dir",
+         str(tmp_path / "out"), "--workers", "2", "--num_shards", "4", "--no_progress"],
+        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, to end it and its workers if hung
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and process.poll() is None and not workers:
+        workers = child_processes(process.pid)
+        time.sleep(0.01)
+    assert workers, "no worker process started"
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the conversion hung after its worker was killed")
+    assert process.returncode == 1
+    assert "worker process died" in stderr and "Traceback" not in stderr
