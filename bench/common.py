@@ -22,6 +22,19 @@ def synthetic_records(folder, images_per_class, num_shards):
     return folder / "records", input_pipeline.load_dataset_info(folder / "records")
 
 
+def training_batch(batch_size, num_classes=1000, seed=0):
+    """A random batch as the training step takes it: ((uint8 crops, per-image RGB lighting
+    shifts), int32 labels)."""
+    import tensorflow as tf
+
+    generator = tf.random.Generator.from_seed(seed)
+    pixels = tf.cast(generator.uniform((batch_size, 227, 227, 3), 0, 256, dtype=tf.int32),
+                     tf.uint8)
+    rgb_shift = generator.normal((batch_size, 3), stddev=2.0)
+    labels = generator.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+    return (pixels, rgb_shift), labels
+
+
 def print_results(results):
     """One aligned line per figure, then the whole dict as JSON for scripts."""
     for key, value in results.items():

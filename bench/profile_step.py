@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import median_seconds, set_threads  # noqa: E402  (also puts the checkout on sys.path)
+from common import median_seconds, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import GroupedConv2D, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
 
@@ -95,10 +95,9 @@ def whole_step_seconds(model, optimizer, config, repeats):
     strategy = tf.distribute.get_strategy()
     train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
     batch_size = config.global_batch_size
-    images = tf.random.uniform((batch_size, 227, 227, 3), 0, 255)
-    labels = tf.random.uniform((batch_size,), 0, 1000, dtype=tf.int32)
+    batch = training_batch(batch_size)
     no_stop = tf.constant(0.0)
-    return median_seconds(lambda: train_step((images, labels), no_stop)["loss"].numpy(), repeats)
+    return median_seconds(lambda: train_step(batch, no_stop)["loss"].numpy(), repeats)
 
 
 def main():

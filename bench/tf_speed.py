@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from common import median_seconds, set_threads  # noqa: E402  (also puts the checkout on sys.path)
+from common import median_seconds, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
 
 
 def training_speed(batch_size, repeats):
@@ -32,13 +32,12 @@ def training_speed(batch_size, repeats):
         model = training.build_model(config, num_classes=1000)
         optimizer = training.build_optimizer(config, model)
     train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
-    images = tf.random.uniform((batch_size, 227, 227, 3), 0, 255)
-    labels = tf.random.uniform((batch_size,), 0, 1000, dtype=tf.int32)
+    batch = training_batch(batch_size)
     no_stop = tf.constant(0.0)
     keras.utils.set_random_seed(0)
 
     def step():
-        return train_step((images, labels), no_stop)["loss"].numpy()
+        return train_step(batch, no_stop)["loss"].numpy()
 
     step()  # trace
     return batch_size / median_seconds(step, repeats)

@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import training  # noqa: E402
+from common import set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
+from alexnet_keras import input_pipeline, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
 
 
@@ -51,8 +51,9 @@ def main():
     set_threads(args.threads, 1)
     config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
     strategy = tf.distribute.get_strategy()
-    images = tf.random.uniform((args.batch, 227, 227, 3), 0, 255)
-    labels = tf.random.uniform((args.batch,), 0, 1000, dtype=tf.int32)
+    batch = training_batch(args.batch)
+    (pixels, rgb_shift), labels = batch
+    images = input_pipeline.add_lighting(pixels, rgb_shift)  # what the step computes first
 
     ours_model = training.build_model(config, num_classes=1000)
     ours_step, _ = training.make_step_functions(
@@ -61,7 +62,7 @@ def main():
     reference_step = l2_on_the_tape_step(
         reference_model, training.build_optimizer(config, reference_model), config)
     steps = {
-        "decay_in_gradient": lambda: ours_step((images, labels), tf.constant(0.0))["loss"].numpy(),
+        "decay_in_gradient": lambda: ours_step(batch, tf.constant(0.0))["loss"].numpy(),
         "l2_on_the_tape": lambda: reference_step(images, labels).numpy(),
     }
     times = {name: [] for name in steps}

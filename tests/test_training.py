@@ -609,7 +609,7 @@ def _one_step_weights(config, initial_weights, images, labels, l2_on_the_tape):
     if l2_on_the_tape:
         kernels = [w for w in model.trainable_variables if training.is_decayed(w)]
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
+            logits = model(tf.cast(images, tf.float32), training=True)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
                 labels, logits, from_logits=True))
             loss += 0.5 * config.weight_decay * tf.add_n(
@@ -618,7 +618,9 @@ def _one_step_weights(config, initial_weights, images, labels, l2_on_the_tape):
                         model.trainable_variables)
     else:
         train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
-        train_step((images, labels), tf.constant(0.0))
+        # Training batches are uint8 crops with their lighting shifts (none here).
+        no_lighting = tf.zeros((images.shape[0], 3), tf.float32)
+        train_step(((images, no_lighting), labels), tf.constant(0.0))
     return [w.numpy() for w in model.trainable_variables]
 
 
@@ -628,7 +630,7 @@ def test_weight_decay_in_the_step_equals_the_l2_term_on_the_tape():
                           global_batch_size=4)
     initial = training.build_model(config, num_classes=4).get_weights()
     rng = np.random.default_rng(3)
-    images = tf.constant(rng.uniform(0, 255, (4, 227, 227, 3)).astype(np.float32))
+    images = tf.constant(rng.integers(0, 256, (4, 227, 227, 3)).astype(np.uint8))
     labels = tf.constant([0, 1, 2, 3])
     ours = _one_step_weights(config, initial, images, labels, l2_on_the_tape=False)
     reference = _one_step_weights(config, initial, images, labels, l2_on_the_tape=True)
