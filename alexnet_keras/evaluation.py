@@ -57,18 +57,18 @@ def keras_probabilities(model):
 def resolve_model_path(path, best=False):
     """A `.keras` file, a training run folder (its alexnet.keras, or alexnet_best.keras with
     `best`), an export version folder, or an export base (its highest version)."""
-    from alexnet_keras.serving import existing_versions
+    from alexnet_keras.serving import export_version_dir
 
     path = pathlib.Path(path)
     if not path.exists():
         raise EvaluationError(f"--model {path} does not exist")
     if path.is_dir() and not (path / "saved_model.pb").exists():
         run_model = path / (BEST_MODEL if best else FINAL_MODEL)
-        versions = existing_versions(path)
         if run_model.is_file():
             return run_model
-        if versions:
-            return path / str(versions[-1])
+        export = export_version_dir(path)
+        if export is not None:
+            return export
         raise EvaluationError(f"--model {path} holds neither {run_model.name} (a training run "
                               f"folder) nor a SavedModel or export versions")
     if best:

@@ -257,6 +257,16 @@ def existing_versions(export_base):
                   if path.is_dir() and path.name.isdigit())
 
 
+def export_version_dir(path):
+    """`path` if it is an export version (it holds saved_model.pb), the highest version if
+    it is an export base, else None."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = existing_versions(path)
+    return path / str(versions[-1]) if versions else None
+
+
 def remove_stale_temporaries(export_base):
     """Removes temporary folders left beside `export_base` by exports that were killed."""
     base = pathlib.Path(export_base)

@@ -29,11 +29,8 @@ def main(argv=None):
 
     from alexnet_keras import serving
 
-    export = pathlib.Path(args.export)
-    versions = serving.existing_versions(export)
-    if versions and not (export / "saved_model.pb").exists():
-        export = export / str(versions[-1])
-    if not (export / "saved_model.pb").exists():
+    export = serving.export_version_dir(args.export)
+    if export is None:
         print(f"error: {args.export} is neither an export nor a folder of export versions",
               file=sys.stderr)
         return 2
