@@ -128,19 +128,30 @@ def draw_image(class_name, rng):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0):
-    """Writes `output_dir/<class>/<class>_NNNN.jpg`; returns the number of images written."""
-    if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
+def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0,
+                           classes=None):
+    """Writes `output_dir/<class>/<class>_NNNN.jpg` for the first `num_classes` classes, or
+    for the named `classes`; returns the number of images written. A class's images depend
+    only on the seed and the class, not on which other classes are written."""
+    if classes is None:
+        if not 2 <= num_classes <= len(CLASS_NAMES):
+            raise ValueError(
+                f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
+        classes = CLASS_NAMES[:num_classes]
+    unknown = [name for name in classes if name not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown classes {', '.join(unknown)}; known: {', '.join(CLASS_NAMES)}")
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"classes must be at least 2 different names, got {', '.join(classes)}")
     if images_per_class < 1:
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
     output_dir = pathlib.Path(output_dir)
     count = 0
-    for class_index, class_name in enumerate(CLASS_NAMES[:num_classes]):
+    for class_name in classes:
         class_dir = output_dir / class_name
         class_dir.mkdir(parents=True, exist_ok=True)
         # One generator per class: adding classes or images never changes existing ones.
-        rng = np.random.default_rng([seed, class_index])
+        rng = np.random.default_rng([seed, CLASS_NAMES.index(class_name)])
         for image_index in range(images_per_class):
             path = class_dir / f"{class_name}_{image_index:04d}.jpg"
             image = draw_image(class_name, rng)

@@ -21,6 +21,9 @@ def main(argv=None):
     parser.add_argument("--output_dir", required=True, help="folder to write the classes into")
     parser.add_argument("--num_classes", type=int, default=10,
                         help=f"number of classes, 2-{SYNTHETIC_CLASSES} (default 10)")
+    parser.add_argument("--classes", type=lambda text: text.split(","),
+                        help="comma-separated class names to write instead of the first "
+                             "--num_classes (e.g. circle,stripes)")
     parser.add_argument("--images_per_class", type=int, default=150,
                         help="images per class (default 150)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -31,11 +34,12 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         count = make_synthetic_dataset(args.output_dir, args.num_classes,
-                                       args.images_per_class, args.seed)
+                                       args.images_per_class, args.seed, classes=args.classes)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {count} images of {args.num_classes} classes to {args.output_dir} "
+    classes = len(args.classes) if args.classes else args.num_classes
+    print(f"wrote {count} images of {classes} classes to {args.output_dir} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
 

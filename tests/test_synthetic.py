@@ -22,6 +22,21 @@ def test_deterministic_from_the_seed(tmp_path):
     assert len(digest(tmp_path / "a")) == 12
 
 
+def test_named_classes_draw_the_same_images_as_in_the_full_set(tmp_path):
+    make_synthetic_dataset(tmp_path / "all", num_classes=10, images_per_class=2, seed=4)
+    make_synthetic_dataset(tmp_path / "two", images_per_class=2, seed=4,
+                           classes=["stripes", "circle"])
+    two = digest(tmp_path / "two")
+    assert sorted(two) == ["circle/circle_0000.jpg", "circle/circle_0001.jpg",
+                           "stripes/stripes_0000.jpg", "stripes/stripes_0001.jpg"]
+    assert two == {name: value for name, value in digest(tmp_path / "all").items()
+                   if name in two}
+    with pytest.raises(ValueError, match="unknown classes hexagon"):
+        make_synthetic_dataset(tmp_path / "bad", classes=["circle", "hexagon"])
+    with pytest.raises(ValueError, match="at least 2 different"):
+        make_synthetic_dataset(tmp_path / "bad", classes=["circle", "circle"])
+
+
 def test_classes_differ_in_shape_not_in_colour(tmp_path):
     make_synthetic_dataset(tmp_path, num_classes=10, images_per_class=6, seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CLASS_NAMES)
