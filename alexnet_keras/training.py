@@ -34,6 +34,7 @@ from alexnet_keras.config import UsageError
 from alexnet_keras.evaluation import BEST_MODEL, FINAL_MODEL
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
+from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "train"]
 
@@ -209,18 +210,14 @@ def build_model(config, num_classes):
 
 
 def build_optimizer(config, model):
-    """The paper's SGD with momentum (loss-scaled for float16), with its slots created."""
-    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    """The paper's SGD with momentum and weight decay in one fused update (PaperSGD),
+    loss-scaled for float16, with its slots created."""
+    optimizer = PaperSGD(learning_rate=config.learning_rate, momentum=config.momentum,
+                         kernel_decay=config.weight_decay)
     if config.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
     return optimizer
-
-
-def is_decayed(weight):
-    """Weight decay applies to the kernels only, as in Caffe's reference model (decay_mult 0
-    on the biases): decaying the biases would pull the paper's 1.0 initial biases back to 0."""
-    return weight.path.endswith("kernel")
 
 
 @dataclasses.dataclass
@@ -260,13 +257,8 @@ def make_step_functions(strategy, model, optimizer, config):
     returning a dict of sums over the global batch: MetricSums' fields, and `stop_requests`,
     the number of replicas whose worker passed a `stop_request` of 1 (a SIGTERM): summed
     within the step, it is the same on every worker."""
-    decayed = [is_decayed(weight) for weight in model.trainable_variables]
-    # The gradient of the L2 term 0.5 * weight_decay * sum(kernel ** 2) is weight_decay *
-    # kernel: it is added to the kernels' gradients directly, one pass over the weights where
-    # the term on the tape made several (square, sum, its backward, the sum of gradients).
-    # Divided by the replicas like `tf.nn.scale_regularization_loss`, since the all-reduce
-    # sums the replicas' gradients.
-    replica_decay = config.weight_decay / strategy.num_replicas_in_sync
+    # The weight decay is not here: the optimizer (PaperSGD) adds it inside its update, after
+    # the all-reduce, in the same pass over the weights.
     top_k = min(5, model.output.shape[-1])
     # uint8 -> float32 with the lighting noise, on the device: XLA fuses cast, shift and
     # clip into one pass over the batch.
@@ -293,13 +285,6 @@ def make_step_functions(strategy, model, optimizer, config):
                 per_example_loss, global_batch_size=config.global_batch_size)
             scaled_loss = optimizer.scale_loss(loss) if float16 else loss
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        if config.weight_decay:
-            # Scaled like the loss under float16: the optimizer unscales all gradients.
-            decay = optimizer.scale_loss(replica_decay) if float16 else replica_decay
-            gradients = [
-                gradient + decay * tf.cast(weight, gradient.dtype) if decay_it else gradient
-                for gradient, weight, decay_it in zip(
-                    gradients, model.trainable_variables, decayed)]
         optimizer.apply(gradients, model.trainable_variables)
         return outputs(labels, logits, per_example_loss, stop_request)
 

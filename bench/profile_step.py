@@ -6,9 +6,8 @@ Times each layer of the paper network alone, in tf.functions, at the shapes it h
 the step: the forward pass (training=True), then forward + input gradient and forward +
 weight gradient, whose differences to the forward are the two backward parts (inside a
 tf.function TensorFlow prunes the gradient nobody asked for). conv1 gets no input gradient:
-the step never computes it. Then the parameter-wide work: the weight decay (weight_decay * kernel
-added to the kernels' gradients, as the step does) and the SGD-momentum
-update; the split and concat of the grouped convolutions (their copies, included in those
+the step never computes it. Then the parameter-wide work: the optimizer's update with the
+weight decay inside (PaperSGD, one fused pass); the split and concat of the grouped convolutions (their copies, included in those
 layers' times); and the whole real step (`training.make_step_functions`) to compare the sum
 of the parts with. Layout conversions of oneDNN happen inside each op and are part of its
 time. Every figure is the median of `repeats` calls; the table prints ms per step and the
@@ -71,24 +70,17 @@ def split_concat_seconds(layer, batch_size, repeats):
     return median_seconds(lambda: split_and_concat(inputs, halves), repeats)
 
 
-def parameter_update_times(model, optimizer, config, repeats):
-    """(L2 decay term with its gradient, SGD-momentum update) seconds over all parameters."""
+def parameter_update_seconds(model, optimizer, repeats):
+    """The optimizer's update of all parameters, given their gradients: PaperSGD's one
+    fused pass, the weight decay included."""
     variables = model.trainable_variables
-    kernels = [variable for variable in variables if training.is_decayed(variable)]
     gradients = [tf.random.normal(variable.shape, stddev=1e-4) for variable in variables]
-    kernel_gradients = [g for g, v in zip(gradients, variables) if training.is_decayed(v)]
-
-    @tf.function
-    def decay_term(loss_gradients):
-        # As make_step_functions adds it: weight_decay * kernel to each kernel's gradient.
-        return [g + config.weight_decay * kernel for g, kernel in zip(loss_gradients, kernels)]
 
     @tf.function
     def update(gradients):
         optimizer.apply(gradients, variables)
 
-    return (median_seconds(lambda: decay_term(kernel_gradients), repeats),
-            median_seconds(lambda: update(gradients), repeats))
+    return median_seconds(lambda: update(gradients), repeats)
 
 
 def whole_step_seconds(model, optimizer, config, repeats):
@@ -116,9 +108,8 @@ def main():
         needs_input_gradient = layer.name not in ("mean_subtraction", "conv1")
         rows.append((layer.name, *layer_times(layer, args.batch, args.repeats,
                                              needs_input_gradient)))
-    decay, update = parameter_update_times(model, optimizer, config, args.repeats)
-    rows.append(("weight decay (added to the gradients)", 0.0, 0.0, decay))
-    rows.append(("SGD-momentum update", 0.0, 0.0, update))
+    update = parameter_update_seconds(model, optimizer, args.repeats)
+    rows.append(("weight decay + SGD-momentum update (PaperSGD, fused)", 0.0, 0.0, update))
     total = sum(sum(row[1:]) for row in rows)
     step = whole_step_seconds(model, optimizer, config, args.repeats)
 

@@ -1,11 +1,20 @@
-"""The training step with the weight decay added to the kernels' gradients (ours) against the
-same step with the L2 term on the tape (the formulation it replaced), in one process.
+"""The parameter update: PaperSGD's fused update with the weight decay inside (ours) against
+the two formulations it replaced, in one process (issue 12).
 
-    python bench/weight_decay_speed.py [--batch 32] [--rounds 10]
+    python bench/update_speed.py [--batch 32] [--rounds 10]
 
-Both steps run on their own copy of the paper network, alternately, one step each per
-round, so that a shared machine's drift falls on both; prints the median step times and
-the median per-round ratio (above 1: ours is faster).
+Three training steps of the paper network, each on its own copy, alternately (one step each
+per round, the order reversed every other round), so that a shared machine's drift falls on
+all of them:
+  fused              the project's step: `make_step_functions` with `build_optimizer`
+                     (PaperSGD: v <- 0.9 v - lr (g + wd w), w <- w + v in one XLA loop)
+  decay_in_gradient  Keras' SGD, `weight_decay * kernel` added to the kernels' gradients
+                     (the step before PaperSGD)
+  l2_on_the_tape     Keras' SGD, 0.5 * weight_decay * sum(kernel ** 2) added to the loss
+                     (the step before that)
+Then the update alone on the 60 M parameters, given the gradients: PaperSGD against Keras'
+SGD with the decay added to the gradients. Prints medians and the median per-round ratios
+(above 1: ours is faster).
 """
 
 import argparse
@@ -18,13 +27,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
+from common import print_results, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import input_pipeline, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
 
 
-def l2_on_the_tape_step(model, optimizer, config):
-    """The step as it was: 0.5 * weight_decay * sum(kernel ** 2) added to the loss."""
+def keras_sgd(config, model):
+    optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def with_decay(config, model, gradients):
+    """`weight_decay * kernel` added to the kernels' gradients."""
+    return [gradient + config.weight_decay * weight if training.is_decayed(weight) else gradient
+            for gradient, weight in zip(gradients, model.trainable_variables)]
+
+
+def keras_sgd_step(config, l2_on_the_tape):
+    """A step with Keras' SGD and the decay either on the tape or in the gradients."""
+    model = training.build_model(config, num_classes=1000)
+    optimizer = keras_sgd(config, model)
     kernels = [weight for weight in model.trainable_variables if training.is_decayed(weight)]
 
     @tf.function
@@ -34,12 +57,50 @@ def l2_on_the_tape_step(model, optimizer, config):
             loss = tf.nn.compute_average_loss(
                 keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True),
                 global_batch_size=config.global_batch_size)
-            loss += 0.5 * config.weight_decay * tf.add_n(
-                [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
-        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            if l2_on_the_tape:
+                loss += 0.5 * config.weight_decay * tf.add_n(
+                    [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
+        gradients = tape.gradient(loss, model.trainable_variables)
+        if not l2_on_the_tape:
+            gradients = with_decay(config, model, gradients)
+        optimizer.apply(gradients, model.trainable_variables)
         return loss
 
     return step
+
+
+def update_only(config, fused):
+    """The update alone, on gradients given: PaperSGD, or Keras' SGD after the decay."""
+    model = training.build_model(config, num_classes=1000)
+    optimizer = training.build_optimizer(config, model) if fused else keras_sgd(config, model)
+    gradients = [tf.random.normal(weight.shape, stddev=1e-4)
+                 for weight in model.trainable_variables]
+
+    @tf.function
+    def update(gradients):
+        if not fused:
+            gradients = with_decay(config, model, gradients)
+        optimizer.apply(gradients, model.trainable_variables)
+
+    return lambda: update(gradients)
+
+
+def alternate(functions, rounds):
+    """Median seconds of each function, and the median per-round ratios to the first."""
+    for function in functions.values():
+        function()  # trace and compile
+    times = {name: [] for name in functions}
+    for round_index in range(rounds):
+        order = list(functions) if round_index % 2 == 0 else list(functions)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            functions[name]()
+            times[name].append(time.perf_counter() - start)
+    first = next(iter(functions))
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    ratios = {name: statistics.median(t / f for t, f in zip(seconds, times[first]))
+              for name, seconds in times.items() if name != first}
+    return medians, ratios
 
 
 def main():
@@ -55,31 +116,28 @@ def main():
     (pixels, rgb_shift), labels = batch
     images = input_pipeline.add_lighting(pixels, rgb_shift)  # what the step computes first
 
-    ours_model = training.build_model(config, num_classes=1000)
-    ours_step, _ = training.make_step_functions(
-        strategy, ours_model, training.build_optimizer(config, ours_model), config)
-    reference_model = training.build_model(config, num_classes=1000)
-    reference_step = l2_on_the_tape_step(
-        reference_model, training.build_optimizer(config, reference_model), config)
-    steps = {
-        "decay_in_gradient": lambda: ours_step(batch, tf.constant(0.0))["loss"].numpy(),
-        "l2_on_the_tape": lambda: reference_step(images, labels).numpy(),
-    }
-    times = {name: [] for name in steps}
-    for name, step in steps.items():
-        step()  # trace
-    for round_index in range(args.rounds):
-        order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
-        for name in order:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    for name, seconds in times.items():
-        print(f"{name:20s} median {statistics.median(seconds) * 1e3:.0f} ms per step")
-    ratio = statistics.median(r / o for r, o in zip(times["l2_on_the_tape"],
-                                                    times["decay_in_gradient"]))
-    print(f"speed-up of decay_in_gradient over l2_on_the_tape: {ratio:.3f}x "
-          f"(batch {args.batch}, median of {args.rounds} rounds)")
+    model = training.build_model(config, num_classes=1000)
+    fused_step, _ = training.make_step_functions(
+        strategy, model, training.build_optimizer(config, model), config)
+    decay_in_gradient = keras_sgd_step(config, l2_on_the_tape=False)
+    l2_on_the_tape = keras_sgd_step(config, l2_on_the_tape=True)
+    step_medians, step_ratios = alternate({
+        "fused": lambda: fused_step(batch, tf.constant(0.0))["loss"].numpy(),
+        "decay_in_gradient": lambda: decay_in_gradient(images, labels).numpy(),
+        "l2_on_the_tape": lambda: l2_on_the_tape(images, labels).numpy(),
+    }, args.rounds)
+    update_medians, update_ratios = alternate({
+        "fused": update_only(config, fused=True),
+        "keras_sgd_after_decay": update_only(config, fused=False),
+    }, args.rounds)
+
+    results = {"batch": args.batch, "rounds": args.rounds, "threads": args.threads}
+    results.update({f"step_ms_{name}": 1e3 * value for name, value in step_medians.items()})
+    results.update({f"step_speedup_over_{name}": value for name, value in step_ratios.items()})
+    results.update({f"update_ms_{name}": 1e3 * value for name, value in update_medians.items()})
+    results.update({f"update_speedup_over_{name}": value
+                    for name, value in update_ratios.items()})
+    print_results(results)
 
 
 if __name__ == "__main__":
