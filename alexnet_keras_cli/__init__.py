@@ -44,6 +44,11 @@ def import_tensorflow_quietly(find_devices=True):
     workers afterwards, before any device exists."""
     # INFO lines off (TensorFlow's own default prints them); warnings and errors stay.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # TensorFlow's default CPU allocator takes every large tensor (activations, gradients: up
+    # to 151 MB for fc6's) as fresh pages from the kernel, which faults and zeroes them again
+    # at every step; its BFC allocator keeps and reuses them (bench/allocator_speed.py).
+    # Read when TensorFlow first allocates; a value set by the user wins.
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     sys.stderr.flush()
     saved_stderr = os.dup(2)
     with tempfile.TemporaryFile() as captured:

@@ -23,13 +23,14 @@ BENCH = pathlib.Path(__file__).resolve().parent
 CHECKOUT = BENCH.parent
 
 
-def run_worker(python, script, args):
-    """Runs one benchmark process; returns the JSON line it printed last."""
+def run_worker(python, script, args, environment=None):
+    """Runs one benchmark process (with `environment` added to this one's); returns the JSON
+    line it printed last."""
     command = [str(python), str(BENCH / script), "--threads", str(args.threads),
                "--training_batch", str(args.training_batch),
                "--inference_batch", str(args.inference_batch), "--repeats", str(args.repeats)]
     environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-                       TF_CPP_MIN_LOG_LEVEL="3")
+                       TF_CPP_MIN_LOG_LEVEL="3", **(environment or {}))
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     if completed.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")

@@ -65,6 +65,7 @@ def main():
         "framework": f"tensorflow {tf.__version__}",
         "threads": args.threads,
         "inter_op_threads": args.inter_op_threads,
+        "bfc_cpu_allocator": os.environ["TF_CPU_ALLOCATOR_USE_BFC"],
         "training_batch": args.training_batch,
         "inference_batch": args.inference_batch,
         "training_images_per_s": training_speed(args.training_batch, args.repeats),

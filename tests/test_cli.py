@@ -72,6 +72,34 @@ def test_the_start_up_filter_keeps_real_errors(capsys):
     assert capsys.readouterr().err.count("failed call to cuInit") == 2
 
 
+ALLOCATOR_PROBE = """
+import alexnet_keras_cli
+tf = alexnet_keras_cli.import_tensorflow_quietly(find_devices=False)
+doubled = tf.ones((1000, 1000)) * 2
+try:
+    print(tf.config.experimental.get_memory_info("CPU:0")["peak"])
+except ValueError:  # the default CPU allocator keeps no statistics
+    print("default allocator")
+"""
+
+
+@pytest.mark.parametrize("user_setting, expected", [(None, "bfc"), ("false", "default")])
+def test_the_commands_run_tensorflow_with_its_bfc_allocator_on_the_cpu(
+        user_setting, expected, python, repo_root):
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if user_setting is not None:  # the user's own choice wins
+        environment["TF_CPU_ALLOCATOR_USE_BFC"] = user_setting
+    result = subprocess.run([python, "-c", ALLOCATOR_PROBE], cwd=repo_root, env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout.strip()
+    if expected == "bfc":  # the BFC allocator counts what it holds: at least the two tensors
+        assert int(output) >= 8_000_000, output
+    else:
+        assert output == "default allocator"
+
+
 @pytest.fixture(scope="module")
 def wheel(repo_root, tmp_path_factory):
     """The package built as a wheel, as `pip install .` or a package index would get it."""
