@@ -1,11 +1,14 @@
 """TensorFlow's LRN gradient kernel (`LRNGrad`, what the training step uses) against the
-gradient written as element-wise ops from the forward's denominator, the `tf.custom_gradient`
-candidate of issue 12, at the shapes of norm1 and norm2.
+gradient written as element-wise ops from the input (the `tf.custom_gradient` candidate of
+issue 12), compiled by XLA into one pass and without XLA, at the shapes of norm1 and norm2.
 
     python bench/lrn_gradient_speed.py [--batch 32] [--rounds 7]
 
-Prints the largest relative difference of the two gradients and their median times, timed
-alternately; the candidate was slower and is not used.
+Prints the largest relative difference to LRNGrad and the median times, timed alternately,
+and the kernel's time over each candidate's (above 1: the candidate is faster). Then the
+whole training step of the paper network (`make_step_functions`) with the XLA gradient as the
+LRN layers' custom gradient against the same step with LRNGrad, alternately in one process.
+The XLA gradient is twice as fast alone but makes the whole step slower: it is not used.
 """
 
 import argparse
@@ -17,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads  # noqa: E402
+from common import set_threads  # noqa: E402  (also puts the checkout on sys.path)
 
 # The paper's LRN, as LocalResponseNormalization's defaults.
 DEPTH_RADIUS, BIAS, ALPHA, BETA = 2, 2.0, 1e-4, 0.75
@@ -39,10 +42,66 @@ def elementwise_gradient(inputs, outputs, upstream):
             - (2 * ALPHA * BETA) * inputs * window_sum(upstream * outputs / denominator))
 
 
+@tf.function(jit_compile=True)
+def xla_gradient_from_input(inputs, upstream):
+    """The same formula from the input alone (the denominator recomputed), one XLA pass."""
+    denominator = BIAS + ALPHA * window_sum(tf.square(inputs))
+    scale = tf.pow(denominator, -BETA)
+    return (upstream * scale - (2 * ALPHA * BETA) * inputs
+            * window_sum(upstream * inputs * scale / denominator))
+
+
+def fused_gradient(inputs, outputs, upstream):
+    return xla_gradient_from_input(inputs, upstream)
+
+
+def lrn_with_xla_gradient(layer):
+    """A replacement for `layer.call`: the same forward op, the XLA gradient."""
+    @tf.custom_gradient
+    def normalize(inputs):
+        outputs = tf.nn.local_response_normalization(inputs, DEPTH_RADIUS, BIAS, ALPHA, BETA)
+        return outputs, lambda upstream: xla_gradient_from_input(inputs, upstream)
+
+    assert (layer.depth_radius, layer.bias, layer.alpha, layer.beta) == (
+        DEPTH_RADIUS, BIAS, ALPHA, BETA)
+    return normalize
+
+
 @tf.function
 def kernel_gradient(inputs, outputs, upstream):
     return tf.raw_ops.LRNGrad(input_grads=upstream, input_image=inputs, output_image=outputs,
                               depth_radius=DEPTH_RADIUS, bias=BIAS, alpha=ALPHA, beta=BETA)
+
+
+def whole_step_ratio(batch_size, rounds):
+    """Median step seconds with the XLA LRN gradient ("fused") and with LRNGrad, and the
+    median of the per-round ratios LRNGrad / fused."""
+    from alexnet_keras import LocalResponseNormalization, training
+    from alexnet_keras.config import PRESETS
+    from common import training_batch
+
+    config = PRESETS["paper"].replace(global_batch_size=batch_size, learning_rate=1e-3)
+    strategy = tf.distribute.get_strategy()
+    batch = training_batch(batch_size)
+    steps = {}
+    for name in ("fused", "LRNGrad"):
+        model = training.build_model(config, num_classes=1000)
+        if name == "fused":  # this model's LRN layers take the XLA gradient
+            for layer in model.layers:
+                if isinstance(layer, LocalResponseNormalization):
+                    layer.call = lrn_with_xla_gradient(layer)
+        step, _ = training.make_step_functions(
+            strategy, model, training.build_optimizer(config, model), config)
+        steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
+        steps[name]()  # trace
+    times = {name: [] for name in steps}
+    for round_index in range(rounds):
+        for name in (list(steps) if round_index % 2 == 0 else list(steps)[::-1]):
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return ({name: statistics.median(seconds) for name, seconds in times.items()},
+            statistics.median(k / f for k, f in zip(times["LRNGrad"], times["fused"])))
 
 
 def main():
@@ -56,21 +115,26 @@ def main():
         inputs = tf.nn.relu(tf.random.normal((args.batch, *shape))) * 30
         upstream = tf.random.normal(inputs.shape)
         outputs = tf.nn.local_response_normalization(inputs, DEPTH_RADIUS, BIAS, ALPHA, BETA)
-        gradients = {"LRNGrad": kernel_gradient, "element-wise": elementwise_gradient}
+        gradients = {"LRNGrad": kernel_gradient, "element-wise with XLA": fused_gradient,
+                     "element-wise (no XLA)": elementwise_gradient}
         values = {key: function(inputs, outputs, upstream) for key, function in gradients.items()}
-        difference = (tf.reduce_max(tf.abs(values["LRNGrad"] - values["element-wise"]))
-                      / tf.reduce_max(tf.abs(values["LRNGrad"])))
         times = {key: [] for key in gradients}
         for round_index in range(args.rounds):
             for key in (list(gradients) if round_index % 2 == 0 else list(gradients)[::-1]):
                 start = time.perf_counter()
-                gradients[key](inputs, outputs, upstream)
+                gradients[key](inputs, outputs, upstream).numpy()
                 times[key].append(time.perf_counter() - start)
-        kernel, elementwise = (statistics.median(times[key]) for key in gradients)
-        print(f"{name} {shape}: LRNGrad {kernel * 1e3:.0f} ms, element-wise "
-              f"{elementwise * 1e3:.0f} ms ({elementwise / kernel:.2f}x), "
-              f"max relative difference {float(difference):.1e}")
-
+        kernel = statistics.median(times["LRNGrad"])
+        print(f"{name} {shape}: LRNGrad {kernel * 1e3:.1f} ms")
+        for key in list(gradients)[1:]:
+            seconds = statistics.median(times[key])
+            difference = (tf.reduce_max(tf.abs(values["LRNGrad"] - values[key]))
+                          / tf.reduce_max(tf.abs(values["LRNGrad"])))
+            print(f"  {key}: {seconds * 1e3:.1f} ms, LRNGrad / it {kernel / seconds:.2f}x, "
+                  f"max relative difference {float(difference):.1e}")
+    medians, ratio = whole_step_ratio(args.batch, args.rounds)
+    print(f"training step, batch {args.batch}: fused {medians['fused'] * 1e3:.0f} ms, "
+          f"LRNGrad {medians['LRNGrad'] * 1e3:.0f} ms; speed-up {ratio:.3f}x")
 
 if __name__ == "__main__":
     main()
