@@ -9,6 +9,7 @@ imported.
 
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
+    FullyConnected,
     GroupedConv2D,
     LocalResponseNormalization,
     MeanSubtraction,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMAGENET_RGB_MEAN",
+    "FullyConnected",
     "GroupedConv2D",
     "LocalResponseNormalization",
     "MeanSubtraction",

@@ -9,6 +9,7 @@ import keras
 
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
+    FullyConnected,
     GroupedConv2D,
     LocalResponseNormalization,
     MeanSubtraction,
@@ -88,7 +89,7 @@ def build_alexnet(
         return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)
 
     def dense(layer_name, units, bias, activation=None, dtype=None):
-        return keras.layers.Dense(
+        return FullyConnected(
             units,
             activation=activation,
             kernel_initializer=kernel_initializer(),

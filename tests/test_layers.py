@@ -244,3 +244,42 @@ def test_mean_subtraction_uses_its_weight_and_stays_float32():
     assert half_layer.compute_dtype == "float32"
 
 
+
+
+@pytest.mark.parametrize("activation", ["relu", None])
+def test_fully_connected_equals_keras_dense_in_outputs_and_gradients(activation, tmp_path):
+    """Training takes FullyConnected's own input gradient; its outputs and all gradients
+    (inputs, kernel, bias) equal Keras' Dense with the same weights, eagerly and in a
+    tf.function, and it saves and loads as itself."""
+    from alexnet_keras import FullyConnected
+
+    rng = np.random.default_rng(7)
+    inputs = tf.constant(rng.normal(size=(6, 40)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(6, 24)).astype(np.float32))
+    ours = FullyConnected(24, activation=activation, bias_initializer="random_normal")
+    reference = keras.layers.Dense(24, activation=activation)
+    ours.build(inputs.shape)
+    reference.build(inputs.shape)
+    reference.set_weights(ours.get_weights())
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs, training=True)
+        gradients = tape.gradient(outputs, [inputs, *layer.trainable_variables],
+                                  output_gradients=upstream)
+        return [outputs, *gradients]
+
+    for run in (outputs_and_gradients, tf.function(outputs_and_gradients)):
+        for one, two in zip(run(ours), run(reference)):
+            np.testing.assert_allclose(one.numpy(), two.numpy(), rtol=1e-5, atol=1e-5)
+    # The input gradient is not Keras' own by accident: a gradient with the kernel's rows
+    # reversed would differ.
+    wrong = tf.matmul(upstream, ours.kernel[::-1], transpose_b=True)
+    assert not np.allclose(outputs_and_gradients(ours)[1].numpy(), wrong.numpy(), atol=1e-3)
+
+    model = keras.Sequential([keras.Input((40,)), ours])
+    model.save(tmp_path / "fc.keras")
+    loaded = keras.models.load_model(tmp_path / "fc.keras")
+    assert type(loaded.layers[0]) is FullyConnected
+    np.testing.assert_allclose(loaded(inputs).numpy(), ours(inputs).numpy(), rtol=1e-6)
