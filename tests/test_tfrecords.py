@@ -532,13 +532,23 @@ def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(small_folder
     assert pixels[..., 0].mean() > 240 and pixels[..., 2].mean() < 15  # the new, red image
 
 
-def child_processes(pid):
-    path = f"/proc/{pid}/task/{pid}/children"
+def forked_workers(pid):
+    """The children of `pid` that are forks of it (same command line): its decoding workers,
+    not a short-lived helper program it runs while starting (ldconfig and the like)."""
+    def command_line(process):
+        try:
+            with open(f"/proc/{process}/cmdline", "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
     try:
-        with open(path) as handle:
-            return [int(child) for child in handle.read().split()]
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(child) for child in handle.read().split()]
     except FileNotFoundError:
         return []
+    parent = command_line(pid)
+    return [child for child in children if parent and command_line(child) == parent]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
@@ -552,7 +562,7 @@ def test_a_killed_worker_fails_the_conversion_with_a_message(tmp_path, python, r
     deadline = time.monotonic() + 120
     workers = []
     while time.monotonic() < deadline and process.poll() is None and not workers:
-        workers = child_processes(process.pid)
+        workers = forked_workers(process.pid)
         time.sleep(0.01)
     assert workers, "no worker process started"
     os.kill(workers[0], signal.SIGKILL)
