@@ -9,7 +9,7 @@ Keras' SGD with momentum computes the same v and w as five separate element-wise
 (two products, a difference, an assignment, an addition), and the decay added to the gradients
 beforehand made two more: on the paper network's 60 M parameters each pass moves about 0.5 to
 0.7 GB. Here XLA compiles the whole rule, decay included, into one loop that reads w, v and
-the gradient once and writes w and v once (`bench/weight_decay_speed.py` measures it).
+the gradient once and writes w and v once (`bench/update_speed.py` measures it).
 The values are Keras SGD's on the gradient plus `weight_decay * w` (a test checks them against
 Keras SGD with the L2 term on the tape), and the slots are Keras SGD's, so checkpoints of
 either load into the other.
@@ -58,9 +58,11 @@ class PaperSGD(keras.optimizers.SGD):
     LossScaleOptimizer, after their unscaling: `kernel_decay` is the paper's 0.0005 as is."""
 
     def __init__(self, learning_rate=0.01, momentum=0.9, kernel_decay=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        if kwargs.get("nesterov"):
+            raise ValueError("PaperSGD implements the paper's momentum, not Nesterov's")
         if kernel_decay < 0:
             raise ValueError(f"kernel_decay must be >= 0, got {kernel_decay}")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
         self.kernel_decay = kernel_decay
         self._decays = []
 
@@ -78,8 +80,6 @@ class PaperSGD(keras.optimizers.SGD):
         if self.momentum == 0:
             _plain_update(variable, gradient, learning_rate, decay)
             return
-        if self.nesterov:
-            raise NotImplementedError("PaperSGD implements the paper's (non-Nesterov) momentum")
         velocity = _component_beside(self.momentums[index].value, variable)
         _momentum_update(variable, velocity, gradient, learning_rate,
                          tf.constant(self.momentum, dtype), decay)

@@ -69,3 +69,24 @@ def call_times(function, repeats):
 def median_seconds(function, repeats):
     """Median of `repeats` timed calls, after one untimed warm-up call."""
     return statistics.median(call_times(function, repeats))
+
+
+def alternate(functions, rounds):
+    """Times the named functions alternately, one call each per round, the order reversed
+    every other round, after one untimed call each (tracing, compiling), so that a shared
+    machine's drift falls on all of them. Returns the median seconds of each, and for every
+    function but the first the median of the per-round ratios its time / the first's (above
+    1: the first is faster)."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for round_index in range(rounds):
+        for name in (list(functions) if round_index % 2 == 0 else list(functions)[::-1]):
+            start = time.perf_counter()
+            functions[name]()
+            times[name].append(time.perf_counter() - start)
+    first = next(iter(functions))
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    ratios = {name: statistics.median(t / f for t, f in zip(seconds, times[first]))
+              for name, seconds in times.items() if name != first}
+    return medians, ratios

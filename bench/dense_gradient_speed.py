@@ -12,33 +12,15 @@ the ratios TensorFlow's / ours (above 1: ours is faster).
 import argparse
 import functools
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
+from common import alternate, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import FullyConnected, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
-
-
-def alternate(functions, rounds):
-    """Median seconds of each function over `rounds` alternating rounds, and the median of
-    the per-round ratios (the second's time over the first's)."""
-    for function in functions.values():
-        function()  # trace
-    times = {name: [] for name in functions}
-    for round_index in range(rounds):
-        for name in (list(functions) if round_index % 2 == 0 else list(functions)[::-1]):
-            start = time.perf_counter()
-            functions[name]()
-            times[name].append(time.perf_counter() - start)
-    ours, theirs = times.values()
-    return ({name: statistics.median(seconds) for name, seconds in times.items()},
-            statistics.median(t / o for o, t in zip(ours, theirs)))
 
 
 def main():
@@ -56,10 +38,10 @@ def main():
         theirs = tf.function(lambda: tf.matmul(upstream, kernel, transpose_b=True))
         difference = (tf.reduce_max(tf.abs(ours() - theirs()))
                       / tf.reduce_max(tf.abs(theirs())))
-        medians, ratio = alternate({"ours": lambda: ours().numpy(),
-                                    "tensorflow": lambda: theirs().numpy()}, args.rounds)
+        medians, ratios = alternate({"ours": lambda: ours().numpy(),
+                                     "tensorflow": lambda: theirs().numpy()}, args.rounds)
         print(f"{name} input gradient, batch {args.batch}: ours {medians['ours'] * 1e3:.1f} ms, "
-              f"TensorFlow's {medians['tensorflow'] * 1e3:.1f} ms, speed-up {ratio:.2f}x, "
+              f"TensorFlow's {medians['tensorflow'] * 1e3:.1f} ms, speed-up {ratios['tensorflow']:.2f}x, "
               f"max relative difference {float(difference):.1e}")
 
     config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
@@ -75,9 +57,9 @@ def main():
         step, _ = training.make_step_functions(
             strategy, model, training.build_optimizer(config, model), config)
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
-    medians, ratio = alternate(steps, args.rounds)
+    medians, ratios = alternate(steps, args.rounds)
     print(f"training step, batch {args.batch}: ours {medians['ours'] * 1e3:.0f} ms, with Keras' "
-          f"Dense {medians['keras_dense'] * 1e3:.0f} ms; speed-up {ratio:.3f}x")
+          f"Dense {medians['keras_dense'] * 1e3:.0f} ms; speed-up {ratios['keras_dense']:.3f}x")
 
 
 if __name__ == "__main__":

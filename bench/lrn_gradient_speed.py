@@ -13,14 +13,12 @@ The XLA gradient is twice as fast alone but makes the whole step slower: it is n
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from common import set_threads  # noqa: E402  (also puts the checkout on sys.path)
+from common import alternate, set_threads  # noqa: E402  (also puts the checkout on sys.path)
 
 # The paper's LRN, as LocalResponseNormalization's defaults.
 DEPTH_RADIUS, BIAS, ALPHA, BETA = 2, 2.0, 1e-4, 0.75
@@ -93,16 +91,8 @@ def whole_step_ratio(batch_size, rounds):
         step, _ = training.make_step_functions(
             strategy, model, training.build_optimizer(config, model), config)
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
-        steps[name]()  # trace
-    times = {name: [] for name in steps}
-    for round_index in range(rounds):
-        for name in (list(steps) if round_index % 2 == 0 else list(steps)[::-1]):
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return ({name: statistics.median(seconds) for name, seconds in times.items()},
-            statistics.median(k / f for k, f in zip(times["LRNGrad"], times["fused"])))
-
+    medians, ratios = alternate(steps, rounds)
+    return medians, ratios["LRNGrad"]
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -118,23 +108,19 @@ def main():
         gradients = {"LRNGrad": kernel_gradient, "element-wise with XLA": fused_gradient,
                      "element-wise (no XLA)": elementwise_gradient}
         values = {key: function(inputs, outputs, upstream) for key, function in gradients.items()}
-        times = {key: [] for key in gradients}
-        for round_index in range(args.rounds):
-            for key in (list(gradients) if round_index % 2 == 0 else list(gradients)[::-1]):
-                start = time.perf_counter()
-                gradients[key](inputs, outputs, upstream).numpy()
-                times[key].append(time.perf_counter() - start)
-        kernel = statistics.median(times["LRNGrad"])
-        print(f"{name} {shape}: LRNGrad {kernel * 1e3:.1f} ms")
+        medians, ratios = alternate(
+            {key: lambda function=function: function(inputs, outputs, upstream).numpy()
+             for key, function in gradients.items()}, args.rounds)
+        print(f"{name} {shape}: LRNGrad {medians['LRNGrad'] * 1e3:.1f} ms")
         for key in list(gradients)[1:]:
-            seconds = statistics.median(times[key])
             difference = (tf.reduce_max(tf.abs(values["LRNGrad"] - values[key]))
                           / tf.reduce_max(tf.abs(values["LRNGrad"])))
-            print(f"  {key}: {seconds * 1e3:.1f} ms, LRNGrad / it {kernel / seconds:.2f}x, "
+            print(f"  {key}: {medians[key] * 1e3:.1f} ms, LRNGrad / it {1 / ratios[key]:.2f}x, "
                   f"max relative difference {float(difference):.1e}")
     medians, ratio = whole_step_ratio(args.batch, args.rounds)
     print(f"training step, batch {args.batch}: fused {medians['fused'] * 1e3:.0f} ms, "
           f"LRNGrad {medians['LRNGrad'] * 1e3:.0f} ms; speed-up {ratio:.3f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -19,15 +19,13 @@ SGD with the decay added to the gradients. Prints medians and the median per-rou
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import print_results, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
+from common import alternate, print_results, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
 from alexnet_keras import input_pipeline, training  # noqa: E402
 from alexnet_keras.config import PRESETS  # noqa: E402
 
@@ -83,24 +81,6 @@ def update_only(config, fused):
         optimizer.apply(gradients, model.trainable_variables)
 
     return lambda: update(gradients)
-
-
-def alternate(functions, rounds):
-    """Median seconds of each function, and the median per-round ratios to the first."""
-    for function in functions.values():
-        function()  # trace and compile
-    times = {name: [] for name in functions}
-    for round_index in range(rounds):
-        order = list(functions) if round_index % 2 == 0 else list(functions)[::-1]
-        for name in order:
-            start = time.perf_counter()
-            functions[name]()
-            times[name].append(time.perf_counter() - start)
-    first = next(iter(functions))
-    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
-    ratios = {name: statistics.median(t / f for t, f in zip(seconds, times[first]))
-              for name, seconds in times.items() if name != first}
-    return medians, ratios
 
 
 def main():
