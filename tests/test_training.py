@@ -586,10 +586,12 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     circle, a striped square; 150 training and 50 validation images each).
 
     Measured while writing this test: 0.94, 0.97 and 1.00 validation accuracy at the end
-    with the data seeds 3, 5 and 7, and 0.52 and 0.50 for recipes broken on purpose (a
-    learning rate of 1e-6; labels shuffled across the two classes). The bar, 0.80 of 100
-    validation images, is far from both: a chance-level model reaches it with probability
-    6e-10."""
+    with the data seeds 3, 5 and 7, but 0.78 in one run of seed 3 (training is not
+    bit-reproducible; that run's loss spiked at epoch 6 and it was still recovering), and at
+    most 0.52 and 0.56 over the last ten epochs for recipes broken on purpose (a learning
+    rate of 1e-6; labels shuffled across the two classes). The bar: the best of the last ten
+    epochs reaches 0.70 of 100 validation images; a chance-level model does so with
+    probability 4e-4 (10 x P(Binomial(100, 0.5) >= 70))."""
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import convert
 
@@ -601,7 +603,8 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     assert info["class_counts"]["validation"] == {"circle": 50, "stripes": 50}
     results = training.train(PRESETS["demo"].replace(epochs=20), tmp_path / "records",
                              tmp_path / "model", log=lambda message: None)
-    assert 1 - results[-1].val_top1_error >= 0.80, [1 - r.val_top1_error for r in results]
+    accuracies = [1 - result.val_top1_error for result in results]
+    assert max(accuracies[-10:]) >= 0.70, accuracies
     assert results[-1].train_loss < 0.5 * results[0].train_loss
 
 
