@@ -21,6 +21,11 @@ IMAGE_SIZE = 227
 MIN_IMAGE_SIZE = 227
 GROUPS = 2  # the paper's two-GPU split of conv2, conv4 and conv5
 KERNEL_INITIALIZERS = ("paper", "he_normal")
+# Local response normalization constants in TensorFlow's terms (alpha not divided by the
+# window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
+# alpha 1e-4 divided by the window, beta 0.75, k 1.
+LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
+LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
 
 
 def build_alexnet(
@@ -32,6 +37,7 @@ def build_alexnet(
     kernel_init="paper",
     rgb_mean=IMAGENET_RGB_MEAN,
     input_scale=1.0,
+    lrn=LRN_PAPER,
     name="alexnet",
 ):
     """Builds AlexNet.
@@ -49,6 +55,8 @@ def build_alexnet(
       input_scale: factor applied after the mean subtraction. The paper feeds raw centred
         pixel values (1.0) to N(0, 0.01) weights; He-initialised variants want about 1/64,
         so that the first layer sees inputs of unit scale.
+      lrn: the constants of norm1 and norm2, `LocalResponseNormalization`'s arguments:
+        `LRN_PAPER` (default) or `LRN_CAFFE` (the published bvlc_alexnet weights).
       name: the model's name.
     """
     if int(num_classes) != num_classes or num_classes < 2:
@@ -65,6 +73,9 @@ def build_alexnet(
             f"kernel_init must be one of {KERNEL_INITIALIZERS}, got {kernel_init!r}"
         )
     widths = _layer_widths(width_multiplier)
+    unknown = set(lrn) - set(LRN_PAPER)
+    if unknown:
+        raise ValueError(f"lrn takes {sorted(LRN_PAPER)}, got {sorted(unknown)}")
 
     def kernel_initializer():
         if kernel_init == "paper":
@@ -104,10 +115,10 @@ def build_alexnet(
         raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
     x = MeanSubtraction(initial_mean=rgb_mean, scale=input_scale, name="mean_subtraction")(images)
     x = conv("conv1", widths["conv1"], 11, 0.0, strides=4, padding="valid")(x)
-    x = LocalResponseNormalization(name="norm1")(x)  # (batch, 55, 55, 96)
+    x = LocalResponseNormalization(**lrn, name="norm1")(x)  # (batch, 55, 55, 96)
     x = pool("pool1")(x)  # (batch, 27, 27, 96)
     x = conv("conv2", widths["conv2"], 5, bias_init, groups=GROUPS)(x)
-    x = LocalResponseNormalization(name="norm2")(x)  # (batch, 27, 27, 256)
+    x = LocalResponseNormalization(**lrn, name="norm2")(x)  # (batch, 27, 27, 256)
     x = pool("pool2")(x)  # (batch, 13, 13, 256)
     x = conv("conv3", widths["conv3"], 3, 0.0)(x)  # (batch, 13, 13, 384)
     x = conv("conv4", widths["conv4"], 3, bias_init, groups=GROUPS)(x)
