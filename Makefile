@@ -1,7 +1,7 @@
 # alexnet-keras: every environment is created from the pinned requirements files.
 #   make demo   builds .venv if missing, trains on the embedded dataset, evaluates, exports
 #               for TF Serving and answers two demo images through the export
-#   make test   builds both environments if missing and runs the whole test suite
+#   make test   builds both environments if missing, runs `ruff check .` and the whole test suite
 #   make bench  runs the benchmark scripts
 #   make bench-peer  creates .venv-peer (PyTorch, optional) and times our AlexNet against it
 #   make lock   regenerates the exact pins from requirements*.in
@@ -12,6 +12,7 @@ VENV_VALIDATE := .venv-validate
 VENV_PEER := .venv-peer
 PY := $(VENV)/bin/python
 PY_VALIDATE := $(VENV_VALIDATE)/bin/python
+RUFF := $(VENV)/bin/ruff
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.9
@@ -39,12 +40,14 @@ demo-run:
 	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
 
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
+	$(RUFF) check .
 	$(PY) -m pytest tests
 	$(PY_VALIDATE) -m pytest tests_validate
 
 # Under 2 minutes: everything but in-process training and the tests that start processes
 # (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.
 test-fast: $(VENV)/.installed
+	$(RUFF) check .
 	$(PY) -m pytest tests -m "not slow"
 
 bench: $(VENV)/.installed
@@ -120,4 +123,4 @@ lock: $(UV)
 	$(UV) pip compile $(LOCK_TARGET) requirements-cuda.in -c requirements.txt -o requirements-cuda.txt
 
 clean:
-	rm -rf $(VENV) $(VENV_VALIDATE) $(VENV_PEER) $(TOOLS) runs datasets exports .pytest_cache
+	rm -rf $(VENV) $(VENV_VALIDATE) $(VENV_PEER) $(TOOLS) runs datasets exports .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_keras_cli.evaluate import main, parse_args  # noqa: E402,F401
+from alexnet_keras_cli.evaluate import main, parse_args  # noqa: F401  (re-exported: `import evaluate`)
 
 if __name__ == "__main__":
     sys.exit(main())

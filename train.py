@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from alexnet_keras_cli.train import build_demo_dataset, main, parse_args, resolve  # noqa: E402,F401
+from alexnet_keras_cli.train import build_demo_dataset, main, parse_args, resolve  # noqa: F401  (re-exported: `import train`)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,15 +14,14 @@ import argparse
 import io
 import multiprocessing
 import pathlib
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras.tfrecords import convert  # noqa: E402
+from common import print_results  # also puts the checkout on sys.path
+from alexnet_keras.tfrecords import convert
 
 
 def make_photos(folder, count, seed=0):

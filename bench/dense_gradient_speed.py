@@ -15,12 +15,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from common import alternate, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import FullyConnected, training  # noqa: E402
-from alexnet_keras.config import PRESETS  # noqa: E402
+from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
+from alexnet_keras import FullyConnected, training
+from alexnet_keras.config import PRESETS
 
 
 def main():

@@ -14,16 +14,15 @@ the training pipeline handed out before it kept uint8).
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from common import print_results, synthetic_records  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import input_pipeline  # noqa: E402
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
+from alexnet_keras import input_pipeline
 
 BATCH = 128
 

@@ -16,9 +16,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from common import alternate, set_threads  # noqa: E402  (also puts the checkout on sys.path)
+from common import alternate, set_threads  # also puts the checkout on sys.path
 
 # The paper's LRN, as LocalResponseNormalization's defaults.
 DEPTH_RADIUS, BIAS, ALPHA, BETA = 2, 2.0, 1e-4, 0.75

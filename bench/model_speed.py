@@ -14,16 +14,15 @@ Ratios measured in one run stay meaningful on a shared, drifting machine.
 
 import argparse
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from common import call_times, print_results  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import GroupedConv2D, build_alexnet  # noqa: E402
+from common import call_times, print_results  # also puts the checkout on sys.path
+from alexnet_keras import GroupedConv2D, build_alexnet
 
 
 def training_flops(model):

@@ -20,11 +20,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import build_alexnet, preprocess_for_eval, serving  # noqa: E402
+from common import print_results  # also puts the checkout on sys.path
+from alexnet_keras import build_alexnet, preprocess_for_eval, serving
 
 
 def photo_jpeg(seed, width=500, height=375):

@@ -15,9 +15,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from common import median_seconds, set_threads, training_batch  # noqa: E402  (also puts the checkout on sys.path)
+from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
 
 
 def training_speed(batch_size, repeats):

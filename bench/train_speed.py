@@ -16,18 +16,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 # Two logical CPU devices, set before TensorFlow initialises its devices.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import keras  # noqa: E402
+import keras
 
-from common import print_results, synthetic_records  # noqa: E402  (also puts the checkout on sys.path)
-from alexnet_keras import input_pipeline, training  # noqa: E402
-from alexnet_keras.config import PRESETS  # noqa: E402
-from alexnet_keras.model import build_alexnet  # noqa: E402
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
+from alexnet_keras import input_pipeline, training
+from alexnet_keras.config import PRESETS
+from alexnet_keras.model import build_alexnet
 
 BATCH = 32
 

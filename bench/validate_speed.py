@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from common import print_results  # noqa: E402  (also puts the checkout on sys.path)
+from common import print_results  # also puts the checkout on sys.path
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

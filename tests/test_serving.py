@@ -383,7 +383,7 @@ def test_tfsmlayer_answers_from_the_export(export_dir, model_file, image_files):
 class _StandInServer(http.server.BaseHTTPRequestHandler):
     runner = export_dir = None
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         if self.path != "/v1/models/alexnet:predict":
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -10,7 +10,7 @@ import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAIN_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
