@@ -113,8 +113,8 @@ def keras_reference(model_file, images):
 
 
 def readme_rest_body(repo_root, image_path):
-    """The REST body exactly as README's curl command builds it, for `image_path`."""
-    readme = (repo_root / "README.md").read_text()
+    """The REST body exactly as docs/serving.md's curl command builds it, for `image_path`."""
+    readme = (repo_root / "docs" / "serving.md").read_text()
     template = re.search(r'-d ("\{\\"instances\\".*?")\n', readme).group(1)
     result = subprocess.run(["bash", "-c", f'printf "%s" {template.replace("cat.jpg", image_path.name)}'],
                             cwd=image_path.parent, capture_output=True, text=True, check=True)
@@ -435,7 +435,7 @@ def test_client_prints_top5_labels_from_the_server(stand_in_server, image_files,
     for block, classes in zip(blocks, top5):
         printed = re.findall(r"^\s+[\d.]+%\s+(.+)$", block, re.M)
         assert printed == [LABELS[index] for index in classes]
-    # The client's body is README's body.
+    # The client's body is the body of docs/serving.md.
     client = load_client(repo_root)
     assert client.request_body([paths[0]])["instances"] == readme_rest_body(
         repo_root, paths[0])["instances"]
@@ -492,7 +492,7 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
 
 def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files, runner, tmp_path,
                                             python, repo_root):
-    """README's gRPC snippet against a stand-in PredictionService that answers through the
+    """docs/serving.md's gRPC snippet against a stand-in PredictionService that answers through the
     C++ loader (only the port differs from the snippet)."""
     from concurrent import futures
 
@@ -515,7 +515,7 @@ def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files,
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        readme = (repo_root / "README.md").read_text()
+        readme = (repo_root / "docs" / "serving.md").read_text()
         snippet = re.search(r"```python\n(import grpc.*?)```", readme, re.S).group(1)
         (tmp_path / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
         result = subprocess.run(
