@@ -1,6 +1,6 @@
-"""README's shell blocks name only scripts and flags that exist: every command that runs a
-project script (directly, through Docker, or as a console script) is checked against that
-script's own --help."""
+"""The shell blocks of README.md and docs/*.md name only scripts and flags that exist: every
+command that runs a project script (directly, through Docker, or as a console script) is
+checked against that script's own --help."""
 
 import functools
 import json
@@ -18,9 +18,14 @@ CONSOLE_SCRIPTS = {"alexnet-train": "train.py", "alexnet-evaluate": "evaluate.py
 SUBCOMMAND_SCRIPTS = {"data/validate_data.py"}
 
 
-def readme_commands(repo_root):
-    """Each shell command of README's ```sh blocks, continuation lines joined, comments off."""
-    text = (repo_root / "README.md").read_text()
+def documentation_files(repo_root):
+    """README.md and the pages of docs/."""
+    return [repo_root / "README.md", *sorted((repo_root / "docs").glob("*.md"))]
+
+
+def shell_commands(markdown_file):
+    """Each shell command of the file's ```sh blocks, continuation lines joined, comments off."""
+    text = markdown_file.read_text()
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -30,10 +35,11 @@ def readme_commands(repo_root):
     return commands
 
 
-def script_invocations(repo_root):
-    """(script, subcommand or None, [flags]) for every README command that runs one."""
+def script_invocations(markdown_file):
+    """(script, subcommand or None, [flags], command, arguments) for every command of the
+    file that runs one."""
     found = []
-    for command in readme_commands(repo_root):
+    for command in shell_commands(markdown_file):
         try:
             words = shlex.split(command)
         except ValueError:
@@ -60,29 +66,34 @@ def help_text(repo_root, python, script, subcommand):
     return result.stdout
 
 
-def test_readme_commands_name_existing_scripts_and_flags(repo_root, python):
-    invocations = script_invocations(repo_root)
-    scripts = {invocation[0] for invocation in invocations}
-    # The path a new user follows is all there.
+def test_documented_commands_name_existing_scripts_and_flags(repo_root, python):
+    # The path a new user follows is all there, in README itself.
     assert {"data/build_tfrecords.py", "data/validate_data.py", "train.py", "evaluate.py",
-            "export/export_model.py", "export/client.py"} <= scripts
+            "export/export_model.py", "export/client.py"} <= {
+        invocation[0] for invocation in script_invocations(repo_root / "README.md")}
     validate_data_arguments = []
-    for script, subcommand, flags, command, arguments in invocations:
-        assert (repo_root / script).is_file(), f"README runs {script}, which does not exist"
-        if script in SUBCOMMAND_SCRIPTS:
-            validate_data_arguments.append(arguments)
-            continue
-        text = help_text(repo_root, python, script, subcommand)
-        for flag in flags:
-            assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", text), (
-                f"README's `{command}` passes {flag}, which `{script} --help` does not list")
+    files_with_commands = set()
+    for markdown_file in documentation_files(repo_root):
+        name = markdown_file.relative_to(repo_root).as_posix()
+        for script, subcommand, flags, command, arguments in script_invocations(markdown_file):
+            files_with_commands.add(name)
+            assert (repo_root / script).is_file(), f"{name} runs {script}, which does not exist"
+            if script in SUBCOMMAND_SCRIPTS:
+                validate_data_arguments.append(arguments)
+                continue
+            text = help_text(repo_root, python, script, subcommand)
+            for flag in flags:
+                assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", text), (
+                    f"{name}'s `{command}` passes {flag}, which `{script} --help` does not list")
+    assert {"README.md", "docs/data.md", "docs/validation.md", "docs/docker.md"} <= (
+        files_with_commands)
     assert validate_data_arguments
     check_validate_data_arguments(repo_root, validate_data_arguments)
 
 
 def check_validate_data_arguments(repo_root, argument_lists):
     """data/validate_data.py takes its own flags, and passes every other one to Apache Beam
-    if Beam knows it: its own parser and Beam check each README command's arguments, as a
+    if Beam knows it: its own parser and Beam check each documented command's arguments, as a
     run would (one process, since importing Beam takes seconds)."""
     code = ("import json, sys; sys.path.insert(0, 'data'); import validate_data as script\n"
             "for arguments in json.loads(sys.argv[1]):\n"
