@@ -74,6 +74,15 @@ def test_the_architecture_checks_can_fail():
         "alexnet_keras/gone.py"]
 
 
+def test_readme_starts_with_the_two_commands():
+    """On a fresh machine README's first commands are these two, and nothing before them."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    first_block = re.search(r"```(\w*)\n(.*?)```", readme, re.S)
+    assert first_block.group(1) == "sh"
+    commands = [line.split("#", 1)[0].strip() for line in first_block.group(2).splitlines()]
+    assert commands == ["make demo", "make test"]
+
+
 def test_relative_links_lead_to_existing_files(tmp_path):
     files = documentation_files(REPO_ROOT)
     assert REPO_ROOT / ARCHITECTURE in files
