@@ -1,0 +1,685 @@
+"""Caffe's published bvlc_alexnet weights as one of our models.
+
+    python import_weights.py --weights bvlc_alexnet.caffemodel --output bvlc_alexnet.keras
+
+Reads a Caffe `.caffemodel` (a binary `caffe.NetParameter`, in either encoding: the current
+`layer` field 100 or the legacy V1 `layers` field 2) with a protobuf wire-format reader of its
+own, or caffe-tensorflow's `bvlc_alexnet.npy` (a pickled dict, read by an unpickler that
+builds numpy arrays, dicts, lists, tuples and strings and nothing else). Checks what the file
+says against bvlc_alexnet, layer by layer, and builds our model with Caffe's numbers
+(`LRN_CAFFE`, biases 0.1), taking RGB pixels in [0, 255] like every model of ours: conv1's
+input channels are reversed (Caffe's weights expect BGR), the mean is subtracted inside the
+model and fc6's kernel is reordered from Caffe's C,H,W flattening to our H,W,C.
+
+Field numbers are those of BVLC/caffe's `src/caffe/proto/caffe.proto`.
+"""
+
+import io
+import mmap
+import pathlib
+import pickle
+import struct
+
+import numpy as np
+
+from alexnet_keras import files
+from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet
+
+# Caffe's classifier averages ilsvrc_2012_mean.npy (3 x 256 x 256) per channel: B, G, R.
+ILSVRC_2012_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
+NUM_CLASSES = 1000
+BIAS_INIT = 0.1  # Caffe's bvlc_alexnet: recorded in the model's config, for fine-tuning
+POOL_SIZE, POOL_STRIDE = 3, 2
+POOL5_SIZE = 6  # pool5's height and width at 227x227
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class WeightsError(ValueError):
+    """A weights file we cannot or will not import: the message says which and why."""
+
+
+# === bvlc_alexnet, as its train_val.prototxt describes it ===
+
+# (name, Caffe type, parameters): the layers that compute, in order; ReLU, dropout, data,
+# accuracy and loss layers are checked or skipped separately.
+def reference_layers(width_multiplier=1.0, num_classes=NUM_CLASSES):
+    """bvlc_alexnet's computing layers in order: (name, kind, parameters, blob shapes)."""
+    widths = {name: int(round(channels * width_multiplier)) for name, channels in
+              (("conv1", 96), ("conv2", 256), ("conv3", 384), ("conv4", 384),
+               ("conv5", 256), ("fc6", 4096), ("fc7", 4096))}
+    widths["fc8"] = num_classes
+
+    def conv(name, inputs, kernel, stride, pad, group):
+        out = widths[name]
+        return (name, "Convolution",
+                {"num_output": out, "kernel": kernel, "stride": stride, "pad": pad,
+                 "group": group},
+                [(out, inputs // group, kernel, kernel), (out,)])
+
+    def fc(name, inputs):
+        out = widths[name]
+        return (name, "InnerProduct", {"num_output": out}, [(out, inputs), (out,)])
+
+    lrn = {"local_size": 2 * LRN_CAFFE["depth_radius"] + 1, "alpha": 1e-4,
+           "beta": LRN_CAFFE["beta"], "k": LRN_CAFFE["bias"]}
+    pool = {"pool": "MAX", "kernel": POOL_SIZE, "stride": POOL_STRIDE, "pad": 0}
+    return [
+        conv("conv1", 3, 11, 4, 0, 1),
+        ("norm1", "LRN", lrn, []),
+        ("pool1", "Pooling", pool, []),
+        conv("conv2", widths["conv1"], 5, 1, 2, GROUPS),
+        ("norm2", "LRN", lrn, []),
+        ("pool2", "Pooling", pool, []),
+        conv("conv3", widths["conv2"], 3, 1, 1, 1),
+        conv("conv4", widths["conv3"], 3, 1, 1, GROUPS),
+        conv("conv5", widths["conv4"], 3, 1, 1, GROUPS),
+        ("pool5", "Pooling", pool, []),
+        fc("fc6", widths["conv5"] * POOL5_SIZE * POOL5_SIZE),
+        fc("fc7", widths["fc6"]),
+        fc("fc8", widths["fc7"]),
+    ]
+
+
+RELU_AFTER = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+# Layers of a train_val net that hold no weights and do not change what fc8 computes at test
+# time: skipped. ReLU is checked to sit where the model applies it.
+SKIPPED_TYPES = {"Data", "ImageData", "Input", "DummyData", "MemoryData", "HDF5Data",
+                 "WindowData", "Dropout", "Accuracy", "SoftmaxWithLoss", "Softmax", "Silence",
+                 "Split"}
+# V1LayerParameter.type, the enum of the legacy encoding (caffe.proto's V1 LayerType).
+V1_TYPES = {1: "Accuracy", 4: "Convolution", 5: "Data", 6: "Dropout", 12: "ImageData",
+            14: "InnerProduct", 15: "LRN", 17: "Pooling", 18: "ReLU", 20: "Softmax",
+            21: "SoftmaxWithLoss", 22: "Split", 24: "WindowData", 29: "MemoryData",
+            32: "DummyData", 36: "Silence", 9: "HDF5Data"}
+V1_TYPE_NAMES = {3: "Concat", 8: "Flatten", 25: "Eltwise", 19: "Sigmoid", 23: "TanH",
+                 35: "AbsVal", 26: "Power", 33: "Slice", 34: "MVN", 39: "Deconvolution"}
+
+
+# === The protobuf wire format ===
+
+
+def _varint(data, position, end):
+    result = shift = 0
+    while True:
+        if position >= end:
+            raise WeightsError("the file ends inside a field: truncated, or not a Caffe model")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise WeightsError("a malformed number: not a Caffe model")
+
+
+def _fields(data, start, end):
+    """Yields (field number, wire type, value) of the message in data[start:end]: an int for
+    varints, (start, end) offsets for length-delimited fields, raw bytes for fixed ones."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WeightsError("a field numbered 0: not a Caffe model")
+        if wire_type == 0:
+            value, position = _varint(data, position, end)
+        elif wire_type == 2:
+            length, position = _varint(data, position, end)
+            if position + length > end:
+                raise WeightsError("a field runs past the end of its message: the file is "
+                                   "truncated, or not a Caffe model")
+            value, position = (position, position + length), position + length
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            if position + size > end:
+                raise WeightsError("the file ends inside a field: truncated, or not a Caffe "
+                                   "model")
+            value, position = bytes(data[position:position + size]), position + size
+        else:
+            raise WeightsError(f"wire type {wire_type} (field {number}) does not occur in "
+                               f"Caffe models: not a Caffe model, or a damaged one")
+        yield number, wire_type, value
+
+
+def _string(data, span):
+    try:
+        return bytes(data[span[0]:span[1]]).decode()
+    except UnicodeDecodeError:
+        raise WeightsError("a layer name or type that is not text: not a Caffe model") from None
+
+
+def _packed_varints(data, wire_type, value):
+    if wire_type == 0:
+        return [value]
+    if wire_type != 2:
+        raise WeightsError("a malformed integer field: not a Caffe model")
+    position, end = value
+    numbers = []
+    while position < end:
+        number, position = _varint(data, position, end)
+        numbers.append(number)
+    return numbers
+
+
+def _float(wire_type, value):
+    if wire_type != 5:
+        raise WeightsError("a malformed float field: not a Caffe model")
+    return struct.unpack("<f", value)[0]
+
+
+def _message(data, span, fields):
+    """Parses a small parameter message: `fields` maps numbers to (name, kind), kind in
+    "int", "ints" (repeated), "float"; other fields are ignored."""
+    parsed = {}
+    for number, wire_type, value in _fields(data, *span):
+        if number not in fields:
+            continue
+        name, kind = fields[number]
+        if kind == "float":
+            parsed[name] = _float(wire_type, value)
+        elif kind == "ints":
+            parsed.setdefault(name, []).extend(_packed_varints(data, wire_type, value))
+        else:
+            parsed[name] = _packed_varints(data, wire_type, value)[-1]
+    return parsed
+
+
+_CONVOLUTION_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"), 3: ("pad", "ints"),
+                       4: ("kernel_size", "ints"), 5: ("group", "int"), 6: ("stride", "ints"),
+                       9: ("pad_h", "int"), 10: ("pad_w", "int"), 11: ("kernel_h", "int"),
+                       12: ("kernel_w", "int"), 13: ("stride_h", "int"),
+                       14: ("stride_w", "int"), 18: ("dilation", "ints")}
+_POOLING_FIELDS = {1: ("pool", "int"), 2: ("kernel_size", "int"), 3: ("stride", "int"),
+                   4: ("pad", "int"), 5: ("kernel_h", "int"), 6: ("kernel_w", "int"),
+                   7: ("stride_h", "int"), 8: ("stride_w", "int"), 9: ("pad_h", "int"),
+                   10: ("pad_w", "int"), 12: ("global_pooling", "int")}
+_LRN_FIELDS = {1: ("local_size", "int"), 2: ("alpha", "float"), 3: ("beta", "float"),
+               4: ("norm_region", "int"), 5: ("k", "float")}
+_INNER_PRODUCT_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"),
+                         5: ("axis", "int"), 6: ("transpose", "int")}
+_POOL_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
+
+# Field numbers of LayerParameter (current) and V1LayerParameter (legacy).
+_CURRENT = {"name": 1, "type": 2, "bottom": 3, "top": 4, "blobs": 7, "convolution": 106,
+            "inner_product": 117, "lrn": 118, "pooling": 121}
+_LEGACY = {"name": 4, "type": 5, "bottom": 2, "top": 3, "blobs": 6, "convolution": 10,
+           "inner_product": 17, "lrn": 18, "pooling": 19}
+_PARAMETER_FIELDS = {"convolution": _CONVOLUTION_FIELDS, "inner_product": _INNER_PRODUCT_FIELDS,
+                     "lrn": _LRN_FIELDS, "pooling": _POOLING_FIELDS}
+
+
+def _blob(data, span, layer_name):
+    """A BlobProto as a float32 array viewing `data` (no copy), in its stated shape."""
+    shape, legacy, values = None, {}, None
+    for number, wire_type, value in _fields(data, *span):
+        if number == 7 and wire_type == 2:  # shape: BlobShape, dim = 1 (packed int64)
+            shape = []
+            for dim_number, dim_type, dim_value in _fields(data, *value):
+                if dim_number == 1:
+                    shape.extend(_packed_varints(data, dim_type, dim_value))
+        elif number in (1, 2, 3, 4):  # num, channels, height, width
+            legacy[number] = _packed_varints(data, wire_type, value)[-1]
+        elif number in (5, 8):  # data (packed float), double_data (packed double)
+            if wire_type != 2:
+                raise WeightsError(f"layer {layer_name}: blob values not in packed form, "
+                                   f"which Caffe never writes")
+            start, end = value
+            dtype = np.dtype("<f4" if number == 5 else "<f8")
+            if (end - start) % dtype.itemsize:
+                raise WeightsError(f"layer {layer_name}: a blob's data is not a whole number "
+                                   f"of values: a damaged file")
+            values = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
+    if shape is None:
+        shape = [legacy.get(number, 1) for number in (1, 2, 3, 4)] if legacy else []
+    if values is None:
+        values = np.zeros(0, np.float32)
+    if int(np.prod(shape, dtype=np.int64)) != values.size:
+        raise WeightsError(f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
+                           f"{values.size} values: the file is truncated or damaged")
+    return values.reshape(shape)
+
+
+def _layer(data, span, fields):
+    name, kind, bottoms, tops, blobs, parameters = None, None, [], [], [], {}
+    blob_spans, parameter_spans = [], {}
+    for number, wire_type, value in _fields(data, *span):
+        if number == fields["name"] and wire_type == 2:
+            name = _string(data, value)
+        elif number == fields["type"]:
+            if fields is _LEGACY:
+                if wire_type != 0:
+                    raise WeightsError("a layer type that is not an enum: not a Caffe model")
+                kind = V1_TYPES.get(value) or V1_TYPE_NAMES.get(value) or f"V1 type {value}"
+            elif wire_type == 2:
+                kind = _string(data, value)
+        elif number == fields["bottom"] and wire_type == 2:
+            bottoms.append(_string(data, value))
+        elif number == fields["top"] and wire_type == 2:
+            tops.append(_string(data, value))
+        elif number == fields["blobs"] and wire_type == 2:
+            blob_spans.append(value)
+        elif fields is _LEGACY and number == 1 and wire_type == 2:
+            raise WeightsError("a V0 Caffe model (2013 format): upgrade it first with Caffe's "
+                               "upgrade_net_proto_binary")
+        else:
+            for parameter, parameter_number in fields.items():
+                if parameter in _PARAMETER_FIELDS and number == parameter_number:
+                    if wire_type != 2:
+                        raise WeightsError("a malformed layer parameter: not a Caffe model")
+                    parameter_spans[parameter] = value
+    name = name or "(unnamed)"
+    blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
+    for parameter, parameter_span in parameter_spans.items():
+        parameters = _message(data, parameter_span, _PARAMETER_FIELDS[parameter])
+    return {"name": name, "type": kind or "(no type)", "bottom": bottoms, "top": tops,
+            "blobs": blobs, "parameters": parameters}
+
+
+def read_caffemodel(data):
+    """The layers of a binary NetParameter (bytes or a buffer), in file order: dicts with
+    name, type, bottom, top, blobs (float arrays viewing `data`) and parameters. Returns
+    (layers, encoding), encoding "layer" (current) or "layers" (legacy V1)."""
+    current, legacy = [], []
+    for number, wire_type, value in _fields(data, 0, len(data)):
+        if number == 100 and wire_type == 2:
+            current.append(value)
+        elif number == 2 and wire_type == 2:
+            legacy.append(value)
+    if current and legacy:
+        raise WeightsError("the file mixes Caffe's two layer encodings (layer and layers): "
+                           "not a model Caffe wrote")
+    if not current and not legacy:
+        raise WeightsError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
+    fields, spans = (_CURRENT, current) if current else (_LEGACY, legacy)
+    return [_layer(data, span, fields) for span in spans], ("layer" if current else "layers")
+
+
+# === Checking a Caffe net against bvlc_alexnet ===
+
+
+def _pair(parameters, single, height, width, default):
+    values = parameters.get(single)
+    if isinstance(values, list):
+        values = values or [default]
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2:
+            raise WeightsError(f"{single} has {len(values)} values: not a 2-D layer")
+        pair = tuple(values)
+    else:
+        pair = (values if values is not None else default,) * 2
+    if height in parameters or width in parameters:
+        pair = (parameters.get(height, pair[0]), parameters.get(width, pair[1]))
+    return pair
+
+
+def _described(name, kind, parameters):
+    """What the file says a layer computes, in the reference's terms."""
+    if kind == "Convolution":
+        kernel = _pair(parameters, "kernel_size", "kernel_h", "kernel_w", None)
+        stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
+        pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
+        if set(parameters.get("dilation", [1])) != {1}:
+            raise WeightsError(f"layer {name}: dilation {parameters['dilation']}, bvlc_alexnet "
+                               f"has none")
+        if not parameters.get("bias_term", 1):
+            raise WeightsError(f"layer {name}: no bias term, bvlc_alexnet has one")
+        return {"num_output": parameters.get("num_output"),
+                "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
+                "stride": stride[0] if stride[0] == stride[1] else stride,
+                "pad": pad[0] if pad[0] == pad[1] else pad,
+                "group": parameters.get("group", 1)}
+    if kind == "InnerProduct":
+        if not parameters.get("bias_term", 1):
+            raise WeightsError(f"layer {name}: no bias term, bvlc_alexnet has one")
+        if parameters.get("transpose", 0):
+            raise WeightsError(f"layer {name}: transposed weights, bvlc_alexnet's are not")
+        if parameters.get("axis", 1) != 1:
+            raise WeightsError(f"layer {name}: axis {parameters['axis']}, bvlc_alexnet's is 1")
+        return {"num_output": parameters.get("num_output")}
+    if kind == "LRN":
+        if parameters.get("norm_region", 0) != 0:
+            raise WeightsError(f"layer {name}: LRN within channels, bvlc_alexnet normalizes "
+                               f"across channels")
+        return {"local_size": parameters.get("local_size", 5),
+                "alpha": parameters.get("alpha", 1.0), "beta": parameters.get("beta", 0.75),
+                "k": parameters.get("k", 1.0)}
+    if kind == "Pooling":
+        if parameters.get("global_pooling", 0):
+            raise WeightsError(f"layer {name}: global pooling, bvlc_alexnet's is 3x3 stride 2")
+        kernel = _pair(parameters, "kernel_size", "kernel_h", "kernel_w", None)
+        stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
+        pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
+        return {"pool": _POOL_METHODS.get(parameters.get("pool", 0), "unknown"),
+                "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
+                "stride": stride[0] if stride[0] == stride[1] else stride,
+                "pad": pad[0] if pad[0] == pad[1] else pad}
+    return {}
+
+
+def _differences(expected, actual):
+    differences = []
+    for key, value in expected.items():
+        found = actual.get(key)
+        if isinstance(value, float):
+            same = found is not None and abs(found - value) <= 1e-6 * max(abs(value), 1e-30)
+        else:
+            same = found == value
+        if not same:
+            differences.append(f"{key} {found} (bvlc_alexnet: {value})")
+    return differences
+
+
+def _blob_as(blob, shape, layer_name, what):
+    """The blob in the reference's shape; Caffe's legacy 4-D blobs pad with leading 1s."""
+    actual = tuple(blob.shape)
+    extra = len(actual) - len(shape)
+    if actual == tuple(shape) or (extra > 0 and actual[extra:] == tuple(shape)
+                                  and all(size == 1 for size in actual[:extra])):
+        return blob.reshape(shape)
+    raise WeightsError(f"layer {layer_name}: {what} of shape {actual}, bvlc_alexnet's is "
+                       f"{tuple(shape)}")
+
+
+def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
+    """Checks a Caffe net's layers against bvlc_alexnet; returns {layer: (weights, biases)}
+    in Caffe's layouts. Raises WeightsError naming the layer and the difference."""
+    reference = reference_layers(width_multiplier, num_classes)
+    expected_names = [name for name, *_ in reference]
+    computing = [layer for layer in layers if layer["type"] not in SKIPPED_TYPES
+                 and layer["type"] != "ReLU"]
+    names = [layer["name"] for layer in computing]
+    by_name = {}
+    for layer in computing:
+        if layer["name"] in by_name:
+            raise WeightsError(f"two layers named {layer['name']}: not bvlc_alexnet")
+        by_name[layer["name"]] = layer
+    for name in names:
+        if name not in expected_names:
+            layer = by_name[name]
+            raise WeightsError(f"layer {name} ({layer['type']}) is not in bvlc_alexnet: "
+                               f"another network")
+    for name in expected_names:
+        if name not in by_name:
+            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has {', '.join(expected_names)}")
+    if names != expected_names:
+        if names.index("pool1") < names.index("norm1") or names.index("pool2") < names.index("norm2"):
+            raise WeightsError("layer norm1 comes after pool1: this is CaffeNet "
+                               "(bvlc_reference_caffenet, pooling before normalization), not "
+                               "bvlc_alexnet, which normalizes before pooling")
+        first = next(index for index, (a, b) in enumerate(zip(names, expected_names)) if a != b)
+        raise WeightsError(f"layer {names[first]} comes where bvlc_alexnet has "
+                           f"{expected_names[first]}: the layer order is "
+                           f"{', '.join(names)}, bvlc_alexnet's is {', '.join(expected_names)}")
+    relu_inputs = {layer["bottom"][0] for layer in layers
+                   if layer["type"] == "ReLU" and layer["bottom"]}
+    weights = {}
+    for name, kind, expected, shapes in reference:
+        layer = by_name[name]
+        if layer["type"] != kind:
+            raise WeightsError(f"layer {name} is a {layer['type']} layer, bvlc_alexnet's is a "
+                               f"{kind} layer")
+        tops = layer["top"] or [name]
+        has_relu = tops[0] in relu_inputs
+        if has_relu != (name in RELU_AFTER):
+            raise WeightsError(f"layer {name}: {'a' if has_relu else 'no'} ReLU after it, "
+                               f"bvlc_alexnet has {'none' if has_relu else 'one'}")
+        differences = _differences(expected, _described(name, kind, layer["parameters"]))
+        if differences:
+            raise WeightsError(f"layer {name}: {'; '.join(differences)}")
+        if len(layer["blobs"]) != len(shapes):
+            raise WeightsError(f"layer {name} holds {len(layer['blobs'])} blobs, bvlc_alexnet's "
+                               f"holds {len(shapes)}")
+        if shapes:
+            weights[name] = (_blob_as(layer["blobs"][0], shapes[0], name, "weights"),
+                             _blob_as(layer["blobs"][1], shapes[1], name, "biases"))
+    return weights
+
+
+# === caffe-tensorflow's bvlc_alexnet.npy ===
+
+
+def _reconstruct_array(*arguments):
+    return np._core.multiarray._reconstruct(*arguments)
+
+
+def _encode_latin1(text, encoding="latin1"):
+    # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise WeightsError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
+    return text.encode("latin1")
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and dtypes (with the dicts, lists, tuples and strings around them)
+    and refuses every other callable a pickle may name: unpickling runs whatever it names."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _encode_latin1,
+    }
+
+    def find_class(self, module, name):
+        allowed = self.ALLOWED.get((module, name))
+        if allowed is None:
+            raise WeightsError(f"the pickle calls {module}.{name}, which a weights file has no "
+                               f"need of: refused, nothing was run")
+        return allowed
+
+
+def read_npy_weights(path):
+    """caffe-tensorflow's .npy: {layer: [weights, biases]} (or {layer: {"weights", "biases"}}),
+    unpickled without running any code the file names."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        except ValueError as error:
+            raise WeightsError(f"not a readable .npy file: {error}") from None
+        if dtype != np.dtype(object) or shape != ():
+            raise WeightsError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
+                               f"bvlc_alexnet.npy")
+        try:
+            # Python 2's str (the arrays' bytes, the dict's keys) as numpy.load reads it.
+            loaded = _WeightsUnpickler(handle, encoding="latin1").load()
+        except WeightsError:
+            raise
+        except Exception as error:  # a damaged pickle fails in many ways
+            raise WeightsError(f"the pickle in the .npy file cannot be read ({error}): "
+                               f"truncated or damaged") from None
+    if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
+        loaded = loaded.item()
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's "
+                           f"dict of layers")
+    weights = {}
+    for name, value in loaded.items():
+        name = name.decode("latin1") if isinstance(name, bytes) else str(name)
+        if isinstance(value, dict):
+            value = [value.get("weights"), value.get("biases")]
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(item, np.ndarray) for item in value)):
+            raise WeightsError(f"layer {name}: not a pair of arrays (weights, biases)")
+        weights[name] = tuple(value)
+    return weights
+
+
+def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
+    """Checks caffe-tensorflow's arrays against bvlc_alexnet's shapes (conv kernels HWIO with
+    per-group inputs, fc kernels (inputs, outputs)); returns them in Caffe's layouts, fc6's
+    inputs back in C,H,W order, so that one conversion serves both formats."""
+    expected = {name: shapes for name, _, _, shapes in reference_layers(width_multiplier,
+                                                                        num_classes) if shapes}
+    for name in weights:
+        if name not in expected:
+            raise WeightsError(f"layer {name} is not in bvlc_alexnet: another network")
+    caffe = {}
+    for name, (weight_shape, bias_shape) in expected.items():
+        if name not in weights:
+            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has "
+                               f"{', '.join(expected)}")
+        kernel, bias = weights[name]
+        if len(weight_shape) == 4:
+            out, inputs, height, width = weight_shape
+            kernel = _blob_as(kernel, (height, width, inputs, out), name, "weights")
+            kernel = kernel.transpose(3, 2, 0, 1)
+        else:
+            out, inputs = weight_shape
+            kernel = _blob_as(kernel, (inputs, out), name, "weights")
+            if name == "fc6":  # rows in H,W,C order here: back to Caffe's C,H,W
+                channels = inputs // (POOL5_SIZE * POOL5_SIZE)
+                kernel = kernel.reshape(POOL5_SIZE, POOL5_SIZE, channels, out).transpose(
+                    2, 0, 1, 3).reshape(inputs, out)
+            kernel = kernel.T
+        caffe[name] = (kernel, _blob_as(bias, bias_shape, name, "biases"))
+    return caffe
+
+
+# === Means and class names ===
+
+
+def read_mean_file(path):
+    """A B,G,R mean from Caffe's ilsvrc_2012_mean.npy (read without pickle) or a
+    .binaryproto (a BlobProto): per-pixel means (3 x H x W) averaged per channel."""
+    path = pathlib.Path(path)
+    data = _read_bytes(path, "--mean_file")
+    if data.startswith(NPY_MAGIC):
+        try:
+            mean = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as error:
+            raise WeightsError(f"--mean_file {path}: not a numeric .npy array ({error})") from None
+    else:
+        mean = _blob(data, (0, len(data)), "mean")
+    mean = np.asarray(mean, np.float64)
+    while mean.ndim > 1 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim == 1 and mean.shape == (3,):
+        values = mean
+    elif mean.ndim == 3 and mean.shape[0] == 3:
+        values = mean.mean(axis=(1, 2))
+    else:
+        raise WeightsError(f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
+                           f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)")
+    if not np.all(np.isfinite(values)):
+        raise WeightsError(f"--mean_file {path}: the mean is not finite")
+    return tuple(float(value) for value in values)
+
+
+def read_class_names(path, num_classes=NUM_CLASSES):
+    """One name per line, in the order of the model's outputs (ILSVRC's synset_words.txt:
+    `n01440764 tench, Tinca tinca`)."""
+    path = pathlib.Path(path)
+    try:
+        names = [line.strip() for line in _read_bytes(path, "--class_names").decode()
+                 .splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise WeightsError(f"--class_names {path} is not UTF-8 text") from None
+    if len(names) != num_classes:
+        raise WeightsError(f"--class_names {path} has {len(names)} names, the model has "
+                           f"{num_classes} classes")
+    return names
+
+
+def _read_bytes(path, flag):
+    if not path.is_file():
+        raise WeightsError(f"{flag} {path} does not exist")
+    return path.read_bytes()
+
+
+# === Building the model ===
+
+
+def to_keras_weights(caffe_weights):
+    """Caffe's layouts -> our layers' weights: conv (out, in/group, kh, kw) -> (kh, kw,
+    in/group, out), conv1's input channels reversed (BGR -> RGB), fc (out, in) -> (in, out),
+    fc6's inputs from C,H,W to H,W,C order."""
+    keras_weights = {}
+    for name, (kernel, bias) in caffe_weights.items():
+        if kernel.ndim == 4:
+            kernel = kernel.transpose(2, 3, 1, 0)
+            if name == "conv1":
+                kernel = kernel[:, :, ::-1, :]
+        elif name == "fc6":
+            out, inputs = kernel.shape
+            channels = inputs // (POOL5_SIZE * POOL5_SIZE)
+            kernel = kernel.reshape(out, channels, POOL5_SIZE, POOL5_SIZE).transpose(
+                2, 3, 1, 0).reshape(inputs, out)
+        else:
+            kernel = kernel.T
+        keras_weights[name] = (np.ascontiguousarray(kernel, np.float32),
+                               np.ascontiguousarray(bias, np.float32))
+    return keras_weights
+
+
+def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
+                         width_multiplier=1.0):
+    """Our AlexNet with Caffe's constants, holding `caffe_weights` (Caffe's layouts)."""
+    num_classes = caffe_weights["fc8"][0].shape[0]
+    model = build_alexnet(num_classes=num_classes, width_multiplier=width_multiplier,
+                          bias_init=BIAS_INIT, lrn=LRN_CAFFE,
+                          rgb_mean=tuple(reversed(bgr_mean)), input_scale=1.0,
+                          name="bvlc_alexnet")
+    for name in WEIGHT_LAYERS:
+        # One layer at a time, so that only one converted copy is alive beside the file.
+        kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
+        model.get_layer(name).set_weights([kernel, bias])
+        del kernel, bias
+    if class_names is not None:
+        # In fc8's config: saved with the model, read back by serving.labels_for_model.
+        model.get_layer("fc8").set_class_names(class_names)
+    return model
+
+
+def describe_weights_file(path):
+    """'caffemodel' or 'npy', from the file's first bytes; WeightsError if neither."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise WeightsError("the file does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError("the file is empty")
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    return "npy" if head == NPY_MAGIC else "caffemodel"
+
+
+def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
+                   width_multiplier=1.0, num_classes=NUM_CLASSES):
+    """Reads, checks and converts a bvlc_alexnet file; writes the model to `output_path`
+    (a .keras file, atomically). Returns a short description of what was read."""
+    weights_path = pathlib.Path(weights_path)
+    kind = describe_weights_file(weights_path)
+    if kind == "npy":
+        caffe_weights = check_npy_layers(read_npy_weights(weights_path), width_multiplier,
+                                         num_classes)
+        source = "caffe-tensorflow .npy"
+        model = build_imported_model(caffe_weights, bgr_mean, class_names, width_multiplier)
+    else:
+        with open(weights_path, "rb") as handle:
+            # A read-only mapping: the blobs are views of the file, no copy of 233 MB.
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            layers, encoding = read_caffemodel(mapping)
+            caffe_weights = check_caffe_layers(layers, width_multiplier, num_classes)
+            del layers
+            source = (f"Caffe .caffemodel, {'current (layer)' if encoding == 'layer' else 'legacy V1 (layers)'} "
+                      f"encoding")
+            model = build_imported_model(caffe_weights, bgr_mean, class_names,
+                                         width_multiplier)
+            del caffe_weights
+        finally:
+            try:
+                mapping.close()
+            except BufferError:  # an array still views it: the mapping closes when freed
+                pass
+    with files.replaced_atomically(output_path) as temporary:
+        model.save(temporary)
+    return source, model
