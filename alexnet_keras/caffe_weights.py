@@ -620,18 +620,35 @@ def to_keras_weights(caffe_weights):
 
 
 def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
-                         width_multiplier=1.0):
-    """Our AlexNet with Caffe's constants, holding `caffe_weights` (Caffe's layouts)."""
+                         width_multiplier=1.0, release_source=None):
+    """Our AlexNet with Caffe's constants, holding `caffe_weights` (Caffe's layouts; each
+    layer's entry is dropped once converted). `release_source` is called after each layer's
+    conversion, before its weights are assigned."""
+    import keras
+    import tensorflow as tf
+
     num_classes = caffe_weights["fc8"][0].shape[0]
+    # Zeros, not random numbers: drawing 61 M of them would cost time and about three times
+    # their memory, for values overwritten at once.
     model = build_alexnet(num_classes=num_classes, width_multiplier=width_multiplier,
-                          bias_init=BIAS_INIT, lrn=LRN_CAFFE,
+                          bias_init=BIAS_INIT, kernel_init="zeros", lrn=LRN_CAFFE,
                           rgb_mean=tuple(reversed(bgr_mean)), input_scale=1.0,
                           name="bvlc_alexnet")
     for name in WEIGHT_LAYERS:
+        layer = model.get_layer(name)
         # One layer at a time, so that only one converted copy is alive beside the file.
         kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
-        model.get_layer(name).set_weights([kernel, bias])
+        if release_source is not None:
+            release_source()
+        # As a tensor before assigning, so that the NumPy copy is freed first: at most two
+        # copies of fc6's 151 MB exist at once.
+        kernel = tf.convert_to_tensor(kernel)
+        layer.kernel.assign(kernel)
+        layer.bias.assign(bias)
         del kernel, bias
+        # The config records the paper's initializer, as build_alexnet's default: a layer
+        # rebuilt from it (a fresh fc8 for fine-tuning) starts like one of ours.
+        layer.kernel_initializer = keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
     if class_names is not None:
         # In fc8's config: saved with the model, read back by serving.labels_for_model.
         model.get_layer("fc8").set_class_names(class_names)
@@ -672,8 +689,11 @@ def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, cla
             del layers
             source = (f"Caffe .caffemodel, {'current (layer)' if encoding == 'layer' else 'legacy V1 (layers)'} "
                       f"encoding")
-            model = build_imported_model(caffe_weights, bgr_mean, class_names,
-                                         width_multiplier)
+            # Pages of the mapping read so far count in the process's memory until dropped;
+            # the file stays in the page cache, so dropping them costs nothing.
+            model = build_imported_model(
+                caffe_weights, bgr_mean, class_names, width_multiplier,
+                release_source=lambda: mapping.madvise(mmap.MADV_DONTNEED))
             del caffe_weights
         finally:
             try:

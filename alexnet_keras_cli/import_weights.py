@@ -19,6 +19,7 @@ of its exports.
 """
 
 import argparse
+import math
 import sys
 import time
 
@@ -78,7 +79,8 @@ def main(argv=None):
     except (caffe_weights.WeightsError, OSError) as error:
         print(f"error: {args.weights}: {error}", file=sys.stderr)
         return 2
-    print(f"imported {args.weights} ({source}, {model.count_params():,} parameters) to "
+    weights = sum(math.prod(weight.shape) for weight in model.trainable_weights)
+    print(f"imported {args.weights} ({source}, {weights:,} weights) to "
           f"{args.output} in {time.perf_counter() - start:.1f} s")
     print(f"mean B,G,R: {', '.join(f'{value:.8g}' for value in bgr_mean)}; class names: "
           f"{args.class_names or 'none (exports will label answers with the class indices)'}")
