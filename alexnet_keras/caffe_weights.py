@@ -488,8 +488,9 @@ def read_npy_weights(path):
             raise WeightsError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
                                f"bvlc_alexnet.npy")
         try:
-            # Python 2's str (the arrays' bytes, the dict's keys) as numpy.load reads it.
-            loaded = _WeightsUnpickler(handle, encoding="latin1").load()
+            # Python 2 str (the arrays' data, the keys) as bytes: numpy then wraps the
+            # data without copying it, and the unpickler's memo holds no second copy.
+            loaded = _WeightsUnpickler(handle, encoding="bytes").load()
         except WeightsError:
             raise
         except Exception as error:  # a damaged pickle fails in many ways
@@ -515,7 +516,8 @@ def read_npy_weights(path):
 def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
     """Checks caffe-tensorflow's arrays against bvlc_alexnet's shapes (conv kernels HWIO with
     per-group inputs, fc kernels (inputs, outputs)); returns them in Caffe's layouts, fc6's
-    inputs back in C,H,W order, so that one conversion serves both formats."""
+    as (out, C, H, W), so that one conversion serves both formats. All are views: the
+    conversion back to our layouts copies nothing but conv1."""
     expected = {name: shapes for name, _, _, shapes in reference_layers(width_multiplier,
                                                                         num_classes) if shapes}
     for name in weights:
@@ -534,11 +536,12 @@ def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
         else:
             out, inputs = weight_shape
             kernel = _blob_as(kernel, (inputs, out), name, "weights")
-            if name == "fc6":  # rows in H,W,C order here: back to Caffe's C,H,W
+            if name == "fc6":  # rows in H,W,C order here: Caffe's (out, C, H, W), as a view
                 channels = inputs // (POOL5_SIZE * POOL5_SIZE)
                 kernel = kernel.reshape(POOL5_SIZE, POOL5_SIZE, channels, out).transpose(
-                    2, 0, 1, 3).reshape(inputs, out)
-            kernel = kernel.T
+                    3, 2, 0, 1)
+            else:
+                kernel = kernel.T
         caffe[name] = (kernel, _blob_as(bias, bias_shape, name, "biases"))
     return caffe
 
@@ -603,15 +606,15 @@ def to_keras_weights(caffe_weights):
     fc6's inputs from C,H,W to H,W,C order."""
     keras_weights = {}
     for name, (kernel, bias) in caffe_weights.items():
-        if kernel.ndim == 4:
-            kernel = kernel.transpose(2, 3, 1, 0)
-            if name == "conv1":
-                kernel = kernel[:, :, ::-1, :]
-        elif name == "fc6":
-            out, inputs = kernel.shape
+        if name == "fc6":  # (out, C*H*W), or (out, C, H, W) from the .npy
+            out, inputs = kernel.shape[0], kernel[0].size
             channels = inputs // (POOL5_SIZE * POOL5_SIZE)
             kernel = kernel.reshape(out, channels, POOL5_SIZE, POOL5_SIZE).transpose(
                 2, 3, 1, 0).reshape(inputs, out)
+        elif kernel.ndim == 4:
+            kernel = kernel.transpose(2, 3, 1, 0)
+            if name == "conv1":
+                kernel = kernel[:, :, ::-1, :]
         else:
             kernel = kernel.T
         keras_weights[name] = (np.ascontiguousarray(kernel, np.float32),

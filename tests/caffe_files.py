@@ -7,6 +7,7 @@ Written from caffe.proto's field numbers (BVLC/caffe `src/caffe/proto/caffe.prot
 pickle's opcodes, independently of the reader in alexnet_keras/caffe_weights.py.
 """
 
+import itertools
 import struct
 
 import numpy as np
@@ -210,10 +211,16 @@ def npy_layout(weights):
     return converted
 
 
+_memo = itertools.count()
+
+
 def _py2_string(data):
+    # Python 2's cPickle memoized every string (LONG_BINPUT): the unpickler keeps them all,
+    # the arrays' bytes included, until the load ends.
+    put = b"r" + struct.pack("<I", next(_memo))
     if len(data) < 256:
-        return b"U" + bytes([len(data)]) + data  # SHORT_BINSTRING
-    return b"T" + struct.pack("<i", len(data)) + data  # BINSTRING
+        return b"U" + bytes([len(data)]) + data + put  # SHORT_BINSTRING
+    return b"T" + struct.pack("<i", len(data)) + data + put  # BINSTRING
 
 
 def _py2_int(value):
