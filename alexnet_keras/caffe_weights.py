@@ -40,10 +40,9 @@ class WeightsError(ValueError):
 
 # === bvlc_alexnet, as its train_val.prototxt describes it ===
 
-# (name, Caffe type, parameters): the layers that compute, in order; ReLU, dropout, data,
-# accuracy and loss layers are checked or skipped separately.
 def reference_layers(width_multiplier=1.0, num_classes=NUM_CLASSES):
-    """bvlc_alexnet's computing layers in order: (name, kind, parameters, blob shapes)."""
+    """bvlc_alexnet's computing layers in order: (name, Caffe type, parameters, blob
+    shapes). ReLU is checked separately; data, dropout, accuracy and loss layers skipped."""
     widths = {name: int(round(channels * width_multiplier)) for name, channels in
               (("conv1", 96), ("conv2", 256), ("conv3", 384), ("conv4", 384),
                ("conv5", 256), ("fc6", 4096), ("fc7", 4096))}
@@ -403,12 +402,15 @@ def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
                                f"another network")
     for name in expected_names:
         if name not in by_name:
-            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has {', '.join(expected_names)}")
+            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has "
+                               f"{', '.join(expected_names)}")
     if names != expected_names:
-        if names.index("pool1") < names.index("norm1") or names.index("pool2") < names.index("norm2"):
-            raise WeightsError("layer norm1 comes after pool1: this is CaffeNet "
-                               "(bvlc_reference_caffenet, pooling before normalization), not "
-                               "bvlc_alexnet, which normalizes before pooling")
+        for index in (1, 2):
+            if names.index(f"pool{index}") < names.index(f"norm{index}"):
+                raise WeightsError(
+                    f"layer norm{index} comes after pool{index}: this is CaffeNet "
+                    f"(bvlc_reference_caffenet, pooling before normalization), not "
+                    f"bvlc_alexnet, which normalizes before pooling")
         first = next(index for index, (a, b) in enumerate(zip(names, expected_names)) if a != b)
         raise WeightsError(f"layer {names[first]} comes where bvlc_alexnet has "
                            f"{expected_names[first]}: the layer order is "
@@ -641,6 +643,9 @@ def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_nam
         layer = model.get_layer(name)
         # One layer at a time, so that only one converted copy is alive beside the file.
         kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
+        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+            raise WeightsError(f"layer {name} holds values that are not finite (NaN or "
+                               f"infinity): a damaged file")
         if release_source is not None:
             release_source()
         # As a tensor before assigning, so that the NumPy copy is freed first: at most two
@@ -674,7 +679,7 @@ def describe_weights_file(path):
 def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
                    width_multiplier=1.0, num_classes=NUM_CLASSES):
     """Reads, checks and converts a bvlc_alexnet file; writes the model to `output_path`
-    (a .keras file, atomically). Returns a short description of what was read."""
+    (a .keras file, atomically). Returns (what was read, in words; the model)."""
     weights_path = pathlib.Path(weights_path)
     kind = describe_weights_file(weights_path)
     if kind == "npy":
@@ -690,8 +695,9 @@ def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, cla
             layers, encoding = read_caffemodel(mapping)
             caffe_weights = check_caffe_layers(layers, width_multiplier, num_classes)
             del layers
-            source = (f"Caffe .caffemodel, {'current (layer)' if encoding == 'layer' else 'legacy V1 (layers)'} "
-                      f"encoding")
+            source = "Caffe .caffemodel, " + (
+                "current (layer) encoding" if encoding == "layer" else
+                "legacy V1 (layers) encoding")
             # Pages of the mapping read so far count in the process's memory until dropped;
             # the file stays in the page cache, so dropping them costs nothing.
             model = build_imported_model(

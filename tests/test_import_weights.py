@@ -266,6 +266,10 @@ def refusal_cases(weights, folder):
             name: value for name, value in weights.items() if name != "conv1"}),
             ["conv1", "missing"]),
     }
+    damaged = weights["fc7"][0].copy()
+    damaged[3, 5] = np.nan
+    cases["a NaN"] = (write_caffemodel(folder / "nan.caffemodel", _with(weights, "fc7", damaged)),
+                      ["fc7", "not finite"])
     whole = cases["caffenet"][0].with_name("whole.caffemodel")
     write_caffemodel(whole, weights)
     data = whole.read_bytes()
@@ -293,7 +297,8 @@ def refusals(weights, tmp_path_factory):
 @pytest.mark.parametrize("case", ["caffenet", "missing fc7", "conv3 shape", "paper's LRN",
                                   "ungrouped conv4", "average pooling", "npy fc6 shape",
                                   "npy missing conv1", "truncated", "empty", "random bytes",
-                                  "a text prototxt", "truncated npy", "a plain array"])
+                                  "a text prototxt", "truncated npy", "a plain array",
+                                  "a NaN"])
 def test_files_that_are_not_bvlc_alexnet_are_refused(case, refusals, tmp_path):
     path, words = refusals[case]
     output = tmp_path / "out.keras"
