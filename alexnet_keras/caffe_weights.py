@@ -643,7 +643,8 @@ def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_nam
         layer = model.get_layer(name)
         # One layer at a time, so that only one converted copy is alive beside the file.
         kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
-        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+        # min and max are NaN or infinite if any value is; no array of flags allocated
+        if not all(np.isfinite([kernel.min(), kernel.max(), bias.min(), bias.max()])):
             raise WeightsError(f"layer {name} holds values that are not finite (NaN or "
                                f"infinity): a damaged file")
         if release_source is not None:
