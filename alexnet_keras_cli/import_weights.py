@@ -68,8 +68,10 @@ def main(argv=None):
         bgr_mean = args.mean or caffe_weights.ILSVRC_2012_BGR_MEAN
         if args.mean_file:
             bgr_mean = caffe_weights.read_mean_file(args.mean_file)
-        class_names = (caffe_weights.read_class_names(args.class_names)
-                       if args.class_names else None)
+        class_names = None
+        if args.class_names:
+            class_names = caffe_weights.read_class_names(args.class_names,
+                                                         caffe_weights.NUM_CLASSES)
     except (caffe_weights.WeightsError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ bench/import_weights_memory.py: random weights (Caffe's layouts) written as a Ca
 caffe-tensorflow's `bvlc_alexnet.npy`, pickled the way Python 2 did.
 
 Written from caffe.proto's field numbers (BVLC/caffe `src/caffe/proto/caffe.proto`) and
-pickle's opcodes, independently of the reader in alexnet_keras/caffe_weights.py.
+pickle's opcodes, independently of the reader in alexnet_keras/weight_files.py.
 """
 
 import itertools
