@@ -288,7 +288,34 @@ class FullyConnected(keras.layers.Dense):
     """`keras.layers.Dense` (same weights, config and outputs) whose input gradient, when
     training, is computed in a layout TensorFlow's CPU kernels run faster: the paper
     network's training step is about 1.07x faster (bench/dense_gradient_speed.py). Inference
-    and exports are Keras' Dense unchanged."""
+    and exports are Keras' Dense unchanged.
+
+    `class_names` (optional, one per output unit) travel in the layer's config, so that a
+    saved model carries the names of its classes (imported ImageNet weights do); configs
+    without them load as before."""
+
+    def __init__(self, units, class_names=None, **kwargs):
+        super().__init__(units, **kwargs)
+        self._class_names = None
+        if class_names is not None:
+            self.set_class_names(class_names)
+
+    @property
+    def class_names(self):
+        """The names of the output units, or None."""
+        return None if self._class_names is None else list(self._class_names)
+
+    def set_class_names(self, class_names):
+        class_names = tuple(str(name) for name in class_names)
+        if len(class_names) != self.units:
+            raise ValueError(f"{len(class_names)} class names for {self.units} units")
+        self._class_names = class_names
+
+    def get_config(self):
+        config = super().get_config()
+        if self._class_names is not None:
+            config["class_names"] = list(self._class_names)
+        return config
 
     def call(self, inputs, training=None):
         if (not training or len(inputs.shape) != 2 or getattr(self, "lora_enabled", False)

@@ -20,7 +20,7 @@ from alexnet_keras.layers import (
 IMAGE_SIZE = 227
 MIN_IMAGE_SIZE = 227
 GROUPS = 2  # the paper's two-GPU split of conv2, conv4 and conv5
-KERNEL_INITIALIZERS = ("paper", "he_normal")
+KERNEL_INITIALIZERS = ("paper", "he_normal", "zeros")
 # Local response normalization constants in TensorFlow's terms (alpha not divided by the
 # window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
 # alpha 1e-4 divided by the window, beta 0.75, k 1.
@@ -50,7 +50,9 @@ def build_alexnet(
         on a CPU; 1.0 is the paper's network.
       bias_init: initial bias of conv2, conv4, conv5, fc6 and fc7. The paper uses 1.0;
         Caffe's reference model uses 0.1. The other biases start at 0.
-      kernel_init: "paper" (weights ~ N(0, 0.01)) or "he_normal".
+      kernel_init: "paper" (weights ~ N(0, 0.01)), "he_normal", or "zeros" for weights that
+        are set right after building (imported ones): no random numbers drawn, no memory
+        for them.
       rgb_mean: initial per-channel mean subtracted by the first layer (0-255 scale).
       input_scale: factor applied after the mean subtraction. The paper feeds raw centred
         pixel values (1.0) to N(0, 0.01) weights; He-initialised variants want about 1/64,
@@ -80,6 +82,8 @@ def build_alexnet(
     def kernel_initializer():
         if kernel_init == "paper":
             return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
+        if kernel_init == "zeros":
+            return keras.initializers.Zeros()
         return keras.initializers.HeNormal()
 
     def conv(layer_name, filters, kernel_size, bias, strides=1, padding="same", groups=1):

@@ -386,9 +386,10 @@ def _fsync_tree(root):
                 os.fsync(handle.fileno())
 
 
-def labels_for_model(model_path, labels_path=None, num_classes=None):
-    """Class names for an export: `labels_path` (one per line), else the labels.txt of the
-    data the model was trained on, as its run folder's run.json records; None when neither
+def labels_for_model(model_path, labels_path=None, num_classes=None, model=None):
+    """Class names for an export: `labels_path` (one per line), else the class names (or the
+    data folder's labels.txt) that its run folder's run.json records, else the names the
+    model carries itself (`model`'s fc8 config: imported ImageNet weights); None when none
     is known."""
     if labels_path:
         path = pathlib.Path(labels_path)
@@ -404,7 +405,12 @@ def labels_for_model(model_path, labels_path=None, num_classes=None):
             path = pathlib.Path(run["data_dir"]) / "labels.txt"
             if path.is_file():
                 return _read_labels(path)
-    return None
+    return model_class_names(model) if model is not None else None
+
+
+def model_class_names(model):
+    """The class names a model carries in its output layer's config, or None."""
+    return getattr(model.layers[-1], "class_names", None)
 
 
 def _read_labels(path):

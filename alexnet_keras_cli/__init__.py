@@ -1,7 +1,8 @@
 """The command-line entry points of alexnet-keras: `train.py`, `evaluate.py`,
-`data/build_tfrecords.py`, `data/make_synthetic.py` and `export/export_model.py` in a checkout,
-and the console scripts `alexnet-train`, `alexnet-evaluate`, `alexnet-build-tfrecords`,
-`alexnet-make-synthetic` and `alexnet-export` of an installed package call the same `main`.
+`data/build_tfrecords.py`, `data/make_synthetic.py`, `export/export_model.py` and
+`import_weights.py` in a checkout, and the console scripts `alexnet-train`,
+`alexnet-evaluate`, `alexnet-build-tfrecords`, `alexnet-make-synthetic`, `alexnet-export` and
+`alexnet-import-weights` of an installed package call the same `main`.
 
 Each module parses its arguments before importing TensorFlow, so `--help` and usage errors
 answer at once; nothing here imports TensorFlow or `alexnet_keras` at import time. The

@@ -26,9 +26,10 @@ def parse_args(argv=None):
                         help="the model's folder that TF Serving watches, e.g. exports/alexnet")
     parser.add_argument("--version", type=int,
                         help="version number to write (default: highest present + 1)")
-    parser.add_argument("--labels", help="class names, one per line (default: labels.txt of "
-                        "the data the model was trained on, found through the run folder's "
-                        "run.json; else the class indices)")
+    parser.add_argument("--labels", help="class names, one per line (default: the class "
+                        "names of the data the model was trained on, found through the run "
+                        "folder's run.json; else those the model carries, as imported "
+                        "ImageNet weights do; else the class indices)")
     parser.add_argument("--max_pixels", type=int, default=SERVING_MAX_PIXELS,
                         help="refuse images with more pixels than this, read from the image "
                         "header before decoding (default: %(default)s)")
@@ -51,7 +52,7 @@ def main(argv=None):
             raise serving.ExportError(f"--model {model_path} does not exist")
         model = keras.models.load_model(model_path)
         num_classes = model.output.shape[-1]
-        labels = serving.labels_for_model(model_path, args.labels)
+        labels = serving.labels_for_model(model_path, args.labels, model=model)
         if labels is None:
             print(f"no class names found for {model_path} (pass --labels): the labels are the "
                   f"class indices")

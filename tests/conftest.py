@@ -43,6 +43,14 @@ def synthetic_records(tmp_path_factory):
     return root / "records"
 
 
+@pytest.fixture(scope="session")
+def runner(tmp_path_factory):
+    """TensorFlow Serving's loader in a process of its own (tf_serving_standin.py)."""
+    from tf_serving_standin import build_runner
+
+    return build_runner(tmp_path_factory.mktemp("runner"))
+
+
 # Processes to start = slow: `make test-fast` leaves out every test that takes the `python`
 # fixture (it runs the scripts in subprocesses) or the `runner` fixture (the C++ serving
 # stand-in), besides the tests marked slow by hand (in-process training).

@@ -14,7 +14,8 @@ import alexnet_keras_cli
 from alexnet_keras import build_alexnet, config, serving, synthetic, tfrecords
 
 SCRIPTS = ["train.py", "evaluate.py", "data/build_tfrecords.py", "data/make_synthetic.py",
-           "export/export_model.py", "export/predict.py", "export/client.py"]
+           "export/export_model.py", "export/predict.py", "export/client.py",
+           "import_weights.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

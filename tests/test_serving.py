@@ -22,17 +22,12 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import serving
-from tf_serving_standin import build_runner, rest_body_to_tensors, rest_response, run_signature
+from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
 
 NUM_CLASSES = 10
 LABELS = ["circle", "square", "crème brûlée", "star", "cross", "ring", "stripes",
           "checkerboard", "crescent", "dots"]
 GIB = 1024**3
-
-
-@pytest.fixture(scope="session")
-def runner(tmp_path_factory):
-    return build_runner(tmp_path_factory.mktemp("runner"))
 
 
 def save_model(path, seed=7, policy="float32"):

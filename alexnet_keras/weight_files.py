@@ -1,0 +1,368 @@
+"""What a bvlc_alexnet weights file says, read without running anything it contains: Caffe's
+binary `NetParameter` (`.caffemodel`, both layer encodings) by a protobuf wire-format reader of
+our own, caffe-tensorflow's pickled `.npy` by an unpickler that builds numpy arrays and
+nothing else, Caffe's mean files, and class-name lists. alexnet_keras/caffe_weights.py checks
+and converts what these return.
+
+Field numbers are those of BVLC/caffe's `src/caffe/proto/caffe.proto`.
+"""
+
+import io
+import pathlib
+import pickle
+import struct
+
+import numpy as np
+
+try:  # numpy 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class WeightsError(ValueError):
+    """A weights file we cannot or will not import: the message says which and why."""
+
+
+# === The protobuf wire format ===
+
+# V1LayerParameter.type, the enum of the legacy encoding (caffe.proto's V1 LayerType).
+V1_TYPES = {1: "Accuracy", 4: "Convolution", 5: "Data", 6: "Dropout", 12: "ImageData",
+            14: "InnerProduct", 15: "LRN", 17: "Pooling", 18: "ReLU", 20: "Softmax",
+            21: "SoftmaxWithLoss", 22: "Split", 24: "WindowData", 29: "MemoryData",
+            32: "DummyData", 36: "Silence", 9: "HDF5Data"}
+V1_TYPE_NAMES = {3: "Concat", 8: "Flatten", 25: "Eltwise", 19: "Sigmoid", 23: "TanH",
+                 35: "AbsVal", 26: "Power", 33: "Slice", 34: "MVN", 39: "Deconvolution"}
+
+
+def _varint(data, position, end):
+    result = shift = 0
+    while True:
+        if position >= end:
+            raise WeightsError("the file ends inside a field: truncated, or not a Caffe model")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
+        if shift > 63:
+            raise WeightsError("a malformed number: not a Caffe model")
+
+
+def _fields(data, start, end):
+    """Yields (field number, wire type, value) of the message in data[start:end]: an int for
+    varints, (start, end) offsets for length-delimited fields, raw bytes for fixed ones."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WeightsError("a field numbered 0: not a Caffe model")
+        if wire_type == 0:
+            value, position = _varint(data, position, end)
+        elif wire_type == 2:
+            length, position = _varint(data, position, end)
+            if position + length > end:
+                raise WeightsError("a field runs past the end of its message: the file is "
+                                   "truncated, or not a Caffe model")
+            value, position = (position, position + length), position + length
+        elif wire_type in (1, 5):
+            size = 8 if wire_type == 1 else 4
+            if position + size > end:
+                raise WeightsError("the file ends inside a field: truncated, or not a Caffe "
+                                   "model")
+            value, position = bytes(data[position:position + size]), position + size
+        else:
+            raise WeightsError(f"wire type {wire_type} (field {number}) does not occur in "
+                               f"Caffe models: not a Caffe model, or a damaged one")
+        yield number, wire_type, value
+
+
+def _string(data, span):
+    try:
+        return bytes(data[span[0]:span[1]]).decode()
+    except UnicodeDecodeError:
+        raise WeightsError("a layer name or type that is not text: not a Caffe model") from None
+
+
+def _packed_varints(data, wire_type, value):
+    if wire_type == 0:
+        return [value]
+    if wire_type != 2:
+        raise WeightsError("a malformed integer field: not a Caffe model")
+    position, end = value
+    numbers = []
+    while position < end:
+        number, position = _varint(data, position, end)
+        numbers.append(number)
+    return numbers
+
+
+def _float(wire_type, value):
+    if wire_type != 5:
+        raise WeightsError("a malformed float field: not a Caffe model")
+    return struct.unpack("<f", value)[0]
+
+
+def _message(data, span, fields):
+    """Parses a small parameter message: `fields` maps numbers to (name, kind), kind in
+    "int", "ints" (repeated), "float"; other fields are ignored."""
+    parsed = {}
+    for number, wire_type, value in _fields(data, *span):
+        if number not in fields:
+            continue
+        name, kind = fields[number]
+        if kind == "float":
+            parsed[name] = _float(wire_type, value)
+        elif kind == "ints":
+            parsed.setdefault(name, []).extend(_packed_varints(data, wire_type, value))
+        else:
+            parsed[name] = _packed_varints(data, wire_type, value)[-1]
+    return parsed
+
+
+_CONVOLUTION_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"), 3: ("pad", "ints"),
+                       4: ("kernel_size", "ints"), 5: ("group", "int"), 6: ("stride", "ints"),
+                       9: ("pad_h", "int"), 10: ("pad_w", "int"), 11: ("kernel_h", "int"),
+                       12: ("kernel_w", "int"), 13: ("stride_h", "int"),
+                       14: ("stride_w", "int"), 18: ("dilation", "ints")}
+
+_POOLING_FIELDS = {1: ("pool", "int"), 2: ("kernel_size", "int"), 3: ("stride", "int"),
+                   4: ("pad", "int"), 5: ("kernel_h", "int"), 6: ("kernel_w", "int"),
+                   7: ("stride_h", "int"), 8: ("stride_w", "int"), 9: ("pad_h", "int"),
+                   10: ("pad_w", "int"), 12: ("global_pooling", "int")}
+
+_LRN_FIELDS = {1: ("local_size", "int"), 2: ("alpha", "float"), 3: ("beta", "float"),
+               4: ("norm_region", "int"), 5: ("k", "float")}
+
+_INNER_PRODUCT_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"),
+                         5: ("axis", "int"), 6: ("transpose", "int")}
+
+POOL_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
+
+# Field numbers of LayerParameter (current) and V1LayerParameter (legacy).
+_CURRENT = {"name": 1, "type": 2, "bottom": 3, "top": 4, "blobs": 7, "convolution": 106,
+            "inner_product": 117, "lrn": 118, "pooling": 121}
+
+_LEGACY = {"name": 4, "type": 5, "bottom": 2, "top": 3, "blobs": 6, "convolution": 10,
+           "inner_product": 17, "lrn": 18, "pooling": 19}
+
+_PARAMETER_FIELDS = {"convolution": _CONVOLUTION_FIELDS, "inner_product": _INNER_PRODUCT_FIELDS,
+                     "lrn": _LRN_FIELDS, "pooling": _POOLING_FIELDS}
+
+
+def _blob(data, span, layer_name):
+    """A BlobProto as a float32 array viewing `data` (no copy), in its stated shape."""
+    shape, legacy, values = None, {}, None
+    for number, wire_type, value in _fields(data, *span):
+        if number == 7 and wire_type == 2:  # shape: BlobShape, dim = 1 (packed int64)
+            shape = []
+            for dim_number, dim_type, dim_value in _fields(data, *value):
+                if dim_number == 1:
+                    shape.extend(_packed_varints(data, dim_type, dim_value))
+        elif number in (1, 2, 3, 4):  # num, channels, height, width
+            legacy[number] = _packed_varints(data, wire_type, value)[-1]
+        elif number in (5, 8):  # data (packed float), double_data (packed double)
+            if wire_type != 2:
+                raise WeightsError(f"layer {layer_name}: blob values not in packed form, "
+                                   f"which Caffe never writes")
+            start, end = value
+            dtype = np.dtype("<f4" if number == 5 else "<f8")
+            if (end - start) % dtype.itemsize:
+                raise WeightsError(f"layer {layer_name}: a blob's data is not a whole number "
+                                   f"of values: a damaged file")
+            values = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
+    if shape is None:
+        shape = [legacy.get(number, 1) for number in (1, 2, 3, 4)] if legacy else []
+    if values is None:
+        values = np.zeros(0, np.float32)
+    if int(np.prod(shape, dtype=np.int64)) != values.size:
+        raise WeightsError(f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
+                           f"{values.size} values: the file is truncated or damaged")
+    return values.reshape(shape)
+
+
+def _layer(data, span, fields):
+    name, kind, bottoms, tops, blobs, parameters = None, None, [], [], [], {}
+    blob_spans, parameter_spans = [], {}
+    for number, wire_type, value in _fields(data, *span):
+        if number == fields["name"] and wire_type == 2:
+            name = _string(data, value)
+        elif number == fields["type"]:
+            if fields is _LEGACY:
+                if wire_type != 0:
+                    raise WeightsError("a layer type that is not an enum: not a Caffe model")
+                kind = V1_TYPES.get(value) or V1_TYPE_NAMES.get(value) or f"V1 type {value}"
+            elif wire_type == 2:
+                kind = _string(data, value)
+        elif number == fields["bottom"] and wire_type == 2:
+            bottoms.append(_string(data, value))
+        elif number == fields["top"] and wire_type == 2:
+            tops.append(_string(data, value))
+        elif number == fields["blobs"] and wire_type == 2:
+            blob_spans.append(value)
+        elif fields is _LEGACY and number == 1 and wire_type == 2:
+            raise WeightsError("a V0 Caffe model (2013 format): upgrade it first with Caffe's "
+                               "upgrade_net_proto_binary")
+        else:
+            for parameter, parameter_number in fields.items():
+                if parameter in _PARAMETER_FIELDS and number == parameter_number:
+                    if wire_type != 2:
+                        raise WeightsError("a malformed layer parameter: not a Caffe model")
+                    parameter_spans[parameter] = value
+    name = name or "(unnamed)"
+    blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
+    for parameter, parameter_span in parameter_spans.items():
+        parameters = _message(data, parameter_span, _PARAMETER_FIELDS[parameter])
+    return {"name": name, "type": kind or "(no type)", "bottom": bottoms, "top": tops,
+            "blobs": blobs, "parameters": parameters}
+
+
+def read_caffemodel(data):
+    """The layers of a binary NetParameter (bytes or a buffer), in file order: dicts with
+    name, type, bottom, top, blobs (float arrays viewing `data`) and parameters. Returns
+    (layers, encoding), encoding "layer" (current) or "layers" (legacy V1)."""
+    current, legacy = [], []
+    for number, wire_type, value in _fields(data, 0, len(data)):
+        if number == 100 and wire_type == 2:
+            current.append(value)
+        elif number == 2 and wire_type == 2:
+            legacy.append(value)
+    if current and legacy:
+        raise WeightsError("the file mixes Caffe's two layer encodings (layer and layers): "
+                           "not a model Caffe wrote")
+    if not current and not legacy:
+        raise WeightsError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
+    fields, spans = (_CURRENT, current) if current else (_LEGACY, legacy)
+    return [_layer(data, span, fields) for span in spans], ("layer" if current else "layers")
+
+
+# === caffe-tensorflow's .npy ===
+
+
+def _reconstruct_array(*arguments):
+    return _reconstruct(*arguments)
+
+
+def _encode_latin1(text, encoding="latin1"):
+    # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise WeightsError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
+    return text.encode("latin1")
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and dtypes (with the dicts, lists, tuples and strings around them)
+    and refuses every other callable a pickle may name: unpickling runs whatever it names."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _encode_latin1,
+    }
+
+    def find_class(self, module, name):
+        allowed = self.ALLOWED.get((module, name))
+        if allowed is None:
+            raise WeightsError(f"the pickle calls {module}.{name}, which a weights file has no "
+                               f"need of: refused, nothing was run")
+        return allowed
+
+
+def read_npy_weights(path):
+    """caffe-tensorflow's .npy: {layer: [weights, biases]} (or {layer: {"weights", "biases"}}),
+    unpickled without running any code the file names."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        except ValueError as error:
+            raise WeightsError(f"not a readable .npy file: {error}") from None
+        if dtype != np.dtype(object) or shape != ():
+            raise WeightsError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
+                               f"bvlc_alexnet.npy")
+        try:
+            # Python 2 str (the arrays' data, the keys) as bytes: numpy then wraps the
+            # data without copying it, and the unpickler's memo holds no second copy.
+            loaded = _WeightsUnpickler(handle, encoding="bytes").load()
+        except WeightsError:
+            raise
+        except Exception as error:  # a damaged pickle fails in many ways
+            raise WeightsError(f"the pickle in the .npy file cannot be read ({error}): "
+                               f"truncated or damaged") from None
+    if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
+        loaded = loaded.item()
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's "
+                           f"dict of layers")
+    weights = {}
+    for name, value in loaded.items():
+        name = name.decode("latin1") if isinstance(name, bytes) else str(name)
+        if isinstance(value, dict):
+            value = [value.get("weights"), value.get("biases")]
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or not all(isinstance(item, np.ndarray) for item in value)):
+            raise WeightsError(f"layer {name}: not a pair of arrays (weights, biases)")
+        weights[name] = tuple(value)
+    return weights
+
+
+# === Means and class names ===
+
+
+def read_mean_file(path):
+    """A B,G,R mean from Caffe's ilsvrc_2012_mean.npy (read without pickle) or a
+    .binaryproto (a BlobProto): per-pixel means (3 x H x W) averaged per channel."""
+    path = pathlib.Path(path)
+    data = _read_bytes(path, "--mean_file")
+    if data.startswith(NPY_MAGIC):
+        try:
+            mean = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as error:
+            raise WeightsError(f"--mean_file {path}: not a numeric .npy array ({error})") from None
+    else:
+        mean = _blob(data, (0, len(data)), "mean")
+    mean = np.asarray(mean, np.float64)
+    while mean.ndim > 1 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim == 1 and mean.shape == (3,):
+        values = mean
+    elif mean.ndim == 3 and mean.shape[0] == 3:
+        values = mean.mean(axis=(1, 2))
+    else:
+        raise WeightsError(f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
+                           f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)")
+    if not np.all(np.isfinite(values)):
+        raise WeightsError(f"--mean_file {path}: the mean is not finite")
+    return tuple(float(value) for value in values)
+
+
+def read_class_names(path, num_classes):
+    """One name per line, in the order of the model's outputs (ILSVRC's synset_words.txt:
+    `n01440764 tench, Tinca tinca`)."""
+    path = pathlib.Path(path)
+    try:
+        names = [line.strip() for line in _read_bytes(path, "--class_names").decode()
+                 .splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise WeightsError(f"--class_names {path} is not UTF-8 text") from None
+    if len(names) != num_classes:
+        raise WeightsError(f"--class_names {path} has {len(names)} names, the model has "
+                           f"{num_classes} classes")
+    return names
+
+
+def _read_bytes(path, flag):
+    if not path.is_file():
+        raise WeightsError(f"{flag} {path} does not exist")
+    return path.read_bytes()
+
