@@ -144,8 +144,9 @@ def gif_frame_pixels(image_bytes):
 
     def after_sub_blocks(position):
         # Each sub-block: its size, then that many bytes; size 0 ends the block's data.
-        return tf.while_loop(lambda at: byte(at) > 0, lambda at: at + 1 + byte(at),
-                             [position])[0] + 1
+        (end,) = tf.while_loop(lambda at: byte(at) > 0, lambda at: [at + 1 + byte(at)],
+                               [position])
+        return end + 1
 
     def block(position, frames, pixels, done):
         # `introducer` starts an image, an extension, or anything else (the trailer, the end
