@@ -27,10 +27,11 @@ EOF
     exit 2
 fi
 
-child=
+child= stopped=
 # INT is passed on as TERM: a step started in the background by a non-interactive shell
-# ignores SIGINT; train.py saves its checkpoint on SIGTERM.
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT
+# ignores SIGINT; train.py saves its checkpoint on SIGTERM. A signal between two steps stops
+# the demo before the next one.
+trap 'stopped=143; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT
 
 run() {  # run COMMAND...: runs it, passing signals on; returns its status
     "$@" &
@@ -55,6 +56,7 @@ if [ "$#" -eq 0 ]; then
     IFS=$newline
     for step in $steps; do
         unset IFS
+        if [ -n "$stopped" ]; then exit "$stopped"; fi
         echo "$step"
         eval "run $step" || exit "$?"
         IFS=$newline
