@@ -86,7 +86,7 @@ def _peer_lost(error, steps_done, model_dir):
     resume = (f"rerunning every worker resumes from {latest} (step "
               f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
               if latest else "no checkpoint was saved yet: rerunning every worker starts over")
-    return PeerLost(f"error: lost {' and '.join(lost) or 'a worker'} of the cluster during step "
+    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during step "
                     f"{steps_done + 1} ({reason}); {resume}")
 
 

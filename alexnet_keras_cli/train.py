@@ -135,7 +135,7 @@ def main(argv=None):
         print(stop, file=sys.stderr)
         return training.PREEMPTED_EXIT_CODE
     except training.PeerLost as lost:
-        print(lost, file=sys.stderr)
+        print(f"error: {lost}", file=sys.stderr)
         return training.PEER_LOST_EXIT_CODE
     except training.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
