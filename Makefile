@@ -106,7 +106,28 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(UV)
 	$(UV) pip check --quiet --python $(VENV)/bin/python
 	touch $@
 
+# requirements-validate.txt holds two packages published only as C/C++ sources, pyfarmhash and
+# crcmod: uv compiles them, which needs a C and C++ compiler and Python's headers (Debian,
+# Ubuntu: apt-get install g++ python3-dev). They are checked first, for a message that says so
+# instead of a compiler's error halfway through; the Docker image's validate target needs
+# neither on the host (it compiles them in a stage of its own).
+define CHECK_BUILD_TOOLS
+import os, shutil, sys, sysconfig
+compilers = [os.environ.get(name) or sysconfig.get_config_var(name) or default
+             for name, default in (("CC", "cc"), ("CXX", "c++"))]
+missing = [command.split()[0] for command in compilers if not shutil.which(command.split()[0])]
+if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+    missing.append("Python.h (the Python headers)")
+if missing:
+    sys.exit("error: $(VENV_VALIDATE) compiles pyfarmhash and crcmod, which publish no wheels "
+             "for Linux, and this machine has no " + ", ".join(missing) + ". Install a compiler "
+             "and the headers (Debian, Ubuntu: sudo apt-get install g++ python3-dev), or use "
+             "the Docker image's validate target (docker build --target validate ...).")
+endef
+export CHECK_BUILD_TOOLS
+
 $(VENV_VALIDATE)/.installed: requirements-validate.txt | $(UV)
+	@$(PYTHON) -c "$$CHECK_BUILD_TOOLS"
 	rm -rf $(VENV_VALIDATE)
 	$(UV) venv --quiet --python $(PYTHON) $(VENV_VALIDATE)
 	$(call UV_INSTALL,$(VENV_VALIDATE)) -r requirements-validate.txt

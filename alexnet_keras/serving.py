@@ -12,7 +12,8 @@ Both answer probabilities [batch, classes], top_k_classes, top_k_labels, top_k_s
 A request that cannot be answered (empty bytes, bytes that are not an image, a truncated
 image, an image above the pixel limit, non-finite pixels) fails with InvalidArgument, which
 TF Serving returns as HTTP 400; one bad image fails the whole batch. The pixel limit is read
-from the image header and checked before the decoder allocates anything.
+from the image header and checked before the decoder allocates anything; for a GIF it bounds
+the pixels of all its frames, which the decoder reads before it keeps the first.
 """
 
 import json
@@ -122,6 +123,56 @@ def _unknown():
     return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64)
 
 
+_GIF_IMAGE, _GIF_EXTENSION = 0x2C, 0x21  # the bytes that start a GIF's blocks
+
+
+def gif_frame_pixels(image_bytes):
+    """(frames, pixels) of a GIF: its image descriptors and the sum of their width x height,
+    found by walking its blocks without decoding them. The decoder reads every frame's raster
+    (one byte a pixel, at the frame's own size) before it keeps the first, so this sum, not
+    the logical screen, is what a GIF costs. The walk stops at the trailer, at the end of the
+    bytes or at a byte that starts no block, as the decoder does. int64 scalars."""
+    # The bytes, and -1 after them, which every position past the end reads.
+    data = tf.concat([tf.cast(tf.io.decode_raw(image_bytes, tf.uint8), tf.int64), [-1]], 0)
+    size = tf.size(data, out_type=tf.int64) - 1
+
+    def byte(position):
+        return tf.gather(data, tf.minimum(tf.cast(position, tf.int64), size))
+
+    def color_table(packed):  # bytes of the color table a packed field announces
+        return tf.where(packed >= 128, 3 * 2 ** (packed % 8 + 1), 0)
+
+    def after_sub_blocks(position):
+        # Each sub-block: its size, then that many bytes; size 0 ends the block's data.
+        (end,) = tf.while_loop(lambda at: byte(at) > 0, lambda at: [at + 1 + byte(at)],
+                               [position])
+        return end + 1
+
+    def block(position, frames, pixels, done):
+        # `introducer` starts an image, an extension, or anything else (the trailer, the end
+        # of the bytes, garbage) that ends the walk.
+        introducer = byte(position)
+        image, extension = tf.equal(introducer, _GIF_IMAGE), tf.equal(introducer, _GIF_EXTENSION)
+        # Image descriptor: separator, left, top, width, height (little-endian uint16), a
+        # packed field; then the local color table, the LZW code size and the sub-blocks.
+        width, height = (tf.maximum(byte(position + offset), 0)
+                         + 256 * tf.maximum(byte(position + offset + 1), 0) for offset in (5, 7))
+        data_start = tf.where(image, position + 10 + color_table(byte(position + 9)) + 1,
+                              position + 2)
+        return (tf.cond(image | extension, lambda: after_sub_blocks(data_start),
+                        lambda: position),
+                frames + tf.cast(image, tf.int64),
+                pixels + tf.where(image, width * height, 0),
+                ~(image | extension))
+
+    # After the header, the logical screen descriptor and the global color table.
+    start = 13 + color_table(byte(10))
+    _, frames, pixels, _ = tf.while_loop(
+        lambda position, frames, pixels, done: ~done, block,
+        (start, tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(False)))
+    return frames, pixels
+
+
 def checked_image_bytes(image_bytes, max_pixels):
     """`image_bytes` again, available only after its header was checked: a supported
     format, at most `max_pixels` pixels. Whatever consumes the result (the decoder) runs
@@ -137,6 +188,16 @@ def checked_image_bytes(image_bytes, max_pixels):
             "image of {} x {} pixels is above the limit of this export, {} pixels",
             (height, width, max_pixels))]),
     ]
+    # A GIF's frames are all decoded: their pixels together count (after the screen's check,
+    # so that a GIF above the limit by its screen alone is refused without the walk).
+    with tf.control_dependencies(checks):
+        frames, frame_pixels = tf.cond(
+            tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8"),
+            lambda: gif_frame_pixels(image_bytes),
+            lambda: (tf.constant(1, tf.int64), height * width))
+    checks.append(tf.debugging.Assert(frame_pixels <= max_pixels, [tf.strings.format(
+        "GIF of {} frames with {} pixels in all is above the limit of this export, {} pixels",
+        (frames, frame_pixels, max_pixels))]))
     with tf.control_dependencies(checks):
         return tf.identity(image_bytes)
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import tempfile
@@ -36,12 +37,16 @@ from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
 
-__all__ = ["UsageError", "TrainingDiverged", "Preempted", "train"]
+__all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a job controller should run the command again
+# Another worker of the cluster vanished (killed, OOM, lost machine): retryable, as 143, for
+# controllers that restart 128-255 (Kubeflow's restartPolicy ExitCode), and above 128 + the
+# highest signal number (64), so that it is not read as "killed by a signal".
+PEER_LOST_EXIT_CODE = 200
 # Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
 # while the loss still looks finite (a huge update can silence every ReLU and leave a constant
 # loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
@@ -54,6 +59,35 @@ class TrainingDiverged(RuntimeError):
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was saved."""
+
+
+class PeerLost(Exception):
+    """Another worker of a multi-worker cluster stopped answering mid-run; rerunning every
+    worker resumes from the last checkpoint."""
+
+
+def _peer_lost(error, steps_done, model_dir):
+    """PeerLost for a step's tf.errors.UnavailableError: the collective could not reach a
+    worker. Names it from the error's task (/job:worker/replica:0/task:1) or address, both
+    looked up in TF_CONFIG's cluster."""
+    tf_config = cluster_spec_from_environment() or {}
+    own = tf_config.get("task", {})
+    named = {(task_type, int(index)) for task_type, index in
+             re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)\b", error.message)}
+    lost = [f"{task_type} {index} ({address})"
+            for task_type, addresses in tf_config.get("cluster", {}).items()
+            for index, address in enumerate(addresses)
+            if (task_type, index) != (own.get("type"), own.get("index"))
+            and ((task_type, index) in named or address in error.message)]
+    reason = next((line.split("aborted by:", 1)[1].strip(" :") for line in
+                   error.message.splitlines() if "aborted by:" in line),
+                  error.message.strip().splitlines()[0])
+    latest = tf.train.latest_checkpoint(str(model_dir / CHECKPOINT_DIR))
+    resume = (f"rerunning every worker resumes from {latest} (step "
+              f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
+              if latest else "no checkpoint was saved yet: rerunning every worker starts over")
+    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during step "
+                    f"{steps_done + 1} ({reason}); {resume}")
 
 
 # === Strategy ===
@@ -739,7 +773,12 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
         multi_worker=multi_worker, sigterm=sigterm, progress=progress, log=log)
     outputs = _Outputs(model_dir=model_dir, chief=chief,
                        summary_writer=tf.summary.create_file_writer(str(output_dir / "logs")))
-    results = _run_epochs(loop, data, outputs)
+    try:
+        results = _run_epochs(loop, data, outputs)
+    except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
+        if not multi_worker:
+            raise
+        raise _peer_lost(error, int(step.numpy()), model_dir) from None
     if chief:
         _save_model(model, model_dir / FINAL_MODEL)
         figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))

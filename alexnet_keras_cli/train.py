@@ -9,6 +9,8 @@ worker; MultiWorkerMirroredStrategy is used and only the chief writes to --model
 
 Running the same command again with the same --model_dir resumes from the last checkpoint.
 SIGTERM (to any worker) saves a checkpoint of the whole run and exits with status 143.
+A worker whose peer vanished mid-run (killed, lost machine) says which and exits with status
+200; rerunning every worker resumes from the last checkpoint. Both are retryable (128-255).
 Outputs in --model_dir: alexnet.keras, alexnet_best.keras, checkpoints/, logs/ (TensorBoard),
 history.csv, training_curves.png, config.json (the config the run started with) and run.json
 (dataset, replicas, checkpointed settings, and each resume with its config changes).
@@ -132,6 +134,9 @@ def main(argv=None):
     except training.Preempted as stop:
         print(stop, file=sys.stderr)
         return training.PREEMPTED_EXIT_CODE
+    except training.PeerLost as lost:
+        print(f"error: {lost}", file=sys.stderr)
+        return training.PEER_LOST_EXIT_CODE
     except training.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

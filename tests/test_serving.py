@@ -234,9 +234,19 @@ def test_image_sizes_are_read_from_the_header_of_every_format():
     assert [int(value) for value in serving.image_size_from_header(b"nonsense")] == [-1, -1]
 
 
+@pytest.fixture(scope="module")
+def permissive_export(model_file, labels_file, tmp_path_factory, python, repo_root):
+    """An export whose pixel limit admits the oversize requests below: the positive control
+    that shows what they cost once decoded."""
+    base = tmp_path_factory.mktemp("permissive") / "alexnet"
+    result = run_export(python, repo_root, "--model", model_file, "--export_base", base,
+                        "--labels", labels_file, "--max_pixels", 1_000_000_000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "1"
+
+
 def test_an_oversize_image_is_refused_before_it_is_decoded(export_dir, oversize_jpeg, image_files,
-                                                           model_file, labels_file, runner,
-                                                           tmp_path, python, repo_root):
+                                                           permissive_export, runner):
     normal = [image_files["photo.jpg"].read_bytes()] * 8
     baseline = run_signature(runner, export_dir, "serving_default",
                              {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)})
@@ -251,14 +261,94 @@ def test_an_oversize_image_is_refused_before_it_is_decoded(export_dir, oversize_
 
     # The bound can fail: an export whose limit admits the image decodes it, and its peak
     # memory is far above the baseline's.
-    permissive = tmp_path / "permissive"
-    result = run_export(python, repo_root, "--model", model_file, "--export_base", permissive,
-                        "--labels", labels_file, "--max_pixels", 200_000_000)
-    assert result.returncode == 0, result.stderr[-3000:]
-    decoded = run_signature(runner, permissive / "1", "serving_default",
+    decoded = run_signature(runner, permissive_export, "serving_default",
                             {"image_bytes": tf.make_tensor_proto(huge, dtype=tf.string)})
     assert decoded.ok, decoded.status
     assert decoded.peak_rss_bytes > baseline.peak_rss_bytes + 0.3 * GIB
+
+
+def animated_gif(frames, size, own_palettes=True, **options):
+    """A GIF of `frames` (each a list of (box, palette index) rectangles on a background),
+    with a palette of its own per frame (local color tables) if `own_palettes`."""
+    images = []
+    for index, rectangles in enumerate(frames):
+        image = Image.new("P", size, 0)
+        for box, color in rectangles:
+            image.paste(color, box)
+        shift = index if own_palettes else 0
+        image.putpalette([channel for value in range(256)
+                          for channel in (value, (value * 7 + shift) % 256, 255 - value)])
+        images.append(image)
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+def pillow_frame_pixels(data):
+    """(frames, their pixels in all) as Pillow reads the image descriptors."""
+    image = Image.open(io.BytesIO(data))
+    pixels = 0
+    for index in range(image.n_frames):
+        image.seek(index)
+        left, top, right, bottom = image.tile[0][1]
+        pixels += (right - left) * (bottom - top)
+    return image.n_frames, pixels
+
+
+def test_gif_frames_are_counted_by_walking_their_blocks():
+    moving_square = [[((10 * index, 5, 10 * index + 30, 35), 200)] for index in range(6)]
+    gifs = {
+        "one frame": encoded("GIF", (260, 260), seed=4),
+        # Pillow crops each frame to what changed: frames smaller than the screen.
+        "cropped frames, loop and comment extensions": animated_gif(
+            moving_square, (120, 60), own_palettes=False, loop=0, duration=50,
+            comment=b"several frames"),
+        "full frames": animated_gif(moving_square, (120, 60), optimize=False),
+    }
+    walk_in_graph = tf.function(serving.gif_frame_pixels)
+    for name, data in gifs.items():
+        expected = pillow_frame_pixels(data)
+        assert expected[0] >= (1 if name == "one frame" else 6), name
+        for walk in (serving.gif_frame_pixels, walk_in_graph):
+            assert tuple(int(value) for value in walk(data)) == expected, name
+    assert pillow_frame_pixels(gifs["cropped frames, loop and comment extensions"])[1] < \
+        6 * 120 * 60  # the crop happened, so frame sizes, not the screen, were read
+    for data in (b"", b"GIF89a", gifs["full frames"][:40]):  # no frame, or cut before one
+        assert [int(value) for value in walk_in_graph(data)] == [0, 0]
+
+
+@pytest.fixture(scope="module")
+def many_frame_gif(tmp_path_factory):
+    """A GIF whose 4000x4000 screen is within the limit, with 40 frames of that size that the
+    decoder reads in full (640 MB) before it keeps the first; half a megabyte encoded."""
+    path = tmp_path_factory.mktemp("many_frames") / "frames.gif"
+    frames = [[((0, 0, 4000, 4000), index + 1)] for index in range(40)]
+    path.write_bytes(animated_gif(frames, (4000, 4000), optimize=False))
+    return path
+
+
+def test_a_gif_of_many_frames_is_refused_before_it_is_decoded(export_dir, many_frame_gif,
+                                                              image_files, permissive_export,
+                                                              runner):
+    data = many_frame_gif.read_bytes()
+    frames, pixels = pillow_frame_pixels(data)
+    assert Image.open(many_frame_gif).size == (4000, 4000) and pixels > 4000 * 4000 * 30
+    normal = [image_files["photo.jpg"].read_bytes()] * 8
+    baseline = run_signature(runner, export_dir, "serving_default",
+                             {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)})
+    assert baseline.ok, baseline.status
+    request = {"image_bytes": tf.make_tensor_proto([data], dtype=tf.string)}
+    refused = run_signature(runner, export_dir, "serving_default", request)
+    assert refused.code == "INVALID_ARGUMENT", refused.status
+    assert (f"GIF of {frames} frames with {pixels} pixels in all is above the limit of this "
+            f"export, {serving.DEFAULT_MAX_PIXELS} pixels") in refused.status
+    assert refused.peak_rss_bytes <= baseline.peak_rss_bytes + 0.3 * GIB, (
+        refused.peak_rss_bytes / GIB, baseline.peak_rss_bytes / GIB)
+    # The positive control: admitted, the frames are all decoded.
+    decoded = run_signature(runner, permissive_export, "serving_default", request)
+    assert decoded.ok, decoded.status
+    assert decoded.peak_rss_bytes > baseline.peak_rss_bytes + 0.3 * GIB, (
+        decoded.peak_rss_bytes / GIB, baseline.peak_rss_bytes / GIB)
 
 
 def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(

@@ -118,6 +118,7 @@ class Worker:
 
     def __init__(self, python, repo_root, arguments, cluster, index, temporary_dir):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        self.address = cluster["worker"][index]
         self.process = subprocess.Popen(
             [python, "train.py", *map(str, arguments)], cwd=repo_root, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
@@ -181,9 +182,11 @@ def fingerprint(output):
 @pytest.mark.slow
 def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
         synthetic_records, tmp_path, python, repo_root):
-    """MultiWorkerMirroredStrategy on 127.0.0.1: both workers killed with -9 after the first
-    checkpoint resume at the same step; a SIGTERM to worker 1 alone stops both with 143 and
-    one checkpoint; the rerun resumes from it and ends with identical weights on both."""
+    """MultiWorkerMirroredStrategy on 127.0.0.1: worker 1 killed with -9 after the first
+    checkpoint stops worker 0 with the retryable status, naming the lost worker and the
+    checkpoint a rerun resumes from, without a traceback; both workers rerun resume at that
+    step; a SIGTERM to worker 1 alone stops both with 143 and one checkpoint; the rerun resumes
+    from it and ends with identical weights on both."""
     model_dir, temporary_dir = tmp_path / "model", tmp_path / "worker_tmp"
     temporary_dir.mkdir()
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
@@ -193,10 +196,22 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     try:
         wait_for_checkpoint(model_dir, workers[0].process)
         assert all(worker.process.poll() is None for worker in workers), "finished too early"
+        workers[1].process.send_signal(signal.SIGKILL)
+        survivor_code = workers[0].finish(timeout=120)
     finally:
-        for worker in workers:
-            worker.process.send_signal(signal.SIGKILL)
         stop_cluster(workers)
+    survivor = workers[0].output
+    assert survivor_code == training.PEER_LOST_EXIT_CODE, survivor[-3000:]
+    assert "Traceback" not in survivor, survivor[-3000:]
+    lost_address = workers[1].address
+    latest = latest_checkpoint(model_dir)
+    (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
+    assert message.startswith(f"error: lost worker 1 ({lost_address}) of the cluster during "
+                              f"step "), message
+    lost_step = int(message.split("during step ")[1].split()[0])
+    assert message.endswith(f"rerunning every worker resumes from {latest} (step "
+                            f"{checkpoint_value(latest, 'step')})"), message
+    assert checkpoint_value(latest, "step") < lost_step <= total_steps
     for folder in scratch_folders(temporary_dir):  # kill -9 gives no chance to clean up
         shutil.rmtree(folder)
 
@@ -212,6 +227,7 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     assert codes == [training.PREEMPTED_EXIT_CODE] * 2, [output[-2000:] for output in outputs]
     first_resume = resumed_step(outputs[0])
     assert first_resume > 0 and resumed_step(outputs[1]) == first_resume
+    assert first_resume == checkpoint_value(latest, "step")
     saved = [int(output.split("saved a checkpoint at step ")[1].split()[0]) for output in outputs]
     assert saved[0] == saved[1] > first_resume
     assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved[0]
@@ -235,6 +251,36 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     assert sorted(path.name for path in model_dir.iterdir()) == [
         "alexnet.keras", "alexnet_best.keras", "checkpoints", "config.json", "history.csv",
         "logs", "run.json", "training_curves.png"]
+
+
+@pytest.mark.slow
+def test_a_worker_failing_on_its_own_error_fails_permanently(synthetic_records, tmp_path,
+                                                             python, repo_root):
+    """Not a lost peer: the training shards that only the chief reads (make_dataset gives
+    worker i every other file from i) hold labels outside the classes. The chief stops on
+    TensorFlow's own error with a permanent status (below 128), so a job controller does not
+    restart the job; worker 1 reports the chief lost, which is what it sees."""
+    data_dir = tmp_path / "records"
+    shutil.copytree(synthetic_records, data_dir)
+    for shard in sorted(data_dir.glob("train-*.tfrecord"))[0::2]:
+        examples = [tf.train.Example.FromString(record.numpy())
+                    for record in tf.data.TFRecordDataset(str(shard))]
+        with tf.io.TFRecordWriter(str(shard)) as writer:
+            for example in examples:
+                example.features.feature["image/class/label"].int64_list.value[:] = [9]
+                writer.write(example.SerializeToString())
+    arguments = ["--data_dir", data_dir, "--model_dir", tmp_path / "model", *tiny_flags()]
+    workers = start_cluster(python, repo_root, arguments, tmp_path)
+    try:
+        codes = [worker.finish(timeout=300) for worker in workers]
+    finally:
+        stop_cluster(workers)
+    chief, other = (worker.output for worker in workers)
+    assert 0 < codes[0] < 128, chief[-3000:]
+    assert "InvalidArgumentError" in chief and "label value of 9" in chief, chief[-3000:]
+    assert "error: lost" not in chief
+    assert codes[1] == training.PEER_LOST_EXIT_CODE, other[-3000:]
+    assert f"error: lost worker 0 ({workers[0].address})" in other, other[-3000:]
 
 
 def wait_for_checkpoint(model_dir, process, timeout=300):
