@@ -20,9 +20,8 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras_cli.layout import RunDir
 
-FINAL_MODEL = "alexnet.keras"
-BEST_MODEL = "alexnet_best.keras"
 TOP_K = 5
 MOST_CONFUSED_PAIRS = 10
 MAX_HEATMAP_CLASSES = 100  # above this, the heatmap shows the most confused classes only
@@ -63,7 +62,7 @@ def resolve_model_path(path, best=False):
     if not path.exists():
         raise EvaluationError(f"--model {path} does not exist")
     if path.is_dir() and not (path / "saved_model.pb").exists():
-        run_model = path / (BEST_MODEL if best else FINAL_MODEL)
+        run_model = RunDir(path).model_file(best)
         if run_model.is_file():
             return run_model
         export = export_version_dir(path)

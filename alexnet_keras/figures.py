@@ -26,6 +26,7 @@ import tensorflow as tf
 from alexnet_keras import input_pipeline
 from alexnet_keras.evaluation import EvaluationError, resolve_model_path
 from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras_cli.layout import DataDir, Feature
 
 KERNELS_FILE = "conv1_kernels.png"
 NEIGHBOURS_FILE = "nearest_neighbours.png"
@@ -203,14 +204,14 @@ def model_identity(model):
 def data_identity(data_dir, split="train"):
     """A digest of dataset.json and the names and sizes of the split's shards."""
     data_dir = pathlib.Path(data_dir)
-    digest = hashlib.sha256((data_dir / "dataset.json").read_bytes())
+    digest = hashlib.sha256(DataDir(data_dir).dataset_file.read_bytes())
     for path in _shards(data_dir, split):
         digest.update(f"{pathlib.Path(path).name}:{tf.io.gfile.stat(path).length}".encode())
     return digest.hexdigest()
 
 
 def _shards(data_dir, split):
-    return input_pipeline.list_shards(str(pathlib.Path(data_dir) / f"{split}-*.tfrecord"))
+    return input_pipeline.list_shards(DataDir(data_dir).shard_pattern(split))
 
 
 def _located_records(files):
@@ -445,11 +446,11 @@ def _read_example(files, shard, position):
     """-> (227x227 uint8 central crop, label, file name) of one record."""
     features = tf.io.parse_single_example(read_record(files, shard, position), {
         **input_pipeline.FEATURES,
-        "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        Feature.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
     })
-    image = input_pipeline.preprocess_for_eval(features["image/encoded"])
-    filename = features["image/filename"].numpy().decode() or f"{files[shard]}#{position}"
-    return image.numpy().astype(np.uint8), int(features["image/class/label"]), filename
+    image = input_pipeline.preprocess_for_eval(features[Feature.ENCODED])
+    filename = features[Feature.FILENAME].numpy().decode() or f"{files[shard]}#{position}"
+    return image.numpy().astype(np.uint8), int(features[Feature.LABEL]), filename
 
 
 def write_neighbour_figures(model, data_dir, output_dir, class_names, batch_size=64,

@@ -3,12 +3,10 @@ line logged at each epoch end."""
 
 import csv
 import dataclasses
-import pathlib
 
 from alexnet_keras.files import replaced_atomically
+from alexnet_keras_cli.layout import RunDir
 
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "training_curves.png"
 
 
 @dataclasses.dataclass
@@ -28,7 +26,7 @@ class EpochResult:
 def write_history(model_dir, rows):
     """Writes `history.csv` (one dict per epoch, EpochResult's fields) in place of the old one."""
     fields = [field.name for field in dataclasses.fields(EpochResult)]
-    with replaced_atomically(pathlib.Path(model_dir) / HISTORY_FILE) as temporary:
+    with replaced_atomically(RunDir(model_dir).history_file) as temporary:
         with open(temporary, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
@@ -38,7 +36,7 @@ def write_history(model_dir, rows):
 def read_history(model_dir, before_epoch):
     """The rows of `history.csv` for the epochs before `before_epoch` (those a resumed run
     keeps); [] when there is no history yet."""
-    path = pathlib.Path(model_dir) / HISTORY_FILE
+    path = RunDir(model_dir).history_file
     if not path.exists():
         return []
     with open(path, newline="") as handle:

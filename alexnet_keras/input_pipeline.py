@@ -7,12 +7,10 @@ by `add_lighting` inside the training step. The same functions serve training, e
 the serving signature.
 """
 
-import json
-import pathlib
-
 import tensorflow as tf
 
-STORED_SIZE = 256  # records hold 256x256 images (see tfrecords.py)
+from alexnet_keras_cli.layout import STORED_SIZE, DataDir, Feature
+
 CROP_SIZE = 227  # the network's input
 PCA_NOISE_STD = 0.1  # alpha_i ~ N(0, 0.1) (paper section 4.1)
 # The accurate integer DCT, as Pillow and libjpeg decode by default: TensorFlow's default fast
@@ -22,8 +20,8 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 PADDING_LABEL = -1  # marks the examples added to complete the last evaluation batch
 
 FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    Feature.ENCODED: tf.io.FixedLenFeature([], tf.string),
+    Feature.LABEL: tf.io.FixedLenFeature([], tf.int64),
 }
 
 
@@ -48,12 +46,7 @@ class PCALighting:
 
 def load_dataset_info(data_dir):
     """Reads `dataset.json` written by the converter."""
-    path = pathlib.Path(data_dir) / "dataset.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: convert an image folder first with data/build_tfrecords.py"
-        )
-    return json.loads(path.read_text())
+    return DataDir(data_dir).read_info()
 
 
 def readable_class_names(dataset_info):
@@ -68,7 +61,7 @@ def readable_class_names(dataset_info):
 def parse_example(serialized):
     """A serialized tf.train.Example -> (encoded image bytes, int32 label)."""
     features = tf.io.parse_single_example(serialized, FEATURES)
-    return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
+    return features[Feature.ENCODED], tf.cast(features[Feature.LABEL], tf.int32)
 
 
 def decode_image(image_bytes):

@@ -28,13 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
+from alexnet_keras_cli.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
 IMAGE_BYTES = "image_bytes"
 PIXELS = "images"
 TOP_K = 5
-DEFAULT_MAX_PIXELS = 50_000_000
 WARMUP_FILE = "tf_serving_warmup_requests"  # under assets.extra/, read by TF Serving
 WARMUP_BATCH_SIZES = (1, 32)
 EXPORT_INFO_FILE = "alexnet_export.json"  # under assets.extra/, for people; servers ignore it

@@ -26,18 +26,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from alexnet_keras.config import UsageError
+from alexnet_keras_cli.config import UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
-STORED_SIZE = 256  # shorter side rescaled to 256, central 256x256 kept (paper section 2)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 SPLIT_NAMES = ("train", "validation")
-# Pillow's own warning threshold: larger images are refused as decompression bombs before
-# any pixel is decoded.
-DEFAULT_MAX_PIXELS = 89_478_485
 MIN_SHORTER_SIDE = 16
 EXAMPLES_PER_SHARD = 1024
-SUMMARY_DIR = "_shard_summaries"
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -70,7 +67,7 @@ class Shard:
 
     @property
     def name(self):
-        return f"{self.split}-{self.index:05d}-of-{self.count:05d}.tfrecord"
+        return DataDir.shard_name(self.split, self.index, self.count)
 
     def fingerprint(self, settings):
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -391,7 +388,7 @@ def process_item(task):
             os.path.join(input_dir, item.relative_path), max_pixels=settings["max_pixels"]
         )
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=settings["jpeg_quality"])
+        image.save(buffer, format=STORED_FORMAT, quality=settings["jpeg_quality"])
         pixel_sum, pixel_outer = _pixel_moments(image)
         return {
             "item": item,
@@ -419,13 +416,13 @@ def _example(encoded, item, class_names):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
     features = {
-        "image/encoded": bytes_feature(encoded),
-        "image/format": bytes_feature(b"JPEG"),
-        "image/height": int_feature(STORED_SIZE),
-        "image/width": int_feature(STORED_SIZE),
-        "image/class/label": int_feature(item.label),
-        "image/class/text": bytes_feature(class_names[item.label].encode()),
-        "image/filename": bytes_feature(item.relative_path.encode()),
+        Feature.ENCODED: bytes_feature(encoded),
+        Feature.FORMAT: bytes_feature(STORED_FORMAT.encode()),
+        Feature.HEIGHT: int_feature(STORED_SIZE),
+        Feature.WIDTH: int_feature(STORED_SIZE),
+        Feature.LABEL: int_feature(item.label),
+        Feature.CLASS_TEXT: bytes_feature(class_names[item.label].encode()),
+        Feature.FILENAME: bytes_feature(item.relative_path.encode()),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
@@ -436,7 +433,7 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
     import tensorflow as tf
 
     output_dir = pathlib.Path(output_dir)
-    summary_path = output_dir / SUMMARY_DIR / f"{shard.name}.json"
+    summary_path = DataDir(output_dir).summaries_dir / f"{shard.name}.json"
     # An older shard of the same name goes first: were this run killed after writing the new
     # summary but before renaming the new shard, the old shard would pass for the new one.
     (output_dir / shard.name).unlink(missing_ok=True)
@@ -475,7 +472,7 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
 def _completed_summary(shard, output_dir, fingerprint):
     """The shard's summary if it was completed by an identical earlier run, else None."""
     final = pathlib.Path(output_dir) / shard.name
-    summary_path = pathlib.Path(output_dir) / SUMMARY_DIR / f"{shard.name}.json"
+    summary_path = DataDir(output_dir).summaries_dir / f"{shard.name}.json"
     if not (final.exists() and summary_path.exists()):
         return None
     try:
@@ -497,7 +494,7 @@ def _remove_stale_files(output_dir, shards):
         if ours and name not in expected:
             path.unlink()
             removed.append(name)
-    summary_dir = pathlib.Path(output_dir) / SUMMARY_DIR
+    summary_dir = DataDir(output_dir).summaries_dir
     if summary_dir.is_dir():
         for path in summary_dir.iterdir():
             if path.name.removesuffix(".json") not in expected:
@@ -633,8 +630,9 @@ def convert(
     )
     if readable_names is not None:
         dataset["readable_class_names"] = readable_names
-    write_text_atomically(output_dir / "labels.txt", "".join(f"{name}\n" for name in class_names))
-    write_text_atomically(output_dir / "dataset.json", json.dumps(dataset, indent=2))
+    records = DataDir(output_dir)
+    write_text_atomically(records.labels_file, DataDir.labels_text(class_names))
+    write_text_atomically(records.dataset_file, json.dumps(dataset, indent=2))
     return dataset
 
 

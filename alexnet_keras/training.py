@@ -31,17 +31,14 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import figures, history, input_pipeline
-from alexnet_keras.config import UsageError
-from alexnet_keras.evaluation import BEST_MODEL, FINAL_MODEL
+from alexnet_keras_cli.config import UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
+from alexnet_keras_cli.layout import DataDir, RunDir
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 
-CHECKPOINT_DIR = "checkpoints"
-RUN_FILE = "run.json"
-CONFIG_FILE = "config.json"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a job controller should run the command again
 # Another worker of the cluster vanished (killed, OOM, lost machine): retryable, as 143, for
 # controllers that restart 128-255 (Kubeflow's restartPolicy ExitCode), and above 128 + the
@@ -82,7 +79,7 @@ def _peer_lost(error, steps_done, model_dir):
     reason = next((line.split("aborted by:", 1)[1].strip(" :") for line in
                    error.message.splitlines() if "aborted by:" in line),
                   error.message.strip().splitlines()[0])
-    latest = tf.train.latest_checkpoint(str(model_dir / CHECKPOINT_DIR))
+    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
     resume = (f"rerunning every worker resumes from {latest} (step "
               f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
               if latest else "no checkpoint was saved yet: rerunning every worker starts over")
@@ -158,17 +155,18 @@ def check_data_dir(data_dir):
     if not any(data_dir.iterdir()):
         raise UsageError(f"--data_dir {data_dir} is empty: convert images into it with "
                          f"data/build_tfrecords.py")
-    missing = [name for name in ("labels.txt", "dataset.json") if not (data_dir / name).exists()]
+    records = DataDir(data_dir)
+    missing = [name for name in (DataDir.LABELS, DataDir.DATASET)
+               if not (data_dir / name).exists()]
     if missing:
         raise UsageError(f"--data_dir {data_dir} has no {' or '.join(missing)}: is it the "
                          f"output folder of data/build_tfrecords.py?")
     for split in ("train", "validation"):
-        if not list(data_dir.glob(f"{split}-*.tfrecord")):
-            raise UsageError(f"--data_dir {data_dir} has no {split}-*.tfrecord files")
-    info = json.loads((data_dir / "dataset.json").read_text())
-    labels = (data_dir / "labels.txt").read_text().split("\n")
-    if len([label for label in labels if label]) != info["num_classes"]:
-        raise UsageError(f"{data_dir}/labels.txt and dataset.json disagree on the classes")
+        if not list(data_dir.glob(DataDir.shard_glob(split))):
+            raise UsageError(f"--data_dir {data_dir} has no {DataDir.shard_glob(split)} files")
+    info = records.read_info()
+    if len([label for label in records.read_labels() if label]) != info["num_classes"]:
+        raise UsageError(f"{records.labels_file} and {DataDir.DATASET} disagree on the classes")
     return info
 
 
@@ -374,8 +372,8 @@ def _checkpoint_layout(config, num_classes):
 def _check_model_dir(model_dir, num_classes, config):
     """Refuses, before anything is built, to resume a checkpoint with settings that would
     change what it holds."""
-    run_file = model_dir / RUN_FILE
-    if not run_file.exists() or not (model_dir / CHECKPOINT_DIR).exists():
+    run_file = RunDir(model_dir).run_file
+    if not run_file.exists() or not RunDir(model_dir).checkpoints_dir.exists():
         return
     previous = json.loads(run_file.read_text())
     for key, (value, flag) in _checkpoint_layout(config, num_classes).items():
@@ -408,7 +406,7 @@ def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_s
            "mixed_precision": config.mixed_precision,
            **{key: value for key, (value, _) in _checkpoint_layout(config, num_classes).items()},
            "resumes": []}
-    config_file, run_file = model_dir / CONFIG_FILE, model_dir / RUN_FILE
+    config_file, run_file = RunDir(model_dir).config_file, RunDir(model_dir).run_file
     if resumed_at_step is None or not config_file.exists():
         write_text_atomically(config_file, config.to_json())
     else:
@@ -630,9 +628,9 @@ def _run_epochs(loop, data, outputs):
             rows = [row for row in rows if int(row["epoch"]) < epoch]
             rows.append(dataclasses.asdict(result))
             history.write_history(outputs.model_dir, rows)
-            history.plot_training_curves(rows, outputs.model_dir / history.CURVES_FILE)
+            history.plot_training_curves(rows, RunDir(outputs.model_dir).curves_file)
             if verdict.improved:
-                _save_model(loop.model, outputs.model_dir / BEST_MODEL)
+                _save_model(loop.model, RunDir(outputs.model_dir).model_file(best=True))
         with outputs.summary_writer.as_default(step=int(loop.step.numpy())):
             for name, value in dataclasses.asdict(result).items():
                 if name not in ("epoch", "seconds"):
@@ -727,7 +725,7 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
         epoch_seconds=epoch_seconds, **tracker.checkpoint_items(),
         **{f"epoch_{name}": variable for name, variable in epoch_sums.items()})
     # Every worker restores the chief's checkpoint (model_dir is shared storage).
-    restored = _restore_latest(checkpoint, model_dir / CHECKPOINT_DIR)
+    restored = _restore_latest(checkpoint, RunDir(model_dir).checkpoints_dir)
     start_step = int(step.numpy())
     if multi_worker:
         _check_workers_agree(strategy, start_step, model_dir)
@@ -739,12 +737,12 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
     if restored:
         log(f"resumed from {restored} at step {start_step} "
             f"(epoch {int(epochs_ended.numpy()) + 1})")
-    manager = tf.train.CheckpointManager(checkpoint, str(output_dir / CHECKPOINT_DIR),
+    manager = tf.train.CheckpointManager(checkpoint, str(RunDir(output_dir).checkpoints_dir),
                                          max_to_keep=config.keep_checkpoints)
 
     pca = (input_pipeline.PCALighting.from_dataset_info(info, config.pca_noise_std)
            if config.pca_noise_std > 0 else None)
-    train_pattern = str(data_dir / "train-*.tfrecord")
+    train_pattern = DataDir(data_dir).shard_pattern("train")
 
     def train_dataset(context):
         # A resumed run reshuffles with a new seed instead of replaying the first batches.
@@ -757,7 +755,7 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
 
     def val_dataset(context):
         return input_pipeline.make_dataset(
-            str(data_dir / "validation-*.tfrecord"), config.global_batch_size, training=False,
+            DataDir(data_dir).shard_pattern("validation"), config.global_batch_size, training=False,
             input_context=context, num_examples=val_count)
 
     data = _Data(train_iterator=iter(strategy.distribute_datasets_from_function(train_dataset)),
@@ -772,7 +770,7 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
         epoch_seconds=epoch_seconds, tracker=tracker, steps_per_epoch=steps_per_epoch,
         multi_worker=multi_worker, sigterm=sigterm, progress=progress, log=log)
     outputs = _Outputs(model_dir=model_dir, chief=chief,
-                       summary_writer=tf.summary.create_file_writer(str(output_dir / "logs")))
+                       summary_writer=tf.summary.create_file_writer(str(RunDir(output_dir).logs_dir)))
     try:
         results = _run_epochs(loop, data, outputs)
     except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
@@ -780,7 +778,7 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
             raise
         raise _peer_lost(error, int(step.numpy()), model_dir) from None
     if chief:
-        _save_model(model, model_dir / FINAL_MODEL)
+        _save_model(model, RunDir(model_dir).model_file())
         figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
     log(f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}")
     return results

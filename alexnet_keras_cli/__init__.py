@@ -5,25 +5,16 @@
 `alexnet-import-weights` of an installed package call the same `main`.
 
 Each module parses its arguments before importing TensorFlow, so `--help` and usage errors
-answer at once; nothing here imports TensorFlow or `alexnet_keras` at import time. The
-defaults below repeat a few of the library's constants for that reason; a test checks that
-they agree.
+answer at once; nothing here imports TensorFlow or `alexnet_keras` at import time. What the
+commands need before TensorFlow lives here too, in the standard library only, and the library
+imports it from here: the config and its presets (`config.py`), the folders on disk
+(`layout.py`) and the data-validation report (`validation_report.py`).
 """
 
 import os
 import re
 import sys
 import tempfile
-
-DEMO_DATASET_DIR = "datasets/synthetic"  # alexnet_keras.config.DEMO_DATASET_DIR
-DEMO_RECORDS_DIR = "datasets/synthetic/records"  # alexnet_keras.config.DEMO_RECORDS_DIR
-DEMO_MODEL_DIR = "runs/demo"  # alexnet_keras.config.DEMO_MODEL_DIR
-PRESET_NAMES = ("demo", "paper")  # sorted(alexnet_keras.config.PRESETS)
-LR_SCHEDULES = ("plateau", "step", "cosine")  # alexnet_keras.config.LR_SCHEDULES
-MIXED_PRECISION = ("off", "float16", "bfloat16")  # alexnet_keras.config.MIXED_PRECISION
-CONVERTER_MAX_PIXELS = 89_478_485  # alexnet_keras.tfrecords.DEFAULT_MAX_PIXELS
-SERVING_MAX_PIXELS = 50_000_000  # alexnet_keras.serving.DEFAULT_MAX_PIXELS
-SYNTHETIC_CLASSES = 10  # len(alexnet_keras.synthetic.CLASS_NAMES)
 
 # What TensorFlow prints while it starts, on every run, that is not about the run: CUDA
 # probing on machines without a GPU, CPU-instruction notes, oneDNN notes, factory

@@ -26,7 +26,8 @@ import os
 import sys
 import time
 
-from alexnet_keras_cli import CONVERTER_MAX_PIXELS, import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS
 
 
 def parse_args(argv=None):
@@ -72,7 +73,7 @@ def main(argv=None):
     # The converter decodes with Pillow in worker processes forked before any TensorFlow
     # op runs; TensorFlow is imported (quietly) only for the TFRecord writer.
     import_tensorflow_quietly(find_devices=False)
-    from alexnet_keras.config import UsageError
+    from alexnet_keras_cli.config import UsageError
     from alexnet_keras.tfrecords import WorkerDied, convert
 
     bar = progress_bar_factory("img", enabled=not args.no_progress)

@@ -28,12 +28,9 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import (
-    DEMO_MODEL_DIR,
-    DEMO_RECORDS_DIR,
-    import_tensorflow_quietly,
-    progress_bar_factory,
-)
+from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
+from alexnet_keras_cli.layout import RunDir
 
 
 def parse_args(argv=None):
@@ -67,15 +64,11 @@ def parse_args(argv=None):
 
 def default_data_dir(model_path):
     """The data a training run used (its run.json), else the demo records."""
-    import json
-
     model_path = pathlib.Path(model_path)
     for folder in (model_path, model_path.parent):
-        run_file = folder / "run.json"
-        if run_file.is_file():
-            data_dir = json.loads(run_file.read_text()).get("data_dir")
-            if data_dir:
-                return data_dir
+        data_dir = RunDir(folder).data_dir()
+        if data_dir is not None:
+            return str(data_dir.path)
     return DEMO_RECORDS_DIR
 
 

@@ -15,7 +15,8 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import SERVING_MAX_PIXELS, import_tensorflow_quietly
+from alexnet_keras_cli import import_tensorflow_quietly
+from alexnet_keras_cli.config import SERVING_MAX_PIXELS
 
 
 def parse_args(argv=None):

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from alexnet_keras_cli import SYNTHETIC_CLASSES, import_tensorflow_quietly
+from alexnet_keras_cli import import_tensorflow_quietly
 
 
 def main(argv=None):
@@ -20,7 +20,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="folder to write the classes into")
     parser.add_argument("--num_classes", type=int, default=10,
-                        help=f"number of classes, 2-{SYNTHETIC_CLASSES} (default 10)")
+                        help="number of classes, the first in the list of shapes (default 10)")
     parser.add_argument("--classes", type=lambda text: text.split(","),
                         help="comma-separated class names to write instead of the first "
                              "--num_classes (e.g. circle,stripes)")

@@ -20,16 +20,16 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import (
+from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli.config import (
     DEMO_DATASET_DIR,
     DEMO_MODEL_DIR,
     DEMO_RECORDS_DIR,
     LR_SCHEDULES,
     MIXED_PRECISION,
-    PRESET_NAMES,
-    import_tensorflow_quietly,
-    progress_bar_factory,
+    PRESETS,
 )
+from alexnet_keras_cli.layout import DataDir
 
 
 def parse_args(argv=None):
@@ -39,7 +39,7 @@ def parse_args(argv=None):
                         f"the synthetic demo dataset, built once in {DEMO_DATASET_DIR})")
     parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: {DEMO_MODEL_DIR} "
                         "for the demo; required with --data_dir)")
-    parser.add_argument("--config", choices=PRESET_NAMES, default=None,
+    parser.add_argument("--config", choices=sorted(PRESETS), default=None,
                         help="preset: 'paper' (default with --data_dir) or 'demo' (default without)")
     parser.add_argument("--epochs", type=int, help="number of epochs (paper: 90)")
     parser.add_argument("--global_batch_size", type=int,
@@ -76,7 +76,7 @@ def parse_args(argv=None):
 
 def resolve(args):
     """(config, data_dir, model_dir) from the flags; builds the demo dataset if needed."""
-    from alexnet_keras.config import PRESETS, UsageError
+    from alexnet_keras_cli.config import PRESETS, UsageError
 
     demo = args.data_dir is None
     preset = args.config or ("demo" if demo else "paper")
@@ -104,7 +104,7 @@ def build_demo_dataset():
 
     records = pathlib.Path(DEMO_RECORDS_DIR)
     images = pathlib.Path(DEMO_DATASET_DIR) / "images"
-    if not (records / "dataset.json").exists():
+    if not DataDir(records).dataset_file.exists():
         print(f"building the synthetic demo dataset in {DEMO_DATASET_DIR} (once)")
         make_synthetic_dataset(images, num_classes=10, images_per_class=150)
         convert(images, records, val_fraction=0.2)
@@ -115,7 +115,7 @@ def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from alexnet_keras import training
-    from alexnet_keras.config import UsageError, print_config
+    from alexnet_keras_cli.config import UsageError, print_config
 
     try:
         config, data_dir, model_dir = resolve(args)
@@ -123,7 +123,7 @@ def main(argv=None):
         progress = progress_bar_factory("step", enabled=not args.no_progress)
         devices = args.devices.split(",") if args.devices else None
         if args.require_validation:
-            from alexnet_keras.validation_report import ValidationRequired, check_validated
+            from alexnet_keras_cli.validation_report import ValidationRequired, check_validated
 
             try:
                 check_validated(data_dir)

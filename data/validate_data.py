@@ -29,7 +29,6 @@ Flink or Spark, e.g. --runner DataflowRunner --project P --region R --temp_locat
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -39,30 +38,18 @@ import sys
 import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout's alexnet_keras_cli (standard library only) holds the on-disk layout and the
+# report's contract; this environment does not install the project.
+sys.path.insert(0, REPO_ROOT)
+
+from alexnet_keras_cli import validation_report as report_lib
+from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 DEFAULT_DRIFT_THRESHOLD = 0.1
 
-# The converter's contract (alexnet_keras/tfrecords.py, `_example`).
-LABEL = "image/class/label"
-CLASS_TEXT = "image/class/text"
-ENCODED = "image/encoded"
-HEIGHT = "image/height"
-WIDTH = "image/width"
-FORMAT = "image/format"
-FILENAME = "image/filename"
-STORED_SIZE = 256
-STORED_FORMAT = "JPEG"
-
-
-def _load_report_module():
-    """alexnet_keras/validation_report.py by path: importing the package would import Keras."""
-    path = os.path.join(REPO_ROOT, "alexnet_keras", "validation_report.py")
-    spec = importlib.util.spec_from_file_location("validation_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report_lib = _load_report_module()
+# The converter's contract, from alexnet_keras_cli, which (like the validation report there)
+# imports no TensorFlow: this environment has its own.
+LABEL, CLASS_TEXT, ENCODED = Feature.LABEL, Feature.CLASS_TEXT, Feature.ENCODED
+HEIGHT, WIDTH, FORMAT, FILENAME = Feature.HEIGHT, Feature.WIDTH, Feature.FORMAT, Feature.FILENAME
 
 
 def import_tfdv():
@@ -102,7 +89,7 @@ def find_records(data_dir, split=None, records=None, name=None, default_split="t
             name = os.path.basename(os.path.normpath(records))
     else:
         name = split or default_split
-        pattern = os.path.join(data_dir, report_lib.records_pattern(name))
+        pattern = os.path.join(data_dir, DataDir.shard_glob(name))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UsageError(f"{name!r} cannot name report files: use letters, digits, '_', '.', '-'")
     if not tf.io.gfile.isdir(data_dir):
@@ -112,7 +99,7 @@ def find_records(data_dir, split=None, records=None, name=None, default_split="t
         if records:
             raise UsageError(f"no TFRecord files match {pattern}")
         splits = sorted({os.path.basename(path).split("-")[0]
-                         for path in _glob(os.path.join(data_dir, "*-*.tfrecord"))})
+                         for path in _glob(os.path.join(data_dir, DataDir.shard_glob("*")))})
         if not splits:
             raise UsageError(f"{data_dir} holds no TFRecord files: convert an image folder "
                              f"into it with data/build_tfrecords.py first")
@@ -126,7 +113,7 @@ def find_records(data_dir, split=None, records=None, name=None, default_split="t
 def read_class_names(data_dir):
     import tensorflow as tf
 
-    path = os.path.join(data_dir, "labels.txt")
+    path = os.path.join(data_dir, DataDir.LABELS)
     if not tf.io.gfile.exists(path):
         raise UsageError(f"{path} is missing: is {data_dir} the output folder of "
                          f"data/build_tfrecords.py?")
@@ -142,7 +129,7 @@ def _count_files(records):
 
 
 def _stats_path(data_dir, name):
-    return os.path.join(data_dir, "stats", f"{name}.pb")
+    return os.path.join(data_dir, DataDir.stats_name(name))
 
 
 def stats_schema_hint():
@@ -181,7 +168,7 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
 
     print(f"computing statistics of {name}: {_count_files(records)} ({pattern})")
     options = tfdv.StatsOptions(enable_semantic_domain_stats=True, schema=stats_schema_hint())
-    stats_dir = os.path.join(data_dir, "stats")
+    stats_dir = os.path.join(data_dir, DataDir.STATS)
     # The pipeline's own output must be reachable by remote workers: it goes beside the
     # final file (a gs:// folder on Dataflow), then becomes a plain binary proto.
     pipeline_output = os.path.join(stats_dir, f".{name}.stats-tfrecord")
@@ -212,7 +199,7 @@ def reusable_statistics(data_dir, name, pattern, records):
     import tensorflow as tf
     tfdv = import_tfdv()
 
-    sidecar = os.path.join(data_dir, "stats", f"{name}.json")
+    sidecar = os.path.join(data_dir, DataDir.stats_name(name, ".json"))
     if not (tf.io.gfile.exists(sidecar) and tf.io.gfile.exists(_stats_path(data_dir, name))):
         return None
     with tf.io.gfile.GFile(sidecar) as file:
@@ -383,7 +370,7 @@ def command_stats(args, beam_options):
     name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
                                           default_split="train")
     stats = compute_statistics(args.data_dir, name, pattern, records, beam_options)
-    html = os.path.join(args.data_dir, "stats", f"{name}.html")
+    html = os.path.join(args.data_dir, DataDir.stats_name(name, ".html"))
     write_statistics_html(html, stats, name)
     class_names = None
     try:
@@ -399,7 +386,7 @@ def command_schema(args, beam_options):
     import tensorflow as tf
     tfdv = import_tfdv()
 
-    path = os.path.join(args.data_dir, report_lib.SCHEMA_FILE)
+    path = os.path.join(args.data_dir, DataDir.SCHEMA)
     if tf.io.gfile.exists(path) and not args.force:
         print(f"kept the existing schema {path} (it may be hand-edited); --force rebuilds it "
               f"from the training statistics")
@@ -423,7 +410,7 @@ def command_validate(args, beam_options):
     import tensorflow as tf
     tfdv = import_tfdv()
 
-    schema_path = os.path.join(args.data_dir, report_lib.SCHEMA_FILE)
+    schema_path = os.path.join(args.data_dir, DataDir.SCHEMA)
     name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
                                           default_split="validation")
     if not tf.io.gfile.exists(schema_path):
@@ -450,14 +437,14 @@ def command_validate(args, beam_options):
     report = text_report(name, examples, records, rows, drift_lines(anomalies), schema_path,
                          baseline_name)
     tfdv.write_anomalies_text(anomalies, os.path.join(args.data_dir, f"anomalies_{name}.pbtxt"))
-    _write_text(os.path.join(args.data_dir, f"validation_{name}.txt"), report)
+    _write_text(os.path.join(args.data_dir, DataDir.report_name(name, ".txt")), report)
     with tf.io.gfile.GFile(schema_path, "rb") as file:
         schema_sha256 = report_lib.sha256_of_bytes(file.read())
     contract = report_lib.build_report(name, records, schema_sha256, rows, examples,
                                        baseline=baseline_name)
     _write_text(report_lib.report_path(args.data_dir, name), json.dumps(contract, indent=2))
     if baseline is not None:
-        write_statistics_html(os.path.join(args.data_dir, "stats", f"{name}_vs_{baseline_name}.html"),
+        write_statistics_html(os.path.join(args.data_dir, DataDir.stats_name(f"{name}_vs_{baseline_name}", ".html")),
                               stats, name, baseline, baseline_name)
     print(report, end="")
     return 1 if rows else 0

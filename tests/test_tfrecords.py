@@ -378,7 +378,7 @@ def test_no_validation_split_is_refused_by_the_converter(tmp_path, python, repo_
 def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, python,
                                                                       repo_root):
     from alexnet_keras import evaluation, input_pipeline, serving, training
-    from alexnet_keras.config import PRESETS
+    from alexnet_keras_cli.config import PRESETS
 
     truth = imagenet_like_folder(tmp_path / "in")
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")

@@ -3,7 +3,9 @@
     python train.py --config paper --data_dir D --model_dir M    # the paper (section 5)
     python train.py                                              # the demo on synthetic data
 
-Every run prints its resolved config and writes it to `model_dir/config.json`.
+Every run prints its resolved config and writes it to `model_dir/config.json`. Standard
+library only, like the rest of `alexnet_keras_cli`: the commands build their flags from it
+before they import TensorFlow.
 """
 
 import dataclasses
@@ -17,6 +19,12 @@ DEMO_MODEL_DIR = "runs/demo"
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
+
+# The largest images the converter and the serving signature accept, in pixels. Pillow's own
+# warning threshold: larger files are refused as decompression bombs before any pixel is
+# decoded. Serving refuses larger requests before it decodes them.
+CONVERTER_MAX_PIXELS = 89_478_485
+SERVING_MAX_PIXELS = 50_000_000
 
 
 class UsageError(ValueError):

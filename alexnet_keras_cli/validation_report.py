@@ -2,15 +2,16 @@
 
 Standard library only. TensorFlow Data Validation lives in its own environment (it needs
 TensorFlow 2.16), so training never imports it: the JSON report it leaves beside the records
-is the contract. data/validate_data.py loads this file by path, without the package's
-`__init__` (which imports Keras).
+is the contract. It lives in `alexnet_keras_cli`, which both environments import without
+TensorFlow.
 """
 
 import hashlib
 import json
 import os
 
-SCHEMA_FILE = "schema.pbtxt"
+from alexnet_keras_cli.layout import DataDir
+
 TRAINING_SPLITS = ("train", "validation")
 COMMAND = ".venv-validate/bin/python data/validate_data.py"
 
@@ -19,13 +20,8 @@ class ValidationRequired(ValueError):
     """The data has no passing, current validation report."""
 
 
-def records_pattern(split):
-    """The converter's file names for a split, as a glob pattern."""
-    return f"{split}-*.tfrecord"
-
-
 def report_path(data_dir, name):
-    return os.path.join(str(data_dir), f"validation_{name}.json")
+    return os.path.join(str(data_dir), DataDir.report_name(name))
 
 
 def sha256_of_bytes(data):
@@ -49,7 +45,7 @@ def build_report(name, records, schema_sha256, anomalies, examples, baseline=Non
 def _local_records(data_dir, split):
     import glob
 
-    paths = sorted(glob.glob(os.path.join(str(data_dir), records_pattern(split))))
+    paths = sorted(glob.glob(os.path.join(str(data_dir), DataDir.shard_glob(split))))
     return [{"file": os.path.basename(path), "bytes": os.path.getsize(path)} for path in paths]
 
 
@@ -60,7 +56,7 @@ def _rerun(data_dir, split):
 def check_validated(data_dir, splits=TRAINING_SPLITS):
     """Raises ValidationRequired unless every split in `splits` has a passing report that
     covers the records now in `data_dir` (same files, same sizes) and the current schema."""
-    schema_path = os.path.join(str(data_dir), SCHEMA_FILE)
+    schema_path = os.path.join(str(data_dir), DataDir.SCHEMA)
     for split in splits:
         path = report_path(data_dir, split)
         if not os.path.exists(path):
@@ -82,7 +78,7 @@ def check_validated(data_dir, splits=TRAINING_SPLITS):
             raise ValidationRequired(
                 f"--require_validation: the latest validation of the {split} split found "
                 f"{len(anomalies)} anomalies (first: {first['feature']}: {first['kind']}); "
-                f"see {os.path.join(str(data_dir), f'validation_{split}.txt')}. Fix the data "
+                f"see {os.path.join(str(data_dir), DataDir.report_name(split, '.txt'))}. Fix the data "
                 f"or the schema ({schema_path}), then run {_rerun(data_dir, split)}")
         if records != _local_records(data_dir, split):
             raise ValidationRequired(
