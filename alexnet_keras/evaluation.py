@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.files import replaced_atomically, write_text_atomically
-from alexnet_keras_cli.layout import RunDir
+from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
 
 TOP_K = 5
 MOST_CONFUSED_PAIRS = 10
@@ -61,7 +61,7 @@ def resolve_model_path(path, best=False):
     path = pathlib.Path(path)
     if not path.exists():
         raise EvaluationError(f"--model {path} does not exist")
-    if path.is_dir() and not (path / "saved_model.pb").exists():
+    if path.is_dir() and not ExportBase.is_version(path):
         run_model = RunDir(path).model_file(best)
         if run_model.is_file():
             return run_model
@@ -232,9 +232,9 @@ def evaluate_model(model_path, data_dir, split="validation", batch_size=64, ten_
     if split not in info["num_examples"] or not info["num_examples"][split]:
         raise EvaluationError(f"{data_dir} has no {split!r} split (it has: "
                               f"{', '.join(name for name, count in info['num_examples'].items() if count)})")
-    pattern = str(data_dir / f"{split}-*.tfrecord")
+    pattern = DataDir(data_dir).shard_pattern(split)
     if not tf.io.gfile.glob(pattern):
-        raise EvaluationError(f"{data_dir} has no {split}-*.tfrecord files")
+        raise EvaluationError(f"{data_dir} has no {DataDir.shard_glob(split)} files")
     model = load_model(model_path, best)
     if model.num_classes != info["num_classes"]:
         raise EvaluationError(f"{model.path} predicts {model.num_classes} classes but {data_dir} "

@@ -29,15 +29,14 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
 IMAGE_BYTES = "image_bytes"
 PIXELS = "images"
 TOP_K = 5
-WARMUP_FILE = "tf_serving_warmup_requests"  # under assets.extra/, read by TF Serving
 WARMUP_BATCH_SIZES = (1, 32)
-EXPORT_INFO_FILE = "alexnet_export.json"  # under assets.extra/, for people; servers ignore it
 _HEADER_BYTES = 32  # every size field below lies in the first 30 bytes
 
 
@@ -258,7 +257,7 @@ def _write_labels(labels):
         if not label or "\n" in label or "\r" in label:
             raise ExportError(f"label {label!r} is empty or spans lines")
     folder = pathlib.Path(tempfile.mkdtemp(prefix="alexnet-labels-"))
-    path = folder / "labels.txt"
+    path = folder / ExportBase.LABELS_ASSET
     path.write_text("".join(f"{label}\n" for label in labels))
     return path
 
@@ -309,23 +308,10 @@ def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES):
 _TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-")
 
 
-def existing_versions(export_base):
-    """The integer version folders under `export_base` (TF Serving ignores other names)."""
-    base = pathlib.Path(export_base)
-    if not base.is_dir():
-        return []
-    return sorted(int(path.name) for path in base.iterdir()
-                  if path.is_dir() and path.name.isdigit())
-
-
 def export_version_dir(path):
     """`path` if it is an export version (it holds saved_model.pb), the highest version if
     it is an export base, else None."""
-    path = pathlib.Path(path)
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = existing_versions(path)
-    return path / str(versions[-1]) if versions else None
+    return ExportBase.resolve(path)
 
 
 def remove_stale_temporaries(export_base):
@@ -358,7 +344,7 @@ def xla_must_compile_functions(export_dir):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((pathlib.Path(export_dir) / "saved_model.pb").read_bytes())
+    saved_model.ParseFromString((pathlib.Path(export_dir) / ExportBase.SAVED_MODEL).read_bytes())
 
     def marked(node_or_function):
         attr = node_or_function.attr.get("_XlaMustCompile")
@@ -406,16 +392,16 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
                 f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
                 f"which TF Serving refuses unless started with XLA: the model uses a layer "
                 f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)")
-        extra = temporary / "assets.extra"
+        extra = temporary / ExportBase.EXTRA
         extra.mkdir()
-        with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+        with tf.io.TFRecordWriter(str(extra / ExportBase.WARMUP)) as writer:
             for record in warmup_records(model_name):
                 writer.write(record)
         info = {"model": str(source) if source else None, "labels": len(labels),
                 "max_pixels": functions.max_pixels, "top_k": functions.top_k,
                 "tensorflow": tf.__version__, "keras": keras.__version__,
                 "signatures": [SERVING_DEFAULT, PREDICT_PIXELS]}
-        (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
+        (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
         _fsync_tree(temporary)
         return _rename_into_place(temporary, base, version)
     finally:
@@ -428,7 +414,7 @@ def _rename_into_place(temporary, base, version):
     """Renames the finished folder to the next free version (or `version`); a rename onto
     an existing, non-empty folder fails, so two concurrent exports cannot share a number."""
     while True:
-        number = version if version is not None else max(existing_versions(base), default=0) + 1
+        number = version if version is not None else max(ExportBase(base).versions(), default=0) + 1
         target = base / str(number)
         try:
             os.rename(temporary, target)
@@ -457,13 +443,12 @@ def labels_for_model(model_path, labels_path=None, num_classes=None, model=None)
         if not path.is_file():
             raise ExportError(f"--labels {path} does not exist")
         return _read_labels(path)
-    run_file = pathlib.Path(model_path).parent / "run.json"
-    if run_file.is_file():
-        run = json.loads(run_file.read_text())
+    run = RunDir(pathlib.Path(model_path).parent).read_run()
+    if run:
         if run.get("class_names"):
             return list(run["class_names"])
         if run.get("data_dir"):
-            path = pathlib.Path(run["data_dir"]) / "labels.txt"
+            path = DataDir(run["data_dir"]).labels_file
             if path.is_file():
                 return _read_labels(path)
     return model_class_names(model) if model is not None else None

@@ -164,7 +164,16 @@ class RunDir:
 
 class ExportBase:
     """The export base: TF Serving serves its highest integer sub-folder and ignores other
-    names (the hidden temporaries an export builds in before renaming them into place)."""
+    names (the hidden temporaries an export builds in before renaming them into place). A
+    version holds `saved_model.pb`, `variables/`, `assets/labels.txt` (the class names the
+    outputs are labelled with) and `assets.extra/` (warmup requests, which TF Serving reads,
+    and a description of the export for people)."""
+
+    SAVED_MODEL = "saved_model.pb"
+    LABELS_ASSET = "labels.txt"
+    EXTRA = "assets.extra"
+    WARMUP = "tf_serving_warmup_requests"
+    INFO = "alexnet_export.json"
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
@@ -181,3 +190,16 @@ class ExportBase:
 
     def version_dir(self, version):
         return self.path / str(version)
+
+    @classmethod
+    def is_version(cls, path):
+        return (pathlib.Path(path) / cls.SAVED_MODEL).is_file()
+
+    @classmethod
+    def resolve(cls, path):
+        """`path` if it is an export version, the highest version if it is an export base,
+        else None."""
+        if cls.is_version(path):
+            return pathlib.Path(path)
+        versions = cls(path).versions()
+        return cls(path).version_dir(versions[-1]) if versions else None

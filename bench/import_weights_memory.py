@@ -27,7 +27,7 @@ import common  # noqa: F401  (makes alexnet_keras importable)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from caffe_files import random_weights, write_caffemodel, write_npy  # noqa: E402
+from caffe_files import random_weights, write_caffemodel, write_npy
 
 FORMATS = {"caffemodel (layer)": "layer", "caffemodel (V1 layers)": "layers", "npy": "npy"}
 BASELINE = ("from alexnet_keras_cli import import_tensorflow_quietly; "

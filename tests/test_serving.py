@@ -22,6 +22,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import serving
+from alexnet_keras_cli.layout import ExportBase
 from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
 
 NUM_CLASSES = 10
@@ -155,7 +156,7 @@ def test_a_batch_and_the_pixel_signature_agree_with_keras(export_dir, model_file
 
 
 def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
-    path = export_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path = export_dir / ExportBase.EXTRA / ExportBase.WARMUP
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
     assert 1 <= len(records) <= 1000  # TF Serving reads at most 1,000
     batch_sizes = []
@@ -365,7 +366,7 @@ def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
     assert temporaries, "the export finished or failed before a temporary folder appeared"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert serving.existing_versions(base) == []
+    assert ExportBase(base).versions() == []
     assert list(base.parent.glob(".alexnet.tmp-*")), "the killed export's folder is gone"
 
     first = run_export(python, repo_root, *arguments)
@@ -374,12 +375,12 @@ def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
     assert list(base.parent.glob(".alexnet.tmp-*")) == []
     second = run_export(python, repo_root, *arguments)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert serving.existing_versions(base) == [1, 2]
+    assert ExportBase(base).versions() == [1, 2]
     assert sorted(path.name for path in base.iterdir()) == ["1", "2"]
 
     again = run_export(python, repo_root, *arguments, "--version", 2)
     assert again.returncode == 2 and "already exists; versions are never overwritten" in again.stderr
-    assert serving.existing_versions(base) == [1, 2]
+    assert ExportBase(base).versions() == [1, 2]
 
 
 def test_a_float16_model_exports_float32_inputs_and_outputs(tmp_path, labels_file, image_files,
@@ -420,7 +421,7 @@ def test_export_refuses_bad_labels_and_missing_models(model_file, tmp_path, pyth
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     for result in (result, missing):
         assert "Traceback" not in result.stderr
-    assert not (tmp_path / "x").exists() or serving.existing_versions(tmp_path / "x") == []
+    assert not (tmp_path / "x").exists() or ExportBase(tmp_path / "x").versions() == []
 
 
 def test_labels_default_to_the_training_runs_class_names(tmp_path, labels_file):
