@@ -241,8 +241,14 @@ class ServingFunctions:
     def predict_pixels(self, images):
         """float32 [batch, 227, 227, 3] RGB pixels in [0, 255] -> the outputs dict."""
         images = tf.debugging.check_numerics(images, "pixel values must be finite")
-        logits = self.model(images, training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+        num_classes = self.model.output.shape[-1]
+        # An empty batch skips the model: oneDNN's convolution returns its input's shape for
+        # an empty batch on some CPUs (AVX-512 Xeons), which breaks the next layer.
+        logits = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(self.model(images, training=False), tf.float32),
+            lambda: tf.zeros((0, num_classes), tf.float32))
+        probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         return {
             "probabilities": probabilities,
