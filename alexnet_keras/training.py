@@ -35,6 +35,7 @@ from alexnet_keras_cli.config import UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
+from alexnet_keras_cli import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
 from alexnet_keras_cli.layout import DataDir, RunDir
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
@@ -589,8 +590,8 @@ def _validate(loop, epoch, validation, val_batches, train_sums, train_seconds, l
     sums = MetricSums()
     bar = loop.progress(val_batches, f"validation {epoch + 1}") if loop.progress else None
     try:
-        for batch in validation:
-            outputs = loop.eval_step(batch, loop.stop_request())
+        for _ in range(val_batches):
+            outputs = loop.eval_step(next(validation), loop.stop_request())
             sums += MetricSums.of_step(outputs)
             if bar is not None:
                 bar.update(1)
@@ -650,8 +651,8 @@ def _run_epochs(loop, data, outputs):
 class _Data:
     train_iterator: object
     train_pattern: str
-    validation: object
-    val_batches: int
+    validation: object  # an iterator over the validation split, repeated
+    val_batches: int  # one pass
 
 
 @dataclasses.dataclass
@@ -754,14 +755,19 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
     val_count = info["num_examples"]["validation"]
 
     def val_dataset(context):
+        # Repeated, and read val_batches at a time: each epoch's pass is the same full batches
+        # (padded) from one iterator, made once, where a new iterator per epoch made
+        # TensorFlow's input code log a warning every few epochs.
         return input_pipeline.make_dataset(
-            DataDir(data_dir).shard_pattern("validation"), config.global_batch_size, training=False,
-            input_context=context, num_examples=val_count)
+            DataDir(data_dir).shard_pattern("validation"), config.global_batch_size,
+            training=False, input_context=context, num_examples=val_count).repeat()
 
-    data = _Data(train_iterator=iter(strategy.distribute_datasets_from_function(train_dataset)),
-                 train_pattern=train_pattern,
-                 validation=strategy.distribute_datasets_from_function(val_dataset),
-                 val_batches=math.ceil(val_count / config.global_batch_size))
+    with native_stderr_without(DISTRIBUTED_ITERATOR_NOTE):
+        data = _Data(
+            train_iterator=iter(strategy.distribute_datasets_from_function(train_dataset)),
+            train_pattern=train_pattern,
+            validation=iter(strategy.distribute_datasets_from_function(val_dataset)),
+            val_batches=math.ceil(val_count / config.global_batch_size))
     train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
     loop = TrainingLoop(
         config=config, model=model, optimizer=optimizer,

@@ -11,6 +11,7 @@ imports it from here: the config and its presets (`config.py`), the folders on d
 (`layout.py`) and the data-validation report (`validation_report.py`).
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -26,6 +27,12 @@ _STARTUP_CHATTER = re.compile(
     r"|TF-TRT Warning: Could not find TensorRT|cuda_executor\.cc.*NUMA node"
 )
 _NO_GPU = re.compile(r"failed call to cuInit")
+# Printed by TensorFlow's C++ code whenever a tf.distribute dataset's iterator is made: the
+# per-device generator that MirroredStrategy's input uses cannot be rewritten by tf.data's
+# graph optimizations, which tf.data notes; nothing the caller can change.
+DISTRIBUTED_ITERATOR_NOTE = re.compile(
+    r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized because "
+    r"the dataset does not implement the AsGraphDefInternal\(\) method")
 
 
 def import_tensorflow_quietly(find_devices=True):
@@ -58,6 +65,28 @@ def import_tensorflow_quietly(find_devices=True):
             captured.seek(0)
             _replay(captured.read().decode(errors="replace"), no_gpu=gpus == [])
     return tf
+
+
+@contextlib.contextmanager
+def native_stderr_without(pattern):
+    """Runs the block with the process's standard error (file descriptor 2, where
+    TensorFlow's C++ code logs) captured, then writes what it captured except the lines that
+    match `pattern`. For short blocks that make TensorFlow print a known, useless line."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not pattern.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _replay(text, no_gpu):
