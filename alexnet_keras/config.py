@@ -17,11 +17,30 @@ DEMO_MODEL_DIR = "runs/demo"
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
+# The layers of build_alexnet that hold weights, in the network's order: what --train_layers
+# chooses among when fine-tuning.
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+ALL_LAYERS = "all"
 
 
 class UsageError(ValueError):
     """A problem the user can fix (bad flags, a bad data or model folder), raised on purpose
     with a message that says what to do; the scripts print it without a traceback."""
+
+
+def _canonical_train_layers(text):
+    """'all', or the chosen WEIGHT_LAYERS comma-separated in the network's order."""
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--train_layers is empty: name layers among {', '.join(WEIGHT_LAYERS)}, "
+                         f"or {ALL_LAYERS}")
+    unknown = [name for name in names if name not in (*WEIGHT_LAYERS, ALL_LAYERS)]
+    if unknown:
+        raise UsageError(f"--train_layers: unknown layer {', '.join(map(repr, unknown))}; the "
+                         f"layers are {', '.join(WEIGHT_LAYERS)}, or {ALL_LAYERS}")
+    if ALL_LAYERS in names or set(names) == set(WEIGHT_LAYERS):
+        return ALL_LAYERS
+    return ",".join(name for name in WEIGHT_LAYERS if name in names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +68,10 @@ class Config:
     # === Input ===
     shuffle_buffer: int = 10_000
     pca_noise_std: float = 0.1  # alpha_i ~ N(0, 0.1); 0 turns the lighting noise off
+
+    # === Fine-tuning ===
+    init_from: str | None = None  # a .keras model of this project to start from
+    train_layers: str = ALL_LAYERS  # comma-separated WEIGHT_LAYERS; the others stay frozen
 
     # === Runtime ===
     mixed_precision: str = "off"  # "float16" (with loss scaling) or "bfloat16" on GPUs
@@ -79,6 +102,19 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        # Frozen dataclass: the canonical spelling is stored, so that "fc8,fc7" and "fc7,fc8"
+        # are the same setting in config.json, run.json and the resume checks.
+        object.__setattr__(self, "train_layers", _canonical_train_layers(self.train_layers))
+        if self.train_layers != ALL_LAYERS and not self.init_from:
+            raise UsageError(f"--train_layers {self.train_layers} needs --init_from: without "
+                             f"it the frozen layers would keep their random initial weights")
+
+    @property
+    def trained_layers(self):
+        """The names in WEIGHT_LAYERS this run trains."""
+        if self.train_layers == ALL_LAYERS:
+            return WEIGHT_LAYERS
+        return tuple(self.train_layers.split(","))
 
     def replace(self, **changes):
         """A copy with `changes`; unknown names are an error."""
@@ -116,6 +152,15 @@ PRESETS = {
         warmup_epochs=1.0,
         shuffle_buffer=2_000,
         checkpoint_every_steps=50,
+    ),
+    # Fine-tuning a saved model (--init_from; the default preset then): PLACEHOLDER.
+    "finetune": Config(
+        epochs=10,
+        global_batch_size=32,
+        learning_rate=0.001,
+        lr_schedule="cosine",
+        shuffle_buffer=2_000,
+        checkpoint_every_steps=100,
     ),
 }
 

@@ -17,7 +17,7 @@ import tempfile
 DEMO_DATASET_DIR = "datasets/synthetic"  # alexnet_keras.config.DEMO_DATASET_DIR
 DEMO_RECORDS_DIR = "datasets/synthetic/records"  # alexnet_keras.config.DEMO_RECORDS_DIR
 DEMO_MODEL_DIR = "runs/demo"  # alexnet_keras.config.DEMO_MODEL_DIR
-PRESET_NAMES = ("demo", "paper")  # sorted(alexnet_keras.config.PRESETS)
+PRESET_NAMES = ("demo", "finetune", "paper")  # sorted(alexnet_keras.config.PRESETS)
 LR_SCHEDULES = ("plateau", "step", "cosine")  # alexnet_keras.config.LR_SCHEDULES
 MIXED_PRECISION = ("off", "float16", "bfloat16")  # alexnet_keras.config.MIXED_PRECISION
 CONVERTER_MAX_PIXELS = 89_478_485  # alexnet_keras.tfrecords.DEFAULT_MAX_PIXELS

@@ -1,0 +1,123 @@
+"""Does fine-tuning transfer? A source network trained on five synthetic classes, then the
+`finetune` recipe on five other classes from a few images each, against the same recipe from
+scratch, over several seeds; the figures of docs/finetuning.md and the bar of
+tests/test_finetune.py.
+
+    python bench/finetune_transfer.py [--seeds 0 1 2] [--learning_rates 0.001 0.003 0.01]
+
+The source is the `demo` recipe at --width on SOURCE_CLASSES (--source_images per class, a
+fifth held out). Each target dataset holds TARGET_CLASSES, --target_train training and
+--target_val validation images per class, drawn with the seed. For each seed and learning
+rate it trains `finetune` with `--init_from` the source, and the same config without it:
+the source's own initialisation (He) and input scale, so that the only difference is the
+starting weights. Prints the validation accuracy of the last epoch of every run, then the
+medians and the minimum of the differences.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import shutil
+import statistics
+import tempfile
+
+from common import sys  # noqa: F401  (puts the checkout on sys.path)
+from peer_speed import cpu_name
+
+SOURCE_CLASSES = ("circle", "triangle", "stripes", "ring", "dots")
+TARGET_CLASSES = ("square", "star", "cross", "checkerboard", "crescent")
+
+
+def make_records(folder, classes, train_per_class, val_per_class, seed):
+    from alexnet_keras.synthetic import make_synthetic_dataset
+    from alexnet_keras.tfrecords import convert
+
+    total = train_per_class + val_per_class
+    shutil.rmtree(folder, ignore_errors=True)
+    make_synthetic_dataset(folder / "images", images_per_class=total, seed=seed, classes=classes)
+    convert(folder / "images", folder / "records", val_fraction=val_per_class / total,
+            num_shards=2, workers=2, log=lambda message: None)
+    return folder / "records"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--source_images", type=int, default=100)
+    parser.add_argument("--source_epochs", type=int, default=12)
+    parser.add_argument("--source_batch_size", type=int, default=32)
+    parser.add_argument("--source_classes", nargs="+", default=SOURCE_CLASSES)
+    parser.add_argument("--target_classes", nargs="+", default=TARGET_CLASSES)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="further config changes of both recipes, e.g. warmup_epochs=1")
+    parser.add_argument("--target_train", type=int, default=6)
+    parser.add_argument("--target_val", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--global_batch_size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--dropout_rate", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--learning_rates", type=float, nargs="+", default=None)
+    parser.add_argument("--train_layers", default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work_dir", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+
+    from alexnet_keras import training
+    from alexnet_keras.config import PRESETS
+
+    source_classes, target_classes = args.source_classes, args.target_classes
+    work = args.work_dir or pathlib.Path(tempfile.mkdtemp(prefix="finetune-transfer-"))
+    print(f"CPU: {cpu_name()}; work folder {work}")
+    source_dir = work / "source"
+    source_model = source_dir / "model" / "alexnet.keras"
+    if not source_model.exists():
+        records = make_records(source_dir, source_classes, args.source_images * 4 // 5,
+                               args.source_images // 5, seed=100)
+        source_config = PRESETS["demo"].replace(width_multiplier=args.width,
+                                                epochs=args.source_epochs,
+                                                global_batch_size=args.source_batch_size)
+        results = training.train(source_config, records, source_dir / "model", log=lambda m: None)
+        print(f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "
+              f"{args.source_epochs} epochs")
+
+    recipe = PRESETS["finetune"]
+    overrides = {name: getattr(args, name) for name in ("epochs", "global_batch_size",
+                                                        "dropout_rate")
+                 if getattr(args, name) is not None}
+    fields = {field.name: field.type for field in dataclasses.fields(recipe)}
+    for change in args.set:
+        name, value = change.split("=", 1)
+        overrides[name] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    rates = args.learning_rates or [recipe.learning_rate]
+    differences = {rate: [] for rate in rates}
+    accuracies = {(rate, kind): [] for rate in rates for kind in ("finetuned", "scratch")}
+    for seed in args.seeds:
+        records = make_records(work / f"target_{seed}", target_classes, args.target_train,
+                               args.target_val, seed=seed)
+        for rate in rates:
+            finetuned = recipe.replace(learning_rate=rate, seed=seed, init_from=str(source_model),
+                                       train_layers=args.train_layers, **overrides)
+            # The source's architecture and initialisation, from random weights.
+            scratch = recipe.replace(learning_rate=rate, seed=seed, width_multiplier=args.width,
+                                     input_scale=PRESETS["demo"].input_scale,
+                                     kernel_init=PRESETS["demo"].kernel_init, **overrides)
+            row = {}
+            for kind, config in (("finetuned", finetuned), ("scratch", scratch)):
+                model_dir = work / f"{kind}_{seed}_{rate:g}"
+                shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run, not a resume
+                results = training.train(config, records, model_dir, log=lambda m: None)
+                row[kind] = 1 - results[-1].val_top1_error
+                accuracies[(rate, kind)].append(row[kind])
+            differences[rate].append(row["finetuned"] - row["scratch"])
+            print(f"seed {seed} lr {rate:g}: fine-tuned {row['finetuned']:.3f}, "
+                  f"from scratch {row['scratch']:.3f} ({len(results)} epochs)", flush=True)
+    for rate in rates:
+        print(f"lr {rate:g}: fine-tuned median {statistics.median(accuracies[(rate, 'finetuned')]):.3f}"
+              f" (min {min(accuracies[(rate, 'finetuned')]):.3f}), from scratch median "
+              f"{statistics.median(accuracies[(rate, 'scratch')]):.3f} (max "
+              f"{max(accuracies[(rate, 'scratch')]):.3f}); difference min "
+              f"{min(differences[rate]):.3f}")
+
+
+if __name__ == "__main__":
+    main()

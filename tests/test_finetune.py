@@ -1,0 +1,160 @@
+"""Fine-tuning (`--init_from`, `--train_layers`): transfer, frozen layers bit for bit, the
+source's architecture, run.json, resume, bad usage."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import alexnet_keras  # noqa: F401  (registers the layers for load_model)
+from alexnet_keras import build_alexnet, training
+from alexnet_keras.config import PRESETS, WEIGHT_LAYERS
+from alexnet_keras.model import LRN_CAFFE
+from test_training import latest_checkpoint, run_train, steps_per_epoch, wait_for_checkpoint
+
+# ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
+ILSVRC_RGB_MEAN = (122.67891434, 116.66876762, 104.00698793)
+
+
+def save_imported_like_model(path, width_multiplier=0.125):
+    """A model shaped as import_weights.py writes one (1000 classes, Caffe's LRN, ILSVRC's
+    mean, input scale 1, biases 0.1), narrowed to `width_multiplier`, with random weights."""
+    keras.utils.set_random_seed(7)
+    model = build_alexnet(num_classes=1000, lrn=LRN_CAFFE, rgb_mean=ILSVRC_RGB_MEAN,
+                          input_scale=1.0, bias_init=0.1, width_multiplier=width_multiplier)
+    model.save(path)
+    return path
+
+
+def weights_by_layer(model):
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+@pytest.fixture(scope="module")
+def imported_like(tmp_path_factory):
+    return save_imported_like_model(tmp_path_factory.mktemp("imported") / "imported.keras")
+
+
+# A fine-tuning recipe small enough for the suite, on the 72 training images of
+# `synthetic_records` (9 steps of 8 per epoch).
+SMALL = PRESETS["finetune"].replace(epochs=1, global_batch_size=8, checkpoint_every_steps=3,
+                                    shuffle_buffer=64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,devices", [("off", ["/cpu:0", "/cpu:1"]),
+                                               ("float16", ["/cpu:0"])])
+def test_train_layers_fc8_leaves_every_other_weight_as_loaded(
+        precision, devices, imported_like, synthetic_records, tmp_path):
+    model_dir = tmp_path / "model"
+    messages = []
+    config = SMALL.replace(init_from=str(imported_like), train_layers="fc8",
+                           mixed_precision=precision)
+    training.train(config, synthetic_records, model_dir, devices=devices, log=messages.append)
+    source = keras.models.load_model(imported_like)
+    result = keras.models.load_model(model_dir / "alexnet.keras")
+    before, after = weights_by_layer(source), weights_by_layer(result)
+    assert set(before) == set(after)
+    for name in before:
+        if name == "fc8":
+            continue
+        for old, new in zip(before[name], after[name], strict=True):
+            np.testing.assert_array_equal(old, new, err_msg=name)
+    # The source's architecture: Caffe's LRN, ILSVRC's mean (not the data's), input scale 1.
+    assert result.get_layer("norm1").get_config()["alpha"] == LRN_CAFFE["alpha"]
+    assert result.get_layer("norm2").get_config()["bias"] == LRN_CAFFE["bias"]
+    assert result.get_layer("mean_subtraction").get_config()["scale"] == 1.0
+    assert result.get_layer("conv1").get_config()["filters"] == 12
+    np.testing.assert_allclose(after["mean_subtraction"][0], ILSVRC_RGB_MEAN, rtol=1e-6)
+    # fc8: a fresh layer for the data's 4 classes, which trained.
+    assert [weight.shape for weight in after["fc8"]] == [(512, 4), (4,)]
+    assert "fc8: a fresh layer for the data's 4 classes, in place of the source's 1000" in messages
+    initial = training.build_model(config.replace(width_multiplier=0.125, input_scale=1.0),
+                                   num_classes=4).get_layer("fc8").get_weights()
+    assert np.abs(after["fc8"][0] - initial[0]).max() > 0
+    # The optimizer never saw a frozen weight: its only slots are fc8's kernel and bias.
+    checkpoint_variables = [name for name, _ in
+                            __import__("tensorflow").train.list_variables(
+                                latest_checkpoint(model_dir))]
+    slots = [name for name in checkpoint_variables if "/_variables/" in name
+             or "optimizer/_momentums" in name or "momentum" in name.lower()]
+    assert len([name for name in slots if "momentum" in name.lower()]) == 2, slots
+    run = json.loads((model_dir / "run.json").read_text())
+    assert run["train_layers"] == "fc8" and run["fine_tuned"] is True
+    assert run["init_from"]["path"] == str(imported_like)
+    assert run["init_from"]["weights_fingerprint"] == training.weights_fingerprint(source)
+    assert run["init_from"]["fc8"] == "fresh"
+    assert run["init_from"]["architecture"]["lrn"] == LRN_CAFFE
+    assert json.loads((model_dir / "config.json").read_text())["train_layers"] == "fc8"
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_from_the_checkpoint_not_the_source(
+        imported_like, synthetic_records, tmp_path, python, repo_root):
+    source = tmp_path / "source.keras"
+    shutil.copy(imported_like, source)
+    model_dir = tmp_path / "model"
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, "--init_from", source,
+                 "--train_layers", "fc8,fc7", "--epochs", "2", "--global_batch_size", "8",
+                 "--checkpoint_every_steps", "3", "--shuffle_buffer", "64", "--no_progress"]
+    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(model_dir, process)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Once checkpoints exist they win: the source is not needed any more.
+    source.rename(tmp_path / "moved.keras")
+    result = run_train(python, repo_root, *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not from --init_from" in result.stdout, result.stdout[-3000:]
+    assert "finished at step 18" in result.stdout
+    run = json.loads((model_dir / "run.json").read_text())
+    assert run["train_layers"] == "fc7,fc8" and len(run["resumes"]) == 1
+    assert run["init_from"]["path"] == str(source)
+    original = weights_by_layer(keras.models.load_model(tmp_path / "moved.keras"))
+    trained = weights_by_layer(keras.models.load_model(model_dir / "alexnet.keras"))
+    for name in ("mean_subtraction", "conv1", "conv2", "conv3", "conv4", "conv5", "fc6"):
+        for old, new in zip(original[name], trained[name], strict=True):
+            np.testing.assert_array_equal(old, new, err_msg=name)
+    assert np.abs(original["fc7"][0] - trained["fc7"][0]).max() > 0
+
+    # Another choice of trained layers would change the optimizer's slots: refused.
+    config = json.loads((model_dir / "config.json").read_text())
+    config = PRESETS["finetune"].from_json(json.dumps({**config, "epochs": 3,
+                                                       "train_layers": "fc8"}))
+    with pytest.raises(training.UsageError, match="holds a checkpoint made with --train_layers "
+                       "fc7,fc8 but this run has fc8"):
+        training.train(config, synthetic_records, model_dir, log=lambda message: None)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--train_layers", "fc8,conv9"], "--train_layers: unknown layer 'conv9'; the layers are "
+                                      "conv1, conv2, conv3, conv4, conv5, fc6, fc7, fc8, or all"),
+    (["--train_layers", ","], "--train_layers is empty"),
+    (["--no_init_from", "--train_layers", "fc8"], "--train_layers fc8 needs --init_from"),
+    (["--init_from", "{tmp}/missing.keras"], "--init_from {tmp}/missing.keras does not exist"),
+    (["--init_from", "{tmp}/not_a_model.keras"], "is not a .keras model file"),
+])
+def test_bad_fine_tuning_flags_exit_2_with_a_message(arguments, message, imported_like,
+                                                     synthetic_records, tmp_path, repo_root,
+                                                     capsys):
+    sys.path.insert(0, str(repo_root))
+    import train as train_script
+
+    (tmp_path / "not_a_model.keras").write_text("not a zip")
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    if "--no_init_from" in arguments:
+        arguments.remove("--no_init_from")
+    elif "--init_from" not in arguments:
+        arguments += ["--init_from", str(imported_like)]
+    code = train_script.main(["--data_dir", str(synthetic_records), "--model_dir",
+                              str(tmp_path / "model"), "--no_progress", *arguments])
+    assert code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
