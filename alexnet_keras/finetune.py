@@ -4,8 +4,8 @@ The source is any `.keras` AlexNet of ours: a trained `alexnet.keras`, or ImageN
 imported by import_weights.py. Its architecture (width, LRN constants, input scale) is read
 from the file's config; the run's network is built again by `build_alexnet` under the run's
 dtype policy and receives the source's weights layer by layer, the mean included: the
-weights were trained on inputs centred by that mean. fc8 is kept when the data has as many
-classes as the source, else replaced by a fresh layer. `freeze` leaves the layers not named
+weights were trained on inputs centred by that mean. fc8 is kept when the data has the
+source's classes, else replaced by a fresh layer. `freeze` leaves the layers not named
 in `--train_layers` out of `model.trainable_variables`, so that the optimizer never sees them
 (no update, no weight decay, no slots) and no gradient flows below the lowest trained layer.
 """
@@ -19,6 +19,7 @@ import keras
 
 from alexnet_keras.config import WEIGHT_LAYERS, UsageError
 from alexnet_keras.model import LRN_PAPER, mean_layer
+from alexnet_keras.serving import labels_for_model
 
 # Unscaled conv1 width: the width multiplier of a source is its conv1 filters / this.
 PAPER_CONV1_FILTERS = 96
@@ -31,12 +32,13 @@ class SourceArchitecture:
     input_scale: float
     lrn: dict
     num_classes: int
+    dropout_rate: float
 
     @classmethod
     def of_scratch_run(cls, config):
         """A run without a source: the config's network with the paper's LRN."""
         return cls(width_multiplier=config.width_multiplier, input_scale=config.input_scale,
-                   lrn=dict(LRN_PAPER), num_classes=0)
+                   lrn=dict(LRN_PAPER), num_classes=0, dropout_rate=config.dropout_rate)
 
 
 def read_architecture(path):
@@ -54,7 +56,8 @@ def read_architecture(path):
                          f"config.json)") from None
     layers = {layer.get("config", {}).get("name"): layer
               for layer in model_config.get("config", {}).get("layers", [])}
-    missing = [name for name in (*WEIGHT_LAYERS, "norm1", "mean_subtraction") if name not in layers]
+    missing = [name for name in (*WEIGHT_LAYERS, "norm1", "mean_subtraction", "dropout6")
+               if name not in layers]
     if missing:
         raise UsageError(f"--init_from {path} is not an AlexNet of this project: it has no "
                          f"layer {', '.join(missing)}")
@@ -62,15 +65,20 @@ def read_architecture(path):
     return SourceArchitecture(
         width_multiplier=layers["conv1"]["config"]["filters"] / PAPER_CONV1_FILTERS,
         input_scale=float(layers["mean_subtraction"]["config"]["scale"]),
-        lrn=lrn, num_classes=int(layers["fc8"]["config"]["units"]))
+        lrn=lrn, num_classes=int(layers["fc8"]["config"]["units"]),
+        dropout_rate=float(layers["dropout6"]["config"]["rate"]))
 
 
 def run_architecture(config, recorded, log=print):
     """(config, architecture) of a run: with `config.init_from`, the width and input scale
-    of the config become the source's (logged when they change). `recorded` is the
+    of the config become the source's (logged when they change), and so does a dropout rate
+    of None. `recorded` is the
     architecture a checkpointed run recorded in run.json, or None: a resume keeps it, so the
     source need not exist any more once checkpoints do."""
     if not config.init_from:
+        if config.dropout_rate is None:
+            raise UsageError("a dropout rate of None means the --init_from model's: give "
+                             "--init_from or --dropout_rate")
         return config, SourceArchitecture.of_scratch_run(config)
     if recorded is not None:
         architecture = SourceArchitecture(**recorded)
@@ -82,6 +90,9 @@ def run_architecture(config, recorded, log=print):
     if changed:
         log("from --init_from: " + ", ".join(
             f"{name} {value:g} (not {getattr(config, name):g})" for name, value in changed.items()))
+    if config.dropout_rate is None:
+        adopted["dropout_rate"] = architecture.dropout_rate
+        log(f"from --init_from: dropout_rate {architecture.dropout_rate:g}")
     return config.replace(**adopted), architecture
 
 
@@ -95,11 +106,23 @@ def load_source(path):
                          f"model of this project?") from None
 
 
-def copy_weights(source, model, log=print):
-    """Copies the source's weights into `model`, layer by layer, its mean included; fc8 only
-    when both have as many classes. Returns True when fc8 was kept."""
-    source_classes, classes = source.output.shape[-1], model.output.shape[-1]
-    keep_fc8 = source_classes == classes
+def keeps_fc8(source_path, source_classes, class_names):
+    """(keep, reason): fc8 is kept when the data has as many classes as the source and,
+    where the source's class names are known (the run.json of its run folder, as for an
+    export), the same ones in the same order: another set of classes of the same size would
+    start from a classifier that is confidently wrong."""
+    if source_classes != len(class_names):
+        return False, f"in place of the source's {source_classes}"
+    source_names = labels_for_model(source_path)
+    if source_names is not None and list(source_names) != list(class_names):
+        return False, (f"in place of the source's {source_classes}, which are other classes "
+                       f"({', '.join(source_names[:5])}{', ...' if source_classes > 5 else ''})")
+    return True, None
+
+
+def copy_weights(source, model, keep_fc8, log=print):
+    """Copies the source's weights into `model`, layer by layer, its mean included, and fc8
+    when `keep_fc8`."""
     for layer in model.layers:
         if not layer.weights or (layer.name == "fc8" and not keep_fc8):
             continue
@@ -110,13 +133,8 @@ def copy_weights(source, model, log=print):
                              f"{[value.shape for value in values]}, this network {shapes}")
         layer.set_weights(values)
     mean = ", ".join(f"{value:.2f}" for value in mean_layer(model).mean.numpy())
-    log(f"from --init_from: the weights of conv1..fc7 and the source's RGB mean ({mean})")
-    if keep_fc8:
-        log(f"fc8: kept (the source and the data both have {classes} classes)")
-    else:
-        log(f"fc8: a fresh layer for the data's {classes} classes, in place of the source's "
-            f"{source_classes}")
-    return keep_fc8
+    log(f"from --init_from: the weights of conv1..{'fc8' if keep_fc8 else 'fc7'} and the "
+        f"source's RGB mean ({mean})")
 
 
 def freeze(model, trained_layers):

@@ -714,8 +714,13 @@ def _train(config, architecture, info, data_dir, model_dir, output_dir, strategy
     with strategy.scope():
         model = build_model(config, num_classes, lrn=architecture.lrn)
         if source is not None:
-            source_record["fc8"] = ("kept" if finetune.copy_weights(source, model, log)
-                                    else "fresh")
+            class_names = input_pipeline.readable_class_names(info)
+            keep_fc8, why_fresh = finetune.keeps_fc8(config.init_from, architecture.num_classes,
+                                                     class_names)
+            finetune.copy_weights(source, model, keep_fc8, log)
+            log(f"fc8: kept (the source's {num_classes} classes)" if keep_fc8 else
+                f"fc8: a fresh layer for the data's {num_classes} classes, {why_fresh}")
+            source_record["fc8"] = "kept" if keep_fc8 else "fresh"
             del source
         else:
             mean_layer(model).set_mean(info["rgb_mean"])

@@ -63,7 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--step_epochs", type=int, help="'step' schedule: epochs between reductions")
     parser.add_argument("--warmup_epochs", type=float, help="linear warmup length in epochs")
     parser.add_argument("--width_multiplier", type=float, help="channel scale; 1.0 is the paper's network")
-    parser.add_argument("--dropout_rate", type=float, help="dropout after fc6 and fc7 (paper: 0.5)")
+    parser.add_argument("--dropout_rate", type=float, help="dropout after fc6 and fc7 (paper: 0.5; "
+                        "with --init_from the model's by default)")
     parser.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
                         "/gpu:0,/gpu:1 (default: all GPUs, else the CPU)")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION,

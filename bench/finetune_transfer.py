@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--learning_rates", type=float, nargs="+", default=None)
     parser.add_argument("--train_layers", default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--skip_scratch", action="store_true", help="fine-tuned runs only")
     parser.add_argument("--work_dir", type=pathlib.Path, default=None)
     args = parser.parse_args()
 
@@ -100,24 +101,30 @@ def main():
             # The source's architecture and initialisation, from random weights.
             scratch = recipe.replace(learning_rate=rate, seed=seed, width_multiplier=args.width,
                                      input_scale=PRESETS["demo"].input_scale,
-                                     kernel_init=PRESETS["demo"].kernel_init, **overrides)
+                                     kernel_init=PRESETS["demo"].kernel_init,
+                                     # the source's dropout, as the fine-tuned run adopts it
+                                     **{"dropout_rate": PRESETS["demo"].dropout_rate, **overrides})
             row = {}
-            for kind, config in (("finetuned", finetuned), ("scratch", scratch)):
+            runs = [("finetuned", finetuned)] + ([] if args.skip_scratch else [("scratch", scratch)])
+            for kind, config in runs:
                 model_dir = work / f"{kind}_{seed}_{rate:g}"
                 shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run, not a resume
                 results = training.train(config, records, model_dir, log=lambda m: None)
                 row[kind] = 1 - results[-1].val_top1_error
                 accuracies[(rate, kind)].append(row[kind])
-            differences[rate].append(row["finetuned"] - row["scratch"])
+            row.setdefault("scratch", float("nan"))
+            if not args.skip_scratch:
+                differences[rate].append(row["finetuned"] - row["scratch"])
             print(f"seed {seed} lr {rate:g}: fine-tuned {row['finetuned']:.3f}, "
                   f"from scratch {row['scratch']:.3f} ({len(results)} epochs)", flush=True)
     for rate in rates:
-        print(f"lr {rate:g}: fine-tuned median {statistics.median(accuracies[(rate, 'finetuned')]):.3f}"
-              f" (min {min(accuracies[(rate, 'finetuned')]):.3f}), from scratch median "
-              f"{statistics.median(accuracies[(rate, 'scratch')]):.3f} (max "
-              f"{max(accuracies[(rate, 'scratch')]):.3f}); difference min "
-              f"{min(differences[rate]):.3f}")
-
+        tuned = accuracies[(rate, "finetuned")]
+        summary = f"lr {rate:g}: fine-tuned median {statistics.median(tuned):.3f} (min {min(tuned):.3f})"
+        if not args.skip_scratch:
+            scratch = accuracies[(rate, "scratch")]
+            summary += (f", from scratch median {statistics.median(scratch):.3f} (max "
+                        f"{max(scratch):.3f}); difference min {min(differences[rate]):.3f}")
+        print(summary)
 
 if __name__ == "__main__":
     main()
