@@ -76,8 +76,9 @@ def main():
                                args.source_images // 5, seed=100)
         source_config = PRESETS["demo"].replace(width_multiplier=args.width,
                                                 epochs=args.source_epochs,
-                                                global_batch_size=args.source_batch_size)
-        results = training.train(source_config, records, source_dir / "model", log=lambda m: None)
+                                                global_batch_size=args.source_batch_size,
+                                                deterministic=True)
+        results = training.train(source_config, records, source_dir / "model", log=print)
         print(f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "
               f"{args.source_epochs} epochs")
 

@@ -98,7 +98,8 @@ def test_train_layers_fc8_leaves_every_other_weight_as_loaded(
     assert [weight.shape for weight in after["fc8"]] == [(512, 4), (4,)]
     if source_classes == 1000:
         assert "fc8: a fresh layer for the data's 4 classes, in place of the source's 1000" in messages
-        start = training.build_model(config.replace(width_multiplier=0.125, input_scale=1.0),
+        start = training.build_model(config.replace(width_multiplier=0.125, input_scale=1.0,
+                                                    dropout_rate=0.5),
                                      num_classes=4).get_layer("fc8").get_weights()
     else:
         assert "fc8: kept (the source's 4 classes)" in messages
@@ -204,26 +205,29 @@ def make_records(folder, classes, train_per_class, val_per_class, seed):
 
 @pytest.fixture(scope="session")
 def source_run(tmp_path_factory):
-    """The `demo` recipe at width 0.125 on SOURCE_CLASSES (120 training images each), once
-    per session: the run folder (alexnet.keras, and run.json naming its classes)."""
+    """The `demo` recipe at width 0.125 on SOURCE_CLASSES (120 training images each, 20
+    epochs), once per session: the run folder (alexnet.keras, and run.json naming its
+    classes)."""
     root = tmp_path_factory.mktemp("source")
     records = make_records(root, SOURCE_CLASSES, 120, 30, seed=100)
-    config = PRESETS["demo"].replace(width_multiplier=0.125, epochs=12, global_batch_size=16)
+    config = PRESETS["demo"].replace(width_multiplier=0.125, epochs=20, global_batch_size=16,
+                                     deterministic=True)
     training.train(config, records, root / "model", log=lambda message: None)
     return root / "model"
 
 
 @pytest.mark.slow
 def test_fine_tuning_transfers_what_the_source_learned(source_run, tmp_path):
-    """The source (`source_run`) reached about 0.78 validation accuracy on its five classes.
-    On five other classes, from 10 training images each (50 steps of 10 images), measured by
-    bench/finetune_transfer.py with this setting for the seeds 0 to 4: the `finetune` recipe
-    from the source ended at 0.37 to 0.47 validation accuracy (100 images), the same recipe
-    from random weights at 0.19 to 0.25 (chance: 0.20), a difference of 0.12 to 0.25. With
-    the weight copy left out, the "fine-tuned" run stays at chance. The bars: 0.30 (a model
-    at chance reaches it with probability 0.01) and 0.06 above the run from scratch."""
+    """Measured by bench/finetune_transfer.py with this setting (the source, deterministic,
+    ends at 0.82 validation accuracy on its five classes, with the same weights in every
+    process on one machine): on five other classes from 10 training images each, 50 steps of
+    10, the `finetune` recipe from the source ends at 0.45, 0.46, 0.39, 0.61 and 0.43
+    validation accuracy (100 images) for the seeds 0 to 4, the same recipe from random
+    weights at 0.20, 0.20, 0.20, 0.16 and 0.20 (chance: 0.20); this test is seed 0. With the
+    weight copy left out, the "fine-tuned" run stays at chance. The bars: 0.30 (a model at
+    chance reaches it with probability 0.01) and 0.10 above the run from scratch."""
     records = make_records(tmp_path / "target", TARGET_CLASSES, 10, 20, seed=0)
-    recipe = PRESETS["finetune"].replace(epochs=10, global_batch_size=10)
+    recipe = PRESETS["finetune"].replace(epochs=10, global_batch_size=10, deterministic=True)
     messages = []
     finetuned = training.train(recipe.replace(init_from=str(source_run / "alexnet.keras")),
                                records, tmp_path / "finetuned", log=messages.append)
@@ -240,4 +244,4 @@ def test_fine_tuning_transfers_what_the_source_learned(source_run, tmp_path):
     finetuned_accuracy = 1 - finetuned[-1].val_top1_error
     scratch_accuracy = 1 - scratch[-1].val_top1_error
     assert finetuned_accuracy >= 0.30, (finetuned_accuracy, scratch_accuracy)
-    assert finetuned_accuracy >= scratch_accuracy + 0.06, (finetuned_accuracy, scratch_accuracy)
+    assert finetuned_accuracy >= scratch_accuracy + 0.10, (finetuned_accuracy, scratch_accuracy)
