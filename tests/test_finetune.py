@@ -15,9 +15,9 @@ import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, training
-from alexnet_keras.config import PRESETS, WEIGHT_LAYERS
+from alexnet_keras.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
-from test_training import latest_checkpoint, run_train, steps_per_epoch, wait_for_checkpoint
+from test_training import latest_checkpoint, run_train, wait_for_checkpoint
 
 # ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
 ILSVRC_RGB_MEAN = (122.67891434, 116.66876762, 104.00698793)
