@@ -681,6 +681,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         recorded = _recorded_source(model_dir)
         config, architecture = finetune.run_architecture(
             config, recorded["architecture"] if recorded else None, log)
+        keep_fc8, why_fresh = (finetune.keeps_fc8(config.init_from, architecture.num_classes,
+                                                  input_pipeline.readable_class_names(info))
+                               if config.init_from and recorded is None else (True, None))
+        if not keep_fc8 and "fc8" not in config.trained_layers:
+            raise UsageError(f"fc8 will be a fresh layer for the data's {num_classes} classes, "
+                             f"{why_fresh}: --train_layers must include fc8")
         _check_model_dir(model_dir, num_classes, config)
         # Every worker takes part in saving checkpoints, but only the chief's land in
         # model_dir; the others write to a folder of their own that is removed at the end.
@@ -693,16 +699,17 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
-            return _train(config, architecture, info, data_dir, model_dir, output_dir,
-                          strategy, chief, multi_worker, steps_per_epoch, sigterm, log, progress)
+            return _train(config, architecture, (keep_fc8, why_fresh), info, data_dir, model_dir,
+                          output_dir, strategy, chief, multi_worker, steps_per_epoch, sigterm,
+                          log, progress)
         finally:
             keras.config.set_dtype_policy("float32")
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(config, architecture, info, data_dir, model_dir, output_dir, strategy, chief,
-           multi_worker, steps_per_epoch, sigterm, log, progress):
+def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir, strategy,
+           chief, multi_worker, steps_per_epoch, sigterm, log, progress):
     num_classes = info["num_classes"]
     # Once checkpoints exist they win over --init_from: the source is not read again.
     source, source_record = None, None
@@ -714,9 +721,7 @@ def _train(config, architecture, info, data_dir, model_dir, output_dir, strategy
     with strategy.scope():
         model = build_model(config, num_classes, lrn=architecture.lrn)
         if source is not None:
-            class_names = input_pipeline.readable_class_names(info)
-            keep_fc8, why_fresh = finetune.keeps_fc8(config.init_from, architecture.num_classes,
-                                                     class_names)
+            keep_fc8, why_fresh = fc8_plan
             finetune.copy_weights(source, model, keep_fc8, log)
             log(f"fc8: kept (the source's {num_classes} classes)" if keep_fc8 else
                 f"fc8: a fresh layer for the data's {num_classes} classes, {why_fresh}")

@@ -163,6 +163,8 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint_not_the_source(
                                       "conv1, conv2, conv3, conv4, conv5, fc6, fc7, fc8, or all"),
     (["--train_layers", ","], "--train_layers is empty"),
     (["--no_init_from", "--train_layers", "fc8"], "--train_layers fc8 needs --init_from"),
+    (["--train_layers", "fc6,fc7"], "fc8 will be a fresh layer for the data's 4 classes, in "
+                                    "place of the source's 1000: --train_layers must include fc8"),
     (["--init_from", "{tmp}/missing.keras"], "--init_from {tmp}/missing.keras does not exist"),
     (["--init_from", "{tmp}/not_a_model.keras"], "is not a .keras model file"),
 ])
