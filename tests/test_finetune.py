@@ -17,7 +17,8 @@ import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, training
 from alexnet_keras.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
-from test_training import latest_checkpoint, run_train, wait_for_checkpoint
+from test_training import (fingerprint, latest_checkpoint, run_train, start_cluster, stop_cluster,
+                           wait_for_checkpoint)
 
 # ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
 ILSVRC_RGB_MEAN = (122.67891434, 116.66876762, 104.00698793)
@@ -156,6 +157,33 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint_not_the_source(
     with pytest.raises(training.UsageError, match="holds a checkpoint made with --train_layers "
                        "fc7,fc8 but this run has fc8"):
         training.train(config, synthetic_records, model_dir, log=lambda message: None)
+
+
+@pytest.mark.slow
+def test_two_local_workers_fine_tune_alike(imported_like, synthetic_records, tmp_path, python,
+                                           repo_root):
+    """MultiWorkerMirroredStrategy on 127.0.0.1: both workers read the source, train fc8
+    only, and end with the same weights; the chief's model holds the source's other layers."""
+    model_dir, temporary_dir = tmp_path / "model", tmp_path / "worker_tmp"
+    temporary_dir.mkdir()
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, "--init_from",
+                 imported_like, "--train_layers", "fc8", "--epochs", "1", "--global_batch_size",
+                 "8", "--shuffle_buffer", "64", "--no_progress"]
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        codes = [worker.finish() for worker in workers]
+    finally:
+        stop_cluster(workers)
+    outputs = [worker.output for worker in workers]
+    assert codes == [0, 0], [output[-2000:] for output in outputs]
+    assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0]
+    assert fingerprint(outputs[0]) == fingerprint(outputs[1])
+    source = weights_by_layer(keras.models.load_model(imported_like))
+    trained = weights_by_layer(keras.models.load_model(model_dir / "alexnet.keras"))
+    for name in source:
+        if name != "fc8":
+            for old, new in zip(source[name], trained[name], strict=True):
+                np.testing.assert_array_equal(old, new, err_msg=name)
 
 
 @pytest.mark.parametrize("arguments,message", [
