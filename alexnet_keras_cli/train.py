@@ -13,7 +13,8 @@ Running the same command again with the same --model_dir resumes from the last c
 SIGTERM (to any worker) saves a checkpoint of the whole run and exits with status 143.
 Outputs in --model_dir: alexnet.keras, alexnet_best.keras, checkpoints/, logs/ (TensorBoard),
 history.csv, training_curves.png, config.json (the config the run started with) and run.json
-(dataset, replicas, checkpointed settings, and each resume with its config changes).
+(dataset, replicas, checkpointed settings, the --init_from source, and each resume with its
+config changes).
 """
 
 import argparse
