@@ -30,10 +30,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import figures, history, input_pipeline
+from alexnet_keras import figures, finetune, history, input_pipeline
 from alexnet_keras_cli.config import UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
-from alexnet_keras.model import build_alexnet, mean_layer
+from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
 from alexnet_keras_cli import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
 from alexnet_keras_cli.layout import DataDir, RunDir
@@ -233,13 +233,14 @@ class ValidationTracker:
 # === Model and steps ===
 
 
-def build_model(config, num_classes):
+def build_model(config, num_classes, lrn=LRN_PAPER):
     """The network of a run, with the initial weights the run starts from (seeded by
     `config.seed`); call it inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     return build_alexnet(num_classes=num_classes, dropout_rate=config.dropout_rate,
                          width_multiplier=config.width_multiplier, bias_init=config.bias_init,
-                         kernel_init=config.kernel_init, input_scale=config.input_scale)
+                         kernel_init=config.kernel_init, input_scale=config.input_scale,
+                         lrn=lrn)
 
 
 def build_optimizer(config, model):
@@ -367,6 +368,10 @@ def _checkpoint_layout(config, num_classes):
         "loss_scaling": (config.mixed_precision == "float16", "--mixed_precision"),
         # SGD without momentum has no momentum slots.
         "momentum_slots": (config.momentum != 0, "momentum"),
+        # The optimizer holds slots for the trained layers only. A fine-tuned run's network
+        # is its source's (LRN constants included), recorded in run.json's `init_from`.
+        "train_layers": (config.train_layers, "--train_layers"),
+        "fine_tuned": (bool(config.init_from), "--init_from"),
     }
 
 
@@ -380,6 +385,13 @@ def _check_model_dir(model_dir, num_classes, config):
     for key, (value, flag) in _checkpoint_layout(config, num_classes).items():
         if key not in previous or previous[key] == value:
             continue
+        if key == "fine_tuned":
+            source = previous.get("init_from", {}).get("path")
+            raise UsageError(
+                f"--model_dir {model_dir} holds a checkpoint of a run that "
+                + (f"started from --init_from {source}: resume with it" if previous[key] else
+                   "did not start from --init_from: resume without it")
+                + ", or use another --model_dir")
         if key == "num_classes":
             raise UsageError(
                 f"--model_dir {model_dir} holds a checkpoint for {previous[key]} classes but the "
@@ -396,16 +408,19 @@ def _check_model_dir(model_dir, num_classes, config):
             f"this run has {value}: resume with the same {flag}, or use another --model_dir")
 
 
-def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_step):
+def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_step,
+                source=None):
     """config.json is the config the run started with; a resume keeps it and appends its own
     step, replicas and config changes to run.json's `resumes`. The class names travel with
-    the run, so an export labels its outputs without the data folder."""
+    the run, so an export labels its outputs without the data folder. `source`: what a
+    fine-tuned run started from (path, weights fingerprint, architecture)."""
     num_classes = len(class_names)
     run = {"num_classes": num_classes, "class_names": list(class_names),
            "data_dir": str(data_dir), "replicas": replicas,
            "width_multiplier": config.width_multiplier,
            "mixed_precision": config.mixed_precision,
            **{key: value for key, (value, _) in _checkpoint_layout(config, num_classes).items()},
+           **({"init_from": source} if source else {}),
            "resumes": []}
     config_file, run_file = RunDir(model_dir).config_file, RunDir(model_dir).run_file
     if resumed_at_step is None or not config_file.exists():
@@ -419,6 +434,14 @@ def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_s
             "config_changes": {name: value for name, value in dataclasses.asdict(config).items()
                                if original.get(name) != value}})
     write_text_atomically(run_file, json.dumps(run, indent=2))
+
+
+def _recorded_source(model_dir):
+    """run.json's `init_from` record when `model_dir` holds checkpoints to resume, else None."""
+    run_file = RunDir(model_dir).run_file
+    if not run_file.exists() or tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir)) is None:
+        return None
+    return json.loads(run_file.read_text()).get("init_from")
 
 
 def _restore_latest(checkpoint, checkpoint_dir):
@@ -688,6 +711,15 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
                              f"fewer than one global batch of {config.global_batch_size}")
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         chief = is_chief(strategy)
+        recorded = _recorded_source(model_dir)
+        config, architecture = finetune.run_architecture(
+            config, recorded["architecture"] if recorded else None, log)
+        keep_fc8, why_fresh = (finetune.keeps_fc8(config.init_from, architecture.num_classes,
+                                                  input_pipeline.readable_class_names(info))
+                               if config.init_from and recorded is None else (True, None))
+        if not keep_fc8 and "fc8" not in config.trained_layers:
+            raise UsageError(f"fc8 will be a fresh layer for the data's {num_classes} classes, "
+                             f"{why_fresh}: --train_layers must include fc8")
         _check_model_dir(model_dir, num_classes, config)
         # Every worker takes part in saving checkpoints, but only the chief's land in
         # model_dir; the others write to a folder of their own that is removed at the end.
@@ -700,20 +732,37 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
-            return _train(config, info, data_dir, model_dir, output_dir, strategy, chief,
-                          multi_worker, steps_per_epoch, sigterm, log, progress)
+            return _train(config, architecture, (keep_fc8, why_fresh), info, data_dir, model_dir,
+                          output_dir, strategy, chief, multi_worker, steps_per_epoch, sigterm,
+                          log, progress)
         finally:
             keras.config.set_dtype_policy("float32")
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi_worker,
-           steps_per_epoch, sigterm, log, progress):
+def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir, strategy,
+           chief, multi_worker, steps_per_epoch, sigterm, log, progress):
     num_classes = info["num_classes"]
+    # Once checkpoints exist they win over --init_from: the source is not read again.
+    source, source_record = None, None
+    if config.init_from and tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir)) is None:
+        source = finetune.load_source(config.init_from)
+        source_record = {"path": str(config.init_from),
+                         "weights_fingerprint": weights_fingerprint(source),
+                         "architecture": dataclasses.asdict(architecture)}
     with strategy.scope():
-        model = build_model(config, num_classes)
-        mean_layer(model).set_mean(info["rgb_mean"])
+        model = build_model(config, num_classes, lrn=architecture.lrn)
+        if source is not None:
+            keep_fc8, why_fresh = fc8_plan
+            finetune.copy_weights(source, model, keep_fc8, log)
+            log(f"fc8: kept (the source's {num_classes} classes)" if keep_fc8 else
+                f"fc8: a fresh layer for the data's {num_classes} classes, {why_fresh}")
+            source_record["fc8"] = "kept" if keep_fc8 else "fresh"
+            del source
+        else:
+            mean_layer(model).set_mean(info["rgb_mean"])
+        finetune.freeze(model, config.trained_layers)
         optimizer = build_optimizer(config, model)
         tracker = ValidationTracker(config)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -734,10 +783,13 @@ def _train(config, info, data_dir, model_dir, output_dir, strategy, chief, multi
         # Readable names when the converter was given them: exports label their outputs so.
         _record_run(model_dir, config, input_pipeline.readable_class_names(info), data_dir,
                     strategy.num_replicas_in_sync,
-                    start_step if restored else None)
+                    start_step if restored else None, source=source_record)
     if restored:
         log(f"resumed from {restored} at step {start_step} "
-            f"(epoch {int(epochs_ended.numpy()) + 1})")
+            f"(epoch {int(epochs_ended.numpy()) + 1})"
+            + (", not from --init_from" if config.init_from else ""))
+    if config.train_layers != "all":
+        log(f"training {config.train_layers}; the other layers stay as loaded")
     manager = tf.train.CheckpointManager(checkpoint, str(RunDir(output_dir).checkpoints_dir),
                                          max_to_keep=config.keep_checkpoints)
 

@@ -19,6 +19,10 @@ DEMO_MODEL_DIR = "runs/demo"
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
+# The layers of build_alexnet that hold weights, in the network's order: what --train_layers
+# chooses among when fine-tuning.
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+ALL_LAYERS = "all"
 
 # The largest images the converter and the serving signature accept, in pixels. Pillow's own
 # warning threshold: larger files are refused as decompression bombs before any pixel is
@@ -32,11 +36,26 @@ class UsageError(ValueError):
     with a message that says what to do; the scripts print it without a traceback."""
 
 
+def _canonical_train_layers(text):
+    """'all', or the chosen WEIGHT_LAYERS comma-separated in the network's order."""
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--train_layers is empty: name layers among {', '.join(WEIGHT_LAYERS)}, "
+                         f"or {ALL_LAYERS}")
+    unknown = [name for name in names if name not in (*WEIGHT_LAYERS, ALL_LAYERS)]
+    if unknown:
+        raise UsageError(f"--train_layers: unknown layer {', '.join(map(repr, unknown))}; the "
+                         f"layers are {', '.join(WEIGHT_LAYERS)}, or {ALL_LAYERS}")
+    if ALL_LAYERS in names or set(names) == set(WEIGHT_LAYERS):
+        return ALL_LAYERS
+    return ",".join(name for name in WEIGHT_LAYERS if name in names)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # === Model ===
     width_multiplier: float = 1.0
-    dropout_rate: float = 0.5
+    dropout_rate: float | None = 0.5  # None: the --init_from model's
     bias_init: float = 1.0  # conv2, conv4, conv5, fc6, fc7 (paper 1.0; Caffe 0.1)
     kernel_init: str = "paper"  # N(0, 0.01), or "he_normal"
     input_scale: float = 1.0  # after the mean subtraction; 1/64 suits "he_normal"
@@ -57,6 +76,10 @@ class Config:
     # === Input ===
     shuffle_buffer: int = 10_000
     pca_noise_std: float = 0.1  # alpha_i ~ N(0, 0.1); 0 turns the lighting noise off
+
+    # === Fine-tuning ===
+    init_from: str | None = None  # a .keras model of this project to start from
+    train_layers: str = ALL_LAYERS  # comma-separated WEIGHT_LAYERS; the others stay frozen
 
     # === Runtime ===
     mixed_precision: str = "off"  # "float16" (with loss scaling) or "bfloat16" on GPUs
@@ -87,6 +110,19 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        # Frozen dataclass: the canonical spelling is stored, so that "fc8,fc7" and "fc7,fc8"
+        # are the same setting in config.json, run.json and the resume checks.
+        object.__setattr__(self, "train_layers", _canonical_train_layers(self.train_layers))
+        if self.train_layers != ALL_LAYERS and not self.init_from:
+            raise UsageError(f"--train_layers {self.train_layers} needs --init_from: without "
+                             f"it the frozen layers would keep their random initial weights")
+
+    @property
+    def trained_layers(self):
+        """The names in WEIGHT_LAYERS this run trains."""
+        if self.train_layers == ALL_LAYERS:
+            return WEIGHT_LAYERS
+        return tuple(self.train_layers.split(","))
 
     def replace(self, **changes):
         """A copy with `changes`; unknown names are an error."""
@@ -124,6 +160,20 @@ PRESETS = {
         warmup_epochs=1.0,
         shuffle_buffer=2_000,
         checkpoint_every_steps=50,
+    ),
+    # Fine-tuning a saved model (--init_from; the default preset then), measured by
+    # bench/finetune_transfer.py (docs/finetuning.md): the rate 0.003 (the best of 0.001,
+    # 0.003 and 0.01), the source's own dropout (0.5 where it had none cost 0.08 of accuracy
+    # on average), a cosine schedule over 10 epochs. The network, its mean and its initial weights are
+    # the source's; kernel_init only draws a fresh fc8, N(0, 0.01) as in Caffe's example.
+    "finetune": Config(
+        dropout_rate=None,
+        epochs=10,
+        global_batch_size=32,
+        learning_rate=0.003,
+        lr_schedule="cosine",
+        shuffle_buffer=2_000,
+        checkpoint_every_steps=100,
     ),
 }
 

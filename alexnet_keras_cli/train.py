@@ -3,6 +3,8 @@
     python train.py                                   # demo: synthetic data, a few CPU minutes
     python train.py --data_dir D --model_dir M        # the paper's recipe on your data
     python train.py --data_dir D --model_dir M --devices /gpu:0,/gpu:1   # the paper's 2 GPUs
+    python train.py --data_dir D --model_dir M --init_from alexnet.keras [--train_layers fc8]
+                                                      # fine-tune a saved model (docs/finetuning.md)
 
 Several machines: set TF_CONFIG on each (cluster and task) and run the same command on every
 worker; MultiWorkerMirroredStrategy is used and only the chief writes to --model_dir.
@@ -13,7 +15,8 @@ A worker whose peer vanished mid-run (killed, lost machine) says which and exits
 200; rerunning every worker resumes from the last checkpoint. Both are retryable (128-255).
 Outputs in --model_dir: alexnet.keras, alexnet_best.keras, checkpoints/, logs/ (TensorBoard),
 history.csv, training_curves.png, config.json (the config the run started with) and run.json
-(dataset, replicas, checkpointed settings, and each resume with its config changes).
+(dataset, replicas, checkpointed settings, the --init_from source, and each resume with its
+config changes).
 """
 
 import argparse
@@ -40,7 +43,16 @@ def parse_args(argv=None):
     parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: {DEMO_MODEL_DIR} "
                         "for the demo; required with --data_dir)")
     parser.add_argument("--config", choices=sorted(PRESETS), default=None,
-                        help="preset: 'paper' (default with --data_dir) or 'demo' (default without)")
+                        help="preset: 'paper' (default with --data_dir), 'demo' (default without) "
+                             "or 'finetune' (default with --init_from)")
+    parser.add_argument("--init_from", metavar="MODEL",
+                        help="start from the weights of a .keras model of this project (a run's "
+                             "alexnet.keras or an imported one); its width, LRN and mean are kept, "
+                             "fc8 is replaced when the data has another number of classes")
+    parser.add_argument("--train_layers", metavar="LAYERS",
+                        help="with --init_from: comma-separated layers to train among conv1, "
+                             "conv2, conv3, conv4, conv5, fc6, fc7, fc8, or 'all' (default); "
+                             "the others stay exactly as loaded")
     parser.add_argument("--epochs", type=int, help="number of epochs (paper: 90)")
     parser.add_argument("--global_batch_size", type=int,
                         help="images per step over all replicas (paper: 128)")
@@ -54,7 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--step_epochs", type=int, help="'step' schedule: epochs between reductions")
     parser.add_argument("--warmup_epochs", type=float, help="linear warmup length in epochs")
     parser.add_argument("--width_multiplier", type=float, help="channel scale; 1.0 is the paper's network")
-    parser.add_argument("--dropout_rate", type=float, help="dropout after fc6 and fc7 (paper: 0.5)")
+    parser.add_argument("--dropout_rate", type=float, help="dropout after fc6 and fc7 (paper: 0.5; "
+                        "with --init_from the model's by default)")
     parser.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
                         "/gpu:0,/gpu:1 (default: all GPUs, else the CPU)")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION,
@@ -79,12 +92,13 @@ def resolve(args):
     from alexnet_keras_cli.config import PRESETS, UsageError
 
     demo = args.data_dir is None
-    preset = args.config or ("demo" if demo else "paper")
+    preset = args.config or ("finetune" if args.init_from else "demo" if demo else "paper")
     overrides = {name: getattr(args, name) for name in (
         "epochs", "global_batch_size", "learning_rate", "weight_decay", "lr_schedule",
         "plateau_patience", "max_lr_reductions", "step_epochs", "warmup_epochs",
         "width_multiplier", "dropout_rate", "mixed_precision", "xla", "checkpoint_every_steps",
-        "keep_checkpoints", "shuffle_buffer", "seed", "deterministic")
+        "keep_checkpoints", "shuffle_buffer", "seed", "deterministic", "init_from",
+        "train_layers")
         if getattr(args, name) is not None}
     config = PRESETS[preset].replace(**overrides)
     if demo:
