@@ -16,11 +16,11 @@ import pathlib
 import numpy as np
 
 from alexnet_keras import files
+from alexnet_keras_cli.errors import UsageError
 from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,
     POOL_METHODS,
-    WeightsError,
     read_caffemodel,
     read_class_names,
     read_mean_file,
@@ -96,7 +96,7 @@ def _pair(parameters, single, height, width, default):
         if len(values) == 1:
             values = values * 2
         if len(values) != 2:
-            raise WeightsError(f"{single} has {len(values)} values: not a 2-D layer")
+            raise UsageError(f"{single} has {len(values)} values: not a 2-D layer")
         pair = tuple(values)
     else:
         pair = (values if values is not None else default,) * 2
@@ -112,10 +112,10 @@ def _described(name, kind, parameters):
         stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
         pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
         if set(parameters.get("dilation", [1])) != {1}:
-            raise WeightsError(f"layer {name}: dilation {parameters['dilation']}, bvlc_alexnet "
+            raise UsageError(f"layer {name}: dilation {parameters['dilation']}, bvlc_alexnet "
                                f"has none")
         if not parameters.get("bias_term", 1):
-            raise WeightsError(f"layer {name}: no bias term, bvlc_alexnet has one")
+            raise UsageError(f"layer {name}: no bias term, bvlc_alexnet has one")
         return {"num_output": parameters.get("num_output"),
                 "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
                 "stride": stride[0] if stride[0] == stride[1] else stride,
@@ -123,22 +123,22 @@ def _described(name, kind, parameters):
                 "group": parameters.get("group", 1)}
     if kind == "InnerProduct":
         if not parameters.get("bias_term", 1):
-            raise WeightsError(f"layer {name}: no bias term, bvlc_alexnet has one")
+            raise UsageError(f"layer {name}: no bias term, bvlc_alexnet has one")
         if parameters.get("transpose", 0):
-            raise WeightsError(f"layer {name}: transposed weights, bvlc_alexnet's are not")
+            raise UsageError(f"layer {name}: transposed weights, bvlc_alexnet's are not")
         if parameters.get("axis", 1) != 1:
-            raise WeightsError(f"layer {name}: axis {parameters['axis']}, bvlc_alexnet's is 1")
+            raise UsageError(f"layer {name}: axis {parameters['axis']}, bvlc_alexnet's is 1")
         return {"num_output": parameters.get("num_output")}
     if kind == "LRN":
         if parameters.get("norm_region", 0) != 0:
-            raise WeightsError(f"layer {name}: LRN within channels, bvlc_alexnet normalizes "
+            raise UsageError(f"layer {name}: LRN within channels, bvlc_alexnet normalizes "
                                f"across channels")
         return {"local_size": parameters.get("local_size", 5),
                 "alpha": parameters.get("alpha", 1.0), "beta": parameters.get("beta", 0.75),
                 "k": parameters.get("k", 1.0)}
     if kind == "Pooling":
         if parameters.get("global_pooling", 0):
-            raise WeightsError(f"layer {name}: global pooling, bvlc_alexnet's is 3x3 stride 2")
+            raise UsageError(f"layer {name}: global pooling, bvlc_alexnet's is 3x3 stride 2")
         kernel = _pair(parameters, "kernel_size", "kernel_h", "kernel_w", None)
         stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
         pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
@@ -169,13 +169,13 @@ def _blob_as(blob, shape, layer_name, what):
     if actual == tuple(shape) or (extra > 0 and actual[extra:] == tuple(shape)
                                   and all(size == 1 for size in actual[:extra])):
         return blob.reshape(shape)
-    raise WeightsError(f"layer {layer_name}: {what} of shape {actual}, bvlc_alexnet's is "
+    raise UsageError(f"layer {layer_name}: {what} of shape {actual}, bvlc_alexnet's is "
                        f"{tuple(shape)}")
 
 
 def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
     """Checks a Caffe net's layers against bvlc_alexnet; returns {layer: (weights, biases)}
-    in Caffe's layouts. Raises WeightsError naming the layer and the difference."""
+    in Caffe's layouts. Raises UsageError naming the layer and the difference."""
     reference = reference_layers(width_multiplier, num_classes)
     expected_names = [name for name, *_ in reference]
     computing = [layer for layer in layers if layer["type"] not in SKIPPED_TYPES
@@ -184,26 +184,26 @@ def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
     by_name = {}
     for layer in computing:
         if layer["name"] in by_name:
-            raise WeightsError(f"two layers named {layer['name']}: not bvlc_alexnet")
+            raise UsageError(f"two layers named {layer['name']}: not bvlc_alexnet")
         by_name[layer["name"]] = layer
     for name in names:
         if name not in expected_names:
             layer = by_name[name]
-            raise WeightsError(f"layer {name} ({layer['type']}) is not in bvlc_alexnet: "
+            raise UsageError(f"layer {name} ({layer['type']}) is not in bvlc_alexnet: "
                                f"another network")
     for name in expected_names:
         if name not in by_name:
-            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has "
+            raise UsageError(f"layer {name} is missing: bvlc_alexnet has "
                                f"{', '.join(expected_names)}")
     if names != expected_names:
         for index in (1, 2):
             if names.index(f"pool{index}") < names.index(f"norm{index}"):
-                raise WeightsError(
+                raise UsageError(
                     f"layer norm{index} comes after pool{index}: this is CaffeNet "
                     f"(bvlc_reference_caffenet, pooling before normalization), not "
                     f"bvlc_alexnet, which normalizes before pooling")
         first = next(index for index, (a, b) in enumerate(zip(names, expected_names)) if a != b)
-        raise WeightsError(f"layer {names[first]} comes where bvlc_alexnet has "
+        raise UsageError(f"layer {names[first]} comes where bvlc_alexnet has "
                            f"{expected_names[first]}: the layer order is "
                            f"{', '.join(names)}, bvlc_alexnet's is {', '.join(expected_names)}")
     relu_inputs = {layer["bottom"][0] for layer in layers
@@ -212,18 +212,18 @@ def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
     for name, kind, expected, shapes in reference:
         layer = by_name[name]
         if layer["type"] != kind:
-            raise WeightsError(f"layer {name} is a {layer['type']} layer, bvlc_alexnet's is a "
+            raise UsageError(f"layer {name} is a {layer['type']} layer, bvlc_alexnet's is a "
                                f"{kind} layer")
         tops = layer["top"] or [name]
         has_relu = tops[0] in relu_inputs
         if has_relu != (name in RELU_AFTER):
-            raise WeightsError(f"layer {name}: {'a' if has_relu else 'no'} ReLU after it, "
+            raise UsageError(f"layer {name}: {'a' if has_relu else 'no'} ReLU after it, "
                                f"bvlc_alexnet has {'none' if has_relu else 'one'}")
         differences = _differences(expected, _described(name, kind, layer["parameters"]))
         if differences:
-            raise WeightsError(f"layer {name}: {'; '.join(differences)}")
+            raise UsageError(f"layer {name}: {'; '.join(differences)}")
         if len(layer["blobs"]) != len(shapes):
-            raise WeightsError(f"layer {name} holds {len(layer['blobs'])} blobs, bvlc_alexnet's "
+            raise UsageError(f"layer {name} holds {len(layer['blobs'])} blobs, bvlc_alexnet's "
                                f"holds {len(shapes)}")
         if shapes:
             weights[name] = (_blob_as(layer["blobs"][0], shapes[0], name, "weights"),
@@ -243,11 +243,11 @@ def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
                                                                         num_classes) if shapes}
     for name in weights:
         if name not in expected:
-            raise WeightsError(f"layer {name} is not in bvlc_alexnet: another network")
+            raise UsageError(f"layer {name} is not in bvlc_alexnet: another network")
     caffe = {}
     for name, (weight_shape, bias_shape) in expected.items():
         if name not in weights:
-            raise WeightsError(f"layer {name} is missing: bvlc_alexnet has "
+            raise UsageError(f"layer {name} is missing: bvlc_alexnet has "
                                f"{', '.join(expected)}")
         kernel, bias = weights[name]
         if len(weight_shape) == 4:
@@ -313,7 +313,7 @@ def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_nam
         kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
         # min and max are NaN or infinite if any value is; no array of flags allocated
         if not all(np.isfinite([kernel.min(), kernel.max(), bias.min(), bias.max()])):
-            raise WeightsError(f"layer {name} holds values that are not finite (NaN or "
+            raise UsageError(f"layer {name} holds values that are not finite (NaN or "
                                f"infinity): a damaged file")
         if release_source is not None:
             release_source()
@@ -333,13 +333,13 @@ def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_nam
 
 
 def describe_weights_file(path):
-    """'caffemodel' or 'npy', from the file's first bytes; WeightsError if neither."""
+    """'caffemodel' or 'npy', from the file's first bytes; UsageError if neither."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise WeightsError("the file does not exist")
+        raise UsageError("the file does not exist")
     size = path.stat().st_size
     if size == 0:
-        raise WeightsError("the file is empty")
+        raise UsageError("the file is empty")
     with open(path, "rb") as handle:
         head = handle.read(len(NPY_MAGIC))
     return "npy" if head == NPY_MAGIC else "caffemodel"

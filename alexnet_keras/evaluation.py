@@ -21,16 +21,13 @@ import tensorflow as tf
 from alexnet_keras import input_pipeline
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_cli.errors import UsageError
 
 TOP_K = 5
 MOST_CONFUSED_PAIRS = 10
 MAX_HEATMAP_CLASSES = 100  # above this, the heatmap shows the most confused classes only
 HEATMAP_SUBSET = 30
 REPORT_FILES = ("report.json", "confusion_matrix.png", "per_class.csv", "most_confused.png")
-
-
-class EvaluationError(ValueError):
-    """A problem the user can fix: a bad model path, data folder or split."""
 
 
 # === Models ===
@@ -60,7 +57,7 @@ def resolve_model_path(path, best=False):
 
     path = pathlib.Path(path)
     if not path.exists():
-        raise EvaluationError(f"--model {path} does not exist")
+        raise UsageError(f"--model {path} does not exist")
     if path.is_dir() and not ExportBase.is_version(path):
         run_model = RunDir(path).model_file(best)
         if run_model.is_file():
@@ -68,10 +65,10 @@ def resolve_model_path(path, best=False):
         export = export_version_dir(path)
         if export is not None:
             return export
-        raise EvaluationError(f"--model {path} holds neither {run_model.name} (a training run "
+        raise UsageError(f"--model {path} holds neither {run_model.name} (a training run "
                               f"folder) nor a SavedModel or export versions")
     if best:
-        raise EvaluationError("--best takes a training run folder as --model")
+        raise UsageError("--best takes a training run folder as --model")
     return path
 
 
@@ -86,7 +83,7 @@ def load_model(path, best=False):
     if path.is_dir():
         loaded = tf.saved_model.load(str(path))
         if PREDICT_PIXELS not in loaded.signatures:
-            raise EvaluationError(f"{path} has no {PREDICT_PIXELS} signature: export it with "
+            raise UsageError(f"{path} has no {PREDICT_PIXELS} signature: export it with "
                                   f"export/export_model.py")
         signature = loaded.signatures[PREDICT_PIXELS]
         num_classes = signature.structured_outputs["probabilities"].shape[-1]
@@ -97,7 +94,7 @@ def load_model(path, best=False):
     try:
         model = keras.models.load_model(path)
     except (ValueError, OSError) as error:
-        raise EvaluationError(f"cannot load {path} as a Keras model: {error}") from None
+        raise UsageError(f"cannot load {path} as a Keras model: {error}") from None
     return LoadedModel(keras_probabilities(model), model.output.shape[-1], "keras", path,
                        model.count_params())
 
@@ -132,7 +129,7 @@ class MetricSums:
     def metrics(self):
         examples = self.examples
         if examples == 0:
-            raise EvaluationError("no examples were evaluated")
+            raise UsageError("no examples were evaluated")
         correct = np.diag(self.confusion)
         per_class_examples = self.confusion.sum(axis=1)
         per_class_predicted = self.confusion.sum(axis=0)
@@ -193,7 +190,7 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
     images_per_second. `probabilities_fn` maps float32 pixel batches to probabilities;
     `progress(total, description)` may return a tqdm-like bar."""
     if batch_size < 1:
-        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False,
                                           num_examples=num_examples, ten_crops=ten_crops)
     sums = MetricSums(num_classes)
@@ -207,7 +204,7 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
             probabilities = np.asarray(batch_probabilities(probabilities_fn, images, ten_crops))
             labels = labels.numpy()[keep]
             if labels.max() >= num_classes:
-                raise EvaluationError(f"label {labels.max()} in {file_pattern} is outside the "
+                raise UsageError(f"label {labels.max()} in {file_pattern} is outside the "
                                       f"model's {num_classes} classes")
             sums.add(probabilities[keep], labels)
             if bar is not None:
@@ -217,7 +214,7 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
             bar.close()
     seconds = time.perf_counter() - start
     if sums.examples == 0:
-        raise EvaluationError(f"no examples read from {file_pattern}")
+        raise UsageError(f"no examples read from {file_pattern}")
     metrics = sums.metrics()
     metrics["images_per_second"] = sums.examples / seconds
     return metrics
@@ -230,14 +227,14 @@ def evaluate_model(model_path, data_dir, split="validation", batch_size=64, ten_
     data_dir = pathlib.Path(data_dir)
     info = input_pipeline.load_dataset_info(data_dir)
     if split not in info["num_examples"] or not info["num_examples"][split]:
-        raise EvaluationError(f"{data_dir} has no {split!r} split (it has: "
+        raise UsageError(f"{data_dir} has no {split!r} split (it has: "
                               f"{', '.join(name for name, count in info['num_examples'].items() if count)})")
     pattern = DataDir(data_dir).shard_pattern(split)
     if not tf.io.gfile.glob(pattern):
-        raise EvaluationError(f"{data_dir} has no {DataDir.shard_glob(split)} files")
+        raise UsageError(f"{data_dir} has no {DataDir.shard_glob(split)} files")
     model = load_model(model_path, best)
     if model.num_classes != info["num_classes"]:
-        raise EvaluationError(f"{model.path} predicts {model.num_classes} classes but {data_dir} "
+        raise UsageError(f"{model.path} predicts {model.num_classes} classes but {data_dir} "
                               f"has {info['num_classes']} (labels.txt, dataset.json)")
     metrics = evaluate(model.probabilities, model.num_classes, pattern,
                        info["num_examples"][split], batch_size, ten_crops, progress)

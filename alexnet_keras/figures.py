@@ -24,9 +24,10 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras.evaluation import EvaluationError, resolve_model_path
+from alexnet_keras.evaluation import resolve_model_path
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras_cli.layout import DataDir, Feature
+from alexnet_keras_cli.errors import UsageError
 
 KERNELS_FILE = "conv1_kernels.png"
 NEIGHBOURS_FILE = "nearest_neighbours.png"
@@ -48,10 +49,6 @@ SEARCH_BLOCK_ROWS = 8192  # rows of fc7_train.npy per step of the search (~300 M
 NEIGHBOUR_TILE_INCHES = 1.9
 NEIGHBOURS_DPI = 100
 BACKGROUND = 255
-
-
-class FiguresError(EvaluationError):
-    """A problem the user can fix: a model without conv1 / fc7, a data folder without a split."""
 
 
 # === Figure 3: conv1 kernels ===
@@ -189,7 +186,7 @@ def _layer(model, name):
     try:
         return model.get_layer(name)
     except ValueError:
-        raise FiguresError(f"model {model.name!r} has no {name} layer: the figures need the "
+        raise UsageError(f"model {model.name!r} has no {name} layer: the figures need the "
                            f"AlexNet of build_alexnet") from None
 
 
@@ -249,7 +246,7 @@ def index_records(data_dir, split):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
     parts = [tuple(tensor.numpy() for tensor in batch) for batch in dataset]
     if not parts:
-        raise FiguresError(f"the {split} split of {data_dir} holds no records")
+        raise UsageError(f"the {split} split of {data_dir} holds no records")
     shard, position, labels = (np.concatenate(column) for column in zip(*parts))
     return RecordIndex(files, labels.astype(np.int32), shard.astype(np.int32),
                        position.astype(np.int64))
@@ -274,7 +271,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
 
     expected = input_pipeline.load_dataset_info(data_dir)["num_examples"].get("train", 0)
     if not expected:
-        raise FiguresError(f"{data_dir} has no training images to search")
+        raise UsageError(f"{data_dir} has no training images to search")
     extractor = feature_extractor(model)
     dimension = int(extractor.output.shape[-1])
     log(f"computing fc7 of {expected} training images -> {features_path} "
@@ -291,7 +288,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     needed = expected * dimension * 2
     available = shutil.disk_usage(cache_dir).free
     if needed > available:
-        raise FiguresError(f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
+        raise UsageError(f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
                            f"{available / 1e9:.1f} GB free: pass another --output_dir")
     labels = np.empty(expected, np.int32)
     shard_of = np.empty(expected, np.int32)
@@ -311,7 +308,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
                 for shard, position, images, batch_labels in dataset:
                     count = len(batch_labels)
                     if rows + count > expected:
-                        raise FiguresError(_count_mismatch(data_dir, expected, "more"))
+                        raise UsageError(_count_mismatch(data_dir, expected, "more"))
                     handle.write(np.ascontiguousarray(compute(images).numpy()).tobytes())
                     labels[rows:rows + count] = batch_labels.numpy()
                     shard_of[rows:rows + count] = shard.numpy()
@@ -323,7 +320,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
             if bar is not None:
                 bar.close()
         if rows != expected:
-            raise FiguresError(_count_mismatch(data_dir, expected, f"only {rows}"))
+            raise UsageError(_count_mismatch(data_dir, expected, f"only {rows}"))
     with replaced_atomically(index_path) as temporary:
         np.savez(temporary, labels=labels, shard=shard_of, position=position_of)
     write_text_atomically(info_path, json.dumps(
@@ -438,7 +435,7 @@ def read_record(files, shard, position):
         handle.seek(4, os.SEEK_CUR)
         record = handle.read(length)
     if len(record) != length:
-        raise FiguresError(f"{files[shard]} ends before record {position}")
+        raise UsageError(f"{files[shard]} ends before record {position}")
     return record
 
 
@@ -547,7 +544,7 @@ def keras_model_path(model_path, best=False):
     """The .keras file behind `model_path`; refuses an exported SavedModel."""
     path = resolve_model_path(model_path, best)
     if path.is_dir():
-        raise FiguresError(f"--figures needs the Keras model: {path} is an exported SavedModel, "
+        raise UsageError(f"--figures needs the Keras model: {path} is an exported SavedModel, "
                            f"which keeps neither conv1's kernels nor fc7 by name. Pass the "
                            f".keras file or the training run folder it was exported from")
     return path
@@ -565,7 +562,7 @@ def write_figures(model_path, data_dir, output_dir, best=False, batch_size=64, p
     info = input_pipeline.load_dataset_info(data_dir)
     for split in ("train", "validation"):
         if not info["num_examples"].get(split):
-            raise FiguresError(f"{data_dir} has no {split!r} split: the nearest-neighbour "
+            raise UsageError(f"{data_dir} has no {split!r} split: the nearest-neighbour "
                                f"figure searches the training images for validation images")
     output_dir = pathlib.Path(output_dir)
     write_kernel_figure(model, output_dir / KERNELS_FILE)

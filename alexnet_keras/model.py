@@ -7,6 +7,8 @@ dtype policy. Callers apply the softmax (the serving signature does).
 
 import keras
 
+from alexnet_keras_cli import config
+
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
     FullyConnected,
@@ -20,7 +22,8 @@ from alexnet_keras.layers import (
 IMAGE_SIZE = 227
 MIN_IMAGE_SIZE = 227
 GROUPS = 2  # the paper's two-GPU split of conv2, conv4 and conv5
-KERNEL_INITIALIZERS = ("paper", "he_normal", "zeros")
+# "zeros" builds a network that the weight import fills (it draws no random numbers).
+KERNEL_INITIALIZERS = (*config.KERNEL_INITIALIZERS, "zeros")
 # Local response normalization constants in TensorFlow's terms (alpha not divided by the
 # window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
 # alpha 1e-4 divided by the window, beta 0.75, k 1.

@@ -30,6 +30,7 @@ import tensorflow as tf
 from alexnet_keras import input_pipeline
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_cli.errors import UsageError
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
@@ -38,10 +39,6 @@ PIXELS = "images"
 TOP_K = 5
 WARMUP_BATCH_SIZES = (1, 32)
 _HEADER_BYTES = 32  # every size field below lies in the first 30 bytes
-
-
-class ExportError(ValueError):
-    """A problem the user can fix: a bad model, labels or export folder."""
 
 
 # === Reading the image size from the header ===
@@ -210,9 +207,9 @@ class ServingFunctions:
     def __init__(self, model, labels, max_pixels=DEFAULT_MAX_PIXELS):
         num_classes = model.output.shape[-1]
         if len(labels) != num_classes:
-            raise ExportError(f"{len(labels)} labels for a model of {num_classes} classes")
+            raise UsageError(f"{len(labels)} labels for a model of {num_classes} classes")
         if max_pixels < 1:
-            raise ExportError(f"max_pixels must be >= 1, got {max_pixels}")
+            raise UsageError(f"max_pixels must be >= 1, got {max_pixels}")
         self.model = model
         self.max_pixels = int(max_pixels)
         self.top_k = min(TOP_K, num_classes)
@@ -261,7 +258,7 @@ class ServingFunctions:
 def _write_labels(labels):
     for label in labels:
         if not label or "\n" in label or "\r" in label:
-            raise ExportError(f"label {label!r} is empty or spans lines")
+            raise UsageError(f"label {label!r} is empty or spans lines")
     folder = pathlib.Path(tempfile.mkdtemp(prefix="alexnet-labels-"))
     path = folder / ExportBase.LABELS_ASSET
     path.write_text("".join(f"{label}\n" for label in labels))
@@ -378,9 +375,9 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
     """
     base = pathlib.Path(export_base)
     if version is not None and (int(version) != version or version < 1):
-        raise ExportError(f"--version must be a positive integer, got {version}")
+        raise UsageError(f"--version must be a positive integer, got {version}")
     if version is not None and (base / str(version)).exists():
-        raise ExportError(f"{base / str(version)} already exists; versions are never "
+        raise UsageError(f"{base / str(version)} already exists; versions are never "
                           f"overwritten (omit --version to take the next one)")
     base.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(base):
@@ -394,7 +391,7 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
         archive.write_out(str(temporary), verbose=False)
         marked = xla_must_compile_functions(temporary)
         if marked:
-            raise ExportError(
+            raise UsageError(
                 f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
                 f"which TF Serving refuses unless started with XLA: the model uses a layer "
                 f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)")
@@ -447,7 +444,7 @@ def labels_for_model(model_path, labels_path=None, num_classes=None, model=None)
     if labels_path:
         path = pathlib.Path(labels_path)
         if not path.is_file():
-            raise ExportError(f"--labels {path} does not exist")
+            raise UsageError(f"--labels {path} does not exist")
         return _read_labels(path)
     run = RunDir(pathlib.Path(model_path).parent).read_run()
     if run:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from alexnet_keras.files import replaced_atomically
+from alexnet_keras_cli.errors import UsageError
 
 CLASS_NAMES = (
     "circle",
@@ -135,16 +136,16 @@ def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, see
     only on the seed and the class, not on which other classes are written."""
     if classes is None:
         if not 2 <= num_classes <= len(CLASS_NAMES):
-            raise ValueError(
+            raise UsageError(
                 f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
         classes = CLASS_NAMES[:num_classes]
     unknown = [name for name in classes if name not in CLASS_NAMES]
     if unknown:
-        raise ValueError(f"unknown classes {', '.join(unknown)}; known: {', '.join(CLASS_NAMES)}")
+        raise UsageError(f"unknown classes {', '.join(unknown)}; known: {', '.join(CLASS_NAMES)}")
     if len(set(classes)) != len(classes) or len(classes) < 2:
-        raise ValueError(f"classes must be at least 2 different names, got {', '.join(classes)}")
+        raise UsageError(f"classes must be at least 2 different names, got {', '.join(classes)}")
     if images_per_class < 1:
-        raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
+        raise UsageError(f"images_per_class must be >= 1, got {images_per_class}")
     output_dir = pathlib.Path(output_dir)
     count = 0
     for class_name in classes:

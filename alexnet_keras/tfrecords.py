@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from alexnet_keras_cli.config import UsageError
+from alexnet_keras_cli.errors import UsageError, WorkerDied
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
@@ -75,15 +75,6 @@ class Shard:
             digest.update(
                 f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode())
         return digest.hexdigest()
-
-
-# The input folder cannot be converted (missing, empty, no class folders...): a usage error,
-# the same type as training's. The old name stays importable.
-ConversionError = UsageError
-
-
-class WorkerDied(RuntimeError):
-    """A decoding worker process died; the message says what to do."""
 
 
 # === Discovery ===

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import figures, finetune, history, input_pipeline
-from alexnet_keras_cli.config import UsageError
+from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
@@ -40,28 +40,11 @@ from alexnet_keras_cli.layout import DataDir, RunDir
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: a job controller should run the command again
-# Another worker of the cluster vanished (killed, OOM, lost machine): retryable, as 143, for
-# controllers that restart 128-255 (Kubeflow's restartPolicy ExitCode), and above 128 + the
-# highest signal number (64), so that it is not read as "killed by a signal".
-PEER_LOST_EXIT_CODE = 200
 # Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
 # while the loss still looks finite (a huge update can silence every ReLU and leave a constant
 # loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
 MAX_ABS_WEIGHT = 1e4
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN, infinite or absurd; nothing was saved."""
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved."""
-
-
-class PeerLost(Exception):
-    """Another worker of a multi-worker cluster stopped answering mid-run; rerunning every
-    worker resumes from the last checkpoint."""
 
 
 def _peer_lost(error, steps_done, model_dir):

@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from alexnet_keras_cli.errors import UsageError
+
 try:  # numpy 2
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy 1
@@ -21,10 +23,6 @@ except ImportError:  # numpy 1
 
 
 NPY_MAGIC = b"\x93NUMPY"
-
-
-class WeightsError(ValueError):
-    """A weights file we cannot or will not import: the message says which and why."""
 
 
 # === The protobuf wire format ===
@@ -42,7 +40,7 @@ def _varint(data, position, end):
     result = shift = 0
     while True:
         if position >= end:
-            raise WeightsError("the file ends inside a field: truncated, or not a Caffe model")
+            raise UsageError("the file ends inside a field: truncated, or not a Caffe model")
         byte = data[position]
         position += 1
         result |= (byte & 0x7F) << shift
@@ -50,7 +48,7 @@ def _varint(data, position, end):
             return result, position
         shift += 7
         if shift > 63:
-            raise WeightsError("a malformed number: not a Caffe model")
+            raise UsageError("a malformed number: not a Caffe model")
 
 
 def _fields(data, start, end):
@@ -61,23 +59,23 @@ def _fields(data, start, end):
         key, position = _varint(data, position, end)
         number, wire_type = key >> 3, key & 7
         if number == 0:
-            raise WeightsError("a field numbered 0: not a Caffe model")
+            raise UsageError("a field numbered 0: not a Caffe model")
         if wire_type == 0:
             value, position = _varint(data, position, end)
         elif wire_type == 2:
             length, position = _varint(data, position, end)
             if position + length > end:
-                raise WeightsError("a field runs past the end of its message: the file is "
+                raise UsageError("a field runs past the end of its message: the file is "
                                    "truncated, or not a Caffe model")
             value, position = (position, position + length), position + length
         elif wire_type in (1, 5):
             size = 8 if wire_type == 1 else 4
             if position + size > end:
-                raise WeightsError("the file ends inside a field: truncated, or not a Caffe "
+                raise UsageError("the file ends inside a field: truncated, or not a Caffe "
                                    "model")
             value, position = bytes(data[position:position + size]), position + size
         else:
-            raise WeightsError(f"wire type {wire_type} (field {number}) does not occur in "
+            raise UsageError(f"wire type {wire_type} (field {number}) does not occur in "
                                f"Caffe models: not a Caffe model, or a damaged one")
         yield number, wire_type, value
 
@@ -86,14 +84,14 @@ def _string(data, span):
     try:
         return bytes(data[span[0]:span[1]]).decode()
     except UnicodeDecodeError:
-        raise WeightsError("a layer name or type that is not text: not a Caffe model") from None
+        raise UsageError("a layer name or type that is not text: not a Caffe model") from None
 
 
 def _packed_varints(data, wire_type, value):
     if wire_type == 0:
         return [value]
     if wire_type != 2:
-        raise WeightsError("a malformed integer field: not a Caffe model")
+        raise UsageError("a malformed integer field: not a Caffe model")
     position, end = value
     numbers = []
     while position < end:
@@ -104,7 +102,7 @@ def _packed_varints(data, wire_type, value):
 
 def _float(wire_type, value):
     if wire_type != 5:
-        raise WeightsError("a malformed float field: not a Caffe model")
+        raise UsageError("a malformed float field: not a Caffe model")
     return struct.unpack("<f", value)[0]
 
 
@@ -168,12 +166,12 @@ def _blob(data, span, layer_name):
             legacy[number] = _packed_varints(data, wire_type, value)[-1]
         elif number in (5, 8):  # data (packed float), double_data (packed double)
             if wire_type != 2:
-                raise WeightsError(f"layer {layer_name}: blob values not in packed form, "
+                raise UsageError(f"layer {layer_name}: blob values not in packed form, "
                                    f"which Caffe never writes")
             start, end = value
             dtype = np.dtype("<f4" if number == 5 else "<f8")
             if (end - start) % dtype.itemsize:
-                raise WeightsError(f"layer {layer_name}: a blob's data is not a whole number "
+                raise UsageError(f"layer {layer_name}: a blob's data is not a whole number "
                                    f"of values: a damaged file")
             values = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
     if shape is None:
@@ -181,7 +179,7 @@ def _blob(data, span, layer_name):
     if values is None:
         values = np.zeros(0, np.float32)
     if int(np.prod(shape, dtype=np.int64)) != values.size:
-        raise WeightsError(f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
+        raise UsageError(f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
                            f"{values.size} values: the file is truncated or damaged")
     return values.reshape(shape)
 
@@ -195,7 +193,7 @@ def _layer(data, span, fields):
         elif number == fields["type"]:
             if fields is _LEGACY:
                 if wire_type != 0:
-                    raise WeightsError("a layer type that is not an enum: not a Caffe model")
+                    raise UsageError("a layer type that is not an enum: not a Caffe model")
                 kind = V1_TYPES.get(value) or V1_TYPE_NAMES.get(value) or f"V1 type {value}"
             elif wire_type == 2:
                 kind = _string(data, value)
@@ -206,13 +204,13 @@ def _layer(data, span, fields):
         elif number == fields["blobs"] and wire_type == 2:
             blob_spans.append(value)
         elif fields is _LEGACY and number == 1 and wire_type == 2:
-            raise WeightsError("a V0 Caffe model (2013 format): upgrade it first with Caffe's "
+            raise UsageError("a V0 Caffe model (2013 format): upgrade it first with Caffe's "
                                "upgrade_net_proto_binary")
         else:
             for parameter, parameter_number in fields.items():
                 if parameter in _PARAMETER_FIELDS and number == parameter_number:
                     if wire_type != 2:
-                        raise WeightsError("a malformed layer parameter: not a Caffe model")
+                        raise UsageError("a malformed layer parameter: not a Caffe model")
                     parameter_spans[parameter] = value
     name = name or "(unnamed)"
     blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
@@ -233,10 +231,10 @@ def read_caffemodel(data):
         elif number == 2 and wire_type == 2:
             legacy.append(value)
     if current and legacy:
-        raise WeightsError("the file mixes Caffe's two layer encodings (layer and layers): "
+        raise UsageError("the file mixes Caffe's two layer encodings (layer and layers): "
                            "not a model Caffe wrote")
     if not current and not legacy:
-        raise WeightsError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
+        raise UsageError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
     fields, spans = (_CURRENT, current) if current else (_LEGACY, legacy)
     return [_layer(data, span, fields) for span in spans], ("layer" if current else "layers")
 
@@ -251,7 +249,7 @@ def _reconstruct_array(*arguments):
 def _encode_latin1(text, encoding="latin1"):
     # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
     if encoding not in ("latin1", "latin-1"):
-        raise WeightsError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
+        raise UsageError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
     return text.encode("latin1")
 
 
@@ -270,7 +268,7 @@ class _WeightsUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         allowed = self.ALLOWED.get((module, name))
         if allowed is None:
-            raise WeightsError(f"the pickle calls {module}.{name}, which a weights file has no "
+            raise UsageError(f"the pickle calls {module}.{name}, which a weights file has no "
                                f"need of: refused, nothing was run")
         return allowed
 
@@ -286,23 +284,23 @@ def read_npy_weights(path):
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
         except ValueError as error:
-            raise WeightsError(f"not a readable .npy file: {error}") from None
+            raise UsageError(f"not a readable .npy file: {error}") from None
         if dtype != np.dtype(object) or shape != ():
-            raise WeightsError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
+            raise UsageError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
                                f"bvlc_alexnet.npy")
         try:
             # Python 2 str (the arrays' data, the keys) as bytes: numpy then wraps the
             # data without copying it, and the unpickler's memo holds no second copy.
             loaded = _WeightsUnpickler(handle, encoding="bytes").load()
-        except WeightsError:
+        except UsageError:
             raise
         except Exception as error:  # a damaged pickle fails in many ways
-            raise WeightsError(f"the pickle in the .npy file cannot be read ({error}): "
+            raise UsageError(f"the pickle in the .npy file cannot be read ({error}): "
                                f"truncated or damaged") from None
     if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
         loaded = loaded.item()
     if not isinstance(loaded, dict):
-        raise WeightsError(f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's "
+        raise UsageError(f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's "
                            f"dict of layers")
     weights = {}
     for name, value in loaded.items():
@@ -311,7 +309,7 @@ def read_npy_weights(path):
             value = [value.get("weights"), value.get("biases")]
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or not all(isinstance(item, np.ndarray) for item in value)):
-            raise WeightsError(f"layer {name}: not a pair of arrays (weights, biases)")
+            raise UsageError(f"layer {name}: not a pair of arrays (weights, biases)")
         weights[name] = tuple(value)
     return weights
 
@@ -328,7 +326,7 @@ def read_mean_file(path):
         try:
             mean = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as error:
-            raise WeightsError(f"--mean_file {path}: not a numeric .npy array ({error})") from None
+            raise UsageError(f"--mean_file {path}: not a numeric .npy array ({error})") from None
     else:
         mean = _blob(data, (0, len(data)), "mean")
     mean = np.asarray(mean, np.float64)
@@ -339,10 +337,10 @@ def read_mean_file(path):
     elif mean.ndim == 3 and mean.shape[0] == 3:
         values = mean.mean(axis=(1, 2))
     else:
-        raise WeightsError(f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
+        raise UsageError(f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
                            f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)")
     if not np.all(np.isfinite(values)):
-        raise WeightsError(f"--mean_file {path}: the mean is not finite")
+        raise UsageError(f"--mean_file {path}: the mean is not finite")
     return tuple(float(value) for value in values)
 
 
@@ -354,15 +352,15 @@ def read_class_names(path, num_classes):
         names = [line.strip() for line in _read_bytes(path, "--class_names").decode()
                  .splitlines() if line.strip()]
     except UnicodeDecodeError:
-        raise WeightsError(f"--class_names {path} is not UTF-8 text") from None
+        raise UsageError(f"--class_names {path} is not UTF-8 text") from None
     if len(names) != num_classes:
-        raise WeightsError(f"--class_names {path} has {len(names)} names, the model has "
+        raise UsageError(f"--class_names {path} has {len(names)} names, the model has "
                            f"{num_classes} classes")
     return names
 
 
 def _read_bytes(path, flag):
     if not path.is_file():
-        raise WeightsError(f"{flag} {path} does not exist")
+        raise UsageError(f"{flag} {path} does not exist")
     return path.read_bytes()
 

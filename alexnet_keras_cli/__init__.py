@@ -12,10 +12,13 @@ imports it from here: the config and its presets (`config.py`), the folders on d
 """
 
 import contextlib
+import functools
 import os
 import re
 import sys
 import tempfile
+
+from alexnet_keras_cli.errors import CommandError
 
 # What TensorFlow prints while it starts, on every run, that is not about the run: CUDA
 # probing on machines without a GPU, CPU-instruction notes, oneDNN notes, factory
@@ -65,6 +68,29 @@ def import_tensorflow_quietly(find_devices=True):
             captured.seek(0)
             _replay(captured.read().decode(errors="replace"), no_gpu=gpus == [])
     return tf
+
+
+def command(*also):
+    """Decorates a command's `main(argv) -> status`: a CommandError (alexnet_keras_cli.errors)
+    is printed without a traceback and its exit_code returned; so is an error of the types in
+    `also` (e.g. OSError for a command whose output could not be written), with status 2.
+    Anything else is a bug and keeps its traceback."""
+
+    def decorate(main):
+        @functools.wraps(main)
+        def run(argv=None):
+            try:
+                return main(argv)
+            except CommandError as error:
+                print(f"{error.prefix}{error}", file=sys.stderr)
+                return error.exit_code
+            except also as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return decorate
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
 from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS
 
 
@@ -68,40 +68,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@command()
 def main(argv=None):
     args = parse_args(argv)
     # The converter decodes with Pillow in worker processes forked before any TensorFlow
     # op runs; TensorFlow is imported (quietly) only for the TFRecord writer.
     import_tensorflow_quietly(find_devices=False)
-    from alexnet_keras_cli.config import UsageError
-    from alexnet_keras.tfrecords import WorkerDied, convert
+    from alexnet_keras.tfrecords import convert
 
     bar = progress_bar_factory("img", enabled=not args.no_progress)
     progress = (lambda total: bar(total, "converting")) if bar else None
     start = time.perf_counter()
-    try:
-        dataset = convert(
-            args.input_dir,
-            args.output_dir,
-            val_fraction=args.val_fraction,
-            num_shards=args.num_shards,
-            workers=args.workers,
-            seed=args.seed,
-            jpeg_quality=args.jpeg_quality,
-            max_pixels=args.max_pixels,
-            val_labels=args.val_labels,
-            val_label_synsets=args.val_label_synsets,
-            class_names_file=args.class_names,
-            num_partitions=args.num_partitions,
-            partition_index=args.partition_index,
-            progress=progress,
-        )
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except WorkerDied as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    dataset = convert(
+        args.input_dir,
+        args.output_dir,
+        val_fraction=args.val_fraction,
+        num_shards=args.num_shards,
+        workers=args.workers,
+        seed=args.seed,
+        jpeg_quality=args.jpeg_quality,
+        max_pixels=args.max_pixels,
+        val_labels=args.val_labels,
+        val_label_synsets=args.val_label_synsets,
+        class_names_file=args.class_names,
+        num_partitions=args.num_partitions,
+        partition_index=args.partition_index,
+        progress=progress,
+    )
     if dataset is None:
         return 0
     seconds = time.perf_counter() - start

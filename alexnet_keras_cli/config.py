@@ -11,6 +11,8 @@ before they import TensorFlow.
 import dataclasses
 import json
 
+from alexnet_keras_cli.errors import UsageError
+
 # Where train.py builds the embedded synthetic dataset and writes the demo run; evaluate.py
 # reads them by default.
 DEMO_DATASET_DIR = "datasets/synthetic"
@@ -19,6 +21,7 @@ DEMO_MODEL_DIR = "runs/demo"
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
+KERNEL_INITIALIZERS = ("paper", "he_normal")  # a run's choices (model.py adds "zeros")
 # The layers of build_alexnet that hold weights, in the network's order: what --train_layers
 # chooses among when fine-tuning.
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -29,11 +32,6 @@ ALL_LAYERS = "all"
 # decoded. Serving refuses larger requests before it decodes them.
 CONVERTER_MAX_PIXELS = 89_478_485
 SERVING_MAX_PIXELS = 50_000_000
-
-
-class UsageError(ValueError):
-    """A problem the user can fix (bad flags, a bad data or model folder), raised on purpose
-    with a message that says what to do; the scripts print it without a traceback."""
 
 
 def _canonical_train_layers(text):
@@ -51,43 +49,70 @@ def _canonical_train_layers(text):
     return ",".join(name for name in WEIGHT_LAYERS if name in names)
 
 
+def _setting(default, help, choices=None, metavar=None):
+    """A Config field with the help text of its train.py flag (the flags are built from the
+    fields: alexnet_keras_cli/train.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                        "metavar": metavar})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # === Model ===
-    width_multiplier: float = 1.0
-    dropout_rate: float | None = 0.5  # None: the --init_from model's
-    bias_init: float = 1.0  # conv2, conv4, conv5, fc6, fc7 (paper 1.0; Caffe 0.1)
-    kernel_init: str = "paper"  # N(0, 0.01), or "he_normal"
-    input_scale: float = 1.0  # after the mean subtraction; 1/64 suits "he_normal"
+    width_multiplier: float = _setting(1.0, "channel scale; 1.0 is the paper's network")
+    dropout_rate: float | None = _setting(
+        0.5, "dropout after fc6 and fc7 (paper: 0.5; with --init_from the model's by default)")
+    bias_init: float = _setting(
+        1.0, "initial bias of conv2, conv4, conv5, fc6 and fc7 (paper: 1; Caffe: 0.1)")
+    kernel_init: str = _setting(
+        "paper", "initial weights: 'paper' N(0, 0.01), or 'he_normal'",
+        choices=KERNEL_INITIALIZERS)
+    input_scale: float = _setting(
+        1.0, "factor after the mean subtraction (1: the paper; 1/64 suits he_normal)")
 
     # === Optimisation (paper section 5) ===
-    epochs: int = 90
-    global_batch_size: int = 128  # the paper's batch, whatever the number of replicas
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # an L2 term in the gradient, inside the momentum update
-    lr_schedule: str = "plateau"  # "plateau" (paper), "step" or "cosine"
-    plateau_patience: int = 5  # epochs without a better validation top-1 error
-    plateau_factor: float = 0.1
-    max_lr_reductions: int = 3  # the paper divided the rate by 10 three times
-    step_epochs: int = 30  # "step": divide by 10 every step_epochs
-    warmup_epochs: float = 0.0  # linear warmup from 0, any schedule
+    epochs: int = _setting(90, "number of epochs (paper: 90)")
+    global_batch_size: int = _setting(
+        128, "images per step over all replicas (paper: 128, whatever the replicas)")
+    learning_rate: float = _setting(0.01, "initial learning rate (paper: 0.01)")
+    momentum: float = _setting(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _setting(
+        5e-4, "L2 weight decay, inside the momentum update (paper: 0.0005)")
+    lr_schedule: str = _setting(
+        "plateau", "'plateau' divides by 10 when validation top-1 stops improving (paper); "
+        "'step' every --step_epochs; 'cosine'", choices=LR_SCHEDULES)
+    plateau_patience: int = _setting(
+        5, "'plateau': epochs without a better validation top-1 error before a reduction")
+    plateau_factor: float = _setting(0.1, "'plateau': the factor of each reduction")
+    max_lr_reductions: int = _setting(3, "'plateau': reductions at most (paper: 3)")
+    step_epochs: int = _setting(30, "'step': epochs between divisions by 10")
+    warmup_epochs: float = _setting(0.0, "linear warmup from 0, in epochs, any schedule")
 
     # === Input ===
-    shuffle_buffer: int = 10_000
-    pca_noise_std: float = 0.1  # alpha_i ~ N(0, 0.1); 0 turns the lighting noise off
+    shuffle_buffer: int = _setting(10_000, "examples in the shuffle buffer")
+    pca_noise_std: float = _setting(
+        0.1, "std of the PCA lighting noise's alpha_i (paper: 0.1; 0 turns it off)")
 
     # === Fine-tuning ===
-    init_from: str | None = None  # a .keras model of this project to start from
-    train_layers: str = ALL_LAYERS  # comma-separated WEIGHT_LAYERS; the others stay frozen
+    init_from: str | None = _setting(
+        None, "start from the weights of a .keras model of this project (a run's "
+        "alexnet.keras or an imported one); its width, LRN and mean are kept, fc8 is replaced "
+        "when the data has other classes", metavar="MODEL")
+    train_layers: str = _setting(
+        ALL_LAYERS, "with --init_from: comma-separated layers to train among conv1, conv2, "
+        "conv3, conv4, conv5, fc6, fc7, fc8, or 'all' (default); the others stay exactly as "
+        "loaded", metavar="LAYERS")
 
     # === Runtime ===
-    mixed_precision: str = "off"  # "float16" (with loss scaling) or "bfloat16" on GPUs
-    xla: bool = False  # compile the train step with XLA (GPU users)
-    checkpoint_every_steps: int = 500
-    keep_checkpoints: int = 3
-    seed: int = 0
-    deterministic: bool = False  # reproducible input order and augmentation (slower)
+    mixed_precision: str = _setting(
+        "off", "mixed precision for GPUs: float16 (with loss scaling) or bfloat16",
+        choices=MIXED_PRECISION)
+    xla: bool = _setting(False, "compile the training step with XLA (GPU users)")
+    checkpoint_every_steps: int = _setting(500, "checkpoint interval in steps")
+    keep_checkpoints: int = _setting(3, "how many checkpoints to keep")
+    seed: int = _setting(0, "random seed")
+    deterministic: bool = _setting(
+        False, "reproducible input order and augmentation (slower)")
 
     def __post_init__(self):
         checks = [

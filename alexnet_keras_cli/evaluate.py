@@ -28,7 +28,7 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
 from alexnet_keras_cli.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
 from alexnet_keras_cli.layout import RunDir
 
@@ -72,38 +72,35 @@ def default_data_dir(model_path):
     return DEMO_RECORDS_DIR
 
 
+@command(FileNotFoundError)
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from alexnet_keras import evaluation
 
     progress = progress_bar_factory("img", enabled=not args.no_progress)
-    try:
-        data_dir = args.data_dir or default_data_dir(args.model)
-        if args.figures:  # before the evaluation, not after it
-            from alexnet_keras.figures import keras_model_path
+    data_dir = args.data_dir or default_data_dir(args.model)
+    if args.figures:  # before the evaluation, not after it
+        from alexnet_keras.figures import keras_model_path
 
-            keras_model_path(args.model, args.best)
-        report = evaluation.evaluate_model(args.model, data_dir, args.split, args.batch_size,
-                                           args.ten_crops, args.best, progress)
-        print(evaluation.summary(report))
-        if args.report:
-            evaluation.write_report(report, args.report)
-            print(f"report: {args.report}")
-        else:
-            output_dir = args.output_dir or evaluation.default_output_dir(
-                args.model, args.split, args.ten_crops, args.best)
-            evaluation.write_report_folder(report, output_dir)
-            print(f"report: {output_dir}/ ({', '.join(evaluation.REPORT_FILES)})")
-            if args.figures:
-                from alexnet_keras import figures
+        keras_model_path(args.model, args.best)
+    report = evaluation.evaluate_model(args.model, data_dir, args.split, args.batch_size,
+                                       args.ten_crops, args.best, progress)
+    print(evaluation.summary(report))
+    if args.report:
+        evaluation.write_report(report, args.report)
+        print(f"report: {args.report}")
+    else:
+        output_dir = args.output_dir or evaluation.default_output_dir(
+            args.model, args.split, args.ten_crops, args.best)
+        evaluation.write_report_folder(report, output_dir)
+        print(f"report: {output_dir}/ ({', '.join(evaluation.REPORT_FILES)})")
+        if args.figures:
+            from alexnet_keras import figures
 
-                figures.write_figures(args.model, data_dir, output_dir, args.best,
-                                      args.batch_size, progress)
-                print(f"figures: {output_dir}/ ({', '.join(figures.FIGURE_FILES)})")
-    except (evaluation.EvaluationError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            figures.write_figures(args.model, data_dir, output_dir, args.best,
+                                  args.batch_size, progress)
+            print(f"figures: {output_dir}/ ({', '.join(figures.FIGURE_FILES)})")
     return 0
 
 

@@ -15,8 +15,9 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import import_tensorflow_quietly
+from alexnet_keras_cli import command, import_tensorflow_quietly
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS
+from alexnet_keras_cli.errors import UsageError
 
 
 def parse_args(argv=None):
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@command(OSError)
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
@@ -48,26 +50,22 @@ def main(argv=None):
     from alexnet_keras import serving
 
     model_path = pathlib.Path(args.model)
-    try:
-        if not model_path.is_file():
-            raise serving.ExportError(f"--model {model_path} does not exist")
-        model = keras.models.load_model(model_path)
-        num_classes = model.output.shape[-1]
-        labels = serving.labels_for_model(model_path, args.labels, model=model)
-        if labels is None:
-            print(f"no class names found for {model_path} (pass --labels): the labels are the "
-                  f"class indices")
-            labels = [str(index) for index in range(num_classes)]
-        elif len(labels) != num_classes:
-            raise serving.ExportError(
-                f"{len(labels)} labels{' in ' + args.labels if args.labels else ''} but "
-                f"{model_path} predicts {num_classes} classes")
-        path = serving.export_model(model, args.export_base, labels, version=args.version,
-                                    max_pixels=args.max_pixels, model_name=args.model_name,
-                                    source=model_path)
-    except (serving.ExportError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not model_path.is_file():
+        raise UsageError(f"--model {model_path} does not exist")
+    model = keras.models.load_model(model_path)
+    num_classes = model.output.shape[-1]
+    labels = serving.labels_for_model(model_path, args.labels, model=model)
+    if labels is None:
+        print(f"no class names found for {model_path} (pass --labels): the labels are the "
+              f"class indices")
+        labels = [str(index) for index in range(num_classes)]
+    elif len(labels) != num_classes:
+        raise UsageError(
+            f"{len(labels)} labels{' in ' + args.labels if args.labels else ''} but "
+            f"{model_path} predicts {num_classes} classes")
+    path = serving.export_model(model, args.export_base, labels, version=args.version,
+                                max_pixels=args.max_pixels, model_name=args.model_name,
+                                source=model_path)
     print(f"exported {model_path} ({num_classes} classes) to {path}")
     return 0
 

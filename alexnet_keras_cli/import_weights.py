@@ -23,7 +23,8 @@ import math
 import sys
 import time
 
-from alexnet_keras_cli import import_tensorflow_quietly
+from alexnet_keras_cli import command, import_tensorflow_quietly
+from alexnet_keras_cli.errors import UsageError
 
 def _bgr_mean(text):
     try:
@@ -58,29 +59,24 @@ def parse_args(argv=None):
     return args
 
 
+@command(OSError)
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from alexnet_keras import caffe_weights
 
     start = time.perf_counter()
-    try:
-        bgr_mean = args.mean or caffe_weights.ILSVRC_2012_BGR_MEAN
-        if args.mean_file:
-            bgr_mean = caffe_weights.read_mean_file(args.mean_file)
-        class_names = None
-        if args.class_names:
-            class_names = caffe_weights.read_class_names(args.class_names,
-                                                         caffe_weights.NUM_CLASSES)
-    except (caffe_weights.WeightsError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    bgr_mean = args.mean or caffe_weights.ILSVRC_2012_BGR_MEAN
+    if args.mean_file:
+        bgr_mean = caffe_weights.read_mean_file(args.mean_file)
+    class_names = None
+    if args.class_names:
+        class_names = caffe_weights.read_class_names(args.class_names, caffe_weights.NUM_CLASSES)
     try:
         source, model = caffe_weights.import_weights(args.weights, args.output, bgr_mean,
                                                      class_names)
-    except (caffe_weights.WeightsError, OSError) as error:
-        print(f"error: {args.weights}: {error}", file=sys.stderr)
-        return 2
+    except (UsageError, OSError) as error:  # named after the file it is about
+        raise UsageError(f"{args.weights}: {error}") from None
     weights = sum(math.prod(weight.shape) for weight in model.trainable_weights)
     print(f"imported {args.weights} ({source}, {weights:,} weights) to "
           f"{args.output} in {time.perf_counter() - start:.1f} s")

@@ -12,9 +12,10 @@ import argparse
 import sys
 import time
 
-from alexnet_keras_cli import import_tensorflow_quietly
+from alexnet_keras_cli import command, import_tensorflow_quietly
 
 
+@command()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,12 +33,8 @@ def main(argv=None):
     from alexnet_keras.synthetic import make_synthetic_dataset
 
     start = time.perf_counter()
-    try:
-        count = make_synthetic_dataset(args.output_dir, args.num_classes,
-                                       args.images_per_class, args.seed, classes=args.classes)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    count = make_synthetic_dataset(args.output_dir, args.num_classes, args.images_per_class,
+                                   args.seed, classes=args.classes)
     classes = len(args.classes) if args.classes else args.num_classes
     print(f"wrote {count} images of {classes} classes to {args.output_dir} "
           f"in {time.perf_counter() - start:.1f} s")

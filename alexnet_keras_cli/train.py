@@ -20,18 +20,19 @@ config changes).
 """
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 
-from alexnet_keras_cli import import_tensorflow_quietly, progress_bar_factory
+from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
 from alexnet_keras_cli.config import (
     DEMO_DATASET_DIR,
     DEMO_MODEL_DIR,
     DEMO_RECORDS_DIR,
-    LR_SCHEDULES,
-    MIXED_PRECISION,
     PRESETS,
+    Config,
 )
+from alexnet_keras_cli.errors import UsageError
 from alexnet_keras_cli.layout import DataDir
 
 
@@ -40,67 +41,60 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", help="output folder of data/build_tfrecords.py (default: "
                         f"the synthetic demo dataset, built once in {DEMO_DATASET_DIR})")
-    parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: {DEMO_MODEL_DIR} "
-                        "for the demo; required with --data_dir)")
-    parser.add_argument("--config", choices=sorted(PRESETS), default=None,
-                        help="preset: 'paper' (default with --data_dir), 'demo' (default without) "
-                             "or 'finetune' (default with --init_from)")
-    parser.add_argument("--init_from", metavar="MODEL",
-                        help="start from the weights of a .keras model of this project (a run's "
-                             "alexnet.keras or an imported one); its width, LRN and mean are kept, "
-                             "fc8 is replaced when the data has another number of classes")
-    parser.add_argument("--train_layers", metavar="LAYERS",
-                        help="with --init_from: comma-separated layers to train among conv1, "
-                             "conv2, conv3, conv4, conv5, fc6, fc7, fc8, or 'all' (default); "
-                             "the others stay exactly as loaded")
-    parser.add_argument("--epochs", type=int, help="number of epochs (paper: 90)")
-    parser.add_argument("--global_batch_size", type=int,
-                        help="images per step over all replicas (paper: 128)")
-    parser.add_argument("--learning_rate", type=float, help="initial learning rate (paper: 0.01)")
-    parser.add_argument("--weight_decay", type=float, help="L2 weight decay (paper: 0.0005)")
-    parser.add_argument("--lr_schedule", choices=LR_SCHEDULES,
-                        help="'plateau' divides by 10 when validation top-1 stops improving "
-                             "(paper); 'step' every --step_epochs; 'cosine'")
-    parser.add_argument("--plateau_patience", type=int, help="epochs without improvement before a reduction")
-    parser.add_argument("--max_lr_reductions", type=int, help="plateau reductions at most (paper: 3)")
-    parser.add_argument("--step_epochs", type=int, help="'step' schedule: epochs between reductions")
-    parser.add_argument("--warmup_epochs", type=float, help="linear warmup length in epochs")
-    parser.add_argument("--width_multiplier", type=float, help="channel scale; 1.0 is the paper's network")
-    parser.add_argument("--dropout_rate", type=float, help="dropout after fc6 and fc7 (paper: 0.5; "
-                        "with --init_from the model's by default)")
+    parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: "
+                        f"{DEMO_MODEL_DIR} for the demo; required with --data_dir)")
+    parser.add_argument("--config", metavar="PRESET_OR_FILE",
+                        help=f"a preset ({', '.join(sorted(PRESETS))}: 'paper' by default with "
+                             "--data_dir, 'demo' without, 'finetune' with --init_from), or a "
+                             "run's config.json to reproduce it; the flags below override it")
     parser.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
                         "/gpu:0,/gpu:1 (default: all GPUs, else the CPU)")
-    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION,
-                        help="mixed precision for GPUs; float16 uses loss scaling")
-    parser.add_argument("--xla", action="store_true", default=None,
-                        help="compile the training step with XLA")
-    parser.add_argument("--checkpoint_every_steps", type=int, help="checkpoint interval in steps")
-    parser.add_argument("--keep_checkpoints", type=int, help="how many checkpoints to keep")
-    parser.add_argument("--shuffle_buffer", type=int, help="examples in the shuffle buffer")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--deterministic", action="store_true", default=None,
-                        help="reproducible input order and augmentation (slower)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--require_validation", action="store_true",
                         help="refuse data without a passing, current report of "
                              "data/validate_data.py validate for the train and validation splits")
+    settings = parser.add_argument_group("the config's settings (default: the preset's)")
+    for field in dataclasses.fields(Config):
+        add_config_flag(settings, field)
     return parser.parse_args(argv)
+
+
+def add_config_flag(parser, field):
+    """--NAME for a Config field, with the help text the field carries; its default is None
+    (not given), so that only the flags given override the preset."""
+    flag, metadata = f"--{field.name}", field.metadata
+    if field.type in (bool, "bool"):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                            help=metadata["help"])
+        return
+    value_type = next(kind for kind in (int, float, str) if kind.__name__ in str(field.type))
+    parser.add_argument(flag, type=value_type, choices=metadata["choices"],
+                        metavar=metadata["metavar"], help=metadata["help"])
+
+
+def base_config(name, data_dir, init_from):
+    """The preset called `name`, or the Config of a config.json file; the default preset
+    when `name` is None."""
+    if name is None:
+        name = "finetune" if init_from else "paper" if data_dir else "demo"
+    if name in PRESETS:
+        return PRESETS[name]
+    path = pathlib.Path(name)
+    if not path.is_file():
+        raise UsageError(f"--config {name} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                         f"nor a config.json file")
+    try:
+        return Config.from_json(path.read_text())
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--config {path} is not a config.json of this project: {error}") from None
 
 
 def resolve(args):
     """(config, data_dir, model_dir) from the flags; builds the demo dataset if needed."""
-    from alexnet_keras_cli.config import PRESETS, UsageError
-
     demo = args.data_dir is None
-    preset = args.config or ("finetune" if args.init_from else "demo" if demo else "paper")
-    overrides = {name: getattr(args, name) for name in (
-        "epochs", "global_batch_size", "learning_rate", "weight_decay", "lr_schedule",
-        "plateau_patience", "max_lr_reductions", "step_epochs", "warmup_epochs",
-        "width_multiplier", "dropout_rate", "mixed_precision", "xla", "checkpoint_every_steps",
-        "keep_checkpoints", "shuffle_buffer", "seed", "deterministic", "init_from",
-        "train_layers")
-        if getattr(args, name) is not None}
-    config = PRESETS[preset].replace(**overrides)
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)
+                 if getattr(args, field.name) is not None}
+    config = base_config(args.config, args.data_dir, args.init_from).replace(**overrides)
     if demo:
         data_dir = build_demo_dataset()
         model_dir = pathlib.Path(args.model_dir or DEMO_MODEL_DIR)
@@ -125,38 +119,22 @@ def build_demo_dataset():
     return records
 
 
+@command()
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from alexnet_keras import training
-    from alexnet_keras_cli.config import UsageError, print_config
+    from alexnet_keras_cli.config import print_config
 
-    try:
-        config, data_dir, model_dir = resolve(args)
-        print_config(config)
-        progress = progress_bar_factory("step", enabled=not args.no_progress)
-        devices = args.devices.split(",") if args.devices else None
-        if args.require_validation:
-            from alexnet_keras_cli.validation_report import ValidationRequired, check_validated
+    config, data_dir, model_dir = resolve(args)
+    print_config(config)
+    progress = progress_bar_factory("step", enabled=not args.no_progress)
+    devices = args.devices.split(",") if args.devices else None
+    if args.require_validation:
+        from alexnet_keras_cli.validation_report import check_validated
 
-            try:
-                check_validated(data_dir)
-            except ValidationRequired as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-        training.train(config, data_dir, model_dir, devices=devices, progress=progress)
-    except training.Preempted as stop:
-        print(stop, file=sys.stderr)
-        return training.PREEMPTED_EXIT_CODE
-    except training.PeerLost as lost:
-        print(f"error: {lost}", file=sys.stderr)
-        return training.PEER_LOST_EXIT_CODE
-    except training.TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except UsageError as error:  # raised on purpose, with what to do; anything else is a bug
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        check_validated(data_dir)
+    training.train(config, data_dir, model_dir, devices=devices, progress=progress)
     print(f"models and logs are in {model_dir}")
     return 0
 

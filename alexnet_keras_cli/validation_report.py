@@ -11,13 +11,10 @@ import json
 import os
 
 from alexnet_keras_cli.layout import DataDir
+from alexnet_keras_cli.errors import UsageError
 
 TRAINING_SPLITS = ("train", "validation")
 COMMAND = ".venv-validate/bin/python data/validate_data.py"
-
-
-class ValidationRequired(ValueError):
-    """The data has no passing, current validation report."""
 
 
 def report_path(data_dir, name):
@@ -54,13 +51,13 @@ def _rerun(data_dir, split):
 
 
 def check_validated(data_dir, splits=TRAINING_SPLITS):
-    """Raises ValidationRequired unless every split in `splits` has a passing report that
+    """Raises UsageError unless every split in `splits` has a passing report that
     covers the records now in `data_dir` (same files, same sizes) and the current schema."""
     schema_path = os.path.join(str(data_dir), DataDir.SCHEMA)
     for split in splits:
         path = report_path(data_dir, split)
         if not os.path.exists(path):
-            raise ValidationRequired(
+            raise UsageError(
                 f"--require_validation: {data_dir} has no data validation report for the "
                 f"{split} split ({os.path.basename(path)}). Validate it in the validation "
                 f"environment: `{COMMAND} stats --data_dir {data_dir}`, then `{COMMAND} schema "
@@ -70,23 +67,23 @@ def check_validated(data_dir, splits=TRAINING_SPLITS):
             passed, anomalies = report["passed"], report["anomalies"]
             records, schema_sha256 = report["records"], report["schema_sha256"]
         except (ValueError, KeyError, TypeError):
-            raise ValidationRequired(
+            raise UsageError(
                 f"--require_validation: {path} is not a validation report written by "
                 f"data/validate_data.py; run {_rerun(data_dir, split)}") from None
         if not passed:
             first = anomalies[0] if anomalies else {"feature": "?", "kind": "?"}
-            raise ValidationRequired(
+            raise UsageError(
                 f"--require_validation: the latest validation of the {split} split found "
                 f"{len(anomalies)} anomalies (first: {first['feature']}: {first['kind']}); "
                 f"see {os.path.join(str(data_dir), DataDir.report_name(split, '.txt'))}. Fix the data "
                 f"or the schema ({schema_path}), then run {_rerun(data_dir, split)}")
         if records != _local_records(data_dir, split):
-            raise ValidationRequired(
+            raise UsageError(
                 f"--require_validation: the {split} records in {data_dir} changed after they "
                 f"were validated; run {_rerun(data_dir, split)}")
         current_schema = (sha256_of_bytes(open(schema_path, "rb").read())
                           if os.path.exists(schema_path) else None)
         if current_schema != schema_sha256:
-            raise ValidationRequired(
+            raise UsageError(
                 f"--require_validation: {schema_path} changed (or was removed) after the "
                 f"{split} split was validated; run {_rerun(data_dir, split)}")

@@ -42,7 +42,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # report's contract; this environment does not install the project.
 sys.path.insert(0, REPO_ROOT)
 
+from alexnet_keras_cli import command as run_command
 from alexnet_keras_cli import validation_report as report_lib
+from alexnet_keras_cli.errors import UsageError
 from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 DEFAULT_DRIFT_THRESHOLD = 0.1
 
@@ -58,10 +60,6 @@ def import_tfdv():
     with contextlib.redirect_stderr(io.StringIO()):
         import tensorflow_data_validation as tfdv
     return tfdv
-
-
-class UsageError(Exception):
-    """A problem the user can fix: a missing file, a wrong flag."""
 
 
 # === Records ===
@@ -504,6 +502,7 @@ def parse_args(argv=None):
     return parser.parse_known_args(argv)
 
 
+@run_command()
 def main(argv=None):
     args, beam_flags = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.16 logs CUDA plugin clashes
@@ -512,15 +511,11 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     command = {"stats": command_stats, "schema": command_schema, "validate": command_validate}
-    try:
-        if args.command == "schema" and beam_flags:
-            raise UsageError(f"unknown arguments: {' '.join(beam_flags)} (see --help)")
-        # Checked before any work: a mistyped flag must not be dropped silently.
-        beam_options = beam_pipeline_options(beam_flags) if args.command != "schema" else None
-        return command[args.command](args, beam_options)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "schema" and beam_flags:
+        raise UsageError(f"unknown arguments: {' '.join(beam_flags)} (see --help)")
+    # Checked before any work: a mistyped flag must not be dropped silently.
+    beam_options = beam_pipeline_options(beam_flags) if args.command != "schema" else None
+    return command[args.command](args, beam_options)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The commands: --help without TensorFlow, quiet start-up, the config and layouts without
 TensorFlow, and the package as a wheel with its console scripts, outside the checkout."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -158,3 +159,29 @@ def test_the_wheel_installs_the_library_and_console_scripts_outside_the_checkout
                                 capture_output=True, text=True, timeout=60)
         assert helped.returncode == 0, (command, helped.stderr[-2000:])
         assert helped.stdout.startswith("usage: ")
+
+
+def test_every_config_field_is_a_train_flag_and_a_runs_config_json_reproduces_it(tmp_path):
+    from alexnet_keras_cli import train as train_command
+    from alexnet_keras_cli.config import PRESETS, Config
+    from alexnet_keras_cli.errors import UsageError
+
+    config = PRESETS["demo"].replace(momentum=0.8, pca_noise_std=0.0, plateau_factor=0.5,
+                                     xla=True, seed=7)
+    (tmp_path / "config.json").write_text(config.to_json())
+    folders = ["--data_dir", str(tmp_path), "--model_dir", str(tmp_path / "run")]
+    args = train_command.parse_args(["--config", str(tmp_path / "config.json"), *folders,
+                                      "--epochs", "3", "--no-xla", "--kernel_init", "paper"])
+    assert all(hasattr(args, field.name) for field in dataclasses.fields(Config))
+    resolved, _, _ = train_command.resolve(args)
+    assert resolved == config.replace(epochs=3, xla=False, kernel_init="paper")
+    # A preset by name, and the defaults: 'paper' with --data_dir.
+    args = train_command.parse_args([*folders, "--momentum", "0.5"])
+    assert train_command.resolve(args)[0] == PRESETS["paper"].replace(momentum=0.5)
+    for bad in ("nonsense", str(tmp_path / "run")):
+        with pytest.raises(UsageError, match="neither a preset"):
+            train_command.resolve(train_command.parse_args(["--config", bad, *folders]))
+    (tmp_path / "other.json").write_text('{"epochs": 3, "colour": "red"}')
+    with pytest.raises(UsageError, match="not a config.json of this project"):
+        train_command.resolve(train_command.parse_args(["--config", str(tmp_path / "other.json"),
+                                                        *folders]))

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 import alexnet_keras
 from alexnet_keras import caffe_weights, serving
-from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN, WeightsError
+from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN
+from alexnet_keras_cli.errors import UsageError
 from alexnet_keras.model import LRN_PAPER
 from alexnet_keras_cli import import_weights as import_weights_cli
 from alexnet_keras_cli import evaluate as evaluate_cli
@@ -223,7 +224,7 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
     assert relative_difference(logits, caffe_forward(weights, images, bgr_mean=expected)) < 1e-5
     assert relative_difference(logits, caffe_forward(weights, images)) > 1e-3
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(WeightsError, match="not a numeric .npy"):
+    with pytest.raises(UsageError, match="not a numeric .npy"):
         caffe_weights.read_mean_file(tmp_path / "pickled.npy")
 
 
@@ -302,7 +303,7 @@ def refusals(weights, tmp_path_factory):
 def test_files_that_are_not_bvlc_alexnet_are_refused(case, refusals, tmp_path):
     path, words = refusals[case]
     output = tmp_path / "out.keras"
-    with pytest.raises(WeightsError) as raised:
+    with pytest.raises(UsageError) as raised:
         caffe_weights.import_weights(path, output, width_multiplier=WIDTH,
                                      num_classes=NUM_CLASSES)
     for word in words:
@@ -330,7 +331,7 @@ def write_malicious_npy(path, marker):
 def test_a_pickle_that_runs_a_command_is_refused_and_the_command_does_not_run(tmp_path):
     marker = tmp_path / "ran"
     path = write_malicious_npy(tmp_path / "bvlc_alexnet.npy", marker)
-    with pytest.raises(WeightsError, match=r"calls (posix|os)\.system.*refused, nothing was run"):
+    with pytest.raises(UsageError, match=r"calls (posix|os)\.system.*refused, nothing was run"):
         caffe_weights.import_weights(path, tmp_path / "out.keras")
     assert not marker.exists() and not (tmp_path / "out.keras").exists()
 

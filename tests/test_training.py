@@ -201,7 +201,7 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     finally:
         stop_cluster(workers)
     survivor = workers[0].output
-    assert survivor_code == training.PEER_LOST_EXIT_CODE, survivor[-3000:]
+    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
     assert "Traceback" not in survivor, survivor[-3000:]
     lost_address = workers[1].address
     latest = latest_checkpoint(model_dir)
@@ -224,7 +224,7 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     finally:
         stop_cluster(workers)
     outputs = [worker.output for worker in workers]
-    assert codes == [training.PREEMPTED_EXIT_CODE] * 2, [output[-2000:] for output in outputs]
+    assert codes == [training.Preempted.exit_code] * 2, [output[-2000:] for output in outputs]
     first_resume = resumed_step(outputs[0])
     assert first_resume > 0 and resumed_step(outputs[1]) == first_resume
     assert first_resume == checkpoint_value(latest, "step")
@@ -279,7 +279,7 @@ def test_a_worker_failing_on_its_own_error_fails_permanently(synthetic_records, 
     assert 0 < codes[0] < 128, chief[-3000:]
     assert "InvalidArgumentError" in chief and "label value of 9" in chief, chief[-3000:]
     assert "error: lost" not in chief
-    assert codes[1] == training.PEER_LOST_EXIT_CODE, other[-3000:]
+    assert codes[1] == training.PeerLost.exit_code, other[-3000:]
     assert f"error: lost worker 0 ({workers[0].address})" in other, other[-3000:]
 
 
@@ -324,7 +324,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     wait_for_checkpoint(model_dir, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == training.PREEMPTED_EXIT_CODE, stderr[-3000:]
+    assert process.returncode == training.Preempted.exit_code, stderr[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in stderr
     saved_step = int(stderr.split("checkpoint at step ")[1].split()[0])
     assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved_step
