@@ -102,7 +102,7 @@ def load_model(path, best=False):
 # === Metrics ===
 
 
-class MetricSums:
+class EvaluationSums:
     """Running sums over evaluated examples, turned into the report's metrics by `metrics`."""
 
     def __init__(self, num_classes):
@@ -186,14 +186,14 @@ def batch_probabilities(probabilities_fn, images, ten_crops):
 
 def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_size=64,
              ten_crops=False, progress=None):
-    """Evaluates on TFRecords; -> the metrics dict (see MetricSums.metrics) plus
+    """Evaluates on TFRecords; -> the metrics dict (see EvaluationSums.metrics) plus
     images_per_second. `probabilities_fn` maps float32 pixel batches to probabilities;
     `progress(total, description)` may return a tqdm-like bar."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False,
                                           num_examples=num_examples, ten_crops=ten_crops)
-    sums = MetricSums(num_classes)
+    sums = EvaluationSums(num_classes)
     bar = progress(num_examples, "evaluating") if progress else None
     start = time.perf_counter()
     try:

@@ -1,11 +1,8 @@
-"""Distributed training: strategy selection, the paper's optimiser and schedules, one custom
-training loop for MirroredStrategy and MultiWorkerMirroredStrategy, and checkpoints that
-survive preemption.
-
-Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy, so the loop is written out:
-`strategy.run`, the loss averaged over the *global* batch with `tf.nn.compute_average_loss`,
-the weight decay as an L2 term scaled with `tf.nn.scale_regularization_loss`, and metrics
-summed across replicas.
+"""The training job: the run folder's checkpoints and record, and the loop that trains, validates
+and ends each epoch, under MirroredStrategy or MultiWorkerMirroredStrategy, surviving
+preemption. The strategy and cluster are in `distribute.py`, the learning-rate schedules and
+the validation tracker in `schedules.py`, the step functions and their metric sums in
+`steps.py` (the weight decay is applied inside the optimizer's update, `PaperSGD`).
 
 What a restart relies on: every worker restores the chief's latest checkpoint from
 `model_dir`; the checkpoint holds the step, the epoch ends done so far and the running sums of
@@ -15,12 +12,9 @@ validation step, so the whole cluster saves one checkpoint and exits with status
 """
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import pathlib
-import re
 import shutil
 import signal
 import tempfile
@@ -34,7 +28,9 @@ from alexnet_keras import figures, finetune, history, input_pipeline
 from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
-from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
+from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
+from alexnet_keras.schedules import ValidationTracker, learning_rate_at
+from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
 from alexnet_keras_cli import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
 from alexnet_keras_cli.layout import DataDir, RunDir
 
@@ -45,85 +41,6 @@ __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 # loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
 MAX_ABS_WEIGHT = 1e4
 
-
-
-def _peer_lost(error, steps_done, model_dir):
-    """PeerLost for a step's tf.errors.UnavailableError: the collective could not reach a
-    worker. Names it from the error's task (/job:worker/replica:0/task:1) or address, both
-    looked up in TF_CONFIG's cluster."""
-    tf_config = cluster_spec_from_environment() or {}
-    own = tf_config.get("task", {})
-    named = {(task_type, int(index)) for task_type, index in
-             re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)\b", error.message)}
-    lost = [f"{task_type} {index} ({address})"
-            for task_type, addresses in tf_config.get("cluster", {}).items()
-            for index, address in enumerate(addresses)
-            if (task_type, index) != (own.get("type"), own.get("index"))
-            and ((task_type, index) in named or address in error.message)]
-    reason = next((line.split("aborted by:", 1)[1].strip(" :") for line in
-                   error.message.splitlines() if "aborted by:" in line),
-                  error.message.strip().splitlines()[0])
-    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
-    resume = (f"rerunning every worker resumes from {latest} (step "
-              f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
-              if latest else "no checkpoint was saved yet: rerunning every worker starts over")
-    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during step "
-                    f"{steps_done + 1} ({reason}); {resume}")
-
-
-# === Strategy ===
-
-
-def cluster_spec_from_environment():
-    """The TF_CONFIG cluster, or None when there is none (or a single task)."""
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return None
-    try:
-        tf_config = json.loads(text)
-    except ValueError as error:
-        raise UsageError(f"TF_CONFIG is not valid JSON: {error}") from None
-    cluster = tf_config.get("cluster", {})
-    tasks = sum(len(addresses) for addresses in cluster.values())
-    return tf_config if tasks > 1 else None
-
-
-def select_strategy(devices=None):
-    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster; otherwise
-    MirroredStrategy over `devices` (default: all GPUs, or the CPU when there is none)."""
-    if cluster_spec_from_environment() is not None:
-        if devices:
-            raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if devices:
-        available = {_canonical_device(device.name) for device in tf.config.list_logical_devices()}
-        for device in devices:
-            if _canonical_device(device) not in available:
-                raise UsageError(
-                    f"unknown device {device!r}; this machine has: {', '.join(sorted(available))}")
-        return tf.distribute.MirroredStrategy(devices=list(devices))
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
-
-
-def _canonical_device(name):
-    """'/job:localhost/replica:0/task:0/device:GPU:0' and 'gpu:0' -> '/gpu:0'."""
-    name = name.lower().replace("/job:localhost/replica:0/task:0", "").replace("device:", "")
-    return name if name.startswith("/") else "/" + name
-
-
-def is_chief(strategy):
-    """True on the one worker that writes final artifacts."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker"
-        and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict()
-    )
 
 
 # === Data folder ===
@@ -154,65 +71,6 @@ def check_data_dir(data_dir):
     return info
 
 
-# === Learning rate ===
-
-
-def learning_rate_at(config, step, steps_per_epoch, plateau_rate):
-    """The learning rate of `step` (0-based). `plateau_rate` is the current rate of the
-    plateau schedule, which only epoch ends change."""
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = config.warmup_epochs * steps_per_epoch
-    if config.lr_schedule == "plateau":
-        rate = plateau_rate
-    elif config.lr_schedule == "step":
-        rate = config.learning_rate * 0.1 ** (step // steps_per_epoch // config.step_epochs)
-    else:
-        progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
-        rate = config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-    if warmup_steps and step < warmup_steps:
-        rate *= (step + 1) / warmup_steps
-    return rate
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochVerdict:
-    improved: bool  # a new best validation top-1 error: save the best model
-    rate_reduced: bool  # the plateau schedule divided the learning rate
-
-
-class ValidationTracker:
-    """The best validation top-1 error so far and the plateau schedule's state, in
-    checkpointed variables. One call per epoch end, `end_epoch`, decides both the best-model
-    save (under every schedule) and the plateau schedule's rate reductions."""
-
-    def __init__(self, config):
-        self.config = config
-        self.rate = tf.Variable(config.learning_rate, dtype=tf.float64, trainable=False)
-        self.best_error = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    def checkpoint_items(self):
-        return dict(plateau_rate=self.rate, best_error=self.best_error,
-                    bad_epochs=self.bad_epochs, reductions=self.reductions)
-
-    def end_epoch(self, val_top1_error):
-        """Records an epoch's validation top-1 error; returns what it changes."""
-        if val_top1_error < float(self.best_error.numpy()) - 1e-6:
-            self.best_error.assign(val_top1_error)
-            self.bad_epochs.assign(0)
-            return EpochVerdict(improved=True, rate_reduced=False)
-        self.bad_epochs.assign_add(1)
-        if (self.config.lr_schedule == "plateau"
-                and int(self.bad_epochs.numpy()) >= self.config.plateau_patience
-                and int(self.reductions.numpy()) < self.config.max_lr_reductions):
-            self.rate.assign(float(self.rate.numpy()) * self.config.plateau_factor)
-            self.reductions.assign_add(1)
-            self.bad_epochs.assign(0)
-            return EpochVerdict(improved=False, rate_reduced=True)
-        return EpochVerdict(improved=False, rate_reduced=False)
-
-
 # === Model and steps ===
 
 
@@ -224,118 +82,6 @@ def build_model(config, num_classes, lrn=LRN_PAPER):
                          width_multiplier=config.width_multiplier, bias_init=config.bias_init,
                          kernel_init=config.kernel_init, input_scale=config.input_scale,
                          lrn=lrn)
-
-
-def build_optimizer(config, model):
-    """The paper's SGD with momentum and weight decay in one fused update (PaperSGD),
-    loss-scaled for float16, with its slots created."""
-    optimizer = PaperSGD(learning_rate=config.learning_rate, momentum=config.momentum,
-                         kernel_decay=config.weight_decay)
-    if config.mixed_precision == "float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    return optimizer
-
-
-@dataclasses.dataclass
-class MetricSums:
-    """Sums over examples, so that the sums of batches, replicas and workers add up."""
-    loss: float = 0.0
-    top1_correct: float = 0.0
-    top5_correct: float = 0.0
-    examples: float = 0.0
-
-    @classmethod
-    def of_step(cls, outputs):
-        return cls(**{field.name: float(outputs[field.name]) for field in dataclasses.fields(cls)})
-
-    def __add__(self, other):
-        return MetricSums(**{name: value + getattr(other, name)
-                             for name, value in dataclasses.asdict(self).items()})
-
-    @property
-    def mean_loss(self):
-        return self.loss / self.examples
-
-    @property
-    def top1_error(self):
-        return 1 - self.top1_correct / self.examples
-
-    @property
-    def top5_error(self):
-        return 1 - self.top5_correct / self.examples
-
-
-STEP_OUTPUTS = (*(field.name for field in dataclasses.fields(MetricSums)), "stop_requests")
-
-
-def make_step_functions(strategy, model, optimizer, config):
-    """tf.functions train_step(batch, stop_request) and eval_step(batch, stop_request), each
-    returning a dict of sums over the global batch: MetricSums' fields, and `stop_requests`,
-    the number of replicas whose worker passed a `stop_request` of 1 (a SIGTERM): summed
-    within the step, it is the same on every worker."""
-    # The weight decay is not here: the optimizer (PaperSGD) adds it inside its update, after
-    # the all-reduce, in the same pass over the weights.
-    top_k = min(5, model.output.shape[-1])
-    # uint8 -> float32 with the lighting noise, on the device: XLA fuses cast, shift and
-    # clip into one pass over the batch.
-    pixels_on_device = tf.function(input_pipeline.add_lighting, jit_compile=True)
-    float16 = config.mixed_precision == "float16"
-
-    def outputs(labels, logits, per_example_loss, stop_request):
-        # One vector, in STEP_OUTPUTS' order, so that one all-reduce sums them all.
-        valid = tf.cast(labels != input_pipeline.PADDING_LABEL, tf.float32)
-        safe_labels = tf.maximum(labels, 0)
-        top1 = tf.cast(tf.math.in_top_k(safe_labels, logits, 1), tf.float32) * valid
-        top5 = tf.cast(tf.math.in_top_k(safe_labels, logits, top_k), tf.float32) * valid
-        return tf.stack([tf.reduce_sum(per_example_loss * valid), tf.reduce_sum(top1),
-                         tf.reduce_sum(top5), tf.reduce_sum(valid), stop_request])
-
-    def train_replica(images, labels, stop_request):
-        pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_dataset)
-        images = pixels_on_device(pixels, rgb_shift)
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example_loss = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True)
-            loss = tf.nn.compute_average_loss(
-                per_example_loss, global_batch_size=config.global_batch_size)
-            scaled_loss = optimizer.scale_loss(loss) if float16 else loss
-        gradients = tape.gradient(scaled_loss, model.trainable_variables)
-        optimizer.apply(gradients, model.trainable_variables)
-        return outputs(labels, logits, per_example_loss, stop_request)
-
-    def eval_replica(images, labels, stop_request):
-        logits = model(images, training=False)
-        per_example_loss = keras.losses.sparse_categorical_crossentropy(
-            tf.maximum(labels, 0), logits, from_logits=True)
-        return outputs(labels, logits, per_example_loss, stop_request)
-
-    def reduce(per_replica):
-        total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return dict(zip(STEP_OUTPUTS, tf.unstack(total)))
-
-    replica_step = tf.function(train_replica, jit_compile=True) if config.xla else train_replica
-
-    @tf.function
-    def train_step(batch, stop_request):
-        images, labels = batch
-        return reduce(strategy.run(replica_step, args=(images, labels, stop_request)))
-
-    @tf.function
-    def eval_step(batch, stop_request):
-        images, labels = batch
-        return reduce(strategy.run(eval_replica, args=(images, labels, stop_request)))
-
-    return train_step, eval_step
-
-
-def weights_fingerprint(model):
-    """A short hash of all weights, to compare replicas and workers."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()[:16]
 
 
 # === Checkpoints and the run's record ===
@@ -495,7 +241,7 @@ class TrainingLoop:
     manager: tf.train.CheckpointManager
     step: tf.Variable  # training steps done
     epochs_ended: tf.Variable  # epochs whose end (validation, schedule, history, best model) is done
-    epoch_sums: dict  # MetricSums field -> tf.Variable, the running sums of the epoch in progress
+    epoch_sums: dict  # StepSums field -> tf.Variable, the running sums of the epoch in progress
     epoch_seconds: tf.Variable
     tracker: ValidationTracker
     steps_per_epoch: int
@@ -515,7 +261,7 @@ class TrainingLoop:
         return self.sigterm.raised
 
     def running_sums(self):
-        return MetricSums(**{name: float(variable.numpy())
+        return StepSums(**{name: float(variable.numpy())
                              for name, variable in self.epoch_sums.items()})
 
     def save(self, sums, seconds, learning_rate):
@@ -567,7 +313,7 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
                 raise _describe_data_error(error, train_pattern) from None
             outputs = loop.train_step(batch, loop.stop_request())
-            step_sums = MetricSums.of_step(outputs)
+            step_sums = StepSums.of_step(outputs)
             if not np.isfinite(step_sums.loss):
                 raise TrainingDiverged(
                     f"the loss became {step_sums.loss} at step {current + 1}; stopped without "
@@ -593,12 +339,12 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
 def _validate(loop, epoch, validation, val_batches, train_sums, train_seconds, learning_rate):
     """Validation sums of `epoch`. A SIGTERM here saves the training state at the epoch's
     last step; the resumed run validates the epoch again."""
-    sums = MetricSums()
+    sums = StepSums()
     bar = loop.progress(val_batches, f"validation {epoch + 1}") if loop.progress else None
     try:
         for _ in range(val_batches):
             outputs = loop.eval_step(next(validation), loop.stop_request())
-            sums += MetricSums.of_step(outputs)
+            sums += StepSums.of_step(outputs)
             if bar is not None:
                 bar.update(1)
             if loop.stop_agreed(outputs):
@@ -643,7 +389,7 @@ def _run_epochs(loop, data, outputs):
                 if name not in ("epoch", "seconds"):
                     tf.summary.scalar(name, value)
         loop.epochs_ended.assign(epoch + 1)
-        loop.save(MetricSums(), 0.0, learning_rate)
+        loop.save(StepSums(), 0.0, learning_rate)
         if verdict.rate_reduced:
             loop.log(f"validation top-1 error has not improved for {config.plateau_patience} "
                      f"epochs: learning rate divided by {1 / config.plateau_factor:g}")
@@ -751,7 +497,7 @@ def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
         epochs_ended = tf.Variable(0, dtype=tf.int64, trainable=False)
         epoch_sums = {field.name: tf.Variable(0.0, dtype=tf.float64, trainable=False)
-                      for field in dataclasses.fields(MetricSums)}
+                      for field in dataclasses.fields(StepSums)}
         epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, step=step, epochs_ended=epochs_ended,
@@ -817,7 +563,7 @@ def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir
     except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
         if not multi_worker:
             raise
-        raise _peer_lost(error, int(step.numpy()), model_dir) from None
+        raise peer_lost(error, int(step.numpy()), model_dir) from None
     if chief:
         _save_model(model, RunDir(model_dir).model_file())
         figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))

@@ -54,8 +54,8 @@ def main():
             for layer in model.layers:
                 if isinstance(layer, FullyConnected):
                     layer.call = functools.partial(keras.layers.Dense.call, layer)
-        step, _ = training.make_step_functions(
-            strategy, model, training.build_optimizer(config, model), config)
+        step, _ = steps.make_step_functions(
+            strategy, model, steps.build_optimizer(config, model), config)
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
     medians, ratios = alternate(steps, args.rounds)
     print(f"training step, batch {args.batch}: ours {medians['ours'] * 1e3:.0f} ms, with Keras' "

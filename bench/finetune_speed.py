@@ -27,7 +27,7 @@ def main():
 
     import tensorflow as tf
 
-    from alexnet_keras import finetune, training
+    from alexnet_keras import finetune, steps, training
     from alexnet_keras_cli.config import PRESETS
 
     print(f"CPU: {cpu_name()}; width {args.width}, batch {args.batch}")
@@ -39,8 +39,8 @@ def main():
         with strategy.scope():
             model = training.build_model(run_config, num_classes=1000)
             finetune.freeze(model, run_config.trained_layers)
-            optimizer = training.build_optimizer(run_config, model)
-        train_step, _ = training.make_step_functions(strategy, model, optimizer, run_config)
+            optimizer = steps.build_optimizer(run_config, model)
+        train_step, _ = steps.make_step_functions(strategy, model, optimizer, run_config)
         seconds = []
         for step in range(args.steps + 2):
             start = time.perf_counter()

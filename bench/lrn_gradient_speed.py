@@ -88,8 +88,8 @@ def whole_step_ratio(batch_size, rounds):
             for layer in model.layers:
                 if isinstance(layer, LocalResponseNormalization):
                     layer.call = lrn_with_xla_gradient(layer)
-        step, _ = training.make_step_functions(
-            strategy, model, training.build_optimizer(config, model), config)
+        step, _ = steps.make_step_functions(
+            strategy, model, steps.build_optimizer(config, model), config)
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
     medians, ratios = alternate(steps, rounds)
     return medians, ratios["LRNGrad"]

@@ -8,7 +8,7 @@ weight gradient, whose differences to the forward are the two backward parts (in
 tf.function TensorFlow prunes the gradient nobody asked for). conv1 gets no input gradient:
 the step never computes it. Then the parameter-wide work: the optimizer's update with the
 weight decay inside (PaperSGD, one fused pass); the split and concat of the grouped convolutions (their copies, included in those
-layers' times); and the whole real step (`training.make_step_functions`) to compare the sum
+layers' times); and the whole real step (`steps.make_step_functions`) to compare the sum
 of the parts with. Layout conversions of oneDNN happen inside each op and are part of its
 time. Every figure is the median of `repeats` calls; the table prints ms per step and the
 share of the sum of the parts.
@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
-from alexnet_keras import GroupedConv2D, training
+from alexnet_keras import GroupedConv2D, steps, training
 from alexnet_keras_cli.config import PRESETS
 
 
@@ -85,7 +85,7 @@ def parameter_update_seconds(model, optimizer, repeats):
 
 def whole_step_seconds(model, optimizer, config, repeats):
     strategy = tf.distribute.get_strategy()
-    train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
+    train_step, _ = steps.make_step_functions(strategy, model, optimizer, config)
     batch_size = config.global_batch_size
     batch = training_batch(batch_size)
     no_stop = tf.constant(0.0)
@@ -101,7 +101,7 @@ def main():
     set_threads(args.threads, 1)
     config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
     model = training.build_model(config, num_classes=1000)
-    optimizer = training.build_optimizer(config, model)
+    optimizer = steps.build_optimizer(config, model)
 
     rows = []  # (name, forward, input gradient, weight gradient) in seconds
     for layer in model.layers[1:]:

@@ -2,7 +2,7 @@
 
     python bench/tf_speed.py --threads 2 --training_batch 32
 
-The training step is the project's own (`alexnet_keras.training.make_step_functions` under a
+The training step is the project's own (`alexnet_keras.steps.make_step_functions` under a
 one-device MirroredStrategy, the paper's SGD with momentum 0.9 and the L2 weight decay
 5e-4 on the kernels), fed one batch held in memory; inference is `model(x, training=False)`
 in a tf.function. Prints one JSON line: images/s of each, medians of the timed repeats.
@@ -23,15 +23,15 @@ from common import median_seconds, set_threads, training_batch  # also puts the 
 def training_speed(batch_size, repeats):
     import keras
 
-    from alexnet_keras import training
+    from alexnet_keras import steps, training
     from alexnet_keras_cli.config import PRESETS
 
     config = PRESETS["paper"].replace(global_batch_size=batch_size, learning_rate=1e-3)
     strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0"])
     with strategy.scope():
         model = training.build_model(config, num_classes=1000)
-        optimizer = training.build_optimizer(config, model)
-    train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
+        optimizer = steps.build_optimizer(config, model)
+    train_step, _ = steps.make_step_functions(strategy, model, optimizer, config)
     batch = training_batch(batch_size)
     no_stop = tf.constant(0.0)
     keras.utils.set_random_seed(0)

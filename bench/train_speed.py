@@ -2,7 +2,7 @@
 
     python bench/train_speed.py [--width_multiplier 1.0] [--steps 8]
 
-Times the project's distributed training step (alexnet_keras.training) on the CPU, batch 32:
+Times the project's distributed training step (alexnet_keras.steps) on the CPU, batch 32:
 (1) fed by the real TFRecord pipeline (decode, crop, flip, lighting noise); (2) fed by one
 batch held in memory, the ceiling; (3) like (2) but over two logical CPU devices with
 MirroredStrategy, to show the cost of the replica machinery. Prints images/s and the ratios.
@@ -25,7 +25,8 @@ tf.config.set_logical_device_configuration(
 import keras
 
 from common import print_results, synthetic_records  # also puts the checkout on sys.path
-from alexnet_keras import input_pipeline, training
+from alexnet_keras import input_pipeline
+from alexnet_keras.steps import make_step_functions
 from alexnet_keras_cli.config import PRESETS
 from alexnet_keras.model import build_alexnet
 
@@ -38,7 +39,7 @@ def images_per_second(devices, config, make_dataset, steps):
         model = build_alexnet(num_classes=10, width_multiplier=config.width_multiplier)
         optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
         optimizer.build(model.trainable_variables)
-    train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
+    train_step, _ = make_step_functions(strategy, model, optimizer, config)
     iterator = iter(strategy.distribute_datasets_from_function(make_dataset))
     no_stop = tf.constant(0.0)
 

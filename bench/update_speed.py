@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from common import alternate, print_results, set_threads, training_batch  # also puts the checkout on sys.path
-from alexnet_keras import input_pipeline, training
+from alexnet_keras import input_pipeline, steps, training
 from alexnet_keras_cli.config import PRESETS
 
 
@@ -38,7 +38,7 @@ def keras_sgd(config, model):
 
 def with_decay(config, model, gradients):
     """`weight_decay * kernel` added to the kernels' gradients."""
-    return [gradient + config.weight_decay * weight if training.is_decayed(weight) else gradient
+    return [gradient + config.weight_decay * weight if steps.is_decayed(weight) else gradient
             for gradient, weight in zip(gradients, model.trainable_variables)]
 
 
@@ -46,7 +46,7 @@ def keras_sgd_step(config, l2_on_the_tape):
     """A step with Keras' SGD and the decay either on the tape or in the gradients."""
     model = training.build_model(config, num_classes=1000)
     optimizer = keras_sgd(config, model)
-    kernels = [weight for weight in model.trainable_variables if training.is_decayed(weight)]
+    kernels = [weight for weight in model.trainable_variables if steps.is_decayed(weight)]
 
     @tf.function
     def step(images, labels):
@@ -70,7 +70,7 @@ def keras_sgd_step(config, l2_on_the_tape):
 def update_only(config, fused):
     """The update alone, on gradients given: PaperSGD, or Keras' SGD after the decay."""
     model = training.build_model(config, num_classes=1000)
-    optimizer = training.build_optimizer(config, model) if fused else keras_sgd(config, model)
+    optimizer = steps.build_optimizer(config, model) if fused else keras_sgd(config, model)
     gradients = [tf.random.normal(weight.shape, stddev=1e-4)
                  for weight in model.trainable_variables]
 
@@ -97,8 +97,8 @@ def main():
     images = input_pipeline.add_lighting(pixels, rgb_shift)  # what the step computes first
 
     model = training.build_model(config, num_classes=1000)
-    fused_step, _ = training.make_step_functions(
-        strategy, model, training.build_optimizer(config, model), config)
+    fused_step, _ = steps.make_step_functions(
+        strategy, model, steps.build_optimizer(config, model), config)
     decay_in_gradient = keras_sgd_step(config, l2_on_the_tape=False)
     l2_on_the_tape = keras_sgd_step(config, l2_on_the_tape=True)
     step_medians, step_ratios = alternate({

@@ -190,7 +190,7 @@ def test_the_heatmap_of_many_classes_shows_the_most_confused(tmp_path):
     shown = evaluation.heatmap_classes(confusion)
     assert len(shown) == evaluation.HEATMAP_SUBSET
     assert {3, 140, 77, 12, 149, 0} <= set(shown)
-    sums = evaluation.MetricSums(classes)
+    sums = evaluation.EvaluationSums(classes)
     sums.confusion = confusion
     report = {**sums.metrics(), "class_names": [f"class_{index}" for index in range(classes)],
               "data": {"split": "validation"}, "crop": "central crop"}

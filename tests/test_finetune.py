@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
-from alexnet_keras import build_alexnet, training
+from alexnet_keras import build_alexnet, steps, training
 from alexnet_keras_cli.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
 from test_training import (fingerprint, latest_checkpoint, run_train, start_cluster, stop_cluster,
@@ -113,7 +113,7 @@ def test_train_layers_fc8_leaves_every_other_weight_as_loaded(
     run = json.loads((model_dir / "run.json").read_text())
     assert run["train_layers"] == "fc8" and run["fine_tuned"] is True
     assert run["init_from"]["path"] == str(source_path)
-    assert run["init_from"]["weights_fingerprint"] == training.weights_fingerprint(source)
+    assert run["init_from"]["weights_fingerprint"] == steps.weights_fingerprint(source)
     assert run["init_from"]["fc8"] == ("fresh" if source_classes == 1000 else "kept")
     assert run["init_from"]["architecture"]["lrn"] == LRN_CAFFE
     assert json.loads((model_dir / "config.json").read_text())["train_layers"] == "fc8"

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
-from alexnet_keras import training
+from alexnet_keras import schedules, steps, training
 from alexnet_keras_cli.config import PRESETS
 
 # A small network and schedule that still has every layer of the paper's.
@@ -450,8 +450,8 @@ def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
         reference, resumed = latest_checkpoint(reference_dir), latest_checkpoint(model_dir)
         for name in TRACKER_STATE:
             assert checkpoint_value(resumed, name) == checkpoint_value(reference, name), name
-        assert (training.weights_fingerprint(keras.models.load_model(model_dir / "alexnet.keras"))
-                == training.weights_fingerprint(
+        assert (steps.weights_fingerprint(keras.models.load_model(model_dir / "alexnet.keras"))
+                == steps.weights_fingerprint(
                     keras.models.load_model(reference_dir / "alexnet.keras")))
 
 
@@ -605,15 +605,15 @@ def test_xla_train_step_runs_on_the_cpu(synthetic_records, tmp_path):
 
 def test_learning_rate_schedules():
     config = PRESETS["paper"]
-    assert training.learning_rate_at(config, 0, 100, 0.01) == 0.01
+    assert schedules.learning_rate_at(config, 0, 100, 0.01) == 0.01
     step = config.replace(lr_schedule="step", step_epochs=2)
-    assert training.learning_rate_at(step, 150, 100, 0.01) == 0.01
-    assert abs(training.learning_rate_at(step, 250, 100, 0.01) - 0.001) < 1e-12
+    assert schedules.learning_rate_at(step, 150, 100, 0.01) == 0.01
+    assert abs(schedules.learning_rate_at(step, 250, 100, 0.01) - 0.001) < 1e-12
     cosine = config.replace(lr_schedule="cosine", epochs=10, warmup_epochs=1)
-    assert training.learning_rate_at(cosine, 0, 100, 0.01) == pytest.approx(0.0001)
-    assert training.learning_rate_at(cosine, 99, 100, 0.01) == pytest.approx(0.01)
-    assert training.learning_rate_at(cosine, 999, 100, 0.01) < 1e-5
-    tracker = training.ValidationTracker(config.replace(plateau_patience=2, max_lr_reductions=1))
+    assert schedules.learning_rate_at(cosine, 0, 100, 0.01) == pytest.approx(0.0001)
+    assert schedules.learning_rate_at(cosine, 99, 100, 0.01) == pytest.approx(0.01)
+    assert schedules.learning_rate_at(cosine, 999, 100, 0.01) < 1e-5
+    tracker = schedules.ValidationTracker(config.replace(plateau_patience=2, max_lr_reductions=1))
     verdicts = [tracker.end_epoch(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)]
     assert [verdict.rate_reduced for verdict in verdicts] == [
         False, False, True, False, False, False, False, False]
@@ -622,7 +622,7 @@ def test_learning_rate_schedules():
     assert float(tracker.rate.numpy()) == pytest.approx(0.001)
     # Under the step and cosine schedules the tracker still decides the best-model saves,
     # and never touches the rate.
-    cosine_tracker = training.ValidationTracker(cosine.replace(plateau_patience=1))
+    cosine_tracker = schedules.ValidationTracker(cosine.replace(plateau_patience=1))
     assert [cosine_tracker.end_epoch(error).improved for error in (0.5, 0.6, 0.4)] == [
         True, False, True]
     assert float(cosine_tracker.rate.numpy()) == cosine.learning_rate
@@ -671,9 +671,9 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
             optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
             optimizer.build(model.trainable_variables)
         else:
-            optimizer = training.build_optimizer(config, model)
+            optimizer = steps.build_optimizer(config, model)
     if not l2_on_the_tape:
-        train_step, _ = training.make_step_functions(strategy, model, optimizer, config)
+        train_step, _ = steps.make_step_functions(strategy, model, optimizer, config)
         # Training batches are uint8 crops with their lighting shifts (none here), split
         # between the replicas.
         no_lighting = tf.zeros((images.shape[0], 3), tf.float32)
@@ -682,7 +682,7 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
                                   for tensor in (images, no_lighting, labels)))
     for _ in range(2):
         if l2_on_the_tape:
-            kernels = [w for w in model.trainable_variables if training.is_decayed(w)]
+            kernels = [w for w in model.trainable_variables if steps.is_decayed(w)]
             with tf.GradientTape() as tape:
                 logits = model(tf.cast(images, tf.float32), training=True)
                 loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(

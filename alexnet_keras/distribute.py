@@ -1,0 +1,88 @@
+"""The strategy of a run and its cluster: MirroredStrategy over a machine's devices, or
+MultiWorkerMirroredStrategy when TF_CONFIG names several workers; which worker is the chief;
+and what a worker that lost a peer says."""
+
+import json
+import os
+import re
+
+import tensorflow as tf
+
+from alexnet_keras_cli.errors import PeerLost, UsageError
+from alexnet_keras_cli.layout import RunDir
+
+
+def cluster_spec_from_environment():
+    """The TF_CONFIG cluster, or None when there is none (or a single task)."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        tf_config = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"TF_CONFIG is not valid JSON: {error}") from None
+    cluster = tf_config.get("cluster", {})
+    tasks = sum(len(addresses) for addresses in cluster.values())
+    return tf_config if tasks > 1 else None
+
+
+def select_strategy(devices=None):
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster; otherwise
+    MirroredStrategy over `devices` (default: all GPUs, or the CPU when there is none)."""
+    if cluster_spec_from_environment() is not None:
+        if devices:
+            raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices:
+        available = {_canonical_device(device.name) for device in tf.config.list_logical_devices()}
+        for device in devices:
+            if _canonical_device(device) not in available:
+                raise UsageError(
+                    f"unknown device {device!r}; this machine has: {', '.join(sorted(available))}")
+        return tf.distribute.MirroredStrategy(devices=list(devices))
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
+
+
+def _canonical_device(name):
+    """'/job:localhost/replica:0/task:0/device:GPU:0' and 'gpu:0' -> '/gpu:0'."""
+    name = name.lower().replace("/job:localhost/replica:0/task:0", "").replace("device:", "")
+    return name if name.startswith("/") else "/" + name
+
+
+def is_chief(strategy):
+    """True on the one worker that writes final artifacts."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def peer_lost(error, steps_done, model_dir):
+    """PeerLost for a step's tf.errors.UnavailableError: the collective could not reach a
+    worker. Names it from the error's task (/job:worker/replica:0/task:1) or address, both
+    looked up in TF_CONFIG's cluster."""
+    tf_config = cluster_spec_from_environment() or {}
+    own = tf_config.get("task", {})
+    named = {(task_type, int(index)) for task_type, index in
+             re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)\b", error.message)}
+    lost = [f"{task_type} {index} ({address})"
+            for task_type, addresses in tf_config.get("cluster", {}).items()
+            for index, address in enumerate(addresses)
+            if (task_type, index) != (own.get("type"), own.get("index"))
+            and ((task_type, index) in named or address in error.message)]
+    reason = next((line.split("aborted by:", 1)[1].strip(" :") for line in
+                   error.message.splitlines() if "aborted by:" in line),
+                  error.message.strip().splitlines()[0])
+    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
+    resume = (f"rerunning every worker resumes from {latest} (step "
+              f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
+              if latest else "no checkpoint was saved yet: rerunning every worker starts over")
+    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during step "
+                    f"{steps_done + 1} ({reason}); {resume}")
