@@ -228,22 +228,48 @@ class _SigtermFlag:
         signal.signal(signal.SIGTERM, self.previous)
 
 
+class LoopState:
+    """The loop's state that a restart needs, besides the model and the optimizer: the steps
+    done, the epochs whose end is done, the running sums of the epoch in progress and the
+    validation tracker. Variables, created in the strategy's scope, and checkpointed under the
+    keys of `checkpoint_items`, which existing checkpoints use: keep them."""
+
+    def __init__(self, config):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # training steps done
+        # Epochs whose end (validation, schedule, history, best model) is done.
+        self.epochs_ended = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch_sums = {field.name: tf.Variable(0.0, dtype=tf.float64, trainable=False)
+                           for field in dataclasses.fields(StepSums)}
+        self.epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.tracker = ValidationTracker(config)
+
+    def checkpoint_items(self):
+        return {"step": self.step, "epochs_ended": self.epochs_ended,
+                "epoch_seconds": self.epoch_seconds, **self.tracker.checkpoint_items(),
+                **{f"epoch_{name}": variable for name, variable in self.epoch_sums.items()}}
+
+    def running_sums(self):
+        """The training sums of the epoch in progress, as of the last checkpoint or step."""
+        return StepSums(**{name: float(variable.numpy())
+                           for name, variable in self.epoch_sums.items()})
+
+    def keep_running_sums(self, sums, seconds):
+        for name, value in dataclasses.asdict(sums).items():
+            self.epoch_sums[name].assign(value)
+        self.epoch_seconds.assign(seconds)
+
+
 @dataclasses.dataclass
 class TrainingLoop:
-    """What the loop carries from step to step. Everything a restart needs is a variable in
-    `checkpoint`: the model, the optimizer, `step`, `epochs_ended`, the tracker's state and
-    the training sums of the epoch in progress (`epoch_sums`, `epoch_seconds`)."""
+    """What the loop carries from step to step. Everything a restart needs is in `manager`'s
+    checkpoint: the model, the optimizer and `state`."""
     config: object
     model: keras.Model
     optimizer: object
     train_step: object
     eval_step: object
     manager: tf.train.CheckpointManager
-    step: tf.Variable  # training steps done
-    epochs_ended: tf.Variable  # epochs whose end (validation, schedule, history, best model) is done
-    epoch_sums: dict  # StepSums field -> tf.Variable, the running sums of the epoch in progress
-    epoch_seconds: tf.Variable
-    tracker: ValidationTracker
+    state: LoopState
     steps_per_epoch: int
     multi_worker: bool
     sigterm: _SigtermFlag
@@ -260,23 +286,17 @@ class TrainingLoop:
             return float(outputs["stop_requests"]) > 0
         return self.sigterm.raised
 
-    def running_sums(self):
-        return StepSums(**{name: float(variable.numpy())
-                             for name, variable in self.epoch_sums.items()})
-
     def save(self, sums, seconds, learning_rate):
         """Checkpoints the loop, with the epoch's running `sums` and `seconds`, unless the
         weights blew up."""
-        _check_weights_before_saving(self.model, int(self.step.numpy()), self.manager,
+        _check_weights_before_saving(self.model, int(self.state.step.numpy()), self.manager,
                                      learning_rate)
-        for name, value in dataclasses.asdict(sums).items():
-            self.epoch_sums[name].assign(value)
-        self.epoch_seconds.assign(seconds)
+        self.state.keep_running_sums(sums, seconds)
         return self.manager.save()
 
     def preempted(self, sums, seconds, learning_rate, during):
         self.save(sums, seconds, learning_rate)
-        return Preempted(f"SIGTERM: saved a checkpoint at step {int(self.step.numpy())} "
+        return Preempted(f"SIGTERM: saved a checkpoint at step {int(self.state.step.numpy())} "
                          f"{during} in {self.manager.directory}; run the same command to resume")
 
 
@@ -299,9 +319,9 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
     epoch_end = (epoch + 1) * loop.steps_per_epoch
     # The step and the plateau rate are read from their variables once per epoch: reading a
     # variable each step would be a device-to-host copy on GPUs.
-    current = int(loop.step.numpy())
-    plateau_rate = float(loop.tracker.rate.numpy())
-    sums, seconds = loop.running_sums(), float(loop.epoch_seconds.numpy())
+    current = int(loop.state.step.numpy())
+    plateau_rate = float(loop.state.tracker.rate.numpy())
+    sums, seconds = loop.state.running_sums(), float(loop.state.epoch_seconds.numpy())
     start = time.perf_counter() - seconds
     bar = loop.progress(epoch_end - current, f"epoch {epoch + 1}") if loop.progress else None
     try:
@@ -320,7 +340,7 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
                     f"saving, so the last good checkpoint in {loop.manager.directory} is kept. "
                     f"Lower --learning_rate (now {rate:g}) or check the data.")
             current += 1
-            loop.step.assign(current)
+            loop.state.step.assign(current)
             sums += step_sums
             if bar is not None:
                 bar.update(1)
@@ -359,16 +379,16 @@ def _run_epochs(loop, data, outputs):
     """Trains and ends every epoch not yet ended; returns their EpochResults."""
     config, results = loop.config, []
     total_steps = config.epochs * loop.steps_per_epoch
-    rows = history.read_history(outputs.model_dir, int(loop.epochs_ended.numpy()))
-    while (epoch := int(loop.epochs_ended.numpy())) < config.epochs:
+    rows = history.read_history(outputs.model_dir, int(loop.state.epochs_ended.numpy()))
+    while (epoch := int(loop.state.epochs_ended.numpy())) < config.epochs:
         train_sums, seconds = _train_to_epoch_end(loop, epoch, data.train_iterator,
                                                   data.train_pattern)
         # The rate of the epoch's last step, also when a restart left only the epoch end.
         learning_rate = learning_rate_at(config, (epoch + 1) * loop.steps_per_epoch - 1,
-                                         loop.steps_per_epoch, float(loop.tracker.rate.numpy()))
+                                         loop.steps_per_epoch, float(loop.state.tracker.rate.numpy()))
         val_sums = _validate(loop, epoch, data.validation, data.val_batches, train_sums,
                              seconds, learning_rate)
-        verdict = loop.tracker.end_epoch(val_sums.top1_error)
+        verdict = loop.state.tracker.end_epoch(val_sums.top1_error)
         result = history.EpochResult(
             epoch=epoch, train_loss=train_sums.mean_loss, train_top1_error=train_sums.top1_error,
             train_top5_error=train_sums.top5_error, val_loss=val_sums.mean_loss,
@@ -384,16 +404,16 @@ def _run_epochs(loop, data, outputs):
             history.plot_training_curves(rows, RunDir(outputs.model_dir).curves_file)
             if verdict.improved:
                 _save_model(loop.model, RunDir(outputs.model_dir).model_file(best=True))
-        with outputs.summary_writer.as_default(step=int(loop.step.numpy())):
+        with outputs.summary_writer.as_default(step=int(loop.state.step.numpy())):
             for name, value in dataclasses.asdict(result).items():
                 if name not in ("epoch", "seconds"):
                     tf.summary.scalar(name, value)
-        loop.epochs_ended.assign(epoch + 1)
+        loop.state.epochs_ended.assign(epoch + 1)
         loop.save(StepSums(), 0.0, learning_rate)
         if verdict.rate_reduced:
             loop.log(f"validation top-1 error has not improved for {config.plateau_patience} "
                      f"epochs: learning rate divided by {1 / config.plateau_factor:g}")
-        remaining = (total_steps - int(loop.step.numpy())) / loop.steps_per_epoch
+        remaining = (total_steps - int(loop.state.step.numpy())) / loop.steps_per_epoch
         loop.log(history.describe_epoch(result, config.epochs, eta_seconds=remaining * seconds))
         results.append(result)
     return results
@@ -493,16 +513,9 @@ def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir
             mean_layer(model).set_mean(info["rgb_mean"])
         finetune.freeze(model, config.trained_layers)
         optimizer = build_optimizer(config, model)
-        tracker = ValidationTracker(config)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        epochs_ended = tf.Variable(0, dtype=tf.int64, trainable=False)
-        epoch_sums = {field.name: tf.Variable(0.0, dtype=tf.float64, trainable=False)
-                      for field in dataclasses.fields(StepSums)}
-        epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step, epochs_ended=epochs_ended,
-        epoch_seconds=epoch_seconds, **tracker.checkpoint_items(),
-        **{f"epoch_{name}": variable for name, variable in epoch_sums.items()})
+        state = LoopState(config)
+    step, epochs_ended = state.step, state.epochs_ended
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.checkpoint_items())
     # Every worker restores the chief's checkpoint (model_dir is shared storage).
     restored = _restore_latest(checkpoint, RunDir(model_dir).checkpoints_dir)
     start_step = int(step.numpy())
@@ -552,9 +565,8 @@ def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir
     train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
     loop = TrainingLoop(
         config=config, model=model, optimizer=optimizer,
-        train_step=train_step, eval_step=eval_step, manager=manager,
-        step=step, epochs_ended=epochs_ended, epoch_sums=epoch_sums,
-        epoch_seconds=epoch_seconds, tracker=tracker, steps_per_epoch=steps_per_epoch,
+        train_step=train_step, eval_step=eval_step, manager=manager, state=state,
+        steps_per_epoch=steps_per_epoch,
         multi_worker=multi_worker, sigterm=sigterm, progress=progress, log=log)
     outputs = _Outputs(model_dir=model_dir, chief=chief,
                        summary_writer=tf.summary.create_file_writer(str(RunDir(output_dir).logs_dir)))

@@ -716,3 +716,21 @@ def test_fused_update_with_weight_decay_equals_keras_sgd_with_the_l2_term_on_the
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6, err_msg=str(index))
         if one.ndim > 1:  # a kernel: the decay moved it, so the comparison above can fail
             assert np.abs(one - plain).max() > 100 * np.abs(one - two).max() + 1e-6, index
+
+
+def test_the_loop_state_restores_checkpoints_written_with_todays_keys(tmp_path):
+    """The loop's state is one object now; its variables keep the checkpoint keys that runs
+    already on disk hold (a renamed key would leave a resumed run at step 0)."""
+    integers = {"step": 1234, "epochs_ended": 7, "bad_epochs": 2, "reductions": 1}
+    floats = {"epoch_seconds": 56.5, "plateau_rate": 0.001, "best_error": 0.42,
+              "epoch_loss": 321.0, "epoch_top1_correct": 40.0, "epoch_top5_correct": 90.0,
+              "epoch_examples": 100.0}
+    saved = {**{key: tf.Variable(value, dtype=tf.int64) for key, value in integers.items()},
+             **{key: tf.Variable(value, dtype=tf.float64) for key, value in floats.items()}}
+    path = tf.train.Checkpoint(**saved).save(str(tmp_path / "ckpt"))
+    state = training.LoopState(PRESETS["demo"])
+    items = state.checkpoint_items()
+    assert sorted(items) == sorted(saved)
+    tf.train.Checkpoint(**items).restore(path).assert_consumed()
+    assert {key: items[key].numpy() for key in saved} == {**integers, **floats}
+    assert state.running_sums().examples == 100.0
