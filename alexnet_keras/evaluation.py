@@ -20,6 +20,8 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras.plots import pyplot, save_figure
+from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
 from alexnet_keras_cli.errors import UsageError
 
@@ -194,9 +196,8 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
     dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False,
                                           num_examples=num_examples, ten_crops=ten_crops)
     sums = EvaluationSums(num_classes)
-    bar = progress(num_examples, "evaluating") if progress else None
-    start = time.perf_counter()
-    try:
+    with progress_bar(progress, num_examples, "evaluating") as bar:
+        start = time.perf_counter()
         for images, labels in dataset:
             keep = labels.numpy() != input_pipeline.PADDING_LABEL
             if not keep.any():
@@ -207,11 +208,7 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
                 raise UsageError(f"label {labels.max()} in {file_pattern} is outside the "
                                       f"model's {num_classes} classes")
             sums.add(probabilities[keep], labels)
-            if bar is not None:
-                bar.update(len(labels))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(labels))
     seconds = time.perf_counter() - start
     if sums.examples == 0:
         raise UsageError(f"no examples read from {file_pattern}")
@@ -299,17 +296,8 @@ def heatmap_classes(confusion, limit=MAX_HEATMAP_CLASSES, subset=HEATMAP_SUBSET)
     return sorted(np.argsort(-involvement, kind="stable")[:subset].tolist())
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_confusion_matrix(report, path):
-    plt = _pyplot()
+    plt = pyplot()
     confusion = np.asarray(report["confusion_matrix"])
     shown = heatmap_classes(confusion)
     matrix = confusion[np.ix_(shown, shown)]
@@ -334,13 +322,11 @@ def plot_confusion_matrix(report, path):
         title += f"\n(the {len(shown)} most confused of {len(confusion)} classes)"
     axis.set(xlabel="predicted class", ylabel="true class", title=title)
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def plot_most_confused(report, path):
-    plt = _pyplot()
+    plt = pyplot()
     pairs = report["most_confused"]
     names = report["class_names"]
     figure, axis = plt.subplots(figsize=(8, 1.2 + 0.45 * max(len(pairs), 1)))
@@ -356,9 +342,7 @@ def plot_most_confused(report, path):
     axis.set_title(f"Most confused pairs (true -> predicted), {report['data']['split']}, "
                    f"{report['crop']}")
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def summary(report, worst=5, pairs=5):

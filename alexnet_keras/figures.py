@@ -25,7 +25,9 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.evaluation import resolve_model_path
-from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras.files import process_alive, replaced_atomically, write_text_atomically
+from alexnet_keras.plots import pyplot, save_figure
+from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.layout import DataDir, Feature
 from alexnet_keras_cli.errors import UsageError
 
@@ -293,7 +295,6 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     labels = np.empty(expected, np.int32)
     shard_of = np.empty(expected, np.int32)
     position_of = np.empty(expected, np.int64)
-    bar = progress(expected, "fc7 of the training images") if progress else None
     rows = 0
     with replaced_atomically(features_path) as temporary:
         # The header and the file's full size come from open_memmap; rows are then written
@@ -302,23 +303,19 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
                                            shape=(expected, dimension))
         data_offset = header.offset
         del header
-        try:
-            with open(temporary, "r+b") as handle:
-                handle.seek(data_offset)
-                for shard, position, images, batch_labels in dataset:
-                    count = len(batch_labels)
-                    if rows + count > expected:
-                        raise UsageError(_count_mismatch(data_dir, expected, "more"))
-                    handle.write(np.ascontiguousarray(compute(images).numpy()).tobytes())
-                    labels[rows:rows + count] = batch_labels.numpy()
-                    shard_of[rows:rows + count] = shard.numpy()
-                    position_of[rows:rows + count] = position.numpy()
-                    rows += count
-                    if bar is not None:
-                        bar.update(count)
-        finally:
-            if bar is not None:
-                bar.close()
+        with (progress_bar(progress, expected, "fc7 of the training images") as bar,
+              open(temporary, "r+b") as handle):
+            handle.seek(data_offset)
+            for shard, position, images, batch_labels in dataset:
+                count = len(batch_labels)
+                if rows + count > expected:
+                    raise UsageError(_count_mismatch(data_dir, expected, "more"))
+                handle.write(np.ascontiguousarray(compute(images).numpy()).tobytes())
+                labels[rows:rows + count] = batch_labels.numpy()
+                shard_of[rows:rows + count] = shard.numpy()
+                position_of[rows:rows + count] = position.numpy()
+                rows += count
+                bar.update(count)
         if rows != expected:
             raise UsageError(_count_mismatch(data_dir, expected, f"only {rows}"))
     with replaced_atomically(index_path) as temporary:
@@ -334,18 +331,8 @@ def _remove_abandoned_temporaries(path):
     at ImageNet scale each is 10 GB."""
     for temporary in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
         pid = temporary.name.removesuffix(path.suffix).rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_exists(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             temporary.unlink(missing_ok=True)
-
-
-def _process_exists(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _eval_image_and_label(record):
@@ -508,9 +495,7 @@ def neighbour_figure_size(queries, neighbours=NUM_NEIGHBOURS):
 
 
 def _plot_neighbours(rows, class_names, path):
-    from alexnet_keras.evaluation import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     columns = 1 + max(len(row["neighbours"]) for row in rows)
     width, height = neighbour_figure_size(len(rows), columns - 1)
     figure, axes = plt.subplots(len(rows), columns, squeeze=False,
@@ -532,9 +517,7 @@ def _plot_neighbours(rows, class_names, path):
     figure.suptitle("Validation images (left) and the training images nearest in fc7 "
                     "(Euclidean; green: same class)", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (height / NEIGHBOURS_DPI)))
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=NEIGHBOURS_DPI)
-    plt.close(figure)
+    save_figure(figure, path, dpi=NEIGHBOURS_DPI)
 
 
 # === Both figures ===

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees one half-written."""
+"""Writing files so that a reader never sees one half-written, and telling the temporary
+files of a killed process from those of a running one."""
 
 import contextlib
 import os
@@ -23,3 +24,15 @@ def replaced_atomically(path):
 def write_text_atomically(path, text):
     with replaced_atomically(path) as temporary:
         temporary.write_text(text)
+
+
+def process_alive(pid):
+    """Whether process `pid` exists, so its temporary files may still be written; a pid
+    that cannot be asked about counts as alive, so that nothing in use is removed."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

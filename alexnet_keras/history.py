@@ -5,6 +5,7 @@ import csv
 import dataclasses
 
 from alexnet_keras.files import replaced_atomically
+from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras_cli.layout import RunDir
 
 
@@ -45,11 +46,7 @@ def read_history(model_dir, before_epoch):
 
 def plot_training_curves(rows, path):
     """training_curves.png: loss and top-1 / top-5 error per epoch, train and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [int(row["epoch"]) + 1 for row in rows]
     figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
     loss_axis.plot(epochs, [float(r["train_loss"]) for r in rows], label="train")
@@ -63,9 +60,7 @@ def plot_training_curves(rows, path):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    with replaced_atomically(path) as temporary:
-        figure.savefig(temporary, dpi=90)
-    plt.close(figure)
+    save_figure(figure, path, dpi=90)
 
 
 def describe_epoch(result, epochs, eta_seconds):

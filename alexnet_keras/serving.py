@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
+from alexnet_keras.files import process_alive
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
 from alexnet_keras_cli.errors import UsageError
@@ -325,20 +326,10 @@ def remove_stale_temporaries(export_base):
         return removed
     for path in base.parent.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match and match["base"] == base.name and not _process_alive(int(match["pid"])):
+        if match and match["base"] == base.name and not process_alive(int(match["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def xla_must_compile_functions(export_dir):

@@ -28,6 +28,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from alexnet_keras_cli.errors import UsageError, WorkerDied
 from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
@@ -536,7 +537,8 @@ def convert(
     log=lambda message: print(message, file=sys.stderr),
 ):
     """Converts an image folder; returns the dataset summary written to dataset.json, or
-    None when this was one partition of several and others are still missing."""
+    None when this was one partition of several and others are still missing.
+    `progress(total, description)` may return a tqdm-like bar."""
     if not 1 <= jpeg_quality <= 100:
         raise UsageError(f"--jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if num_partitions < 1 or not 0 <= partition_index < num_partitions:
@@ -574,27 +576,24 @@ def convert(
         log(f"resuming: {len(summaries)} of {len(shards)} shards already complete")
 
     total = sum(len(shard.items) for shard, _ in todo)
-    bar = progress(total) if progress and total else None
     tasks = [(str(input_dir), item, settings) for shard, _ in todo for item in shard.items]
     pool = None
     try:
-        if workers > 1 and total > 1:
-            pool = _worker_pool(workers)
-            results = _results_in_order(pool, tasks, in_flight=4 * workers)
-        else:
-            results = map(process_item, tasks)
-        for shard, fingerprint in todo:
-            shard_results = []
-            for _ in shard.items:
-                shard_results.append(next(results))
-                if bar is not None:
+        with progress_bar(progress if total else None, total, "converting") as bar:
+            if workers > 1 and total > 1:
+                pool = _worker_pool(workers)
+                results = _results_in_order(pool, tasks, in_flight=4 * workers)
+            else:
+                results = map(process_item, tasks)
+            for shard, fingerprint in todo:
+                shard_results = []
+                for _ in shard.items:
+                    shard_results.append(next(results))
                     bar.update(1)
-            summaries[shard.name] = _write_shard(
-                shard, shard_results, output_dir, class_names, fingerprint
-            )
+                summaries[shard.name] = _write_shard(
+                    shard, shard_results, output_dir, class_names, fingerprint
+                )
     finally:
-        if bar is not None:
-            bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 

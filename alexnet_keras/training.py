@@ -28,6 +28,7 @@ from alexnet_keras import figures, finetune, history, input_pipeline
 from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, UsageError
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
+from alexnet_keras.progress import progress_bar
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
@@ -323,8 +324,7 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
     plateau_rate = float(loop.state.tracker.rate.numpy())
     sums, seconds = loop.state.running_sums(), float(loop.state.epoch_seconds.numpy())
     start = time.perf_counter() - seconds
-    bar = loop.progress(epoch_end - current, f"epoch {epoch + 1}") if loop.progress else None
-    try:
+    with progress_bar(loop.progress, epoch_end - current, f"epoch {epoch + 1}") as bar:
         while current < epoch_end:
             rate = learning_rate_at(config, current, loop.steps_per_epoch, plateau_rate)
             loop.optimizer.learning_rate = rate
@@ -342,17 +342,13 @@ def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
             current += 1
             loop.state.step.assign(current)
             sums += step_sums
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums.mean_loss:.3f}", top1=f"{1 - sums.top1_error:.3f}",
-                                lr=f"{rate:.2g}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums.mean_loss:.3f}", top1=f"{1 - sums.top1_error:.3f}",
+                            lr=f"{rate:.2g}")
             if loop.stop_agreed(outputs):
                 raise loop.preempted(sums, time.perf_counter() - start, rate, "during training")
             if current % config.checkpoint_every_steps == 0:
                 loop.save(sums, time.perf_counter() - start, rate)
-    finally:
-        if bar is not None:
-            bar.close()
     return sums, time.perf_counter() - start
 
 
@@ -360,18 +356,13 @@ def _validate(loop, epoch, validation, val_batches, train_sums, train_seconds, l
     """Validation sums of `epoch`. A SIGTERM here saves the training state at the epoch's
     last step; the resumed run validates the epoch again."""
     sums = StepSums()
-    bar = loop.progress(val_batches, f"validation {epoch + 1}") if loop.progress else None
-    try:
+    with progress_bar(loop.progress, val_batches, f"validation {epoch + 1}") as bar:
         for _ in range(val_batches):
             outputs = loop.eval_step(next(validation), loop.stop_request())
             sums += StepSums.of_step(outputs)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if loop.stop_agreed(outputs):
                 raise loop.preempted(train_sums, train_seconds, learning_rate, "during validation")
-    finally:
-        if bar is not None:
-            bar.close()
     return sums
 
 

@@ -76,8 +76,7 @@ def main(argv=None):
     import_tensorflow_quietly(find_devices=False)
     from alexnet_keras.tfrecords import convert
 
-    bar = progress_bar_factory("img", enabled=not args.no_progress)
-    progress = (lambda total: bar(total, "converting")) if bar else None
+    progress = progress_bar_factory("img", enabled=not args.no_progress)
     start = time.perf_counter()
     dataset = convert(
         args.input_dir,
