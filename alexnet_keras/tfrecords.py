@@ -1,17 +1,13 @@
 """Image folders -> sharded TFRecords, with the paper's rescale-and-crop and dataset statistics.
 
-Layout read (as torchvision's ImageFolder): `IN/train/<class>/...` with an optional
-`IN/val/<class>/...`, or `IN/<class>/...` directly. ImageNet's flat `IN/val/*.JPEG` (all
-validation images in one folder) is read with a labels file (`read_val_labels`). Class index =
-position of the class name in sorted order. Images are decoded with Pillow in worker processes; the parent process
-writes the shards, each under a temporary name renamed when complete, so a killed run never
+The input layouts and the shard plan are `discovery.py`'s. Images are decoded with Pillow in
+worker processes; the parent process writes the shards, each under a temporary name renamed when complete, so a killed run never
 leaves a shard that looks finished and the same command completes the job.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
 import itertools
 import json
@@ -19,7 +15,6 @@ import math
 import multiprocessing
 import os
 import pathlib
-import random
 import sys
 import warnings
 
@@ -27,260 +22,14 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from alexnet_keras_cli.errors import UsageError, WorkerDied
+from alexnet_keras.discovery import SPLIT_NAMES, discover, plan_shards, read_class_names
 from alexnet_keras.files import replaced_atomically, write_text_atomically
 from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-SPLIT_NAMES = ("train", "validation")
 MIN_SHORTER_SIDE = 16
-EXAMPLES_PER_SHARD = 1024
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One source image: its path relative to the input folder, its label, and its size and
-    modification time (so that a changed file changes its shard's fingerprint)."""
-
-    relative_path: str
-    label: int
-    size: int = -1
-    mtime_ns: int = -1
-
-    @classmethod
-    def of_file(cls, path, input_dir, label):
-        try:
-            status = os.stat(path)
-            size, mtime_ns = status.st_size, status.st_mtime_ns
-        except OSError:  # a dangling link: reported as unreadable when converted
-            size, mtime_ns = -1, -1
-        return cls(str(path.relative_to(input_dir)), label, size, mtime_ns)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    split: str
-    index: int
-    count: int
-    items: tuple
-
-    @property
-    def name(self):
-        return DataDir.shard_name(self.split, self.index, self.count)
-
-    def fingerprint(self, settings):
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        for item in self.items:
-            digest.update(
-                f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode())
-        return digest.hexdigest()
-
-
-# === Discovery ===
-
-
-def _image_files(folder):
-    """Image files under `folder` (recursively, sorted), and the other files ignored."""
-    images, ignored = [], []
-    for root, directories, files in os.walk(folder):
-        directories[:] = sorted(d for d in directories if not d.startswith("."))
-        for name in sorted(files):
-            path = pathlib.Path(root) / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(path)
-            else:
-                images.append(path)
-    return images, ignored
-
-
-def _class_folders(folder):
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _flat_images(folder):
-    """Image files directly in `folder` (not in its subfolders), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_synsets=None):
-    """Lists the splits: {"train": [Item...], "validation": [Item...]}, class names, ignored.
-    `val_labels` labels a flat `val/` folder (see `read_val_labels`)."""
-    input_dir = pathlib.Path(input_dir)
-    if not input_dir.is_dir():
-        raise UsageError(f"input folder {input_dir} does not exist or is not a folder")
-    if not 0.0 <= val_fraction < 1.0:
-        raise UsageError(f"--val_fraction must be in [0, 1), got {val_fraction}")
-    train_dir = input_dir / "train" if (input_dir / "train").is_dir() else input_dir
-    val_dir = input_dir / "val" if train_dir != input_dir else None
-    class_names = _class_folders(train_dir)
-    if not class_names:
-        raise UsageError(
-            f"{train_dir} holds no class folders: expected {train_dir}/<class_name>/<image files>"
-        )
-    ignored = []
-    per_class = {}
-    for label, class_name in enumerate(class_names):
-        images, skipped = _image_files(train_dir / class_name)
-        ignored += skipped
-        per_class[label] = [Item.of_file(p, input_dir, label) for p in images]
-    if not any(per_class.values()):
-        raise UsageError(f"no image files found in the class folders of {train_dir}")
-
-    splits = {"train": [], "validation": []}
-    flat_val = _flat_images(val_dir) if val_dir is not None and val_dir.is_dir() else []
-    if val_labels is not None and not flat_val:
-        raise UsageError(f"--val_labels {val_labels} labels a flat validation folder, but "
-                         f"{input_dir / 'val'} holds no image files directly")
-    if flat_val:
-        if val_labels is None:
-            raise UsageError(
-                f"{val_dir} holds {len(flat_val)} image files directly, not in class folders: "
-                f"give their labels with --val_labels (ImageNet's LOC_val_solution.csv, or a "
-                f"file with one synset per line in sorted file order), or move them into "
-                f"{val_dir}/<class_name>/ folders")
-        if _class_folders(val_dir):
-            raise UsageError(f"{val_dir} holds both image files and class folders: use one "
-                             f"layout or the other")
-        for items in per_class.values():
-            splits["train"] += items
-        labels = read_val_labels(val_labels, [p.name for p in flat_val], class_names,
-                                 val_label_synsets)
-        splits["validation"] = [Item.of_file(p, input_dir, label)
-                                for p, label in zip(flat_val, labels)]
-    elif val_dir is not None and val_dir.is_dir():
-        unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
-        if unknown:
-            raise UsageError(
-                f"{val_dir} has class folders that {train_dir} lacks: {', '.join(unknown)}"
-            )
-        for items in per_class.values():
-            splits["train"] += items
-        for class_name in _class_folders(val_dir):
-            images, skipped = _image_files(val_dir / class_name)
-            ignored += skipped
-            label = class_names.index(class_name)
-            splits["validation"] += [Item.of_file(p, input_dir, label) for p in images]
-    else:
-        # Hold out a seeded fraction of each class.
-        for label, items in per_class.items():
-            shuffled = list(items)
-            random.Random(f"{seed}-{label}").shuffle(shuffled)
-            held_out = int(round(val_fraction * len(shuffled)))
-            splits["validation"] += shuffled[:held_out]
-            splits["train"] += shuffled[held_out:]
-        if not splits["validation"]:
-            raise UsageError(
-                f"--val_fraction {val_fraction} holds out no image of {train_dir} and "
-                f"{input_dir} has no val/ folder: training needs a validation split; raise "
-                f"--val_fraction or add {input_dir}/val/")
-    return splits, class_names, [str(p.relative_to(input_dir)) for p in ignored]
-
-
-def read_val_labels(path, filenames, class_names, index_synsets_path=None):
-    """Labels (indices into `class_names`) of the flat validation files `filenames` (sorted).
-
-    `path` is either Kaggle's LOC_val_solution.csv (header `ImageId,PredictionString`; the
-    first word of PredictionString is the synset of the file named ImageId), or a text file
-    with one line per file in sorted file order: a synset, or a 1-based class index such as
-    the devkit's ILSVRC2012_validation_ground_truth.txt. Indices are in the devkit's own class
-    order, not the sorted one, so they need `index_synsets_path`: a file whose line k is the
-    synset of index k (the devkit's meta.mat order)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError(f"--val_labels {path} does not exist")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if lines and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring"):
-        by_stem = {}
-        for number, line in enumerate(lines[1:], start=2):
-            image_id, _, prediction = line.partition(",")
-            if not prediction.split():
-                raise UsageError(f"{path} line {number} has no synset: {line!r}")
-            by_stem[image_id.strip()] = prediction.split()[0]
-        unlabelled = [name for name in filenames if pathlib.Path(name).stem not in by_stem]
-        if unlabelled:
-            raise UsageError(f"{path} has no label for {len(unlabelled)} of the "
-                             f"{len(filenames)} validation files, e.g. {unlabelled[0]}")
-        synsets = [by_stem[pathlib.Path(name).stem] for name in filenames]
-        where = [f"the row of {pathlib.Path(name).stem}" for name in filenames]
-    else:
-        if len(lines) != len(filenames):
-            raise UsageError(f"{path} has {len(lines)} labels but the flat validation folder "
-                             f"has {len(filenames)} image files: one line per file, in sorted "
-                             f"file order")
-        where = [f"line {number}" for number in range(1, len(lines) + 1)]
-        if all(line.isdigit() for line in lines):
-            if index_synsets_path is None:
-                raise UsageError(
-                    f"{path} holds class indices, which are in the devkit's class order, not "
-                    f"the sorted synsets: give that order with --val_label_synsets FILE (line "
-                    f"k = synset of index k), or use a file of synsets / LOC_val_solution.csv")
-            order = read_synset_list(index_synsets_path)
-            out_of_range = [line for line in lines if not 1 <= int(line) <= len(order)]
-            if out_of_range:
-                raise UsageError(f"{path} has index {out_of_range[0]}, outside 1-{len(order)} "
-                                 f"of --val_label_synsets {index_synsets_path}")
-            synsets = [order[int(line) - 1] for line in lines]
-        else:
-            synsets = lines
-    index_of = {name: index for index, name in enumerate(class_names)}
-    for synset, place in zip(synsets, where):
-        if synset not in index_of:
-            raise UsageError(f"{path} {place} names class {synset!r}, which has no training "
-                             f"folder")
-    return [index_of[synset] for synset in synsets]
-
-
-def read_synset_list(path):
-    """The first word of each non-empty line of `path` (a synset, maybe followed by a name)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_class_names(path, class_names):
-    """Readable names of `class_names` (synsets) from `path`: lines `synset<tab or space>name`,
-    as the devkit's words.txt or Kaggle's LOC_synset_mapping.txt; extra synsets are ignored."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError(f"--class_names {path} does not exist")
-    readable = {}
-    for line in path.read_text().splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2:
-            readable.setdefault(parts[0], parts[1].strip())
-    missing = [name for name in class_names if name not in readable]
-    if missing:
-        raise UsageError(f"--class_names {path} has no name for {len(missing)} of the "
-                         f"{len(class_names)} classes, e.g. {missing[0]}")
-    return [readable[name] for name in class_names]
-
-
-def plan_shards(splits, num_shards=None, seed=0):
-    """Shuffles each split (seeded) and deals it into shards, so no shard is class-ordered."""
-    shards = []
-    train_count = len(splits["train"])
-    train_shards = num_shards or _default_shard_count(train_count, minimum=4)
-    for split in SPLIT_NAMES:
-        items = sorted(splits[split], key=lambda item: item.relative_path)
-        if not items:
-            continue
-        random.Random(f"{seed}-{split}").shuffle(items)
-        if split == "train":
-            count = min(train_shards, len(items))
-        else:
-            proportional = math.ceil(train_shards * len(items) / max(train_count, 1))
-            count = min(len(items), max(1, proportional))
-        for index in range(count):
-            shards.append(Shard(split, index, count, tuple(items[index::count])))
-    return shards
-
-
-def _default_shard_count(count, minimum):
-    return max(minimum, math.ceil(count / EXAMPLES_PER_SHARD))
 
 
 # === Per-image work (runs in worker processes: Pillow and NumPy only) ===
@@ -519,42 +268,45 @@ def pixel_statistics(pixel_sum, pixel_outer, pixel_count):
 # === The job ===
 
 
-def convert(
-    input_dir,
-    output_dir,
-    val_fraction=0.05,
-    num_shards=None,
-    workers=None,
-    seed=0,
-    jpeg_quality=95,
-    max_pixels=DEFAULT_MAX_PIXELS,
-    val_labels=None,
-    val_label_synsets=None,
-    class_names_file=None,
-    num_partitions=1,
-    partition_index=0,
-    progress=None,
-    log=lambda message: print(message, file=sys.stderr),
-):
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    """How data/build_tfrecords.py converts a folder (its flags of the same names)."""
+
+    val_fraction: float = 0.05  # of each class, when the input has no validation folder
+    num_shards: int | None = None  # training shards (default: about 1024 images each)
+    workers: int | None = None  # decoding processes (default: one per core)
+    seed: int = 0  # the validation split and the shard plan
+    jpeg_quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped before decoding
+    val_labels: str | None = None  # labels of a flat validation folder
+    val_label_synsets: str | None = None  # ILSVRC's index -> synset list, for those labels
+    class_names_file: str | None = None  # readable class names
+    num_partitions: int = 1  # machines sharing the conversion
+    partition_index: int = 0  # which one this is
+
+    def __post_init__(self):
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UsageError(f"--jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.num_partitions < 1 or not 0 <= self.partition_index < self.num_partitions:
+            raise UsageError(f"--partition_index must be in [0, {self.num_partitions}), got "
+                             f"{self.partition_index}")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise UsageError(f"--num_shards must be >= 1, got {self.num_shards}")
+
+
+def convert(input_dir, output_dir, options=ConvertOptions(), progress=None,
+            log=lambda message: print(message, file=sys.stderr)):
     """Converts an image folder; returns the dataset summary written to dataset.json, or
     None when this was one partition of several and others are still missing.
     `progress(total, description)` may return a tqdm-like bar."""
-    if not 1 <= jpeg_quality <= 100:
-        raise UsageError(f"--jpeg_quality must be in [1, 100], got {jpeg_quality}")
-    if num_partitions < 1 or not 0 <= partition_index < num_partitions:
-        raise UsageError(
-            f"--partition_index must be in [0, {num_partitions}), got {partition_index}"
-        )
-    if num_shards is not None and num_shards < 1:
-        raise UsageError(f"--num_shards must be >= 1, got {num_shards}")
-    workers = workers or os.cpu_count() or 1
+    workers = options.workers or os.cpu_count() or 1
     input_dir = pathlib.Path(input_dir).resolve()
     output_dir = pathlib.Path(output_dir)
-    splits, class_names, ignored = discover(input_dir, val_fraction, seed, val_labels,
-                                            val_label_synsets)
-    readable_names = (read_class_names(class_names_file, class_names)
-                      if class_names_file else None)
-    shards = plan_shards(splits, num_shards, seed)
+    splits, class_names, ignored = discover(input_dir, options.val_fraction, options.seed,
+                                            options.val_labels, options.val_label_synsets)
+    readable_names = (read_class_names(options.class_names_file, class_names)
+                      if options.class_names_file else None)
+    shards = plan_shards(splits, options.num_shards, options.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     removed = _remove_stale_files(output_dir, shards)
     if removed:
@@ -562,15 +314,15 @@ def convert(
 
     # The input folder is part of every fingerprint: another tree of the same layout is
     # other images.
-    settings = {"jpeg_quality": jpeg_quality, "max_pixels": max_pixels, "size": STORED_SIZE,
-                "input_dir": str(input_dir)}
+    settings = {"jpeg_quality": options.jpeg_quality, "max_pixels": options.max_pixels,
+                "size": STORED_SIZE, "input_dir": str(input_dir)}
     summaries, todo = {}, []
     for shard in shards:
         fingerprint = shard.fingerprint(settings)
         summary = _completed_summary(shard, output_dir, fingerprint)
         if summary is not None:
             summaries[shard.name] = summary
-        elif shard.index % num_partitions == partition_index:
+        elif shard.index % options.num_partitions == options.partition_index:
             todo.append((shard, fingerprint))
     if len(summaries) and todo:
         log(f"resuming: {len(summaries)} of {len(shards)} shards already complete")
@@ -600,7 +352,8 @@ def convert(
     missing = [shard.name for shard in shards if shard.name not in summaries]
     if missing:
         log(
-            f"partition {partition_index} of {num_partitions} is complete; {len(missing)} "
+            f"partition {options.partition_index} of {options.num_partitions} is complete; "
+            f"{len(missing)} "
             f"shards of other partitions are missing. Gather all partitions' files in one "
             f"folder and run the command without --partition_index to write dataset.json."
         )
@@ -609,13 +362,13 @@ def convert(
         shards, summaries, class_names, ignored,
         arguments={
             "input_dir": str(input_dir),
-            "val_fraction": val_fraction,
-            "num_shards": num_shards,
-            "seed": seed,
-            "jpeg_quality": jpeg_quality,
-            "max_pixels": max_pixels,
-            "val_labels": str(val_labels) if val_labels else None,
-            "class_names": str(class_names_file) if class_names_file else None,
+            "val_fraction": options.val_fraction,
+            "num_shards": options.num_shards,
+            "seed": options.seed,
+            "jpeg_quality": options.jpeg_quality,
+            "max_pixels": options.max_pixels,
+            "val_labels": str(options.val_labels) if options.val_labels else None,
+            "class_names": str(options.class_names_file) if options.class_names_file else None,
         },
     )
     if readable_names is not None:

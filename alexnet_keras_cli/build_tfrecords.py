@@ -22,6 +22,7 @@ the partition flags: it finds every shard complete and writes dataset.json.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -74,26 +75,16 @@ def main(argv=None):
     # The converter decodes with Pillow in worker processes forked before any TensorFlow
     # op runs; TensorFlow is imported (quietly) only for the TFRecord writer.
     import_tensorflow_quietly(find_devices=False)
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     progress = progress_bar_factory("img", enabled=not args.no_progress)
     start = time.perf_counter()
-    dataset = convert(
-        args.input_dir,
-        args.output_dir,
-        val_fraction=args.val_fraction,
-        num_shards=args.num_shards,
-        workers=args.workers,
-        seed=args.seed,
-        jpeg_quality=args.jpeg_quality,
-        max_pixels=args.max_pixels,
-        val_labels=args.val_labels,
-        val_label_synsets=args.val_label_synsets,
-        class_names_file=args.class_names,
-        num_partitions=args.num_partitions,
-        partition_index=args.partition_index,
-        progress=progress,
-    )
+    # The flags are the options' fields (--class_names sets class_names_file).
+    options = ConvertOptions(**{field.name: getattr(args, field.name)
+                                for field in dataclasses.fields(ConvertOptions)
+                                if field.name != "class_names_file"},
+                             class_names_file=args.class_names)
+    dataset = convert(args.input_dir, args.output_dir, options, progress=progress)
     if dataset is None:
         return 0
     seconds = time.perf_counter() - start

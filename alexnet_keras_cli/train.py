@@ -108,14 +108,14 @@ def resolve(args):
 def build_demo_dataset():
     """The embedded synthetic dataset, generated and converted once, then reused."""
     from alexnet_keras.synthetic import make_synthetic_dataset
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     records = pathlib.Path(DEMO_RECORDS_DIR)
     images = pathlib.Path(DEMO_DATASET_DIR) / "images"
     if not DataDir(records).dataset_file.exists():
         print(f"building the synthetic demo dataset in {DEMO_DATASET_DIR} (once)")
         make_synthetic_dataset(images, num_classes=10, images_per_class=150)
-        convert(images, records, val_fraction=0.2)
+        convert(images, records, ConvertOptions(val_fraction=0.2))
     return records
 
 

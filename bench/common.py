@@ -19,10 +19,11 @@ def synthetic_records(folder, images_per_class, num_shards):
     records folder and its dataset.json."""
     from alexnet_keras import input_pipeline
     from alexnet_keras.synthetic import make_synthetic_dataset
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     make_synthetic_dataset(folder / "images", num_classes=10, images_per_class=images_per_class)
-    convert(folder / "images", folder / "records", num_shards=num_shards, log=lambda m: None)
+    convert(folder / "images", folder / "records", ConvertOptions(num_shards=num_shards),
+            log=lambda m: None)
     return folder / "records", input_pipeline.load_dataset_info(folder / "records")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from common import print_results  # also puts the checkout on sys.path
-from alexnet_keras.tfrecords import convert
+from alexnet_keras.tfrecords import ConvertOptions, convert
 
 
 def make_photos(folder, count, seed=0):
@@ -80,8 +80,9 @@ def main():
         results["machine_2_process_scaling"] = parallel / baseline
         for workers in (1, 2):
             output = scratch / f"out_{workers}"
-            seconds = timed(lambda: convert(scratch / "photos", output, workers=workers,
-                                            num_shards=8, log=lambda message: None))
+            options = ConvertOptions(workers=workers, num_shards=8)
+            seconds = timed(lambda: convert(scratch / "photos", output, options,
+                                            log=lambda message: None))
             speed = args.images / seconds
             results[f"converter_{workers}_workers_images_per_s"] = speed
             results[f"converter_{workers}_workers_ratio"] = speed / baseline

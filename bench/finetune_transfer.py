@@ -31,13 +31,14 @@ TARGET_CLASSES = ("square", "star", "cross", "checkerboard", "crescent")
 
 def make_records(folder, classes, train_per_class, val_per_class, seed):
     from alexnet_keras.synthetic import make_synthetic_dataset
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     total = train_per_class + val_per_class
     shutil.rmtree(folder, ignore_errors=True)
     make_synthetic_dataset(folder / "images", images_per_class=total, seed=seed, classes=classes)
-    convert(folder / "images", folder / "records", val_fraction=val_per_class / total,
-            num_shards=2, workers=2, log=lambda message: None)
+    convert(folder / "images", folder / "records",
+            ConvertOptions(val_fraction=val_per_class / total, num_shards=2, workers=2),
+            log=lambda message: None)
     return folder / "records"
 
 

@@ -34,12 +34,12 @@ def python():
 def synthetic_records(tmp_path_factory):
     """A small real dataset: synthetic JPEGs converted to TFRecords by the real converter."""
     from alexnet_keras.synthetic import make_synthetic_dataset
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(root / "images", num_classes=4, images_per_class=24, seed=1)
-    convert(root / "images", root / "records", val_fraction=0.25, num_shards=4, workers=2,
-            log=lambda message: None)
+    convert(root / "images", root / "records",
+            ConvertOptions(val_fraction=0.25, num_shards=4, workers=2), log=lambda message: None)
     return root / "records"
 
 

@@ -200,7 +200,7 @@ DUPLICATED_CLASSES = CLASS_NAMES[:3]
 def duplicated_records(tmp_path_factory):
     """Real converted records, 4 classes; the validation images of DUPLICATED_CLASSES also
     appear in the training split under dup_<name>, so their nearest training image is known."""
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     root = tmp_path_factory.mktemp("duplicates")
     make_synthetic_dataset(root / "drawn", num_classes=4, images_per_class=8, seed=3)
@@ -213,7 +213,7 @@ def duplicated_records(tmp_path_factory):
             shutil.copy(path, root / "images" / split / name / path.name)
             if split == "val" and name in DUPLICATED_CLASSES:
                 shutil.copy(path, root / "images" / "train" / name / f"dup_{path.name}")
-    convert(root / "images", root / "records", num_shards=3, workers=1,
+    convert(root / "images", root / "records", ConvertOptions(num_shards=3, workers=1),
             log=lambda message: None)
     return root / "records"
 

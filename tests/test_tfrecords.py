@@ -446,11 +446,11 @@ def test_max_pixels_above_pillows_default_takes_effect(tmp_path):
 
 
 def convert_quietly(input_dir, output_dir, messages=None, **kwargs):
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     log = messages.append if messages is not None else (lambda message: None)
-    return convert(input_dir, output_dir, val_fraction=0.25, num_shards=2, workers=1, log=log,
-                   **kwargs)
+    options = ConvertOptions(**{"val_fraction": 0.25, "num_shards": 2, "workers": 1, **kwargs})
+    return convert(input_dir, output_dir, options, log=log)
 
 
 def shard_of(output_dir, filename):

@@ -641,12 +641,12 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     epochs reaches 0.70 of 100 validation images; a chance-level model does so with
     probability 4e-4 (10 x P(Binomial(100, 0.5) >= 70))."""
     from alexnet_keras.synthetic import make_synthetic_dataset
-    from alexnet_keras.tfrecords import convert
+    from alexnet_keras.tfrecords import ConvertOptions, convert
 
     make_synthetic_dataset(tmp_path / "images", images_per_class=200, seed=3,
                            classes=["circle", "stripes"])
-    convert(tmp_path / "images", tmp_path / "records", val_fraction=0.25, workers=2,
-            log=lambda message: None)
+    convert(tmp_path / "images", tmp_path / "records",
+            ConvertOptions(val_fraction=0.25, workers=2), log=lambda message: None)
     info = json.loads((tmp_path / "records" / "dataset.json").read_text())
     assert info["class_counts"]["validation"] == {"circle": 50, "stripes": 50}
     results = training.train(PRESETS["demo"].replace(epochs=20), tmp_path / "records",
