@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from alexnet_keras import files
+from alexnet_keras_cli import files
 from alexnet_keras_cli.errors import UsageError
 from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras_cli.files import replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir

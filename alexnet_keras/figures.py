@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.evaluation import resolve_model_path
-from alexnet_keras.files import process_alive, replaced_atomically, write_text_atomically
+from alexnet_keras_cli.files import process_alive, replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
 from alexnet_keras_cli.layout import DataDir, Feature

@@ -4,7 +4,7 @@ line logged at each epoch end."""
 import csv
 import dataclasses
 
-from alexnet_keras.files import replaced_atomically
+from alexnet_keras_cli.files import replaced_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras_cli.layout import RunDir
 

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from alexnet_keras.files import replaced_atomically
+from alexnet_keras_cli.files import replaced_atomically
 from alexnet_keras_cli.errors import UsageError
 
 CLASS_NAMES = (

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from alexnet_keras import figures, finetune, history, input_pipeline
 from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, UsageError
-from alexnet_keras.files import replaced_atomically, write_text_atomically
+from alexnet_keras_cli.files import replaced_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
@@ -86,84 +86,6 @@ def build_model(config, num_classes, lrn=LRN_PAPER):
 
 
 # === Checkpoints and the run's record ===
-
-
-def _checkpoint_layout(config, num_classes):
-    """The settings that change which variables a checkpoint holds, with the flag that sets
-    each: a resume must keep them."""
-    return {
-        "num_classes": (num_classes, "the number of classes in --data_dir"),
-        "width_multiplier": (config.width_multiplier, "--width_multiplier"),
-        # float16 wraps the optimizer in a LossScaleOptimizer; bfloat16 and off do not.
-        "loss_scaling": (config.mixed_precision == "float16", "--mixed_precision"),
-        # SGD without momentum has no momentum slots.
-        "momentum_slots": (config.momentum != 0, "momentum"),
-        # The optimizer holds slots for the trained layers only. A fine-tuned run's network
-        # is its source's (LRN constants included), recorded in run.json's `init_from`.
-        "train_layers": (config.train_layers, "--train_layers"),
-        "fine_tuned": (bool(config.init_from), "--init_from"),
-    }
-
-
-def _check_model_dir(model_dir, num_classes, config):
-    """Refuses, before anything is built, to resume a checkpoint with settings that would
-    change what it holds."""
-    run_file = RunDir(model_dir).run_file
-    if not run_file.exists() or not RunDir(model_dir).checkpoints_dir.exists():
-        return
-    previous = json.loads(run_file.read_text())
-    for key, (value, flag) in _checkpoint_layout(config, num_classes).items():
-        if key not in previous or previous[key] == value:
-            continue
-        if key == "fine_tuned":
-            source = previous.get("init_from", {}).get("path")
-            raise UsageError(
-                f"--model_dir {model_dir} holds a checkpoint of a run that "
-                + (f"started from --init_from {source}: resume with it" if previous[key] else
-                   "did not start from --init_from: resume without it")
-                + ", or use another --model_dir")
-        if key == "num_classes":
-            raise UsageError(
-                f"--model_dir {model_dir} holds a checkpoint for {previous[key]} classes but the "
-                f"data has {num_classes}: use another --model_dir")
-        if key == "loss_scaling":
-            before = previous.get("mixed_precision", "float16" if previous[key] else "off")
-            raise UsageError(
-                f"--model_dir {model_dir} holds a checkpoint trained with --mixed_precision "
-                f"{before}, and --mixed_precision {config.mixed_precision} "
-                f"{'drops' if previous[key] else 'adds'} the loss scaling optimizer it "
-                f"checkpoints: resume with --mixed_precision {before}, or use another --model_dir")
-        raise UsageError(
-            f"--model_dir {model_dir} holds a checkpoint made with {flag} {previous[key]} but "
-            f"this run has {value}: resume with the same {flag}, or use another --model_dir")
-
-
-def _record_run(model_dir, config, class_names, data_dir, replicas, resumed_at_step,
-                source=None):
-    """config.json is the config the run started with; a resume keeps it and appends its own
-    step, replicas and config changes to run.json's `resumes`. The class names travel with
-    the run, so an export labels its outputs without the data folder. `source`: what a
-    fine-tuned run started from (path, weights fingerprint, architecture)."""
-    num_classes = len(class_names)
-    run = {"num_classes": num_classes, "class_names": list(class_names),
-           "data_dir": str(data_dir), "replicas": replicas,
-           "width_multiplier": config.width_multiplier,
-           "mixed_precision": config.mixed_precision,
-           **{key: value for key, (value, _) in _checkpoint_layout(config, num_classes).items()},
-           **({"init_from": source} if source else {}),
-           "resumes": []}
-    config_file, run_file = RunDir(model_dir).config_file, RunDir(model_dir).run_file
-    if resumed_at_step is None or not config_file.exists():
-        write_text_atomically(config_file, config.to_json())
-    else:
-        original = json.loads(config_file.read_text())
-        previous = json.loads(run_file.read_text()) if run_file.exists() else {}
-        run = {**previous, "resumes": previous.get("resumes", [])}
-        run["resumes"].append({
-            "step": resumed_at_step, "replicas": replicas,
-            "config_changes": {name: value for name, value in dataclasses.asdict(config).items()
-                               if original.get(name) != value}})
-    write_text_atomically(run_file, json.dumps(run, indent=2))
 
 
 def _recorded_source(model_dir):
@@ -460,7 +382,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         if not keep_fc8 and "fc8" not in config.trained_layers:
             raise UsageError(f"fc8 will be a fresh layer for the data's {num_classes} classes, "
                              f"{why_fresh}: --train_layers must include fc8")
-        _check_model_dir(model_dir, num_classes, config)
+        RunDir(model_dir).check_resume(config, num_classes)
         # Every worker takes part in saving checkpoints, but only the chief's land in
         # model_dir; the others write to a folder of their own that is removed at the end.
         scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="alexnet-worker-"))
@@ -514,7 +436,7 @@ def _train(config, architecture, fc8_plan, info, data_dir, model_dir, output_dir
         _check_workers_agree(strategy, start_step, model_dir)
     if chief:
         # Readable names when the converter was given them: exports label their outputs so.
-        _record_run(model_dir, config, input_pipeline.readable_class_names(info), data_dir,
+        RunDir(model_dir).record_run(config, input_pipeline.readable_class_names(info), data_dir,
                     strategy.num_replicas_in_sync,
                     start_step if restored else None, source=source_record)
     if restored:

@@ -7,8 +7,9 @@
 Each module parses its arguments before importing TensorFlow, so `--help` and usage errors
 answer at once; nothing here imports TensorFlow or `alexnet_keras` at import time. What the
 commands need before TensorFlow lives here too, in the standard library only, and the library
-imports it from here: the config and its presets (`config.py`), the folders on disk
-(`layout.py`) and the data-validation report (`validation_report.py`).
+imports it from here: the config and its presets (`config.py`), the errors that end a command
+(`errors.py`), the folders on disk and the run's record (`layout.py`), atomic file writes
+(`files.py`) and the data-validation report (`validation_report.py`).
 """
 
 import contextlib

@@ -10,8 +10,12 @@ Standard library only: the commands read these before they import TensorFlow, an
 data/validate_data.py runs in the validation environment, which has another TensorFlow.
 """
 
+import dataclasses
 import json
 import pathlib
+
+from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_cli.files import write_text_atomically
 
 # The records hold each image's shorter side rescaled to 256 and its central 256x256 crop
 # (paper section 2), JPEG-encoded.
@@ -160,6 +164,86 @@ class RunDir:
         run = self.read_run()
         data_dir = run.get("data_dir") if isinstance(run, dict) else None
         return DataDir(data_dir) if data_dir else None
+
+    # === The run's record ===
+
+    @staticmethod
+    def checkpoint_layout(config, num_classes):
+        """The settings that change which variables a checkpoint holds, with the flag that
+        sets each: a resume must keep them."""
+        return {
+            "num_classes": (num_classes, "the number of classes in --data_dir"),
+            "width_multiplier": (config.width_multiplier, "--width_multiplier"),
+            # float16 wraps the optimizer in a LossScaleOptimizer; bfloat16 and off do not.
+            "loss_scaling": (config.mixed_precision == "float16", "--mixed_precision"),
+            # SGD without momentum has no momentum slots.
+            "momentum_slots": (config.momentum != 0, "momentum"),
+            # The optimizer holds slots for the trained layers only. A fine-tuned run's network
+            # is its source's (LRN constants included), recorded in run.json's `init_from`.
+            "train_layers": (config.train_layers, "--train_layers"),
+            "fine_tuned": (bool(config.init_from), "--init_from"),
+        }
+
+    def check_resume(self, config, num_classes):
+        """Refuses, before anything is built, to resume a checkpoint with settings that
+        would change what it holds."""
+        if not self.run_file.exists() or not self.checkpoints_dir.exists():
+            return
+        model_dir, previous = self.path, self.read_run()
+        for key, (value, flag) in self.checkpoint_layout(config, num_classes).items():
+            if key not in previous or previous[key] == value:
+                continue
+            if key == "fine_tuned":
+                source = previous.get("init_from", {}).get("path")
+                raise UsageError(
+                    f"--model_dir {model_dir} holds a checkpoint of a run that "
+                    + (f"started from --init_from {source}: resume with it" if previous[key]
+                       else "did not start from --init_from: resume without it")
+                    + ", or use another --model_dir")
+            if key == "num_classes":
+                raise UsageError(
+                    f"--model_dir {model_dir} holds a checkpoint for {previous[key]} classes but "
+                    f"the data has {num_classes}: use another --model_dir")
+            if key == "loss_scaling":
+                before = previous.get("mixed_precision", "float16" if previous[key] else "off")
+                raise UsageError(
+                    f"--model_dir {model_dir} holds a checkpoint trained with --mixed_precision "
+                    f"{before}, and --mixed_precision {config.mixed_precision} "
+                    f"{'drops' if previous[key] else 'adds'} the loss scaling optimizer it "
+                    f"checkpoints: resume with --mixed_precision {before}, or use another "
+                    f"--model_dir")
+            raise UsageError(
+                f"--model_dir {model_dir} holds a checkpoint made with {flag} {previous[key]} "
+                f"but this run has {value}: resume with the same {flag}, or use another "
+                f"--model_dir")
+
+    def record_run(self, config, class_names, data_dir, replicas, resumed_at_step,
+                   source=None):
+        """config.json is the config the run started with; a resume keeps it and appends its
+        own step, replicas and config changes to run.json's `resumes`. The class names travel
+        with the run, so an export labels its outputs without the data folder. `source`: what
+        a fine-tuned run started from (path, weights fingerprint, architecture)."""
+        num_classes = len(class_names)
+        run = {"num_classes": num_classes, "class_names": list(class_names),
+               "data_dir": str(data_dir), "replicas": replicas,
+               "width_multiplier": config.width_multiplier,
+               "mixed_precision": config.mixed_precision,
+               **{key: value for key, (value, _) in
+                  self.checkpoint_layout(config, num_classes).items()},
+               **({"init_from": source} if source else {}),
+               "resumes": []}
+        if resumed_at_step is None or not self.config_file.exists():
+            write_text_atomically(self.config_file, config.to_json())
+        else:
+            original = json.loads(self.config_file.read_text())
+            previous = self.read_run() or {}
+            run = {**previous, "resumes": previous.get("resumes", [])}
+            run["resumes"].append({
+                "step": resumed_at_step, "replicas": replicas,
+                "config_changes": {name: value
+                                   for name, value in dataclasses.asdict(config).items()
+                                   if original.get(name) != value}})
+        write_text_atomically(self.run_file, json.dumps(run, indent=2))
 
 
 class ExportBase:

@@ -379,6 +379,7 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, p
                                                                       repo_root):
     from alexnet_keras import evaluation, input_pipeline, serving, training
     from alexnet_keras_cli.config import PRESETS
+    from alexnet_keras_cli.layout import RunDir
 
     truth = imagenet_like_folder(tmp_path / "in")
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
@@ -400,8 +401,8 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, p
     # The run records them, so an export's top_k_labels default to them.
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    training._record_run(model_dir, PRESETS["demo"], input_pipeline.readable_class_names(info),
-                         tmp_path / "out", replicas=1, resumed_at_step=None)
+    RunDir(model_dir).record_run(PRESETS["demo"], input_pipeline.readable_class_names(info),
+                                 tmp_path / "out", replicas=1, resumed_at_step=None)
     assert serving.labels_for_model(model_dir / "alexnet.keras") == readable
 
     # Evaluation reports name the classes so.
