@@ -11,6 +11,8 @@ import tensorflow as tf
 from alexnet_keras_cli.errors import PeerLost, UsageError
 from alexnet_keras_cli.layout import RunDir
 
+COLLECTIVE_KEYS_PER_STRATEGY = 100_000
+
 
 def cluster_spec_from_environment():
     """The TF_CONFIG cluster, or None when there is none (or a single task)."""
@@ -33,6 +35,12 @@ def select_strategy(devices=None):
         if devices:
             raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    # Each MirroredStrategy numbers its collectives from the same start, and the process's
+    # collective executor remembers each number's shape: a second strategy in one process (a
+    # fine-tuning after a training, in a notebook or the tests) whose gradients have other
+    # shapes would fail with "Shape mismatch in the collective instance". Give each its own
+    # range (TensorFlow's own tests do the same).
+    tf.distribute.MirroredStrategy._collective_key_base += COLLECTIVE_KEYS_PER_STRATEGY
     if devices:
         available = {_canonical_device(device.name) for device in tf.config.list_logical_devices()}
         for device in devices:

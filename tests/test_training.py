@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
-from alexnet_keras import schedules, steps, training
+from alexnet_keras import distribute, schedules, steps, training
 from alexnet_keras_cli.config import PRESETS
 
 # A small network and schedule that still has every layer of the paper's.
@@ -663,7 +663,7 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
     SGD, the paper's L2 term 0.5 * weight_decay * sum(kernel ** 2) added to the loss on the
     tape."""
     devices = ["/cpu:0"] if l2_on_the_tape else ["/cpu:0", "/cpu:1"]
-    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    strategy = distribute.select_strategy(devices)
     with strategy.scope():
         model = training.build_model(config, num_classes=4)
         model.set_weights(initial_weights)
@@ -734,3 +734,15 @@ def test_the_loop_state_restores_checkpoints_written_with_todays_keys(tmp_path):
     tf.train.Checkpoint(**items).restore(path).assert_consumed()
     assert {key: items[key].numpy() for key in saved} == {**integers, **floats}
     assert state.running_sums().examples == 100.0
+
+
+@pytest.mark.slow
+def test_two_runs_of_different_networks_in_one_process_on_two_replicas(synthetic_records,
+                                                                       tmp_path):
+    """A fine-tuning after a training in one process (a notebook): each strategy numbers its
+    collectives apart, or the second run's all-reduce meets the first one's shapes."""
+    for width in (0.125, 0.25):
+        results = training.train(TINY.replace(width_multiplier=width, epochs=1),
+                                 synthetic_records, tmp_path / f"width_{width}",
+                                 devices=["/cpu:0", "/cpu:1"], log=lambda message: None)
+        assert len(results) == 1
