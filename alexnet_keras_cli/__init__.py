@@ -52,22 +52,12 @@ def import_tensorflow_quietly(find_devices=True):
     # at every step; its BFC allocator keeps and reuses them (bench/allocator_speed.py).
     # Read when TensorFlow first allocates; a value set by the user wins.
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        gpus = None
-        try:
-            import tensorflow as tf
+    gpus = None  # read by the replay, after the block has set it
+    with _native_stderr_captured(lambda text: _replay(text, no_gpu=gpus == [])):
+        import tensorflow as tf
 
-            if find_devices:
-                gpus = tf.config.list_physical_devices("GPU")
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            captured.seek(0)
-            _replay(captured.read().decode(errors="replace"), no_gpu=gpus == [])
+        if find_devices:
+            gpus = tf.config.list_physical_devices("GPU")
     return tf
 
 
@@ -94,11 +84,23 @@ def command(*also):
     return decorate
 
 
-@contextlib.contextmanager
 def native_stderr_without(pattern):
     """Runs the block with the process's standard error (file descriptor 2, where
     TensorFlow's C++ code logs) captured, then writes what it captured except the lines that
     match `pattern`. For short blocks that make TensorFlow print a known, useless line."""
+
+    def replay(text):
+        sys.stderr.writelines(line for line in text.splitlines(keepends=True)
+                              if not pattern.search(line))
+        sys.stderr.flush()
+
+    return _native_stderr_captured(replay)
+
+
+@contextlib.contextmanager
+def _native_stderr_captured(replay):
+    """Runs the block with file descriptor 2 redirected to a temporary file, then restores it
+    and hands what was written to `replay(text)`, also when the block fails."""
     sys.stderr.flush()
     saved_stderr = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -110,10 +112,7 @@ def native_stderr_without(pattern):
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
             captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not pattern.search(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+            replay(captured.read().decode(errors="replace"))
 
 
 def _replay(text, no_gpu):
