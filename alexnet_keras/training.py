@@ -12,7 +12,6 @@ validation step, so the whole cluster saves one checkpoint and exits with status
 """
 
 import dataclasses
-import json
 import math
 import pathlib
 import shutil
@@ -90,10 +89,11 @@ def build_model(config, num_classes, lrn=LRN_PAPER):
 
 def _recorded_source(model_dir):
     """run.json's `init_from` record when `model_dir` holds checkpoints to resume, else None."""
-    run_file = RunDir(model_dir).run_file
-    if not run_file.exists() or tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir)) is None:
+    run_dir = RunDir(model_dir)
+    run = run_dir.read_run()
+    if run is None or tf.train.latest_checkpoint(str(run_dir.checkpoints_dir)) is None:
         return None
-    return json.loads(run_file.read_text()).get("init_from")
+    return run.get("init_from")
 
 
 def _restore_latest(checkpoint, checkpoint_dir):

@@ -21,7 +21,6 @@ from alexnet_keras_cli.files import write_text_atomically
 # (paper section 2), JPEG-encoded.
 STORED_SIZE = 256
 STORED_FORMAT = "JPEG"
-SPLITS = ("train", "validation", "test")
 
 
 class Feature:
@@ -51,9 +50,6 @@ class DataDir:
     def __init__(self, path):
         self.path = pathlib.Path(path)
 
-    def __fspath__(self):
-        return str(self.path)
-
     @property
     def labels_file(self):
         return self.path / self.LABELS
@@ -61,10 +57,6 @@ class DataDir:
     @property
     def dataset_file(self):
         return self.path / self.DATASET
-
-    @property
-    def schema_file(self):
-        return self.path / self.SCHEMA
 
     @property
     def summaries_dir(self):
@@ -122,9 +114,6 @@ class RunDir:
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
-
-    def __fspath__(self):
-        return str(self.path)
 
     def model_file(self, best=False):
         return self.path / (self.BEST_MODEL if best else self.FINAL_MODEL)
@@ -261,9 +250,6 @@ class ExportBase:
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
-
-    def __fspath__(self):
-        return str(self.path)
 
     def versions(self):
         """The integer version numbers present, ascending."""
