@@ -17,7 +17,7 @@ import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, steps, training
 from alexnet_keras_cli.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
-from test_training import (fingerprint, latest_checkpoint, run_train, start_cluster, stop_cluster,
+from test_training import (fingerprint, latest_checkpoint, run_cluster, run_train,
                            wait_for_checkpoint)
 
 # ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
@@ -169,12 +169,7 @@ def test_two_local_workers_fine_tune_alike(imported_like, synthetic_records, tmp
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, "--init_from",
                  imported_like, "--train_layers", "fc8", "--epochs", "1", "--global_batch_size",
                  "8", "--shuffle_buffer", "64", "--no_progress"]
-    workers = start_cluster(python, repo_root, arguments, temporary_dir)
-    try:
-        codes = [worker.finish() for worker in workers]
-    finally:
-        stop_cluster(workers)
-    outputs = [worker.output for worker in workers]
+    codes, outputs = run_cluster(python, repo_root, arguments, temporary_dir)
     assert codes == [0, 0], [output[-2000:] for output in outputs]
     assert "MultiWorkerMirroredStrategy with 2 replica(s)" in outputs[0]
     assert fingerprint(outputs[0]) == fingerprint(outputs[1])

@@ -162,6 +162,16 @@ def stop_cluster(workers):
         worker.finish()
 
 
+def run_cluster(python, repo_root, arguments, temporary_dir, timeout=600):
+    """Two workers to the end: (exit codes, outputs)."""
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        codes = [worker.finish(timeout=timeout) for worker in workers]
+    finally:
+        stop_cluster(workers)
+    return codes, [worker.output for worker in workers]
+
+
 def scratch_folders(temporary_dir):
     """The folders non-chief workers write their checkpoints to (see training.train)."""
     return list(temporary_dir.glob("alexnet-worker-*"))
@@ -233,12 +243,7 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved[0]
     assert not scratch_folders(temporary_dir), "a worker left its scratch folder"
 
-    workers = start_cluster(python, repo_root, arguments, temporary_dir)
-    try:
-        codes = [worker.finish() for worker in workers]
-    finally:
-        stop_cluster(workers)
-    outputs = [worker.output for worker in workers]
+    codes, outputs = run_cluster(python, repo_root, arguments, temporary_dir)
     assert codes == [0, 0], [output[-2000:] for output in outputs]
     assert [resumed_step(output) for output in outputs] == saved
     assert [final_step(output) for output in outputs] == [total_steps] * 2
