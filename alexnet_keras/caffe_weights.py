@@ -17,7 +17,7 @@ import numpy as np
 
 from alexnet_keras_cli import files
 from alexnet_keras_cli.errors import UsageError
-from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet
+from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,
     POOL_METHODS,
@@ -41,10 +41,7 @@ POOL5_SIZE = 6  # pool5's height and width at 227x227
 def reference_layers(width_multiplier=1.0, num_classes=NUM_CLASSES):
     """bvlc_alexnet's computing layers in order: (name, Caffe type, parameters, blob
     shapes). ReLU is checked separately; data, dropout, accuracy and loss layers skipped."""
-    widths = {name: int(round(channels * width_multiplier)) for name, channels in
-              (("conv1", 96), ("conv2", 256), ("conv3", 384), ("conv4", 384),
-               ("conv5", 256), ("fc6", 4096), ("fc7", 4096))}
-    widths["fc8"] = num_classes
+    widths = {**layer_widths(width_multiplier), "fc8": num_classes}
 
     def conv(name, inputs, kernel, stride, pad, group):
         out = widths[name]

@@ -19,12 +19,8 @@ import keras
 
 from alexnet_keras_cli.config import WEIGHT_LAYERS
 from alexnet_keras_cli.errors import UsageError
-from alexnet_keras.model import LRN_PAPER, mean_layer
+from alexnet_keras.model import LRN_PAPER, PAPER_WIDTHS, mean_layer
 from alexnet_keras.serving import labels_for_model
-
-# Unscaled conv1 width: the width multiplier of a source is its conv1 filters / this.
-PAPER_CONV1_FILTERS = 96
-
 
 @dataclasses.dataclass(frozen=True)
 class SourceArchitecture:
@@ -64,7 +60,7 @@ def read_architecture(path):
                          f"layer {', '.join(missing)}")
     lrn = {key: layers["norm1"]["config"][key] for key in LRN_PAPER}
     return SourceArchitecture(
-        width_multiplier=layers["conv1"]["config"]["filters"] / PAPER_CONV1_FILTERS,
+        width_multiplier=layers["conv1"]["config"]["filters"] / PAPER_WIDTHS["conv1"],
         input_scale=float(layers["mean_subtraction"]["config"]["scale"]),
         lrn=lrn, num_classes=int(layers["fc8"]["config"]["units"]),
         dropout_rate=float(layers["dropout6"]["config"]["rate"]))

@@ -27,6 +27,9 @@ KERNEL_INITIALIZERS = (*config.KERNEL_INITIALIZERS, "zeros")
 # Local response normalization constants in TensorFlow's terms (alpha not divided by the
 # window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
 # alpha 1e-4 divided by the window, beta 0.75, k 1.
+# The paper's channels per layer (fc8's are the classes'); width_multiplier scales them.
+PAPER_WIDTHS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
+                "fc6": 4096, "fc7": 4096}
 LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
 LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
 
@@ -77,7 +80,7 @@ def build_alexnet(
         raise ValueError(
             f"kernel_init must be one of {KERNEL_INITIALIZERS}, got {kernel_init!r}"
         )
-    widths = _layer_widths(width_multiplier)
+    widths = layer_widths(width_multiplier)
     unknown = set(lrn) - set(LRN_PAPER)
     if unknown:
         raise ValueError(f"lrn takes {sorted(LRN_PAPER)}, got {sorted(unknown)}")
@@ -141,23 +144,14 @@ def build_alexnet(
     return keras.Model(images, logits, name=name)
 
 
-def _layer_widths(width_multiplier):
+def layer_widths(width_multiplier):
     """Channel counts per layer, scaled and checked against the two-way group split."""
     if not 0.0 < width_multiplier <= 4.0:
         raise ValueError(
             f"width_multiplier must be in (0, 4], got {width_multiplier!r}"
         )
-    paper = {
-        "conv1": 96,
-        "conv2": 256,
-        "conv3": 384,
-        "conv4": 384,
-        "conv5": 256,
-        "fc6": 4096,
-        "fc7": 4096,
-    }
     widths = {}
-    for layer_name, channels in paper.items():
+    for layer_name, channels in PAPER_WIDTHS.items():
         scaled = channels * width_multiplier
         if scaled != int(scaled) or scaled < GROUPS or int(scaled) % GROUPS:
             raise ValueError(
