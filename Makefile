@@ -39,16 +39,19 @@ demo-run:
 	$(PY) evaluate.py --model exports/alexnet --data_dir $(DEMO_RECORDS) --no_progress
 	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
 
+# The main suite runs in TEST_WORKERS processes (pytest-xdist), a module per process at a
+# time; `make test TEST_WORKERS=0` runs it in this one.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(RUFF) check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope
 	$(PY_VALIDATE) -m pytest tests_validate
 
 # Under 2 minutes: everything but in-process training and the tests that start processes
 # (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.
 test-fast: $(VENV)/.installed
 	$(RUFF) check .
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(VENV)/.installed
 	$(PY) bench/model_speed.py --compare_keras_groups

@@ -1,7 +1,14 @@
-"""Shared test setup: two logical CPU devices, quiet logs, small helpers."""
+"""Shared test setup: two logical CPU devices, quiet logs, small helpers.
 
+`make test` runs the tests in two processes (pytest-xdist, `--dist loadscope`: each module's
+tests in one process, so its module fixtures are built once). The session fixtures that many
+modules read are built once per run by whichever process needs them first (`once_per_run`).
+"""
+
+import fcntl
 import os
 import pathlib
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -30,25 +37,46 @@ def python():
     return sys.executable
 
 
+def once_per_run(tmp_path_factory, name, build):
+    """A folder that `build(folder)` fills once per test run, shared by the run's test
+    processes: the first process to ask builds it under a lock, the others wait and reuse it.
+    A build that failed is tried again by the next process that asks."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each process's own
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory):
-    """A small real dataset: synthetic JPEGs converted to TFRecords by the real converter."""
+    """A small real dataset: synthetic JPEGs converted to TFRecords by the real converter.
+    Shared: tests only read it."""
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import ConvertOptions, convert
 
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(root / "images", num_classes=4, images_per_class=24, seed=1)
-    convert(root / "images", root / "records",
-            ConvertOptions(val_fraction=0.25, num_shards=4, workers=2), log=lambda message: None)
-    return root / "records"
+    def build(root):
+        make_synthetic_dataset(root / "images", num_classes=4, images_per_class=24, seed=1)
+        convert(root / "images", root / "records",
+                ConvertOptions(val_fraction=0.25, num_shards=4, workers=2),
+                log=lambda message: None)
+
+    return once_per_run(tmp_path_factory, "synthetic", build) / "records"
 
 
 @pytest.fixture(scope="session")
 def runner(tmp_path_factory):
     """TensorFlow Serving's loader in a process of its own (tf_serving_standin.py)."""
-    from tf_serving_standin import build_runner
+    from tf_serving_standin import RUNNER, build_runner
 
-    return build_runner(tmp_path_factory.mktemp("runner"))
+    return once_per_run(tmp_path_factory, "runner", build_runner) / RUNNER
 
 
 # Processes to start = slow: `make test-fast` leaves out every test that takes the `python`

@@ -15,15 +15,23 @@ import tensorflow as tf
 from PIL import Image
 
 from alexnet_keras.synthetic import make_synthetic_dataset
+from alexnet_keras_cli import build_tfrecords
+from commands import run_main
 
 CONVERTER = ["data/build_tfrecords.py"]
 
 
 def run_converter(python, repo_root, *arguments, timeout=600):
+    """The converter's script in a process of its own."""
     return subprocess.run(
         [python, *CONVERTER, *map(str, arguments)],
         cwd=repo_root, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def convert_here(*arguments):
+    """The converter's command in this process (tests/commands.py)."""
+    return run_main(build_tfrecords.main, *arguments)
 
 
 def read_records(output_dir, split):
@@ -202,10 +210,10 @@ def test_statistics_match_numpy_over_the_decoded_training_images(converted):
         assert abs(abs(np.dot(ours, theirs)) - 1.0) < 1e-3  # same direction, up to sign
 
 
-def test_explicit_val_folder_is_used(tmp_path, python, repo_root):
+def test_explicit_val_folder_is_used(tmp_path):
     make_synthetic_dataset(tmp_path / "in" / "train", num_classes=2, images_per_class=6, seed=1)
     make_synthetic_dataset(tmp_path / "in" / "val", num_classes=2, images_per_class=2, seed=2)
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--workers", "1")
     assert result.returncode == 0, result.stderr
     validation = read_records(tmp_path / "out", "validation")
@@ -220,7 +228,7 @@ def test_explicit_val_folder_is_used(tmp_path, python, repo_root):
     ("flat", "holds no class folders"),
     ("no_images", "no image files"),
 ])
-def test_unusable_input_folders_fail_clearly(tmp_path, python, repo_root, layout, message):
+def test_unusable_input_folders_fail_clearly(tmp_path, layout, message):
     input_dir = tmp_path / "in"
     if layout != "missing":
         input_dir.mkdir()
@@ -229,7 +237,7 @@ def test_unusable_input_folders_fail_clearly(tmp_path, python, repo_root, layout
     if layout == "no_images":
         (input_dir / "cats").mkdir()
         (input_dir / "cats" / "notes.txt").write_text("no pictures here")
-    result = run_converter(python, repo_root, "--input_dir", input_dir,
+    result = convert_here("--input_dir", input_dir,
                            "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -264,18 +272,18 @@ def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, python, repo_r
     assert dataset["num_examples"] == {"train": 360, "validation": 40}
 
 
-def test_partitions_combine_into_one_dataset(tmp_path, python, repo_root):
+def test_partitions_combine_into_one_dataset(tmp_path):
     input_dir, output_dir = tmp_path / "in", tmp_path / "out"
     make_synthetic_dataset(input_dir, num_classes=2, images_per_class=10, seed=4)
     common = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "4",
               "--workers", "1", "--val_fraction", "0.1"]
-    first = run_converter(python, repo_root, *common, "--num_partitions", "2", "--partition_index", "0")
+    first = convert_here(*common, "--num_partitions", "2", "--partition_index", "0")
     assert first.returncode == 0, first.stderr
     assert not (output_dir / "dataset.json").exists()
     assert "missing" in first.stderr
-    second = run_converter(python, repo_root, *common, "--num_partitions", "2", "--partition_index", "1")
+    second = convert_here(*common, "--num_partitions", "2", "--partition_index", "1")
     assert second.returncode == 0, second.stderr
-    combined = run_converter(python, repo_root, *common)
+    combined = convert_here(*common)
     assert combined.returncode == 0, combined.stderr
     dataset = json.loads((output_dir / "dataset.json").read_text())
     assert sum(dataset["num_examples"].values()) == 20
@@ -310,9 +318,9 @@ def labels_by_file(output_dir, split="validation"):
     return {e["filename"]: (e["label"], e["text"]) for e in read_records(output_dir, split)}
 
 
-def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path, python, repo_root):
+def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path):
     imagenet_like_folder(tmp_path / "in")
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--workers", "1")
     assert result.returncode == 2
     assert "4 image files directly" in result.stderr and "--val_labels" in result.stderr
@@ -321,7 +329,7 @@ def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path, pyt
 
 
 @pytest.mark.parametrize("form", ["kaggle_csv", "synset_lines", "devkit_indices"])
-def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, python, repo_root, form):
+def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, form):
     truth = imagenet_like_folder(tmp_path / "in")
     extra = []
     if form == "kaggle_csv":
@@ -338,7 +346,7 @@ def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, python, repo
         (tmp_path / "devkit_synsets.txt").write_text("\n".join(devkit_order) + "\n")
         extra = ["--val_label_synsets", tmp_path / "devkit_synsets.txt"]
     (tmp_path / "labels_file").write_text(labels)
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--workers", "1",
                            "--val_labels", tmp_path / "labels_file", *extra)
     assert result.returncode == 0, result.stderr
@@ -355,28 +363,27 @@ def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, python, repo
     ("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n", [],
      "no label for 3 of the 4"),
 ])
-def test_bad_val_labels_files_are_refused_clearly(tmp_path, python, repo_root, labels, extra,
+def test_bad_val_labels_files_are_refused_clearly(tmp_path, labels, extra,
                                                   message):
     imagenet_like_folder(tmp_path / "in")
     (tmp_path / "labels_file").write_text(labels)
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--workers", "1",
                            "--val_labels", tmp_path / "labels_file", *extra)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_no_validation_split_is_refused_by_the_converter(tmp_path, python, repo_root):
+def test_no_validation_split_is_refused_by_the_converter(tmp_path):
     make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=3, seed=1)
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--val_fraction", "0")
     assert result.returncode == 2
     assert "holds out no image" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, python,
-                                                                      repo_root):
+def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
     from alexnet_keras import evaluation, input_pipeline, serving, training
     from alexnet_keras_cli.config import PRESETS
     from alexnet_keras_cli.layout import RunDir
@@ -387,7 +394,7 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, p
     (tmp_path / "words.txt").write_text(
         "n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\n"
         "n01440764\ttench, Tinca tinca\n")
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--workers", "1",
                            "--val_labels", tmp_path / "val.txt",
                            "--class_names", tmp_path / "words.txt")
@@ -416,11 +423,11 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path, p
     assert "tench, Tinca tinca" in rows[1] and "goldfish" in rows[2]
 
 
-def test_class_names_file_missing_a_class_is_refused(tmp_path, python, repo_root):
+def test_class_names_file_missing_a_class_is_refused(tmp_path):
     truth = imagenet_like_folder(tmp_path / "in")
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
     (tmp_path / "words.txt").write_text("n01440764\ttench\n")
-    result = run_converter(python, repo_root, "--input_dir", tmp_path / "in",
+    result = convert_here("--input_dir", tmp_path / "in",
                            "--output_dir", tmp_path / "out", "--val_labels", tmp_path / "val.txt",
                            "--class_names", tmp_path / "words.txt")
     assert result.returncode == 2

@@ -22,12 +22,13 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
 SOURCE = pathlib.Path(__file__).with_name("serving_runner.cc")
+RUNNER = "serving_runner"  # the executable's name in build_runner's folder
 
 
 def build_runner(output_dir):
     """Compiles the stand-in loader; returns the executable's path."""
     library_dir = pathlib.Path(tf.sysconfig.get_lib())
-    executable = pathlib.Path(output_dir) / "serving_runner"
+    executable = pathlib.Path(output_dir) / RUNNER
     command = [
         "g++", "-O1", "-w", *tf.sysconfig.get_compile_flags(), str(SOURCE), "-o", str(executable),
         f"-L{library_dir}", "-Wl,--no-as-needed", "-l:libtensorflow_cc.so.2",

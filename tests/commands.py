@@ -1,0 +1,21 @@
+"""The commands' `main(argv)` run in the test process, for the tests of their messages and
+exit statuses: a Python process with TensorFlow costs seconds to start, and these tests start
+dozens. Every script also runs as a process of its own in some test (its output, its exit
+status, kill -9, SIGTERM)."""
+
+import contextlib
+import io
+import subprocess
+
+
+def run_main(main, *arguments):
+    """Runs a command's `main(argv)` in this process as its script runs it: returns a
+    CompletedProcess with the exit status and what the command printed. For the tests of a
+    command's messages; each script also runs as a process of its own in some test."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main([str(argument) for argument in arguments])
+        except SystemExit as exit_:  # argparse's usage errors
+            status = exit_.code
+    return subprocess.CompletedProcess(arguments, status, stdout.getvalue(), stderr.getvalue())
