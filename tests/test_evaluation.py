@@ -14,6 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from alexnet_keras import build_alexnet, evaluation, input_pipeline, mean_layer, serving
+from alexnet_keras_cli import evaluate
+from commands import run_main
 
 
 def write_records(path, examples):
@@ -175,8 +177,8 @@ def test_report_folder_has_the_files_and_consistent_counts(model_file, synthetic
     assert "worst classes" in result.stdout
     # --report still writes the JSON alone.
     alone = tmp_path / "alone.json"
-    result = run_evaluate(python, repo_root, "--model", model_file, "--data_dir",
-                          synthetic_records, "--report", alone)
+    result = run_main(evaluate.main, "--no_progress", "--model", model_file, "--data_dir",
+                      synthetic_records, "--report", alone)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(alone.read_text())["top1_error"] == report["top1_error"]
 
@@ -228,8 +230,7 @@ def test_the_export_scores_what_the_keras_file_scores(model_file, synthetic_reco
         assert predicted_classes >= 2, from_keras["confusion_matrix"]
 
 
-def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path,
-                                                   python, repo_root):
+def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path):
     five_classes = tmp_path / "five.keras"
     build_alexnet(num_classes=5, width_multiplier=0.125).save(five_classes)
     cases = [
@@ -242,7 +243,7 @@ def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records
     for arguments, message in cases:
         if "--data_dir" not in arguments:
             arguments = [*arguments, "--data_dir", synthetic_records]
-        result = run_evaluate(python, repo_root, *arguments)
+        result = run_main(evaluate.main, "--no_progress", *arguments)
         assert result.returncode == 2, (arguments, result.stderr[-2000:])
         assert message in result.stderr, (message, result.stderr[-2000:])
         assert "Traceback" not in result.stderr

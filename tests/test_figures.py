@@ -15,6 +15,8 @@ from PIL import Image
 
 from alexnet_keras import build_alexnet, figures, input_pipeline, mean_layer, serving
 from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset
+from alexnet_keras_cli import evaluate
+from commands import run_main
 
 
 def tiny_model(seed=4):
@@ -332,7 +334,7 @@ def test_queries_cover_the_classes_and_depend_on_the_seed():
 
 
 def test_bad_usage_gets_a_message_and_no_traceback(tiny_model_file, duplicated_records,
-                                                   tmp_path, python, repo_root):
+                                                   tmp_path):
     info = input_pipeline.load_dataset_info(duplicated_records)
     export = serving.export_model(keras.models.load_model(tiny_model_file), tmp_path / "exports",
                                   info["class_names"], log=lambda message: None)
@@ -342,10 +344,8 @@ def test_bad_usage_gets_a_message_and_no_traceback(tiny_model_file, duplicated_r
          "use --output_dir, not --report"),
     ]
     for arguments, status, message in cases:
-        result = subprocess.run(
-            [python, "evaluate.py", "--no_progress", "--figures", "--data_dir",
-             duplicated_records, *map(str, arguments)],
-            cwd=repo_root, capture_output=True, text=True, timeout=300)
+        result = run_main(evaluate.main, "--no_progress", "--figures", "--data_dir",
+                          duplicated_records, *arguments)
         assert result.returncode == status, (arguments, result.stderr[-2000:])
         assert message in result.stderr, (message, result.stderr[-2000:])
         assert "Traceback" not in result.stderr

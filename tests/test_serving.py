@@ -22,7 +22,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import serving
+from alexnet_keras_cli import export_model
 from alexnet_keras_cli.layout import ExportBase
+from commands import run_main
 from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
 
 NUM_CLASSES = 10
@@ -236,12 +238,12 @@ def test_image_sizes_are_read_from_the_header_of_every_format():
 
 
 @pytest.fixture(scope="module")
-def permissive_export(model_file, labels_file, tmp_path_factory, python, repo_root):
+def permissive_export(model_file, labels_file, tmp_path_factory):
     """An export whose pixel limit admits the oversize requests below: the positive control
     that shows what they cost once decoded."""
     base = tmp_path_factory.mktemp("permissive") / "alexnet"
-    result = run_export(python, repo_root, "--model", model_file, "--export_base", base,
-                        "--labels", labels_file, "--max_pixels", 1_000_000_000)
+    result = run_main(export_model.main, "--model", model_file, "--export_base", base,
+                      "--labels", labels_file, "--max_pixels", 1_000_000_000)
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "1"
 
@@ -369,26 +371,26 @@ def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
     assert ExportBase(base).versions() == []
     assert list(base.parent.glob(".alexnet.tmp-*")), "the killed export's folder is gone"
 
-    first = run_export(python, repo_root, *arguments)
+    first = run_main(export_model.main, *arguments)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "left by an export that did not finish" in first.stdout
     assert list(base.parent.glob(".alexnet.tmp-*")) == []
-    second = run_export(python, repo_root, *arguments)
+    second = run_main(export_model.main, *arguments)
     assert second.returncode == 0, second.stderr[-3000:]
     assert ExportBase(base).versions() == [1, 2]
     assert sorted(path.name for path in base.iterdir()) == ["1", "2"]
 
-    again = run_export(python, repo_root, *arguments, "--version", 2)
+    again = run_main(export_model.main, *arguments, "--version", 2)
     assert again.returncode == 2 and "already exists; versions are never overwritten" in again.stderr
     assert ExportBase(base).versions() == [1, 2]
 
 
 def test_a_float16_model_exports_float32_inputs_and_outputs(tmp_path, labels_file, image_files,
-                                                            runner, python, repo_root):
+                                                            runner):
     model_file = save_model(tmp_path / "float16.keras", policy="mixed_float16")
     assert keras.models.load_model(model_file).get_layer("conv2").compute_dtype == "float16"
-    result = run_export(python, repo_root, "--model", model_file, "--export_base",
-                        tmp_path / "alexnet", "--labels", labels_file)
+    result = run_main(export_model.main, "--model", model_file, "--export_base",
+                      tmp_path / "alexnet", "--labels", labels_file)
     assert result.returncode == 0, result.stderr[-3000:]
     export = tmp_path / "alexnet" / "1"
     signatures = tf.saved_model.load(str(export)).signatures
@@ -409,15 +411,15 @@ def test_no_function_in_the_export_needs_xla(export_dir):
     assert serving.xla_must_compile_functions(export_dir) == []
 
 
-def test_export_refuses_bad_labels_and_missing_models(model_file, tmp_path, python, repo_root):
+def test_export_refuses_bad_labels_and_missing_models(model_file, tmp_path):
     few = tmp_path / "few.txt"
     few.write_text("a\nb\nc\n")
-    result = run_export(python, repo_root, "--model", model_file, "--export_base",
-                        tmp_path / "x", "--labels", few)
+    result = run_main(export_model.main, "--model", model_file, "--export_base", tmp_path / "x",
+                      "--labels", few)
     assert result.returncode == 2
     assert f"3 labels in {few} but {model_file} predicts 10 classes" in result.stderr
-    missing = run_export(python, repo_root, "--model", tmp_path / "nope.keras", "--export_base",
-                         tmp_path / "x")
+    missing = run_main(export_model.main, "--model", tmp_path / "nope.keras", "--export_base",
+                       tmp_path / "x")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     for result in (result, missing):
         assert "Traceback" not in result.stderr
