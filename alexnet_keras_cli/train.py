@@ -107,6 +107,7 @@ def resolve(args):
 
 def build_demo_dataset():
     """The embedded synthetic dataset, generated and converted once, then reused."""
+    import_tensorflow_quietly(find_devices=False)  # the converter forks its workers after
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import ConvertOptions, convert
 

@@ -43,6 +43,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from alexnet_keras_cli import command as run_command
+from alexnet_keras_cli import import_tensorflow_quietly
 from alexnet_keras_cli import validation_report as report_lib
 from alexnet_keras_cli.errors import UsageError
 from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
@@ -505,7 +506,8 @@ def parse_args(argv=None):
 @run_command()
 def main(argv=None):
     args, beam_flags = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.16 logs CUDA plugin clashes
+    # Beam's note that python-snappy (a faster checksum) is not installed.
+    logging.getLogger("apache_beam.io.tfrecordio").setLevel(logging.ERROR)
     # Keep the output for the report: Google Cloud libraries' Python-version notices and
     # TensorFlow's deprecation notices about TFDV's own calls are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -515,6 +517,9 @@ def main(argv=None):
         raise UsageError(f"unknown arguments: {' '.join(beam_flags)} (see --help)")
     # Checked before any work: a mistyped flag must not be dropped silently.
     beam_options = beam_pipeline_options(beam_flags) if args.command != "schema" else None
+    # This environment's TensorFlow logs CUDA plugin clashes and a missing TensorRT as it
+    # starts: dropped as the other commands drop TensorFlow's start-up chatter.
+    import_tensorflow_quietly(find_devices=False)
     return command[args.command](args, beam_options)
 
 

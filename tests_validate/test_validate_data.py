@@ -3,6 +3,7 @@ promise of the converter is reported by feature name, a hand-edited schema is ke
 usage gets a message instead of a traceback."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -221,3 +222,19 @@ def test_help_answers_without_tensorflow():
     assert result.returncode == 0
     assert "--drift_threshold" in result.stdout and "--against" in result.stdout
     assert "tensorflow" not in result.stderr  # -X importtime lists every module imported
+
+
+def test_the_command_prints_its_report_without_the_libraries_start_up_chatter(
+        converted_records, tmp_path):
+    """As `make demo` runs it (TF_CPP_MIN_LOG_LEVEL=1): this environment's TensorFlow logs CUDA
+    plugin clashes and a missing TensorRT as it starts, Beam a missing python-snappy."""
+    folder = tmp_path / "records"
+    shutil.copytree(converted_records, folder)
+    result = subprocess.run(
+        [sys.executable, "data/validate_data.py", "stats", "--data_dir", str(folder)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "72 examples" in result.stdout
+    for chatter in ("Unable to register", "TF-TRT", "python-snappy", "FutureWarning"):
+        assert chatter not in result.stderr, result.stderr[-3000:]
