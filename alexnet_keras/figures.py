@@ -28,6 +28,7 @@ from alexnet_keras.evaluation import resolve_model_path
 from alexnet_keras_cli.files import process_alive, replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
+from alexnet_keras.steps import weights_fingerprint
 from alexnet_keras_cli.layout import DataDir, Feature
 from alexnet_keras_cli.errors import UsageError
 
@@ -192,14 +193,6 @@ def _layer(model, name):
                            f"AlexNet of build_alexnet") from None
 
 
-def model_identity(model):
-    """A digest of the model's architecture and weights."""
-    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(_numpy(weight)).tobytes())
-    return digest.hexdigest()
-
-
 def data_identity(data_dir, split="train"):
     """A digest of dataset.json and the names and sizes of the split's shards."""
     data_dir = pathlib.Path(data_dir)
@@ -263,7 +256,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     features_path = cache_dir / FEATURES_FILE
     index_path = cache_dir / FEATURES_INDEX_FILE
     info_path = cache_dir / FEATURES_INFO_FILE
-    identity = {"model": model_identity(model), "data": data_identity(data_dir),
+    identity = {"model": weights_fingerprint(model, with_architecture=True), "data": data_identity(data_dir),
                 "layer": FEATURE_LAYER, "crop": "central", "dtype": "float16"}
     files = _shards(data_dir, "train")
     cached = _cached_features(features_path, index_path, info_path, identity, files)

@@ -9,6 +9,7 @@ optimizer (PaperSGD) applies it inside its update, after the all-reduce.
 
 import dataclasses
 import hashlib
+import json
 
 import keras
 import numpy as np
@@ -122,9 +123,12 @@ def make_step_functions(strategy, model, optimizer, config):
     return train_step, eval_step
 
 
-def weights_fingerprint(model):
-    """A short hash of all weights, to compare replicas and workers."""
+def weights_fingerprint(model, with_architecture=False):
+    """A short hash of all weights, to compare replicas and workers; `with_architecture` adds
+    the model's config (what a cache of the model's outputs is keyed by)."""
     digest = hashlib.sha256()
+    if with_architecture:
+        digest.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()[:16]
