@@ -171,7 +171,9 @@ PRESETS = {
     # A quarter-width network on the synthetic dataset: a few minutes on a 2-core CPU.
     # He initialisation on unit-scale inputs, no dropout (1,200 images are too few to need
     # it and it slows the start) and a cosine schedule make the small network learn quickly
-    # from scratch; the layers and their order are the paper's.
+    # from scratch; the layers and their order are the paper's. The rate 0.01: with 0.02 the
+    # runs of the seeds 0, 1 and 2 ended at a validation top-1 error of 0.42, 0.29 and 0.21
+    # (the first fell back to chance for six epochs), with 0.01 at 0.08, 0.14 and 0.18.
     "demo": Config(
         width_multiplier=0.25,
         kernel_init="he_normal",
@@ -180,7 +182,7 @@ PRESETS = {
         dropout_rate=0.0,
         epochs=25,
         global_batch_size=32,
-        learning_rate=0.02,
+        learning_rate=0.01,
         lr_schedule="cosine",
         warmup_epochs=1.0,
         shuffle_buffer=2_000,

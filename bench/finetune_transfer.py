@@ -48,6 +48,9 @@ def main():
     parser.add_argument("--source_images", type=int, default=150)
     parser.add_argument("--source_epochs", type=int, default=20)
     parser.add_argument("--source_batch_size", type=int, default=16)
+    parser.add_argument("--source_learning_rate", type=float, default=0.02,
+                        help="the demo recipe's rate when the figures in docs/finetuning.md "
+                             "were measured (default %(default)s)")
     parser.add_argument("--source_classes", nargs="+", default=SOURCE_CLASSES)
     parser.add_argument("--target_classes", nargs="+", default=TARGET_CLASSES)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -79,6 +82,7 @@ def main():
         source_config = PRESETS["demo"].replace(width_multiplier=args.width,
                                                 epochs=args.source_epochs,
                                                 global_batch_size=args.source_batch_size,
+                                                learning_rate=args.source_learning_rate,
                                                 deterministic=True)
         results = training.train(source_config, records, source_dir / "model", log=print)
         print(f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "

@@ -644,7 +644,8 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     most 0.52 and 0.56 over the last ten epochs for recipes broken on purpose (a learning
     rate of 1e-6; labels shuffled across the two classes). The bar: the best of the last ten
     epochs reaches 0.70 of 100 validation images; a chance-level model does so with
-    probability 4e-4 (10 x P(Binomial(100, 0.5) >= 70))."""
+    probability 4e-4 (10 x P(Binomial(100, 0.5) >= 70)). Those figures are for the demo's
+    former rate, 0.02; with today's 0.01, 0.94 and 0.98 at the end with the seeds 3 and 5."""
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import ConvertOptions, convert
 
