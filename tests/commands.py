@@ -16,6 +16,11 @@ def run_main(main, *arguments):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             status = main([str(argument) for argument in arguments])
-        except SystemExit as exit_:  # argparse's usage errors
+        except SystemExit as exit_:  # argparse's usage errors, sys.exit
             status = exit_.code
+            if status is None:
+                status = 0
+            elif not isinstance(status, int):  # sys.exit("message"): printed, status 1
+                print(status, file=stderr)
+                status = 1
     return subprocess.CompletedProcess(arguments, status, stdout.getvalue(), stderr.getvalue())

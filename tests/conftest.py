@@ -19,7 +19,12 @@ import pytest
 from alexnet_keras_cli import import_tensorflow_quietly, native_stderr_without
 
 # Quietly: pytest-xdist's controlling process loads this file too, outside pytest's capture.
+# The commands' choice of allocator (TF_CPU_ALLOCATOR_USE_BFC) is left to the commands: the
+# test processes, and the serving stand-in they start, keep TensorFlow's default.
+_allocator = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")
 tf = import_tensorflow_quietly(find_devices=False)
+if _allocator is None:
+    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,8 +53,8 @@ def once_per_run(tmp_path_factory, name, build):
     processes: the first process to ask builds it under a lock, the others wait and reuse it.
     A build that failed is tried again by the next process that asks."""
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's folder, above each process's own
+    if root.name.startswith("popen-gw"):  # a pytest-xdist worker's own folder
+        root = root.parent  # the run's folder, which the controller made afresh
     folder = root / name
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -230,7 +230,9 @@ def test_the_export_scores_what_the_keras_file_scores(model_file, synthetic_reco
         assert predicted_classes >= 2, from_keras["confusion_matrix"]
 
 
-def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path):
+def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path,
+                                                   python, repo_root):
+    """The command in this process; the first case also as the script's own process."""
     five_classes = tmp_path / "five.keras"
     build_alexnet(num_classes=5, width_multiplier=0.125).save(five_classes)
     cases = [
@@ -240,10 +242,13 @@ def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records
         (["--model", tmp_path], "holds neither alexnet.keras"),
         (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "dataset.json not found"),
     ]
-    for arguments, message in cases:
+    for index, (arguments, message) in enumerate(cases):
         if "--data_dir" not in arguments:
             arguments = [*arguments, "--data_dir", synthetic_records]
-        result = run_main(evaluate.main, "--no_progress", *arguments)
-        assert result.returncode == 2, (arguments, result.stderr[-2000:])
-        assert message in result.stderr, (message, result.stderr[-2000:])
-        assert "Traceback" not in result.stderr
+        results = [run_main(evaluate.main, "--no_progress", *arguments)]
+        if index == 0:
+            results.append(run_evaluate(python, repo_root, *arguments))
+        for result in results:
+            assert result.returncode == 2, (arguments, result.stderr[-2000:])
+            assert message in result.stderr, (message, result.stderr[-2000:])
+            assert "Traceback" not in result.stderr

@@ -214,7 +214,7 @@ def test_explicit_val_folder_is_used(tmp_path):
     make_synthetic_dataset(tmp_path / "in" / "train", num_classes=2, images_per_class=6, seed=1)
     make_synthetic_dataset(tmp_path / "in" / "val", num_classes=2, images_per_class=2, seed=2)
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--workers", "1")
+                          "--output_dir", tmp_path / "out", "--workers", "1")
     assert result.returncode == 0, result.stderr
     validation = read_records(tmp_path / "out", "validation")
     assert sorted(e["filename"] for e in validation) == sorted(
@@ -238,7 +238,7 @@ def test_unusable_input_folders_fail_clearly(tmp_path, layout, message):
         (input_dir / "cats").mkdir()
         (input_dir / "cats" / "notes.txt").write_text("no pictures here")
     result = convert_here("--input_dir", input_dir,
-                           "--output_dir", tmp_path / "out")
+                          "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -321,7 +321,7 @@ def labels_by_file(output_dir, split="validation"):
 def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path):
     imagenet_like_folder(tmp_path / "in")
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--workers", "1")
+                          "--output_dir", tmp_path / "out", "--workers", "1")
     assert result.returncode == 2
     assert "4 image files directly" in result.stderr and "--val_labels" in result.stderr
     assert "Traceback" not in result.stderr
@@ -347,8 +347,8 @@ def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, form):
         extra = ["--val_label_synsets", tmp_path / "devkit_synsets.txt"]
     (tmp_path / "labels_file").write_text(labels)
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--workers", "1",
-                           "--val_labels", tmp_path / "labels_file", *extra)
+                          "--output_dir", tmp_path / "out", "--workers", "1",
+                          "--val_labels", tmp_path / "labels_file", *extra)
     assert result.returncode == 0, result.stderr
     expected = {f"val/ILSVRC2012_val_{n:08d}.JPEG": (SYNSETS.index(s), s)
                 for n, s in enumerate(truth, start=1)}
@@ -368,8 +368,8 @@ def test_bad_val_labels_files_are_refused_clearly(tmp_path, labels, extra,
     imagenet_like_folder(tmp_path / "in")
     (tmp_path / "labels_file").write_text(labels)
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--workers", "1",
-                           "--val_labels", tmp_path / "labels_file", *extra)
+                          "--output_dir", tmp_path / "out", "--workers", "1",
+                          "--val_labels", tmp_path / "labels_file", *extra)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -377,7 +377,7 @@ def test_bad_val_labels_files_are_refused_clearly(tmp_path, labels, extra,
 def test_no_validation_split_is_refused_by_the_converter(tmp_path):
     make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=3, seed=1)
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--val_fraction", "0")
+                          "--output_dir", tmp_path / "out", "--val_fraction", "0")
     assert result.returncode == 2
     assert "holds out no image" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -395,9 +395,9 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
         "n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\n"
         "n01440764\ttench, Tinca tinca\n")
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--workers", "1",
-                           "--val_labels", tmp_path / "val.txt",
-                           "--class_names", tmp_path / "words.txt")
+                          "--output_dir", tmp_path / "out", "--workers", "1",
+                          "--val_labels", tmp_path / "val.txt",
+                          "--class_names", tmp_path / "words.txt")
     assert result.returncode == 0, result.stderr
     readable = ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     assert (tmp_path / "out" / "labels.txt").read_text().split() == list(SYNSETS)
@@ -428,8 +428,8 @@ def test_class_names_file_missing_a_class_is_refused(tmp_path):
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
     (tmp_path / "words.txt").write_text("n01440764\ttench\n")
     result = convert_here("--input_dir", tmp_path / "in",
-                           "--output_dir", tmp_path / "out", "--val_labels", tmp_path / "val.txt",
-                           "--class_names", tmp_path / "words.txt")
+                          "--output_dir", tmp_path / "out", "--val_labels", tmp_path / "val.txt",
+                          "--class_names", tmp_path / "words.txt")
     assert result.returncode == 2
     assert "no name for 1 of the 2 classes, e.g. n01443537" in result.stderr
 

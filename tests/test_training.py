@@ -479,12 +479,13 @@ def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
                        model_dir, log=lambda m: None)
     (model_dir / "run.json").write_text(json.dumps(run))
 
-    resumed = first.replace(epochs=2, learning_rate=0.01)
+    resumed = first.replace(epochs=2, learning_rate=first.learning_rate / 2)
     training.train(resumed, synthetic_records, model_dir, log=lambda m: None)
     assert json.loads((model_dir / "config.json").read_text()) == json.loads(first.to_json())
     resumes = json.loads((model_dir / "run.json").read_text())["resumes"]
     assert resumes == [{"step": 9, "replicas": 1,
-                        "config_changes": {"epochs": 2, "learning_rate": 0.01}}]
+                        "config_changes": {"epochs": 2,
+                                           "learning_rate": first.learning_rate / 2}}]
 
 
 def copy_records(records, destination, rewrite_train_example):
