@@ -19,12 +19,9 @@ import pytest
 from alexnet_keras_cli import import_tensorflow_quietly, native_stderr_without
 
 # Quietly: pytest-xdist's controlling process loads this file too, outside pytest's capture.
-# The commands' choice of allocator (TF_CPU_ALLOCATOR_USE_BFC) is left to the commands: the
-# test processes, and the serving stand-in they start, keep TensorFlow's default.
-_allocator = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC")
+# As the commands: TensorFlow with its BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC),
+# so a test trains as train.py does; the serving stand-in runs without it, as TF Serving.
 tf = import_tensorflow_quietly(find_devices=False)
-if _allocator is None:
-    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,7 @@
 
 import base64
 import dataclasses
+import os
 import pathlib
 import subprocess
 import tempfile
@@ -23,6 +24,10 @@ from tensorflow.core.framework import tensor_pb2
 
 SOURCE = pathlib.Path(__file__).with_name("serving_runner.cc")
 RUNNER = "serving_runner"  # the executable's name in build_runner's folder
+# TF Serving's process runs TensorFlow's default CPU allocator: not the commands' choice,
+# which the test processes make too (alexnet_keras_cli.import_tensorflow_quietly).
+SERVING_ENVIRONMENT = {name: value for name, value in os.environ.items()
+                       if name != "TF_CPU_ALLOCATOR_USE_BFC"}
 
 
 def build_runner(output_dir):
@@ -70,7 +75,8 @@ def run_signature(runner, export_dir, signature, inputs, timeout=300):
         output_dir = folder / "outputs"
         output_dir.mkdir()
         result = subprocess.run([str(runner), str(export_dir), signature, str(output_dir),
-                                 *arguments], capture_output=True, text=True, timeout=timeout)
+                                 *arguments], capture_output=True, text=True, timeout=timeout,
+                                env=SERVING_ENVIRONMENT)
         status = peak = None
         for line in result.stdout.splitlines():
             if line.startswith("status: "):
