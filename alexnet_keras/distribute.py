@@ -73,9 +73,10 @@ def is_chief(strategy):
 
 
 def peer_lost(error, steps_done, model_dir):
-    """PeerLost for a step's tf.errors.UnavailableError: the collective could not reach a
-    worker. Names it from the error's task (/job:worker/replica:0/task:1) or address, both
-    looked up in TF_CONFIG's cluster."""
+    """PeerLost for a tf.errors.UnavailableError: a collective could not reach a worker, in a
+    step (after `steps_done` steps) or, with steps_done None, while the workers start (the
+    variables' first values, the checkpoint check). Names it from the error's task
+    (/job:worker/replica:0/task:1) or address, both looked up in TF_CONFIG's cluster."""
     tf_config = cluster_spec_from_environment() or {}
     own = tf_config.get("task", {})
     named = {(task_type, int(index)) for task_type, index in
@@ -92,5 +93,6 @@ def peer_lost(error, steps_done, model_dir):
     resume = (f"rerunning every worker resumes from {latest} (step "
               f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
               if latest else "no checkpoint was saved yet: rerunning every worker starts over")
-    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during step "
-                    f"{steps_done + 1} ({reason}); {resume}")
+    when = "start-up" if steps_done is None else f"step {steps_done + 1}"
+    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during {when} "
+                    f"({reason}); {resume}")

@@ -397,6 +397,10 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
             return _train(config, architecture, (keep_fc8, why_fresh), info, data_dir, model_dir,
                           output_dir, strategy, chief, multi_worker, steps_per_epoch, sigterm,
                           log, progress)
+        except tf.errors.UnavailableError as error:  # a peer lost before the first step
+            if not multi_worker:
+                raise
+            raise peer_lost(error, None, model_dir) from None
         finally:
             keras.config.set_dtype_policy("float32")
             if scratch is not None:

@@ -259,6 +259,32 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
 
 
 @pytest.mark.slow
+def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryable_status(
+        synthetic_records, tmp_path, python, repo_root):
+    """Worker 1 killed with -9 once the strategy is made, before the first step: worker 0
+    fails in the broadcast of the variables' first values, and says so as for a step."""
+    temporary_dir = tmp_path / "worker_tmp"
+    temporary_dir.mkdir()
+    arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / "model",
+                 *tiny_flags()]
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        workers[1].wait_for("strategy: MultiWorkerMirroredStrategy")
+        workers[1].process.send_signal(signal.SIGKILL)
+        survivor_code = workers[0].finish(timeout=300)
+    finally:
+        stop_cluster(workers)
+    survivor = workers[0].output
+    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
+    assert "Traceback" not in survivor, survivor[-3000:]
+    assert "finished at step" not in survivor and "epoch 1/" not in survivor, survivor[-3000:]
+    (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
+    assert message.startswith(f"error: lost worker 1 ({workers[1].address}) of the cluster "
+                              f"during start-up ("), message
+    assert message.endswith("no checkpoint was saved yet: rerunning every worker starts over")
+
+
+@pytest.mark.slow
 def test_a_worker_failing_on_its_own_error_fails_permanently(synthetic_records, tmp_path,
                                                              python, repo_root):
     """Not a lost peer: the training shards that only the chief reads (make_dataset gives
