@@ -4,8 +4,6 @@ source's architecture, run.json, resume, bad usage."""
 import json
 import re
 import shutil
-import signal
-import subprocess
 import sys
 
 import keras
@@ -17,8 +15,8 @@ import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, steps, training
 from alexnet_keras_cli.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
-from test_training import (fingerprint, latest_checkpoint, run_cluster, run_train,
-                           wait_for_checkpoint)
+from test_training import (fingerprint, kill_9_after_the_first_checkpoint, latest_checkpoint,
+                           run_cluster, run_train)
 
 # ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
 ILSVRC_RGB_MEAN = (122.67891434, 116.66876762, 104.00698793)
@@ -128,12 +126,7 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint_not_the_source(
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, "--init_from", source,
                  "--train_layers", "fc8,fc7", "--epochs", "2", "--global_batch_size", "8",
                  "--checkpoint_every_steps", "3", "--shuffle_buffer", "64", "--no_progress"]
-    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(model_dir, process)
-    assert process.poll() is None, "training finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir)
     # Once checkpoints exist they win: the source is not needed any more.
     source.rename(tmp_path / "moved.keras")
     result = run_train(python, repo_root, *arguments)

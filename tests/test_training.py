@@ -172,6 +172,24 @@ def run_cluster(python, repo_root, arguments, temporary_dir, timeout=600):
     return codes, [worker.output for worker in workers]
 
 
+def lose_worker_1(python, repo_root, arguments, temporary_dir, when, timeout):
+    """Two workers; worker 1 killed with -9 once `when(workers)` has returned. Worker 0 must
+    exit with PeerLost's status, without a traceback, printing one 'error: lost' line.
+    Returns (that line, worker 0's output, worker 1's address)."""
+    workers = start_cluster(python, repo_root, arguments, temporary_dir)
+    try:
+        when(workers)
+        workers[1].process.send_signal(signal.SIGKILL)
+        survivor_code = workers[0].finish(timeout=timeout)
+    finally:
+        stop_cluster(workers)
+    survivor = workers[0].output
+    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
+    assert "Traceback" not in survivor, survivor[-3000:]
+    (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
+    return message, survivor, workers[1].address
+
+
 def scratch_folders(temporary_dir):
     """The folders non-chief workers write their checkpoints to (see training.train)."""
     return list(temporary_dir.glob("alexnet-worker-*"))
@@ -202,20 +220,13 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
     total_steps = 2 * steps_per_epoch(synthetic_records, TINY.global_batch_size)
 
-    workers = start_cluster(python, repo_root, arguments, temporary_dir)
-    try:
+    def after_the_first_checkpoint(workers):
         wait_for_checkpoint(model_dir, workers[0].process)
         assert all(worker.process.poll() is None for worker in workers), "finished too early"
-        workers[1].process.send_signal(signal.SIGKILL)
-        survivor_code = workers[0].finish(timeout=120)
-    finally:
-        stop_cluster(workers)
-    survivor = workers[0].output
-    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
-    assert "Traceback" not in survivor, survivor[-3000:]
-    lost_address = workers[1].address
+
+    message, _, lost_address = lose_worker_1(python, repo_root, arguments, temporary_dir,
+                                             after_the_first_checkpoint, timeout=120)
     latest = latest_checkpoint(model_dir)
-    (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
     assert message.startswith(f"error: lost worker 1 ({lost_address}) of the cluster during "
                               f"step "), message
     lost_step = int(message.split("during step ")[1].split()[0])
@@ -267,19 +278,11 @@ def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryab
     temporary_dir.mkdir()
     arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / "model",
                  *tiny_flags()]
-    workers = start_cluster(python, repo_root, arguments, temporary_dir)
-    try:
-        workers[1].wait_for("strategy: MultiWorkerMirroredStrategy")
-        workers[1].process.send_signal(signal.SIGKILL)
-        survivor_code = workers[0].finish(timeout=300)
-    finally:
-        stop_cluster(workers)
-    survivor = workers[0].output
-    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
-    assert "Traceback" not in survivor, survivor[-3000:]
+    message, survivor, lost_address = lose_worker_1(
+        python, repo_root, arguments, temporary_dir,
+        lambda workers: workers[1].wait_for("strategy: MultiWorkerMirroredStrategy"), timeout=300)
     assert "finished at step" not in survivor and "epoch 1/" not in survivor, survivor[-3000:]
-    (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
-    assert message.startswith(f"error: lost worker 1 ({workers[1].address}) of the cluster "
+    assert message.startswith(f"error: lost worker 1 ({lost_address}) of the cluster "
                               f"during start-up ("), message
     assert message.endswith("no checkpoint was saved yet: rerunning every worker starts over")
 
@@ -324,17 +327,22 @@ def wait_for_checkpoint(model_dir, process, timeout=300):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.slow
-def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
-        synthetic_records, tmp_path, python, repo_root):
-    model_dir = tmp_path / "model"
-    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+def kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir):
+    """Runs train.py with `arguments` and kills it with -9 once a checkpoint is in model_dir."""
     process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_checkpoint(model_dir, process)
     assert process.poll() is None, "training finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
+        synthetic_records, tmp_path, python, repo_root):
+    model_dir = tmp_path / "model"
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+    kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir)
     result = run_train(python, repo_root, *arguments)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
