@@ -256,8 +256,8 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     features_path = cache_dir / FEATURES_FILE
     index_path = cache_dir / FEATURES_INDEX_FILE
     info_path = cache_dir / FEATURES_INFO_FILE
-    identity = {"model": weights_fingerprint(model, with_architecture=True), "data": data_identity(data_dir),
-                "layer": FEATURE_LAYER, "crop": "central", "dtype": "float16"}
+    identity = {"model": weights_fingerprint(model, with_architecture=True),
+                "data": data_identity(data_dir), "layer": FEATURE_LAYER, "crop": "central", "dtype": "float16"}
     files = _shards(data_dir, "train")
     cached = _cached_features(features_path, index_path, info_path, identity, files)
     if cached is not None:

@@ -30,7 +30,8 @@ _STARTUP_CHATTER = re.compile(
     r"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
     r"|TF-TRT Warning: Could not find TensorRT|cuda_executor\.cc.*NUMA node"
 )
-_NO_GPU = re.compile(r"failed call to cuInit")
+# What TensorFlow logs when it finds no GPU (CUDA's initialisation fails).
+NO_GPU = re.compile(r"failed call to cuInit")
 # Printed by TensorFlow's C++ code whenever a tf.distribute dataset's iterator is made: the
 # per-device generator that MirroredStrategy's input uses cannot be rewritten by tf.data's
 # graph optimizations, which tf.data notes; nothing the caller can change.
@@ -120,7 +121,7 @@ def _replay(text, no_gpu):
     for line in text.splitlines(keepends=True):
         if _STARTUP_CHATTER.search(line):
             continue
-        if no_gpu and _NO_GPU.search(line):
+        if no_gpu and NO_GPU.search(line):
             if not said_no_gpu:
                 sys.stderr.write("no GPU found: running on the CPU\n")
                 said_no_gpu = True

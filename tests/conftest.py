@@ -6,28 +6,25 @@ modules read are built once per run by whichever process needs them first (`once
 """
 
 import fcntl
-import os
 import pathlib
-import re
 import shutil
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
 import pytest
 
-from alexnet_keras_cli import import_tensorflow_quietly, native_stderr_without
+from alexnet_keras_cli import NO_GPU, import_tensorflow_quietly, native_stderr_without
 
-# Quietly: pytest-xdist's controlling process loads this file too, outside pytest's capture.
-# As the commands: TensorFlow with its BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC),
-# so a test trains as train.py does; the serving stand-in runs without it, as TF Serving.
+# Quietly (and with TF_CPP_MIN_LOG_LEVEL 1 unless set): pytest-xdist's controlling process
+# loads this file too, outside pytest's capture. As the commands: TensorFlow with its BFC
+# allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC), so a test trains as train.py does; the
+# serving stand-in runs without it, as TF Serving does.
 tf = import_tensorflow_quietly(find_devices=False)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Two logical CPU devices stand in for the paper's two GPUs. This must happen before
 # TensorFlow initialises its devices, so it lives here, at collection time.
-with native_stderr_without(re.compile(r"failed call to cuInit")):  # no GPU here
+with native_stderr_without(NO_GPU):
     _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
