@@ -15,7 +15,6 @@ import dataclasses
 import math
 import pathlib
 import shutil
-import signal
 import tempfile
 import time
 
@@ -28,6 +27,7 @@ from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, Usag
 from alexnet_keras_cli.files import replaced_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
+from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
@@ -134,23 +134,6 @@ def _save_model(model, path):
 # === The loop ===
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.raised = False
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 class LoopState:
     """The loop's state that a restart needs, besides the model and the optimizer: the steps
     done, the epochs whose end is done, the running sums of the epoch in progress and the
@@ -195,7 +178,7 @@ class TrainingLoop:
     state: LoopState
     steps_per_epoch: int
     multi_worker: bool
-    sigterm: _SigtermFlag
+    sigterm: SigtermFlag
     progress: object = None
     log: object = print
 
@@ -362,7 +345,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     strategy = select_strategy(devices)
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
-    with _SigtermFlag() as sigterm:
+    with SigtermFlag() as sigterm:
         replicas = strategy.num_replicas_in_sync
         if config.global_batch_size % replicas:
             raise UsageError(f"--global_batch_size {config.global_batch_size} is not divisible "

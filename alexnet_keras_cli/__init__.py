@@ -130,14 +130,15 @@ def _replay(text, no_gpu):
     sys.stderr.flush()
 
 
-def progress_bar_factory(unit, enabled=True):
-    """A function (total, description) -> tqdm bar on standard error, or None when disabled
-    or when standard error is not a terminal (logs get no bars)."""
-    if not enabled or not sys.stderr.isatty():
+def progress_bar_factory(unit, enabled=True, file=None):
+    """A function (total, description) -> tqdm bar on `file` (standard error), or None when
+    disabled or when it is not a terminal (logs get no bars)."""
+    file = file or sys.stderr
+    if not enabled or not file.isatty():
         return None
     from tqdm import tqdm
 
     def progress(total, description):
-        return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, leave=False)
+        return tqdm(total=total, desc=description, unit=unit, file=file, leave=False)
 
     return progress
