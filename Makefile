@@ -1,6 +1,6 @@
 # alexnet-keras: every environment is created from the pinned requirements files.
 #   make demo   builds .venv if missing, trains on the embedded dataset, evaluates, exports
-#               for TF Serving and answers two demo images through the export
+#               for TF Serving and answers the demo's image folder through the export
 #   make test   builds both environments if missing, runs `ruff check .` and the whole test suite
 #   make bench  runs the benchmark scripts
 #   make bench-peer  creates .venv-peer (PyTorch, optional) and times our AlexNet against it
@@ -24,7 +24,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 .PHONY: demo demo-run test test-fast test-main test-validate bench env env-validate lock clean
 
 DEMO_RECORDS := datasets/synthetic/records
-DEMO_IMAGES := datasets/synthetic/images/star/star_0000.jpg datasets/synthetic/images/ring/ring_0000.jpg
+DEMO_IMAGES := datasets/synthetic/images
 
 demo: $(VENV)/.installed
 	@if [ -f $(VENV_VALIDATE)/.installed ]; then $(MAKE) --no-print-directory validate; else echo "no $(VENV_VALIDATE): data validation skipped (make env-validate adds it)"; fi
@@ -37,7 +37,8 @@ demo-run:
 	$(PY) evaluate.py --ten_crops
 	$(PY) export/export_model.py --model runs/demo/alexnet.keras --export_base exports/alexnet
 	$(PY) evaluate.py --model exports/alexnet --data_dir $(DEMO_RECORDS) --no_progress
-	$(PY) export/predict.py --export exports/alexnet $(DEMO_IMAGES)
+	$(PY) predict.py --model exports/alexnet --output runs/demo/predictions.jsonl --overwrite \
+		--no_progress $(DEMO_IMAGES)
 
 # The main suite runs in TEST_WORKERS processes (pytest-xdist), a module per process at a
 # time; `make test TEST_WORKERS=0` runs it in this one.

@@ -38,7 +38,9 @@ ROW_FIELDS = ("path", "labels", "scores", "true_label", "error")
 DEFAULT_TOP_K = 5
 FC7 = "fc7"
 FEATURES_SIGNATURE = "features"
-RECORD_SEPARATOR = "#"  # a record's row path: <shard path>#<the source file it was made from>
+RECORD_SEPARATOR = "#"
+IMAGES_IN_FLIGHT = max(4, 2 * (os.cpu_count() or 1))  # decoded in parallel
+BATCHES_AHEAD = 2  # decoded batches waiting for the model  # a record's row path: <shard path>#<the source file it was made from>
 
 
 # === Rows ===
@@ -370,11 +372,15 @@ def make_dataset(sources, predictor, batch_size, done=frozenset()):
         loaded = tf.data.Dataset.from_tensors(element).map(load).ignore_errors()
         return loaded.concatenate(tf.data.Dataset.from_tensors(element).map(failed)).take(1)
 
-    dataset = dataset.interleave(guarded, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Fixed buffers, not AUTOTUNE's: memory stays the same whatever the number of files
+    # (AUTOTUNE grows its buffers over a long run); enough images in flight to keep the
+    # model busy.
+    dataset = dataset.interleave(guarded, cycle_length=IMAGES_IN_FLIGHT, block_length=1,
+                                 num_parallel_calls=IMAGES_IN_FLIGHT, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
-    return dataset.batch(batch_size).with_options(options).prefetch(tf.data.AUTOTUNE)
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).with_options(options).prefetch(BATCHES_AHEAD)
 
 
 def reason(predictor, path, failed_bytes):
@@ -575,6 +581,9 @@ class FeatureShards:
             rows = np.load(final, mmap_mode="r")[:kept]
             partial.write_bytes(np.ascontiguousarray(rows, np.float32).tobytes())
             final.unlink()
+        for later in self.folder.glob("*features-*.npy*"):  # beyond the journal's rows
+            if int(re.search(r"features-(\d+)", later.name)[1]) > shard:
+                later.unlink()
         if kept and (not partial.exists() or partial.stat().st_size < kept * row_bytes):
             raise UsageError(f"{self.folder} holds fewer features than the rows answered: "
                              f"remove the unfinished output to start again")

@@ -40,6 +40,19 @@ def training_batch(batch_size, num_classes=1000, seed=0):
     return (pixels, rgb_shift), labels
 
 
+def cpu_name():
+    """The CPU's model name (Linux), to print beside every figure."""
+    import pathlib
+
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def print_results(results):
     """One aligned line per figure, then the whole dict as JSON for scripts."""
     for key, value in results.items():

@@ -16,7 +16,7 @@ import alexnet_keras_cli
 from alexnet_keras import build_alexnet
 
 SCRIPTS = ["train.py", "evaluate.py", "data/build_tfrecords.py", "data/make_synthetic.py",
-           "export/export_model.py", "export/predict.py", "export/client.py",
+           "export/export_model.py", "predict.py", "export/client.py",
            "import_weights.py"]
 
 
@@ -154,7 +154,7 @@ def test_the_wheel_installs_the_library_and_console_scripts_outside_the_checkout
     assert module_file.startswith(str(environment)) and classes == "6"
 
     for command in ("alexnet-train", "alexnet-evaluate", "alexnet-export",
-                    "alexnet-build-tfrecords", "alexnet-make-synthetic"):
+                    "alexnet-build-tfrecords", "alexnet-make-synthetic", "alexnet-predict"):
         helped = subprocess.run([str(environment / "bin" / command), "--help"], cwd=app,
                                 capture_output=True, text=True, timeout=60)
         assert helped.returncode == 0, (command, helped.stderr[-2000:])

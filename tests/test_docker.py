@@ -104,7 +104,7 @@ def test_the_entry_point_runs_project_scripts_and_commands(repo_root, python_on_
     # No arguments: the demo's steps, the same ones `make demo` runs.
     dry_run = subprocess.run(["make", "-n", "demo-run", "PY=python"], cwd=repo_root,
                              capture_output=True, text=True, timeout=60)
-    assert "python train.py" in dry_run.stdout and "export/predict.py" in dry_run.stdout
+    assert "python train.py" in dry_run.stdout and "python predict.py" in dry_run.stdout
     assert "demo-run PY=python" in script.read_text()
 
 
