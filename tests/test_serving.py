@@ -228,6 +228,13 @@ def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
                                      "top_k_scores"}
 
 
+def test_a_model_without_fc7_is_refused_with_a_message():
+    images = keras.Input((227, 227, 3))
+    logits = keras.layers.Dense(NUM_CLASSES, name="fc8")(keras.layers.Flatten()(images))
+    with pytest.raises(serving.UsageError, match="the model has no layer named fc7"):
+        serving.build_export_archive(keras.Model(images, logits), LABELS)
+
+
 def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     path = export_dir / ExportBase.EXTRA / ExportBase.WARMUP
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
