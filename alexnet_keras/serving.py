@@ -6,8 +6,10 @@ SavedModel, warmup requests, and versions that appear whole or not at all.
 Signatures (TF Serving calls them by name):
   serving_default  image_bytes: string [batch], encoded JPEG / PNG / GIF / BMP / WebP images
   predict_pixels   images: float32 [batch, 227, 227, 3], RGB in [0, 255]
-Both answer probabilities [batch, classes], top_k_classes, top_k_labels, top_k_scores
-[batch, min(5, classes)].
+  features         image_bytes, as serving_default
+All three answer probabilities [batch, classes], top_k_classes, top_k_labels, top_k_scores
+[batch, min(5, classes)]; `features` also answers fc7 float32 [batch, fc7 width] (4096 at
+the paper's width; after its ReLU), from the same pass of the network as the classes.
 
 A request that cannot be answered (empty bytes, bytes that are not an image, a truncated
 image, an image above the pixel limit, non-finite pixels) fails with InvalidArgument, which
@@ -35,10 +37,15 @@ from alexnet_keras_cli.errors import UsageError
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
+FEATURES = "features"
 IMAGE_BYTES = "image_bytes"
 PIXELS = "images"
+FC7 = "fc7"  # the layer whose activations `features` answers, and the output's name
 TOP_K = 5
 WARMUP_BATCH_SIZES = (1, 32)
+# TF Serving warms only the signatures it is given records for. The two on image bytes get
+# them; predict_pixels' would carry 0.6 MB of float pixels an image in every export.
+WARMUP_SIGNATURES = (SERVING_DEFAULT, FEATURES)
 _HEADER_BYTES = 32  # every size field below lies in the first 30 bytes
 
 
@@ -203,7 +210,7 @@ def checked_image_bytes(image_bytes, max_pixels):
 
 
 class ServingFunctions:
-    """The functions behind the two signatures, on a loaded Keras model."""
+    """The functions behind the signatures, on a loaded Keras model."""
 
     def __init__(self, model, labels, max_pixels=DEFAULT_MAX_PIXELS):
         num_classes = model.output.shape[-1]
@@ -211,7 +218,14 @@ class ServingFunctions:
             raise UsageError(f"{len(labels)} labels for a model of {num_classes} classes")
         if max_pixels < 1:
             raise UsageError(f"max_pixels must be >= 1, got {max_pixels}")
+        if FC7 not in {layer.name for layer in model.layers}:
+            raise UsageError(f"the model has no layer named {FC7}, whose activations the "
+                             f"{FEATURES} signature answers: export a model built by "
+                             f"build_alexnet")
         self.model = model
+        # The logits and fc7 of one pass: the same layers and variables as `model`.
+        self.features_model = keras.Model(model.inputs,
+                                          [model.output, model.get_layer(FC7).output])
         self.max_pixels = int(max_pixels)
         self.top_k = min(TOP_K, num_classes)
         self.labels_file = _write_labels(labels)
@@ -225,16 +239,24 @@ class ServingFunctions:
 
     def predict_image_bytes(self, image_bytes):
         """string [batch] of encoded images -> the outputs dict."""
-        size = input_pipeline.CROP_SIZE
+        return self.predict_pixels(self._decode(image_bytes))
 
-        def preprocess(one_image):
-            # The evaluation preprocessing itself: one code path for evaluation and serving.
-            return input_pipeline.preprocess_for_eval(
-                checked_image_bytes(one_image, self.max_pixels))
+    def predict_features(self, image_bytes):
+        """string [batch] of encoded images -> the outputs dict and fc7."""
+        images = tf.debugging.check_numerics(self._decode(image_bytes),
+                                             "pixel values must be finite")
+        fc7_width = self.features_model.outputs[1].shape[-1]
 
-        images = tf.map_fn(preprocess, image_bytes,
-                           fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
-        return self.predict_pixels(images)
+        def network():
+            logits, fc7 = self.features_model(images, training=False)
+            return tf.cast(logits, tf.float32), tf.cast(fc7, tf.float32)
+
+        # The empty-batch guard of predict_pixels, for the same reason.
+        logits, fc7 = tf.cond(
+            tf.shape(images)[0] > 0, network,
+            lambda: (tf.zeros((0, self.model.output.shape[-1]), tf.float32),
+                     tf.zeros((0, fc7_width), tf.float32)))
+        return {**self._answer(logits), FC7: fc7}
 
     def predict_pixels(self, images):
         """float32 [batch, 227, 227, 3] RGB pixels in [0, 255] -> the outputs dict."""
@@ -246,6 +268,22 @@ class ServingFunctions:
             tf.shape(images)[0] > 0,
             lambda: tf.cast(self.model(images, training=False), tf.float32),
             lambda: tf.zeros((0, num_classes), tf.float32))
+        return self._answer(logits)
+
+    def _decode(self, image_bytes):
+        """string [batch] -> float32 [batch, 227, 227, 3], checked, decoded, preprocessed."""
+        size = input_pipeline.CROP_SIZE
+
+        def preprocess(one_image):
+            # The evaluation preprocessing itself: one code path for evaluation and serving.
+            return input_pipeline.preprocess_for_eval(
+                checked_image_bytes(one_image, self.max_pixels))
+
+        return tf.map_fn(preprocess, image_bytes,
+                         fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+
+    def _answer(self, logits):
+        """float32 logits [batch, classes] -> the outputs every signature answers."""
         probabilities = tf.nn.softmax(logits)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
         return {
@@ -267,7 +305,8 @@ def _write_labels(labels):
 
 
 def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
-    """A `keras.export.ExportArchive` with the two signatures (serving_default first)."""
+    """A `keras.export.ExportArchive` with the three signatures (serving_default first, so
+    it stays the default)."""
     functions = ServingFunctions(model, labels, max_pixels)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -277,6 +316,8 @@ def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
         tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
     archive.add_endpoint(PREDICT_PIXELS, functions.predict_pixels, input_signature=[
         tf.TensorSpec((None, size, size, 3), tf.float32, name=PIXELS)])
+    archive.add_endpoint(FEATURES, functions.predict_features, input_signature=[
+        tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
     return archive, functions
 
 
@@ -291,19 +332,21 @@ def warmup_image(size=256, seed=0):
     return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy()
 
 
-def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES):
-    """Serialized `PredictionLog`s asking `serving_default` for each batch size."""
+def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES, signatures=WARMUP_SIGNATURES):
+    """Serialized `PredictionLog`s asking each of `signatures` for each batch size."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+    images = [warmup_image(seed=index) for index in range(max(batch_sizes))]
     records = []
-    for batch_size in batch_sizes:
-        images = [warmup_image(seed=index) for index in range(batch_size)]
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_DEFAULT))
-        request.inputs[IMAGE_BYTES].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
-        log = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request))
-        records.append(log.SerializeToString())
+    for signature in signatures:
+        for batch_size in batch_sizes:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request.inputs[IMAGE_BYTES].CopyFrom(
+                tf.make_tensor_proto(images[:batch_size], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            records.append(log.SerializeToString())
     return records
 
 
@@ -394,7 +437,7 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
         info = {"model": str(source) if source else None, "labels": len(labels),
                 "max_pixels": functions.max_pixels, "top_k": functions.top_k,
                 "tensorflow": tf.__version__, "keras": keras.__version__,
-                "signatures": [SERVING_DEFAULT, PREDICT_PIXELS]}
+                "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES]}
         (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
         _fsync_tree(temporary)
         return _rename_into_place(temporary, base, version)

@@ -6,9 +6,12 @@ Writes exports/alexnet/<version>/ (default: the highest version present + 1), bu
 hidden folder beside the base and renamed into place when complete, so a server polling the
 base never loads half a version and a killed export leaves none. Existing versions are never
 overwritten. Signatures: serving_default (image_bytes: encoded JPEG / PNG / GIF / BMP / WebP
-images) and predict_pixels (images: float32 [batch, 227, 227, 3] RGB in [0, 255]); both answer
-probabilities, top_k_classes, top_k_labels and top_k_scores. The class names travel inside the
-SavedModel (assets/labels.txt); warmup requests are in assets.extra/.
+images), predict_pixels (images: float32 [batch, 227, 227, 3] RGB in [0, 255]) and features
+(image_bytes, as serving_default); all answer probabilities, top_k_classes, top_k_labels and
+top_k_scores, and features also fc7 (float32 [batch, 4096] at the paper's width: the layer
+before the classifier, after its ReLU, from the same pass). The class names travel inside the
+SavedModel (assets/labels.txt); warmup requests for serving_default and features are in
+assets.extra/.
 """
 
 import argparse

@@ -110,10 +110,13 @@ def keras_reference(model_file, images):
     return probabilities, np.argsort(-probabilities, axis=1)[:, :5]
 
 
-def readme_rest_body(repo_root, image_path):
-    """The REST body exactly as docs/serving.md's curl command builds it, for `image_path`."""
+def readme_rest_body(repo_root, image_path, signature=None):
+    """The REST body exactly as docs/serving.md's curl command builds it, for `image_path`;
+    with `signature`, the command that names that signature."""
     readme = (repo_root / "docs" / "serving.md").read_text()
-    template = re.search(r'-d ("\{\\"instances\\".*?")\n', readme).group(1)
+    start = (r'\{\\"instances\\"' if signature is None
+             else rf'\{{\\"signature_name\\": \\"{signature}\\"')
+    template = re.search(rf'-d ("{start}.*?")\n', readme).group(1)
     result = subprocess.run(["bash", "-c", f'printf "%s" {template.replace("cat.jpg", image_path.name)}'],
                             cwd=image_path.parent, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
@@ -157,18 +160,99 @@ def test_a_batch_and_the_pixel_signature_agree_with_keras(export_dir, model_file
     assert direct.outputs["top_k_classes"].tolist() == top5.tolist()
 
 
+def fc7_reference(model_file, images):
+    """fc7 of load_model + preprocess_for_eval, as a downstream Keras app reads it."""
+    model = keras.models.load_model(model_file)
+    pixels = tf.stack([alexnet_keras.preprocess_for_eval(tf.constant(data)) for data in images])
+    fc7_model = keras.Model(model.inputs, model.get_layer("fc7").output)
+    return fc7_model(pixels, training=False).numpy()
+
+
+def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
+        export_dir, model_file, image_files, runner):
+    images = [path.read_bytes() for path in image_files.values()]
+    request = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
+    features = run_signature(runner, export_dir, "features", request)
+    assert features.ok, features.status
+    expected = fc7_reference(model_file, images)
+    # Zeros and positive values in every row (after the ReLU), and rows that differ: a
+    # comparison that can tell fc7 from another layer or from a batch of one image.
+    assert (expected > 0).any(axis=1).all() and (expected == 0).any(axis=1).all()
+    assert len({row.tobytes() for row in expected}) == len(images)
+    fc7 = features.outputs["fc7"]
+    assert fc7.dtype == np.float32
+    assert fc7.shape == (len(images), alexnet_keras.model.layer_widths(0.125)["fc7"])
+    np.testing.assert_allclose(fc7, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+    default = run_signature(runner, export_dir, "serving_default", request)
+    assert default.ok, default.status
+    assert set(features.outputs) == set(default.outputs) | {"fc7"}
+    for name, value in default.outputs.items():
+        if value.dtype == np.float32:
+            np.testing.assert_allclose(features.outputs[name], value, rtol=1e-6, atol=1e-7)
+        else:
+            assert features.outputs[name].tolist() == value.tolist(), name
+
+
+@pytest.mark.parametrize("case,message", [
+    ("good_and_bad_in_one_batch", "not a JPEG, PNG, GIF, BMP or WebP image"),
+    ("oversize", "image of 12000 x 12000 pixels is above the limit of this export"),
+])
+def test_bad_images_fail_the_features_signature_like_serving_default(
+        case, message, export_dir, image_files, runner, request):
+    good = image_files["photo.jpg"].read_bytes()
+    images = ([good, b"GIF? no", good] if case == "good_and_bad_in_one_batch"
+              else [request.getfixturevalue("oversize_jpeg").read_bytes()])
+    inputs = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
+    for signature in ("features", "serving_default"):
+        answer = run_signature(runner, export_dir, signature, inputs)
+        assert answer.code == "INVALID_ARGUMENT", (signature, answer.status)
+        assert message in answer.status, signature
+        assert answer.outputs == {}
+
+
+def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel.FromString(
+        (export_dir / ExportBase.SAVED_MODEL).read_bytes())
+    (meta_graph,) = saved_model.meta_graphs
+    # Names with two underscores are TensorFlow's own (its init op), not signatures.
+    signatures = {name for name in meta_graph.signature_def if not name.startswith("__")}
+    info = json.loads((export_dir / ExportBase.EXTRA / ExportBase.INFO).read_text())
+    assert sorted(info["signatures"]) == sorted(signatures)
+    assert {"serving_default", "predict_pixels", "features"} <= signatures
+    features = meta_graph.signature_def["features"]
+    assert set(features.inputs) == {"image_bytes"}
+    assert set(features.outputs) == {"fc7", "probabilities", "top_k_classes", "top_k_labels",
+                                     "top_k_scores"}
+
+
+def test_a_model_without_fc7_is_refused_with_a_message():
+    images = keras.Input((227, 227, 3))
+    logits = keras.layers.Dense(NUM_CLASSES, name="fc8")(keras.layers.Flatten()(images))
+    with pytest.raises(serving.UsageError, match="the model has no layer named fc7"):
+        serving.build_export_archive(keras.Model(images, logits), LABELS)
+
+
 def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     path = export_dir / ExportBase.EXTRA / ExportBase.WARMUP
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
     assert 1 <= len(records) <= 1000  # TF Serving reads at most 1,000
-    batch_sizes = []
+    answered = []
     for record in records:
         request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-        answer = run_signature(runner, export_dir, request.model_spec.signature_name,
-                               dict(request.inputs))
+        signature = request.model_spec.signature_name
+        answer = run_signature(runner, export_dir, signature, dict(request.inputs))
         assert answer.ok, answer.status
-        batch_sizes.append(len(answer.outputs["top_k_classes"]))
-    assert batch_sizes == list(serving.WARMUP_BATCH_SIZES)
+        answered.append((signature, len(answer.outputs["top_k_classes"])))
+        if signature == serving.FEATURES:
+            assert len(answer.outputs[serving.FC7]) == answered[-1][1]
+    # Named here, not read from serving.WARMUP_SIGNATURES: a signature dropped from the
+    # records must fail this test.
+    assert answered == [(signature, batch_size)
+                        for signature in (serving.SERVING_DEFAULT, serving.FEATURES)
+                        for batch_size in serving.WARMUP_BATCH_SIZES]
 
 
 def truncated(data, keep=0.5):
@@ -213,6 +297,11 @@ def test_an_empty_batch_gets_empty_outputs(export_dir, runner):
     assert answer.ok, answer.status
     assert answer.outputs["probabilities"].shape == (0, NUM_CLASSES)
     assert answer.outputs["top_k_labels"].shape == (0, 5)
+    features = run_signature(runner, export_dir, "features",
+                             {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)})
+    assert features.ok, features.status
+    assert features.outputs["fc7"].shape == (0, alexnet_keras.model.layer_widths(0.125)["fc7"])
+    assert features.outputs["probabilities"].shape == (0, NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +488,7 @@ def test_a_float16_model_exports_float32_inputs_and_outputs(tmp_path, labels_fil
     for name in ("probabilities", "top_k_scores"):
         assert pixels_signature.structured_outputs[name].dtype == tf.float32
         assert signatures["serving_default"].structured_outputs[name].dtype == tf.float32
+    assert signatures["features"].structured_outputs["fc7"].dtype == tf.float32
     images = [image_files["photo.jpg"].read_bytes()]
     answer = run_signature(runner, export, "serving_default",
                            {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)})
@@ -528,6 +618,31 @@ def test_client_prints_top5_labels_from_the_server(stand_in_server, image_files,
     client = load_client(repo_root)
     assert client.request_body([paths[0]])["instances"] == readme_rest_body(
         repo_root, paths[0])["instances"]
+
+
+def test_client_prints_fc7_from_the_features_signature(stand_in_server, image_files, model_file,
+                                                       python, repo_root):
+    paths = [image_files["photo.jpg"], image_files["drawing.png"]]
+    result = subprocess.run([python, "export/client.py", "--server", stand_in_server,
+                             "--signature", "features", *map(str, paths)], cwd=repo_root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = [path.read_bytes() for path in paths]
+    _, top5 = keras_reference(model_file, images)
+    expected = fc7_reference(model_file, images)
+    blocks = result.stdout.split(f"{paths[1]}:")
+    assert len(blocks) == 2
+    for block, classes, fc7 in zip(blocks, top5, expected):
+        printed = re.findall(r"^\s+[\d.]+%\s+(.+)$", block, re.M)
+        assert printed == [LABELS[index] for index in classes]
+        count, values = re.search(r"^  fc7 \((\d+) values\): (.*)$", block, re.M).groups()
+        assert int(count) == len(fc7)
+        np.testing.assert_allclose([float(value) for value in values.split()], fc7,
+                                   rtol=1e-5, atol=1e-5 * np.abs(fc7).max())
+    # The client's body is docs/serving.md's body for the features signature.
+    client = load_client(repo_root)
+    assert client.request_body([paths[0]], "features") == readme_rest_body(
+        repo_root, paths[0], signature="features")
 
 
 def test_client_names_the_problem_when_the_server_refuses_or_is_away(stand_in_server, tmp_path,
