@@ -36,8 +36,8 @@ from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
 
 ROW_FIELDS = ("path", "labels", "scores", "true_label", "error")
 DEFAULT_TOP_K = 5
-FC7 = "fc7"
-FEATURES_SIGNATURE = "features"
+FC7 = serving.FC7
+FEATURES_SIGNATURE = serving.FEATURES
 RECORD_SEPARATOR = "#"
 IMAGES_IN_FLIGHT = max(4, 2 * (os.cpu_count() or 1))  # decoded in parallel
 BATCHES_AHEAD = 2  # decoded batches waiting for the model  # a record's row path: <shard path>#<the source file it was made from>

@@ -240,6 +240,24 @@ def test_fc7_features_equal_the_models_fc7(model_file, labels_file, collection, 
     np.testing.assert_allclose(stacked, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_an_exports_features_signature_gives_the_same_features(model_file, labels_file,
+                                                                collection, export_dir,
+                                                                tmp_path):
+    shards = {}
+    for name, model, labels in (("keras", model_file, ["--labels", labels_file]),
+                                ("export", export_dir, [])):
+        folder = tmp_path / name
+        result = predict("--model", model, *labels, "--output", tmp_path / f"{name}.jsonl",
+                         "--features_dir", folder, collection)
+        assert result.returncode == predict_command.SOME_FAILED, result.stderr
+        shards[name] = np.load(folder / prediction.features_shard_name(0))
+        assert (folder / prediction.FEATURES_INDEX).read_text() == (
+            tmp_path / "keras" / prediction.FEATURES_INDEX).read_text()
+    assert shards["export"].shape == shards["keras"].shape == (15, 512)
+    np.testing.assert_allclose(shards["export"], shards["keras"], rtol=1e-5,
+                               atol=1e-5 * np.abs(shards["keras"]).max())
+
+
 def test_feature_shards_resume_and_publish_whole(tmp_path, monkeypatch):
     """A shard is a whole .npy or absent; a rerun keeps exactly the rows the journal has."""
     monkeypatch.setattr(prediction, "FEATURES_PER_SHARD", 4)

@@ -15,7 +15,8 @@ CONSOLE_SCRIPTS = {"alexnet-train": "train.py", "alexnet-evaluate": "evaluate.py
                    "alexnet-export": "export/export_model.py",
                    "alexnet-build-tfrecords": "data/build_tfrecords.py",
                    "alexnet-make-synthetic": "data/make_synthetic.py",
-                   "alexnet-import-weights": "import_weights.py"}
+                   "alexnet-import-weights": "import_weights.py",
+                   "alexnet-predict": "predict.py"}
 SUBCOMMAND_SCRIPTS = {"data/validate_data.py"}
 
 
