@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-import common  # noqa: F401  (makes alexnet_keras importable)
+from common import cpu_name  # also makes alexnet_keras importable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -49,13 +49,6 @@ def measure(command):
         if process.returncode:
             raise RuntimeError(f"{command} failed:\n{stderr.read().decode()[-3000:]}")
         return seconds, usage.ru_maxrss * 1024, stdout.read().decode()
-
-
-def cpu_name():
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main():

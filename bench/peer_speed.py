@@ -19,6 +19,8 @@ import statistics
 import subprocess
 import sys
 
+from common import cpu_name
+
 BENCH = pathlib.Path(__file__).resolve().parent
 CHECKOUT = BENCH.parent
 
@@ -73,17 +75,6 @@ def main():
     for key, value in results.items():
         print(f"{key:36s} {value:.3f}" if isinstance(value, float) else f"{key:36s} {value}")
     print(json.dumps(results))
-
-
-def cpu_name():
-    """The CPU's model name, as lscpu prints it (Linux)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

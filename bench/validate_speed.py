@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from common import print_results  # also puts the checkout on sys.path
+from common import cpu_name, print_results  # also puts the checkout on sys.path
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,13 +30,6 @@ def load_validate_data():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def cpu_name():
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def parse_all(files):
