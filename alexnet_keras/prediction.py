@@ -216,7 +216,7 @@ class KerasPredictor:
         self.features = features
         outputs = [model.output, model.get_layer(FC7).output] if features else [model.output]
         network = keras.Model(model.inputs, outputs)
-        self.fc7_width = model.get_layer(FC7).output.shape[-1]
+        self.fc7_width = outputs[1].shape[-1] if features else None
 
         def answer(images):
             outputs = network(images, training=False)
