@@ -220,7 +220,7 @@ def train_on_shapes(seed):
                .shuffle(len(images), seed=seed)
                .map(crop_and_mirror, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(BATCH_SIZE, drop_remainder=True).prefetch(2))
-    model.fit(dataset, epochs=EPOCHS, verbose=0)
+    model.fit(dataset, epochs=EPOCHS, verbose=0, shuffle=False)  # the dataset shuffles
     return model
 
 
@@ -257,3 +257,36 @@ def localisation(model, seed):
             "chance": float(chance.mean()),
             "gradcam_denser_inside": float(np.mean(gradcam_mass > chance)),
             "random_denser_inside": float(np.mean(random_mass > chance))}
+
+
+# Measured with this file's code (train_on_shapes, localisation) for the seeds 0, 1, 2, 3, on
+# 120 held-out images each, on a shared 2-core AMD EPYC: accuracy 0.925, 0.900, 0.933,
+# 0.867; Grad-CAM's mean mass share in the box 0.682, 0.660, 0.650, 0.644 against the box's
+# area share (chance) 0.511, 0.482, 0.490, 0.483: 0.16 to 0.18 above chance, its map denser
+# inside the box than outside on 74 to 83 % of the images. The same conv5 maps weighted by
+# random channel weights: 0.531, 0.452, 0.504, 0.501, -0.03 to +0.02 from chance (denser
+# inside on 53 to 60 %). Training is not bit-reproducible (threads), so a seed's numbers
+# move by about 0.03 between runs. The bar, 0.10 above chance, sits 0.06 below the least
+# measured and 0.08 above the most the random weights reached.
+ABOVE_CHANCE = 0.10
+MIN_ACCURACY = 0.75  # measured 0.87 to 0.93: below it, training failed, not Grad-CAM
+
+
+@pytest.fixture(scope="module")
+def measured_on_shapes():
+    return localisation(train_on_shapes(seed=0), seed=0)
+
+
+@pytest.mark.slow
+def test_a_trained_model_looks_at_the_shape(measured_on_shapes):
+    measured = measured_on_shapes
+    assert measured["accuracy"] >= MIN_ACCURACY, measured
+    assert measured["gradcam"] >= measured["chance"] + ABOVE_CHANCE, measured
+
+
+@pytest.mark.slow
+def test_random_channel_weights_do_not_pass_the_bar(measured_on_shapes):
+    """The same conv5 maps, weighted at random instead of by the gradients: the bar is not
+    met by any heatmap drawn from conv5, only by the gradients' weighting."""
+    measured = measured_on_shapes
+    assert measured["random"] < measured["chance"] + ABOVE_CHANCE, measured
