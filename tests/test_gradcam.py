@@ -85,7 +85,7 @@ def answering_several_classes(model, images):
 
 def keras_io_gradcam(model, image):
     """The keras.io example's make_gradcam_heatmap, eagerly, for one image (1, 227, 227, 3)."""
-    grad_model = keras.Model(model.inputs, [model.get_layer("conv5").output, model.output])
+    grad_model = keras.Model(model.input, [model.get_layer("conv5").output, model.output])
     with tf.GradientTape() as tape:
         last_conv_layer_output, preds = grad_model(image)
         pred_index = tf.argmax(preds[0])
