@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-
 from PIL import Image, ImageDraw, ImageFont
 
 from alexnet_keras import input_pipeline
@@ -394,6 +393,8 @@ def read_evaluation_crops(file_pattern, positions, batch_size=64):
     """The central crops (uint8 (len(positions), 227, 227, 3), in the order of `positions`)
     of the records at `positions` of the evaluation's reading order; reads no further than
     the last one."""
+    if not positions:
+        return np.zeros((0, PANEL_SIZE, PANEL_SIZE, 3), np.uint8)
     wanted = set(positions)
     found = {}
     dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False)
@@ -407,8 +408,7 @@ def read_evaluation_crops(file_pattern, positions, batch_size=64):
     missing = sorted(wanted - set(found))
     if missing:
         raise UsageError(f"{file_pattern} ends before record {missing[0]} (read {start})")
-    return np.stack([found[position] for position in positions]) if positions else np.zeros(
-        (0, PANEL_SIZE, PANEL_SIZE, 3), np.uint8)
+    return np.stack([found[position] for position in positions])
 
 
 def panel_origin(row, column):

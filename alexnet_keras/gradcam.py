@@ -44,7 +44,7 @@ class GradCam:
     def explain(self, images):
         """float32 pixels (batch, 227, 227, 3) in [0, 255] -> (heatmaps float32 (batch, 13,
         13) in [0, 1], top-1 classes int (batch,), their softmax probabilities (batch,))."""
-        heatmaps, classes, scores = self._explain(tf.convert_to_tensor(images, tf.float32))
+        heatmaps, classes, scores = self._explain(tf.cast(images, tf.float32))
         return heatmaps.numpy(), classes.numpy(), scores.numpy()
 
 

@@ -131,7 +131,7 @@ def test_a_map_that_is_never_positive_is_all_zeros():
     assert heatmaps[1].max() == pytest.approx(1.0) and heatmaps[1].min() > 0
 
 
-def test_a_mixed_precision_model_gives_the_float32_heatmaps():
+def test_a_mixed_precision_model_gives_the_float32_heatmaps(tmp_path):
     model = tiny_model(seed=7)
     images = drawn_crops(3, seed=2)
     expected = GradCam(model).explain(images)
@@ -141,6 +141,8 @@ def test_a_mixed_precision_model_gives_the_float32_heatmaps():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     mixed.set_weights(model.get_weights())
+    mixed.save(tmp_path / "mixed.keras")
+    mixed = keras.models.load_model(tmp_path / "mixed.keras")  # saved, as a run's model
     assert mixed.get_layer("conv5").compute_dtype == "float16"
     heatmaps, classes, scores = GradCam(mixed).explain(images)
     assert heatmaps.dtype == np.float32 and scores.dtype == np.float32
