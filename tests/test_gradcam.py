@@ -261,16 +261,20 @@ def localisation(model, seed):
             "random_denser_inside": float(np.mean(random_mass > chance))}
 
 
-# Measured with this file's code (train_on_shapes, localisation) for the seeds 0, 1, 2, 3, on
-# 120 held-out images each, on a shared 2-core AMD EPYC: accuracy 0.925, 0.900, 0.933,
-# 0.867; Grad-CAM's mean mass share in the box 0.682, 0.660, 0.650, 0.644 against the box's
-# area share (chance) 0.511, 0.482, 0.490, 0.483: 0.16 to 0.18 above chance, its map denser
-# inside the box than outside on 74 to 83 % of the images. The same conv5 maps weighted by
-# random channel weights: 0.531, 0.452, 0.504, 0.501, -0.03 to +0.02 from chance (denser
-# inside on 53 to 60 %). Training is not bit-reproducible (threads), so a seed's numbers
-# move by about 0.03 between runs. The bar, 0.10 above chance, sits 0.06 below the least
-# measured and 0.08 above the most the random weights reached.
+# Measured with this file's code (train_on_shapes, localisation) for the seeds 0, 1, 2, 3, on 120
+# held-out images each: accuracy 0.925, 0.900, 0.933, 0.867; Grad-CAM's mean mass share in the box
+# 0.682, 0.660, 0.650, 0.644 against the box's area share (chance) 0.511, 0.482, 0.490, 0.483:
+# 0.16 to 0.18 above chance, its map denser inside the box than outside on 74 to 83 % of the
+# images. The same conv5 maps weighted by random channel weights: 0.531, 0.452, 0.504, 0.501,
+# -0.03 to +0.02 from chance (denser inside on 53 to 60 %). Training is not bit-reproducible
+# (threads), so a seed's numbers move by about 0.03 between runs. The bar, 0.10 above chance, sits
+# 0.06 below the least measured and 0.08 above the most the random weights reached. Grad-CAM beat
+# the random weights by 0.15, 0.21, 0.15, 0.14: the second bar, 0.07, keeps half of the least.
+# On the demo's own model (train.py: ten classes, quarter width, validation top-1 error 0.12), 300
+# held-out images: Grad-CAM 0.701, random weights 0.607, chance 0.493. Its wider conv5 fires
+# mostly on the shape whatever weighs it; the gradients still add 0.09.
 ABOVE_CHANCE = 0.10
+ABOVE_RANDOM_WEIGHTS = 0.07
 MIN_ACCURACY = 0.75  # measured 0.87 to 0.93: below it, training failed, not Grad-CAM
 
 
@@ -288,7 +292,8 @@ def test_a_trained_model_looks_at_the_shape(measured_on_shapes):
 
 @pytest.mark.slow
 def test_random_channel_weights_do_not_pass_the_bar(measured_on_shapes):
-    """The same conv5 maps, weighted at random instead of by the gradients: the bar is not
-    met by any heatmap drawn from conv5, only by the gradients' weighting."""
+    """The same conv5 maps, weighted at random instead of by the gradients, stay below the
+    bar, and below Grad-CAM by a margin: the gradients' weighting finds the shape."""
     measured = measured_on_shapes
     assert measured["random"] < measured["chance"] + ABOVE_CHANCE, measured
+    assert measured["gradcam"] >= measured["random"] + ABOVE_RANDOM_WEIGHTS, measured
