@@ -7,6 +7,10 @@ its `predict_pixels` signature, on the same crops).
 Ranking: classes are ordered by probability, ties broken by the lower class index (as
 `tf.math.top_k` and the serving signature's top-5 do). Top-1 is the first class, top-5 the
 first five; the confusion matrix counts (true class, top-1 class).
+
+For a Keras model the report folder also shows a few images of the most confused pairs with
+their Grad-CAM heatmaps (`most_confused_images.png`); an exported SavedModel has no gradients
+to draw them with.
 """
 
 import csv
@@ -17,8 +21,10 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
 
 from alexnet_keras import input_pipeline
+from alexnet_keras.gradcam import GradCam, overlay
 from alexnet_keras_cli.files import replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
@@ -30,6 +36,12 @@ MOST_CONFUSED_PAIRS = 10
 MAX_HEATMAP_CLASSES = 100  # above this, the heatmap shows the most confused classes only
 HEATMAP_SUBSET = 30
 REPORT_FILES = ("report.json", "confusion_matrix.png", "per_class.csv", "most_confused.png")
+# Drawn for a Keras model only: a row of images per most confused pair, with their heatmaps.
+CONFUSED_IMAGES_FILE = "most_confused_images.png"
+CONFUSED_IMAGE_PAIRS = 3
+IMAGES_PER_PAIR = 4
+NO_GRADCAM_NOTE = (f"no {CONFUSED_IMAGES_FILE}: an exported SavedModel has no gradients for "
+                   f"Grad-CAM (evaluate the .keras file for it)")
 
 
 # === Models ===
@@ -113,6 +125,9 @@ class EvaluationSums:
         self.confusion = np.zeros((num_classes, num_classes), np.int64)  # [true, predicted]
         self.top5_hits = 0
         self.loss_sum = 0.0
+        # Per example, in reading order, to find the images of the most confused pairs.
+        self.labels = []
+        self.top1 = []
 
     def add(self, probabilities, labels):
         """probabilities (batch, classes), labels (batch,) ints in [0, classes)."""
@@ -120,6 +135,8 @@ class EvaluationSums:
         labels = np.asarray(labels, np.int64)
         ranked = np.argsort(-probabilities, axis=1, kind="stable")  # ties: lower index first
         np.add.at(self.confusion, (labels, ranked[:, 0]), 1)
+        self.labels.append(labels)
+        self.top1.append(ranked[:, 0])
         self.top5_hits += int((ranked[:, :self.top_k] == labels[:, None]).any(axis=1).sum())
         true_probabilities = probabilities[np.arange(len(labels)), labels]
         self.loss_sum += float(-np.log(np.maximum(true_probabilities, 1e-12)).sum())
@@ -152,7 +169,17 @@ class EvaluationSums:
             "per_class_recall": recall,
             "confusion_matrix": self.confusion.tolist(),
             "most_confused": most_confused_pairs(self.confusion),
+            "most_confused_examples": self.confused_examples(),
         }
+
+    def confused_examples(self, pairs=CONFUSED_IMAGE_PAIRS, per_pair=IMAGES_PER_PAIR):
+        """The `pairs` most confused pairs, each with the positions (in reading order, from 0)
+        of its first `per_pair` images: the fewest records to read again to show them."""
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        top1 = np.concatenate(self.top1) if self.top1 else np.zeros(0, np.int64)
+        return [{**pair, "positions": np.flatnonzero(
+                    (labels == pair["true"]) & (top1 == pair["predicted"]))[:per_pair].tolist()}
+                for pair in most_confused_pairs(self.confusion, pairs)]
 
 
 def _ratio(numerators, denominators):
@@ -282,7 +309,16 @@ def write_report_folder(report, output_dir):
                         report["per_class_recall"][index])])
     plot_confusion_matrix(report, output_dir / "confusion_matrix.png")
     plot_most_confused(report, output_dir / "most_confused.png")
+    if report["model"]["kind"] == "keras":
+        write_confused_images(report, output_dir / CONFUSED_IMAGES_FILE)
     return output_dir
+
+
+def report_files(report):
+    """The files `write_report_folder` writes for `report`."""
+    if report["model"]["kind"] == "keras":
+        return (*REPORT_FILES, CONFUSED_IMAGES_FILE)
+    return REPORT_FILES
 
 
 def heatmap_classes(confusion, limit=MAX_HEATMAP_CLASSES, subset=HEATMAP_SUBSET):
@@ -343,6 +379,81 @@ def plot_most_confused(report, path):
                    f"{report['crop']}")
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
+
+
+# === The most confused images ===
+
+PANEL_SIZE = input_pipeline.CROP_SIZE
+PANEL_GAP = 8
+ROW_TITLE_HEIGHT = 22
+TITLE_FONT_SIZE = 15
+
+
+def read_evaluation_crops(file_pattern, positions, batch_size=64):
+    """The central crops (uint8 (len(positions), 227, 227, 3), in the order of `positions`)
+    of the records at `positions` of the evaluation's reading order; reads no further than
+    the last one."""
+    if not positions:
+        return np.zeros((0, PANEL_SIZE, PANEL_SIZE, 3), np.uint8)
+    wanted = set(positions)
+    found = {}
+    dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False)
+    start = 0
+    for images, _ in dataset:
+        for position in wanted & set(range(start, start + len(images))):
+            found[position] = images[position - start].numpy().astype(np.uint8)
+        start += len(images)
+        if len(found) == len(wanted):
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise UsageError(f"{file_pattern} ends before record {missing[0]} (read {start})")
+    return np.stack([found[position] for position in positions])
+
+
+def panel_origin(row, column):
+    """The top left corner of panel (row, column) in `most_confused_images.png`."""
+    return (PANEL_GAP + column * (PANEL_SIZE + PANEL_GAP),
+            PANEL_GAP + row * (ROW_TITLE_HEIGHT + PANEL_SIZE + PANEL_GAP) + ROW_TITLE_HEIGHT)
+
+
+def write_confused_images(report, path, batch_size=64):
+    """One row per most confused pair ("true -> predicted"), its first images' central crops
+    overlaid with the Grad-CAM heatmap of the class the model gives each, captioned with
+    that class and its probability. The model is the report's `.keras` file."""
+    import keras
+
+    pairs = [pair for pair in report["most_confused_examples"] if pair["positions"]]
+    names = report["class_names"]
+    data = report["data"]
+    positions = [position for pair in pairs for position in pair["positions"]]
+    crops = read_evaluation_crops(DataDir(data["data_dir"]).shard_pattern(data["split"]),
+                                  positions, batch_size)
+    if positions:
+        explainer = GradCam(keras.models.load_model(report["model"]["path"]))
+        heatmaps, classes, scores = explainer.explain(crops.astype(np.float32))
+    columns = max([len(pair["positions"]) for pair in pairs], default=1)
+    width = panel_origin(0, columns)[0]
+    height = panel_origin(max(len(pairs), 1), 0)[1] - ROW_TITLE_HEIGHT
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(TITLE_FONT_SIZE)
+    if not pairs:
+        draw.text((PANEL_GAP, PANEL_GAP), "no confusions", fill=(0, 0, 0), font=font)
+    index = 0
+    for row, pair in enumerate(pairs):
+        left, top = panel_origin(row, 0)
+        draw.text((left, top - ROW_TITLE_HEIGHT + 2),
+                  f"{names[pair['true']]} -> {names[pair['predicted']]}: {pair['count']} "
+                  f"images ({report['data']['split']}, central crop)", fill=(0, 0, 0), font=font)
+        for column in range(len(pair["positions"])):
+            caption = f"{names[classes[index]]} {scores[index]:.2f}"
+            sheet.paste(overlay(crops[index], heatmaps[index], caption),
+                        panel_origin(row, column))
+            index += 1
+    with replaced_atomically(path) as temporary:
+        sheet.save(temporary, format="PNG")
+    return path
 
 
 def summary(report, worst=5, pairs=5):

@@ -48,6 +48,13 @@ def _polygon(center, radius, sides, rotation, inner_ratio=None):
 
 def draw_image(class_name, rng):
     """One image of `class_name`, drawn with the generator `rng`."""
+    return draw_image_with_box(class_name, rng)[0]
+
+
+def draw_image_with_box(class_name, rng):
+    """-> (the image `draw_image` draws, the shape's box (left, top, right, bottom) in its
+    pixels): the square of side twice the shape's radius around its centre, which holds the
+    shape (the cross's arm ends and the dots' edges may pass it by a fifth of the radius)."""
     width, height = (int(value) for value in rng.integers(220, 360, size=2))
     background = _random_colour(rng)
     foreground = _random_colour(rng, avoid=background)
@@ -126,7 +133,7 @@ def draw_image(class_name, rng):
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
     pixels = np.asarray(image, dtype=np.float32)
     pixels += float(rng.uniform(2.0, 12.0)) * rng.standard_normal(pixels.shape, dtype=np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), box
 
 
 def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0,

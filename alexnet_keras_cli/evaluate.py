@@ -15,7 +15,9 @@ crop is used.
 The report folder (default: <model folder>/evaluation_<split>[_10crop]/) holds report.json
 (every metric, the confusion matrix, the 10 most confused pairs, the identity of model and
 data), per_class.csv (examples, top-1 error, precision, recall), confusion_matrix.png and
-most_confused.png. --report PATH writes the JSON alone to PATH instead.
+most_confused.png; for a .keras file or a run folder also most_confused_images.png (the
+first images of the 3 most confused pairs with their Grad-CAM heatmaps). --report PATH writes
+the JSON alone to PATH instead.
 
 --figures adds the paper's Figures 3 and 4 to the report folder (a .keras file or run folder
 only): conv1_kernels.png, the conv1 kernels, and nearest_neighbours.png / .json, six
@@ -94,7 +96,9 @@ def main(argv=None):
         output_dir = args.output_dir or evaluation.default_output_dir(
             args.model, args.split, args.ten_crops, args.best)
         evaluation.write_report_folder(report, output_dir)
-        print(f"report: {output_dir}/ ({', '.join(evaluation.REPORT_FILES)})")
+        print(f"report: {output_dir}/ ({', '.join(evaluation.report_files(report))})")
+        if report["model"]["kind"] != "keras":
+            print(evaluation.NO_GRADCAM_NOTE)
         if args.figures:
             from alexnet_keras import figures
 

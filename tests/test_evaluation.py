@@ -13,7 +13,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_keras import build_alexnet, evaluation, input_pipeline, mean_layer, serving
+from alexnet_keras import (
+    build_alexnet,
+    evaluation,
+    gradcam,
+    input_pipeline,
+    mean_layer,
+    serving,
+)
 from alexnet_keras_cli import evaluate
 from commands import run_main
 
@@ -252,3 +259,65 @@ def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records
             assert result.returncode == 2, (arguments, result.stderr[-2000:])
             assert message in result.stderr, (message, result.stderr[-2000:])
             assert "Traceback" not in result.stderr
+
+
+def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
+        model_file, synthetic_records, tmp_path):
+    """The pairs' images found again by position are of the true class and answered with the
+    predicted one; each panel of most_confused_images.png is that image's Grad-CAM overlay.
+    An export gets no such file (no gradients)."""
+    report = evaluation.evaluate_model(model_file, synthetic_records)
+    output = evaluation.write_report_folder(report, tmp_path / "report")
+    assert evaluation.report_files(report) == (*evaluation.REPORT_FILES,
+                                               evaluation.CONFUSED_IMAGES_FILE)
+    assert sorted(path.name for path in output.iterdir()) == sorted(
+        evaluation.report_files(report))
+
+    # Every image of the split, in reading order, and the model's answers.
+    pattern = str(synthetic_records / "validation-*.tfrecord")
+    images, labels = zip(*((images.numpy(), labels.numpy()) for images, labels in
+                           input_pipeline.make_dataset(pattern, 16, training=False)))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    model = keras.models.load_model(model_file)
+    answered = np.argmax(model.predict(images, verbose=0), axis=1)
+    pairs = report["most_confused_examples"]
+    assert 2 <= len(pairs) <= evaluation.CONFUSED_IMAGE_PAIRS, report["confusion_matrix"]
+    assert [{key: pair[key] for key in ("true", "predicted", "count")} for pair in pairs] == (
+        report["most_confused"][:len(pairs)])
+    for pair in pairs:
+        confused = np.flatnonzero((labels == pair["true"]) & (answered == pair["predicted"]))
+        assert len(confused) == pair["count"]
+        assert pair["positions"] == confused[:evaluation.IMAGES_PER_PAIR].tolist()
+
+    with Image.open(output / evaluation.CONFUSED_IMAGES_FILE) as sheet:
+        assert sheet.format == "PNG"
+        pixels = np.asarray(sheet.convert("RGB"))
+    columns = max(len(pair["positions"]) for pair in pairs)
+    assert pixels.shape[1] == evaluation.panel_origin(0, columns)[0]
+    assert pixels.shape[0] == (evaluation.panel_origin(len(pairs), 0)[1]
+                               - evaluation.ROW_TITLE_HEIGHT)
+    explainer = gradcam.GradCam(model)
+    names = report["class_names"]
+    size = input_pipeline.CROP_SIZE
+    for row, pair in enumerate(pairs):
+        crops = images[pair["positions"]]
+        heatmaps, classes, scores = explainer.explain(crops)
+        assert (classes == pair["predicted"]).all()
+        for column, (crop, heatmap, top1, score) in enumerate(zip(crops, heatmaps, classes,
+                                                                   scores)):
+            left, top = evaluation.panel_origin(row, column)
+            expected = gradcam.overlay(crop.astype(np.uint8), heatmap,
+                                       f"{names[top1]} {score:.2f}")
+            # Batches of other sizes may round a heatmap's last bits differently.
+            np.testing.assert_allclose(pixels[top:top + size, left:left + size],
+                                       np.asarray(expected), atol=1, err_msg=f"{row}, {column}")
+
+    export = serving.export_model(model, tmp_path / "exports",
+                                  input_pipeline.load_dataset_info(synthetic_records)[
+                                      "class_names"], log=lambda message: None)
+    result = run_main(evaluate.main, "--no_progress", "--model", export, "--data_dir",
+                      synthetic_records, "--output_dir", tmp_path / "export_report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert evaluation.NO_GRADCAM_NOTE in result.stdout
+    assert sorted(path.name for path in (tmp_path / "export_report").iterdir()) == sorted(
+        evaluation.REPORT_FILES)

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset
+from alexnet_keras.synthetic import (
+    CLASS_NAMES,
+    draw_image,
+    draw_image_with_box,
+    make_synthetic_dataset,
+)
 
 
 def digest(folder):
@@ -58,3 +63,48 @@ def test_script_and_bad_arguments(tmp_path, python, repo_root):
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == 6
     with pytest.raises(ValueError, match="num_classes must be between 2 and 10"):
         make_synthetic_dataset(tmp_path / "bad", num_classes=11)
+
+
+# sha256 of the raw RGB bytes of draw_image's first two images of every class for the seeds
+# 0, 1 and 5, each class drawn with its own generator as make_synthetic_dataset draws it:
+# computed with the code before draw_image_with_box existed. A regression fixture: exposing
+# the box must not change a pixel of the demo's data.
+DRAWN_IMAGES_SHA256 = "8026edf8ee866445f0b9a981c3ce3abd960d720de0cd60b57b539664c5fe7183"
+
+
+def class_generator(seed, class_name):
+    return np.random.default_rng([seed, CLASS_NAMES.index(class_name)])
+
+
+def test_the_box_leaves_every_image_as_it_was():
+    drawn = hashlib.sha256()
+    for seed in (0, 1, 5):
+        for class_name in CLASS_NAMES:
+            plain, boxed = class_generator(seed, class_name), class_generator(seed, class_name)
+            for _ in range(2):
+                image = draw_image(class_name, plain)
+                with_box, _ = draw_image_with_box(class_name, boxed)
+                assert image.tobytes() == with_box.tobytes(), (seed, class_name)
+                drawn.update(image.tobytes())
+    assert drawn.hexdigest() == DRAWN_IMAGES_SHA256
+
+
+def test_the_box_holds_the_shape():
+    """Where the image differs from its background colour (its corners' median; noise and
+    blur aside), it differs inside the box: the shape is there, not elsewhere."""
+    for class_name in ("circle", "square", "star", "checkerboard", "crescent"):
+        rng = class_generator(3, class_name)
+        for _ in range(4):
+            image, (left, top, right, bottom) = draw_image_with_box(class_name, rng)
+            pixels = np.asarray(image, np.float32)
+            height, width = pixels.shape[:2]
+            assert 0 <= left < right <= width and 0 <= top < bottom <= height
+            corners = np.concatenate([pixels[:8, :8], pixels[:8, -8:], pixels[-8:, :8],
+                                      pixels[-8:, -8:]]).reshape(-1, 3)
+            distance = np.abs(pixels - np.median(corners, axis=0)).sum(axis=-1)
+            rows, columns = np.mgrid[:height, :width]
+            inside = ((columns >= left) & (columns < right) & (rows >= top) & (rows < bottom))
+            changed = distance > 120  # far above the noise and the faint lines' share
+            assert changed[inside].sum() > 0.1 * inside.sum(), class_name
+            # The background lines may cross it; the shape itself stays inside.
+            assert changed[~inside].sum() < 0.5 * changed[inside].sum(), class_name
