@@ -240,6 +240,31 @@ def test_fc7_features_equal_the_models_fc7(model_file, labels_file, collection, 
     np.testing.assert_allclose(stacked, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def test_explain_writes_a_heatmap_of_every_answered_image(model_file, labels_file, collection,
+                                                          keras_rows, tmp_path):
+    from alexnet_keras.gradcam import GradCam
+
+    heatmaps = tmp_path / "heatmaps"
+    result = predict("--model", model_file, "--labels", labels_file, "--output",
+                     tmp_path / "rows.jsonl", "--explain", heatmaps, collection)
+    assert result.returncode == predict_command.SOME_FAILED, result.stderr
+    rows = keras_rows[1]
+    written = sorted(path.relative_to(heatmaps) for path in heatmaps.rglob("*.png"))
+    expected = sorted(prediction.explanation_path(heatmaps, row["path"]).relative_to(heatmaps)
+                      for row in rows if row["error"] is None)
+    assert written == expected and len(written) == len(CLASSES) * GOOD_PER_CLASS
+    # Each picture: the 227 x 227 crop, tinted by the heatmap of its top-1 class, which is
+    # the row's first label.
+    row = next(row for row in rows if row["error"] is None)
+    picture = np.asarray(Image.open(prediction.explanation_path(heatmaps, row["path"])))
+    assert picture.shape == (227, 227, 3)
+    crop = alexnet_keras.preprocess_for_eval(tf.io.read_file(row["path"]))
+    assert np.abs(picture.astype(float) - crop.numpy()).mean() > 5  # not the bare crop
+    _, classes, scores = GradCam(keras.models.load_model(model_file)).explain(crop[tf.newaxis])
+    assert CLASSES[classes[0]] == row["labels"][0]
+    assert scores[0] == pytest.approx(row["scores"][0], rel=1e-4)
+
+
 def test_an_exports_features_signature_gives_the_same_features(model_file, labels_file,
                                                                 collection, export_dir,
                                                                 tmp_path):
