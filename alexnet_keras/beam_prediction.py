@@ -23,14 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import prediction, serving
+from alexnet_keras_cli import beam_imported_quietly
 from alexnet_keras_cli.errors import UsageError
 from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
 
-_root_logger, _level = logging.getLogger(), logging.getLogger().level
-# Importing Beam warns through the root logger about Google Cloud clients the base package
-# leaves out (apache-beam[gcp] adds them); nothing the job uses.
-_root_logger.setLevel(logging.ERROR)
-try:
+with beam_imported_quietly():
     import apache_beam as beam
     from apache_beam.io import fileio
     from apache_beam.io.filesystems import FileSystems
@@ -39,9 +36,6 @@ try:
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.ml.inference.base import ModelHandler, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
-finally:
-    _root_logger.setLevel(_level)
-
 
 
 class _WithoutMemoryWarning(logging.Filter):
@@ -51,7 +45,7 @@ class _WithoutMemoryWarning(logging.Filter):
         return "memory usage cannot be fetched" not in record.getMessage()
 
 
-_root_logger.addFilter(_WithoutMemoryWarning())
+logging.getLogger().addFilter(_WithoutMemoryWarning())
 
 NAMESPACE = "alexnet_predict"
 ANSWERED = "images_answered"

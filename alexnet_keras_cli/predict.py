@@ -42,8 +42,8 @@ import os
 import re
 import sys
 
-from alexnet_keras_cli import (command, import_tensorflow_quietly, native_stderr_without,
-                               progress_bar_factory)
+from alexnet_keras_cli import (beam_imported_quietly, command, import_tensorflow_quietly,
+                               native_stderr_without, progress_bar_factory)
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS
 
 SOME_FAILED = 4  # the exit status when the output is complete but some images failed
@@ -105,7 +105,8 @@ def _parse_with_beam_options(parser, argv):
     """Our flags and Beam's pipeline options together: Beam's parser says which of its
     options take a value, so `--project p INPUT` keeps INPUT an input; anything neither
     knows is refused. -> args, with `beam_args` the tokens that are Beam's."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    with beam_imported_quietly():
+        from apache_beam.options.pipeline_options import PipelineOptions
 
     parser.allow_abbrev = False
     ours = set(map(id, parser._actions))
