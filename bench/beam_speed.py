@@ -8,7 +8,9 @@ Each round runs both commands as a user runs them (`predict.py ...` and `predict
 DirectRunner ...`: model load, listing, reading, the export's serving_default, writing the
 rows) on --images photos and on --few of them. Images/s is over the whole command; the
 difference is split into a fixed cost (the time on --few images, which is mostly start-up)
-and a per-image cost (the slope between the two runs).
+and a per-image cost (the slope between the two runs), beside the per-image time of the
+export's serving_default alone on the same bytes in batches of --batch_size (what both must
+spend) and the mean batch size that Beam's BatchElements made.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import contextlib
 import io
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import tempfile
@@ -26,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from common import print_results  # also puts the checkout on sys.path
 from serving_speed import photo_jpeg
 
-from alexnet_keras import build_alexnet, serving
+from alexnet_keras import build_alexnet, prediction, serving
 from alexnet_keras_cli import predict
 
 
@@ -43,16 +46,29 @@ def parse_args():
 
 
 def seconds(arguments, output):
-    """Wall seconds of one run of the prediction command (its printed lines kept back)."""
+    """Wall seconds of one run of the prediction command, and what it printed."""
     for old in output.parent.glob(f"{output.stem}*"):
         old.unlink()
+    printed = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(printed):
         status = predict.main([*arguments, "--output", str(output)])
     elapsed = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"predict.py {' '.join(arguments)} ended with status {status}")
-    return elapsed
+    return elapsed, printed.getvalue()
+
+
+def signature_seconds(export, folder, batch_size):
+    """Seconds of the export's serving_default alone on the folder's bytes, in batches: what
+    both commands must spend."""
+    predictor = prediction.ExportPredictor(export)
+    images = [path.read_bytes() for path in sorted(folder.iterdir())]
+    predictor.answer(images[:batch_size])  # traced and warm
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        predictor.answer(images[first:first + batch_size])
+    return time.perf_counter() - start
 
 
 def main():
@@ -72,10 +88,18 @@ def main():
         commands = {"local": [*common, "--no_progress", "--overwrite"],
                     "beam": ["--runner", "DirectRunner", *common, "--overwrite"]}
         times = {(command, size): [] for command in commands for size in folders}
+        times["signature", "all"] = []
+        batches = []
         for _ in range(args.rounds + 1):  # the first round warms up and is not counted
             for (command, size), record in times.items():
-                record.append(seconds([*commands[command], str(folders[size])],
-                                      work / "out" / f"{command}_{size}.jsonl"))
+                if command == "signature":
+                    record.append(signature_seconds(export, folders["all"], args.batch_size))
+                    continue
+                elapsed, printed = seconds([*commands[command], str(folders[size])],
+                                           work / "out" / f"{command}_{size}.jsonl")
+                record.append(elapsed)
+                if command == "beam" and size == "all":
+                    batches.append(int(re.search(r"\bbatches (\d+)", printed)[1]))
         median = {key: statistics.median(values[1:]) for key, values in times.items()}
         slope = {command: (median[command, "all"] - median[command, "few"])
                  / (args.images - args.few) for command in commands}
@@ -90,6 +114,10 @@ def main():
                 round(median["beam", "few"], 2),
             "per-image ms, local": round(1000 * slope["local"], 2),
             "per-image ms, DirectRunner": round(1000 * slope["beam"], 2),
+            "per-image ms, serving_default alone": round(
+                1000 * median["signature", "all"] / args.images, 2),
+            "DirectRunner's mean batch size": round(args.images / statistics.median(batches),
+                                                    1),
         })
     finally:
         shutil.rmtree(work, ignore_errors=True)
