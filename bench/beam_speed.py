@@ -116,6 +116,10 @@ def main():
             "per-image ms, DirectRunner": round(1000 * slope["beam"], 2),
             "per-image ms, serving_default alone": round(
                 1000 * median["signature", "all"] / args.images, 2),
+            "s beyond serving_default, local": round(
+                median["local", "all"] - median["signature", "all"], 2),
+            "s beyond serving_default, DirectRunner": round(
+                median["beam", "all"] - median["signature", "all"], 2),
             "DirectRunner's mean batch size": round(args.images / statistics.median(batches),
                                                     1),
         })
