@@ -1,5 +1,5 @@
 """The prediction job on Apache Beam: `predict.py --runner ...`, the local command's rows from
-as many workers as the runner gives it ([beam.md](../docs/beam.md)).
+as many workers as the runner gives it (docs/beam.md).
 
     inputs -> MatchFiles -> ReadMatches ----\\                     /-> rows -> WriteToText
     records folders -> ReadAllFromTFRecord --+-> RunInference ----+
