@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import logging
+import pathlib
 import uuid
 from typing import NamedTuple
 
@@ -191,6 +192,8 @@ def plan_inputs(inputs, labels, splits):
             except OSError as error:
                 unreadable.append(prediction.error_row(
                     item, read_error_message(error), prediction.true_label_for(item, labels)))
+            else:  # its target appeared since
+                patterns.append((item, None))
         else:
             raise UsageError(f"input {item} does not exist or holds no files")
     return Plan(patterns, records, unreadable)
@@ -202,8 +205,6 @@ def _is_file(path):
 
 
 def _is_local_symlink(path):
-    import pathlib
-
     return "://" not in path and pathlib.Path(path).is_symlink()
 
 

@@ -94,6 +94,8 @@ def parse_args(argv=None):
     if any(argument.split("=", 1)[0] == "--runner" for argument in argv):
         return _parse_with_beam_options(parser, argv)
     args, unknown = parser.parse_known_args(argv)
+    if args.runner:  # an abbreviation of --runner: refused with Beam's exact option names
+        return _parse_with_beam_options(parser, argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (Beam pipeline options "
                      f"need --runner: docs/beam.md)")

@@ -53,7 +53,8 @@ def export_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A folder that mixes good and damaged images, and a records folder of our own."""
+    """A folder that mixes good and damaged images, a records folder of our own, and a
+    dangling symbolic link."""
     root = tmp_path_factory.mktemp("beam_inputs")
     images = root / "images"
     for index, (name, data) in enumerate({
@@ -72,6 +73,7 @@ def inputs(tmp_path_factory):
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         (images / name).write_bytes(data)
     (images / "ring" / "gone.jpg").symlink_to(root / "no_such_file.jpg")
+    (root / "lost.jpg").symlink_to(root / "no_such_file.jpg")  # given as an INPUT itself
 
     records = root / "records"
     records.mkdir()
@@ -89,7 +91,7 @@ def inputs(tmp_path_factory):
                     value=[f"{class_names[label]}/source_{index}.jpg".encode()]))}
             writer.write(tf.train.Example(
                 features=tf.train.Features(feature=feature)).SerializeToString())
-    return images, records
+    return images, records, root / "lost.jpg"
 
 
 def local_rows(export_dir, inputs, output, *flags):
@@ -143,12 +145,13 @@ def test_the_job_answers_as_the_local_command_with_one_model_load(export_dir, in
     by_name = {row["path"][root:]: row for row in beam}
     assert {name for name, row in by_name.items() if row["error"]} == {
         "images/ring/empty.jpg", "images/star/truncated.jpg", "images/circle/notes.png",
-        "records/validation-00000-of-00001.tfrecord#square/source_1.jpg"}
+        "records/validation-00000-of-00001.tfrecord#square/source_1.jpg", "lost.jpg"}
+    assert by_name["lost.jpg"]["error"] == "cannot read the file: No such file or directory"
     assert by_name["images/circle/photo.jpg"]["true_label"] == "circle"
     assert by_name["images/unknown_class/lossy.webp"]["true_label"] is None
     assert by_name["records/validation-00000-of-00001.tfrecord#ring/source_0.jpg"][
         "true_label"] == "ring"
-    assert len(by_name) == 12  # README.txt, .DS_Store and .cache/ skipped
+    assert len(by_name) == 13  # README.txt, .DS_Store and .cache/ skipped
 
     answered = sum(row["error"] is None for row in beam)
     assert counter(stdout, beam_prediction.ANSWERED) == answered
