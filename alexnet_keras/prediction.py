@@ -257,8 +257,9 @@ class ExportPredictor:
             raise UsageError(f"{export_dir} has no {name} signature: export the model again "
                              f"with export/export_model.py")
         self._signature = self._loaded.signatures[name]
-        labels_file = self.path / "assets" / ExportBase.LABELS_ASSET
-        self.labels = labels_file.read_text().splitlines()
+        # Through tf.io.gfile: a Beam worker loads the export from gs://... as well.
+        self.labels = _read_text(_join(str(export_dir), f"assets/{ExportBase.LABELS_ASSET}")
+                                 ).splitlines()
         self.fc7_width = (self._signature.structured_outputs[FC7].shape[-1] if features
                           else None)
 
@@ -410,16 +411,28 @@ def answer_batch(predictor, batch, top_k):
         if predictor.decodes_images:
             answers_of_good = _split(predictor.answer(tf.gather(payloads, good)))
         else:
-            image_bytes = payloads.numpy()[good]
-            try:
-                answers_of_good = _split(predictor.answer(image_bytes))
-            except tf.errors.InvalidArgumentError:
-                answers_of_good = [_answer_alone(predictor, one) for one in image_bytes]
+            answers_of_good = answer_encoded(predictor, payloads.numpy()[good])
         for index, answer in zip(good, answers_of_good):
             answers[index] = answer
     for index in np.flatnonzero(~ok):
         answer, message = reason(predictor, paths[index], failed_bytes[index].numpy())
         answers[index] = _split(answer)[0] if answer is not None else message
+    return answer_rows(predictor, paths, true_labels, answers, top_k)
+
+
+def answer_encoded(predictor, image_bytes):
+    """Encoded images -> one answer each: (probabilities, fc7 or None), or the message of
+    the error that refused the image. An export that refuses the batch (one bad image fails
+    all, as in TF Serving) answers its images one by one, so only the bad ones fail."""
+    try:
+        return _split(predictor.answer(image_bytes))
+    except tf.errors.InvalidArgumentError:
+        return [_answer_alone(predictor, one) for one in image_bytes]
+
+
+def answer_rows(predictor, paths, true_labels, answers, top_k):
+    """The rows of `answers` (as `answer_encoded` gives them), in order, and fc7 of the
+    answered images ((answered, width) or None)."""
     rows, fc7 = [], []
     for path, true_label, answer in zip(paths, true_labels, answers):
         if isinstance(answer, str):

@@ -40,6 +40,22 @@ DISTRIBUTED_ITERATOR_NOTE = re.compile(
     r"the dataset does not implement the AsGraphDefInternal\(\) method")
 
 
+@contextlib.contextmanager
+def beam_imported_quietly():
+    """Around importing Apache Beam: its base package warns through the root logger, on
+    every import, about Google Cloud clients that only apache-beam[gcp] installs, none of
+    which the prediction job uses."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def import_tensorflow_quietly(find_devices=True):
     """Imports TensorFlow and (with `find_devices`) lets it find its devices, with the
     process's standard error captured, then prints what it wrote except the start-up chatter.

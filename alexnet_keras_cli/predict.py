@@ -42,8 +42,8 @@ import os
 import re
 import sys
 
-from alexnet_keras_cli import (command, import_tensorflow_quietly, native_stderr_without,
-                               progress_bar_factory)
+from alexnet_keras_cli import (beam_imported_quietly, command, import_tensorflow_quietly,
+                               native_stderr_without, progress_bar_factory)
 from alexnet_keras_cli.config import SERVING_MAX_PIXELS
 
 SOME_FAILED = 4  # the exit status when the output is complete but some images failed
@@ -56,7 +56,8 @@ SPLITS = {"all": ("train", "validation"), "train": ("train",), "validation": ("v
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+    # "resolve": with --runner, Beam's --runner and --labels replace ours.
+    parser = argparse.ArgumentParser(description=__doc__, conflict_handler="resolve",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders of images, records folders")
@@ -85,13 +86,55 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished output (and features and heatmaps)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    parser.add_argument("--runner", help="run as an Apache Beam job on this runner "
+                        "(DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PrismRunner) "
+                        "with an export as --model; Beam's pipeline options may follow, and "
+                        "--labels is then Dataflow's job labels (docs/beam.md)")
+    argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
+    if any(argument.split("=", 1)[0] == "--runner" for argument in argv):
+        return _parse_with_beam_options(parser, argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.runner:  # an abbreviation of --runner: refused with Beam's exact option names
+        return _parse_with_beam_options(parser, argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (Beam pipeline options "
+                     f"need --runner: docs/beam.md)")
+    args.beam_args = None
+    return args
+
+
+def _parse_with_beam_options(parser, argv):
+    """Our flags and Beam's pipeline options together: Beam's parser says which of its
+    options take a value, so `--project p INPUT` keeps INPUT an input; anything neither
+    knows is refused. -> args, with `beam_args` the tokens that are Beam's."""
+    with beam_imported_quietly():
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser.allow_abbrev = False
+    ours = set(map(id, parser._actions))
+    for options in PipelineOptions.__subclasses__():
+        options._add_argparse_args(parser)
+    beam_options = {option: action for action in parser._actions if id(action) not in ours
+                    for option in action.option_strings}
+    args = parser.parse_args(argv)
+    if args.explain:
+        parser.error("--explain is not available with --runner: an export holds no "
+                     "gradients (run the command without --runner on a .keras model)")
+    args.beam_args, index = [], 0
+    while index < len(argv):
+        action = beam_options.get(argv[index].split("=", 1)[0])
+        width = 0 if action is None else 1 if action.nargs == 0 or "=" in argv[index] else 2
+        args.beam_args += argv[index:index + width]
+        index += width or 1
+    return args
 
 
 @command(OSError)
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
+    if args.runner:
+        return _run_on_beam(args)
     from alexnet_keras import prediction
 
     predictor = prediction.load_predictor(args.model, args.labels, args.max_pixels,
@@ -110,6 +153,18 @@ def main(argv=None):
     for line in prediction.describe(summary, args.output):
         print(line)
     return SOME_FAILED if summary.failed else 0
+
+
+def _run_on_beam(args):
+    from alexnet_keras import beam_prediction
+
+    with native_stderr_without(BAD_IMAGE_LOGS):
+        found = beam_prediction.run(args.beam_args, args.model, args.output, args.inputs,
+                                    args.batch_size, args.top_k, SPLITS[args.split],
+                                    args.features_dir, args.overwrite)
+    for line in beam_prediction.describe(found, args.output):
+        print(line)
+    return SOME_FAILED if found[beam_prediction.REFUSED] else 0
 
 
 if __name__ == "__main__":

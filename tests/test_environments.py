@@ -27,6 +27,26 @@ def test_main_environment_matches_the_pins(repo_root):
             assert "==" in line, line
 
 
+def test_beam_runs_beside_tensorflow_with_the_pinned_protobuf(repo_root):
+    """apache-beam 2.78 wants protobuf < 7; TensorFlow 2.21 and tensorflow-serving-api run
+    with the protobuf 6 it allows (the prediction job on Beam: tests/test_beam_prediction.py)."""
+    from google import protobuf
+    from tensorflow_serving.apis import predict_pb2
+
+    from alexnet_keras_cli import beam_imported_quietly
+
+    with beam_imported_quietly():
+        import apache_beam
+
+    requirements = repo_root / "requirements.txt"
+    assert apache_beam.__version__ == pinned_version(requirements, "apache-beam")
+    assert protobuf.__version__ == pinned_version(requirements, "protobuf")
+    assert int(protobuf.__version__.split(".")[0]) < 7
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "alexnet"
+    assert predict_pb2.PredictRequest.FromString(request.SerializeToString()) == request
+
+
 def test_no_tensorflow_addons_and_no_tensorflow_cpu(repo_root):
     for name in ("requirements.txt", "requirements-validate.txt"):
         text = (repo_root / name).read_text()

@@ -59,10 +59,12 @@ def script_invocations(markdown_file):
 
 
 @functools.lru_cache(maxsize=None)
-def help_text(repo_root, python, script, subcommand):
+def help_text(repo_root, python, script, subcommand, beam=False):
     interpreter = (repo_root / ".venv-validate" / "bin" / "python"
                    if script in SUBCOMMAND_SCRIPTS else python)
-    arguments = [str(interpreter), script, *([subcommand] if subcommand else []), "--help"]
+    # predict.py --runner also takes Beam's pipeline options, and lists them in its help.
+    arguments = [str(interpreter), script, *(["--runner", "DirectRunner"] if beam else []),
+                 *([subcommand] if subcommand else []), "--help"]
     result = subprocess.run(arguments, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (arguments, result.stderr[-2000:])
     return result.stdout
@@ -83,7 +85,8 @@ def test_documented_commands_name_existing_scripts_and_flags(repo_root, python):
             if script in SUBCOMMAND_SCRIPTS:
                 validate_data_arguments.append(arguments)
                 continue
-            text = help_text(repo_root, python, script, subcommand)
+            text = help_text(repo_root, python, script, subcommand,
+                             beam=script == "predict.py" and "--runner" in flags)
             for flag in flags:
                 assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", text), (
                     f"{name}'s `{command}` passes {flag}, which `{script} --help` does not list")

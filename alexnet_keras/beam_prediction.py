@@ -1,0 +1,402 @@
+"""The prediction job on Apache Beam: `predict.py --runner ...`, the local command's rows from
+as many workers as the runner gives it (docs/beam.md).
+
+    inputs -> MatchFiles -> ReadMatches ----\\                     /-> rows -> WriteToText
+    records folders -> ReadAllFromTFRecord --+-> RunInference ----+
+                   unreadable files -> error rows --------------/ \\-> fc7 -> .npy + index.csv
+
+RunInference batches the images (BatchElements, through the handler's batching arguments) and
+hands them to `ExportModelHandler`, which loads the export once per worker process and runs
+its `serving_default` (or `features`) signature on each batch; the answers become rows with
+the local command's own functions (`prediction.answer_encoded`, `answer_rows`), so a bad
+image is an error row with the same message, never a failed bundle.
+"""
+
+import csv
+import io
+import json
+import logging
+import pathlib
+import uuid
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_keras import prediction, serving
+from alexnet_keras_cli import beam_imported_quietly
+from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
+
+with beam_imported_quietly():
+    import apache_beam as beam
+    from apache_beam.io import fileio
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.tfrecordio import ReadAllFromTFRecord
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.ml.inference.base import ModelHandler, RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class _WithoutMemoryWarning(logging.Filter):
+    # Beam 2.78 imports `resource` in one try with its model manager, which needs PyTorch:
+    # without PyTorch each model load warns that memory usage cannot be fetched.
+    def filter(self, record):
+        return "memory usage cannot be fetched" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_WithoutMemoryWarning())
+
+NAMESPACE = "alexnet_predict"
+ANSWERED = "images_answered"
+REFUSED = "images_refused"
+BATCHES = "batches"
+MODELS_LOADED = "models_loaded"
+COUNTERS = (ANSWERED, REFUSED, BATCHES, MODELS_LOADED)
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # OUT-00000-of-00004.jsonl, as Beam names its shards
+
+
+class Image(NamedTuple):
+    """An image to answer: its row's path, its true label or None, its encoded bytes."""
+
+    path: str
+    true_label: str | None
+    image_bytes: bytes
+
+
+# === The model ===
+
+
+class ExportModelHandler(ModelHandler):
+    """Our export in RunInference: `load_model` once per worker process (Beam shares it
+    between the worker's threads and bundles), `run_inference` on each batch of `Image`s ->
+    one (row, fc7 or None) per image."""
+
+    def __init__(self, export_dir, batch_size=64, top_k=prediction.DEFAULT_TOP_K,
+                 features=False):
+        super().__init__()
+        self._export_dir = str(export_dir)
+        self._batch_size = int(batch_size)
+        self._top_k = int(top_k)
+        self._features = features
+
+    def load_model(self):
+        return prediction.ExportPredictor(self._export_dir, self._features)
+
+    def run_inference(self, batch, model, inference_args=None):
+        if not getattr(model, "counted", False):
+            # Counted where a bundle's metrics are recorded (load_model runs in setup, where
+            # they are not): one per model object that answered, so per process and worker.
+            Metrics.counter(NAMESPACE, MODELS_LOADED).inc()
+            model.counted = True
+        Metrics.counter(NAMESPACE, BATCHES).inc()
+        answers = prediction.answer_encoded(model, [image.image_bytes for image in batch])
+        rows, fc7 = prediction.answer_rows(model, [image.path for image in batch],
+                                           [image.true_label for image in batch], answers,
+                                           self._top_k)
+        answered = iter(fc7 if fc7 is not None else ())
+        return [(row, next(answered) if row["error"] is None and fc7 is not None else None)
+                for row in rows]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def get_metrics_namespace(self):
+        return NAMESPACE
+
+
+# === The inputs ===
+
+
+def read_error_message(error):
+    """The local command's message for a file it cannot read (prediction.error_message of
+    TensorFlow's NotFound or PermissionDenied): the system's reason after the path."""
+    return f"cannot read the file: {getattr(error, 'strerror', None) or error}"
+
+
+class ReadImage(beam.DoFn):
+    """A matched file -> an Image, or the error row of a file that cannot be read."""
+
+    def __init__(self, labels):
+        self._labels = list(labels)
+
+    def process(self, readable_file):
+        path = readable_file.metadata.path
+        true_label = prediction.true_label_for(path, self._labels)
+        try:
+            yield Image(path, true_label, readable_file.read())
+        except OSError as error:
+            yield beam.pvalue.TaggedOutput("unreadable", prediction.error_row(
+                path, read_error_message(error), true_label))
+
+
+def _is_answered_file(folder, path):
+    """Whether a file under `folder` is one the local command answers: an image name, no
+    hidden folder on the way."""
+    relative = path[len(folder):].lstrip("/")
+    return prediction.is_image_name(path) and not any(
+        part.startswith(".") for part in relative.split("/")[:-1])
+
+
+def _record_image(class_names):
+    features = tf.train.Example
+
+    def parse(filename_and_record):
+        filename, record = filename_and_record
+        feature = features.FromString(record).features.feature
+        source = feature[Feature.FILENAME].bytes_list.value
+        source = source[0].decode(errors="replace") if source else ""
+        label = feature[Feature.LABEL].int64_list.value[0]
+        return Image(f"{filename}{prediction.RECORD_SEPARATOR}{source}", class_names[label],
+                     feature[Feature.ENCODED].bytes_list.value[0])
+
+    return parse
+
+
+class Plan(NamedTuple):
+    """What the launcher found: file patterns (pattern, folder or None), records folders
+    (shard patterns, class names), and explicit inputs that cannot be read (error rows)."""
+
+    patterns: list
+    records: list
+    unreadable: list
+
+
+def _join(folder, name):
+    return folder.rstrip("/") + "/" + name
+
+
+def plan_inputs(inputs, labels, splits):
+    """The launcher's look at INPUT: as the local command, image files, folders (searched
+    recursively) and records folders (recognised by their dataset.json), through Beam's
+    file systems (local, gs://, s3://, ...). Only the records folders' small files are read
+    here; the workers match and read the rest."""
+    patterns, records, unreadable = [], [], []
+    for item in map(str, inputs):
+        if FileSystems.exists(_join(item, DataDir.DATASET)):
+            shard_patterns = [_join(item, DataDir.shard_glob(split)) for split in splits]
+            if not any(result.metadata_list
+                       for result in FileSystems.match(shard_patterns)):
+                raise UsageError(f"records folder {item} has no shards of {', '.join(splits)}")
+            with FileSystems.open(_join(item, DataDir.LABELS)) as handle:
+                class_names = handle.read().decode().splitlines()
+            records.append((shard_patterns, class_names))
+        elif _is_file(item):
+            patterns.append((item, None))
+        elif FileSystems.match([_join(item, "**")])[0].metadata_list:
+            patterns.append((_join(item, "**"), item))
+        elif _is_local_symlink(item):  # dangling: the local command gives it an error row
+            try:
+                open(item, "rb").close()
+            except OSError as error:
+                unreadable.append(prediction.error_row(
+                    item, read_error_message(error), prediction.true_label_for(item, labels)))
+            else:  # its target appeared since
+                patterns.append((item, None))
+        else:
+            raise UsageError(f"input {item} does not exist or holds no files")
+    return Plan(patterns, records, unreadable)
+
+
+def _is_file(path):
+    matched = FileSystems.match([path])[0].metadata_list
+    return bool(matched) and not tf.io.gfile.isdir(path)
+
+
+def _is_local_symlink(path):
+    return "://" not in path and pathlib.Path(path).is_symlink()
+
+
+def build(pipeline, plan, handler, labels, output_prefix, output_suffix, features_dir=None,
+          top_k=prediction.DEFAULT_TOP_K):
+    """The job's transforms on `pipeline`: rows to OUT-SSSSS-of-NNNNN.SUFFIX, fc7 (when the
+    handler answers it) to features_dir."""
+    images, errors = [], []
+    for index, (pattern, folder) in enumerate(plan.patterns):
+        matched = (pipeline | f"Match {index}" >> fileio.MatchFiles(pattern))
+        if folder is not None:
+            matched = matched | f"Images of {index}" >> beam.Filter(
+                lambda metadata, folder=folder: _is_answered_file(folder, metadata.path))
+        read = (matched | f"ReadMatches {index}" >> fileio.ReadMatches()
+                | f"Read {index}" >> beam.ParDo(ReadImage(labels)).with_outputs(
+                    "unreadable", main="images"))
+        images.append(read.images)
+        errors.append(read.unreadable)
+    for index, (shard_patterns, class_names) in enumerate(plan.records):
+        images.append(
+            pipeline | f"Shards {index}" >> beam.Create(shard_patterns)
+            | f"ReadRecords {index}" >> ReadAllFromTFRecord(with_filename=True)
+            | f"Parse {index}" >> beam.Map(_record_image(class_names)))
+    if plan.unreadable:
+        errors.append(pipeline | "Unreadable inputs" >> beam.Create(plan.unreadable))
+    if not images:
+        images.append(pipeline | "No images" >> beam.Create([]))
+
+    answers = (tuple(images) | "Images" >> beam.Flatten()
+               | "RunInference" >> RunInference(handler))
+    rows = ((answers | "Rows" >> beam.Map(lambda answer: answer[0]),
+             *errors) | "All rows" >> beam.Flatten()
+            | "Count" >> beam.Map(_counted))
+    if output_suffix.lower() == ".csv":
+        lines = rows | "Format" >> beam.Map(_csv_line, top_k)
+        header = ",".join(prediction.csv_header(top_k))
+    else:
+        lines, header = rows | "Format" >> beam.Map(json.dumps), None
+    lines | "Write" >> beam.io.WriteToText(output_prefix, file_name_suffix=output_suffix,
+                                           shard_name_template=SHARD_TEMPLATE, header=header)
+    if features_dir is not None:
+        index = (answers | "Answered" >> beam.Filter(lambda answer: answer[1] is not None)
+                 | "Feature shards" >> beam.ParDo(WriteFeatureShards(features_dir)))
+        (index | "Index lines" >> beam.Map(_csv_text)
+         | "Write index" >> beam.io.WriteToText(
+             _join(features_dir, prediction.FEATURES_INDEX), shard_name_template="",
+             num_shards=1, header="path,file,row"))
+
+
+def _counted(row):
+    Metrics.counter(NAMESPACE, ANSWERED if row["error"] is None else REFUSED).inc()
+    return row
+
+
+def _csv_text(values):
+    text = io.StringIO()
+    csv.writer(text, lineterminator="").writerow(values)
+    return text.getvalue()
+
+
+def _csv_line(row, top_k):
+    return _csv_text(prediction.csv_row(row, top_k))
+
+
+class WriteFeatureShards(beam.DoFn):
+    """fc7 of answered images -> `features-<unique>.npy` shards (float32, at most
+    FEATURES_PER_SHARD rows, one or more per bundle), each written under a hidden name and
+    renamed when whole; yields the index rows (path, file, row). A retried bundle writes new
+    shards and its rows replace the failed attempt's, so the index names each path once
+    (a failed attempt's shard can stay behind, unlisted)."""
+
+    def __init__(self, folder):
+        self._folder = str(folder)
+
+    def start_bundle(self):
+        self._paths, self._features = [], []
+
+    def process(self, answer):
+        row, fc7 = answer
+        self._paths.append(row["path"])
+        self._features.append(fc7)
+        if len(self._paths) == prediction.FEATURES_PER_SHARD:
+            yield from self._write()
+
+    def finish_bundle(self):
+        for index_row in self._write():
+            yield beam.transforms.window.GlobalWindows.windowed_value(index_row)
+
+    def _write(self):
+        if not self._paths:
+            return
+        name = f"features-{uuid.uuid4().hex[:16]}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(self._features).astype(np.float32))
+        temporary = _join(self._folder, f".{name}.partial")
+        with FileSystems.create(temporary) as handle:
+            handle.write(buffer.getvalue())
+        FileSystems.rename([temporary], [_join(self._folder, name)])
+        paths, self._paths, self._features = self._paths, [], []
+        for row, path in enumerate(paths):
+            yield path, name, row
+
+
+# === The job ===
+
+
+def resolve_export(model):
+    """--model on Beam: an export version folder, or a local export base (its highest
+    version), whose signatures are read from saved_model.pb without loading it."""
+    from tensorflow.python.saved_model import loader_impl
+
+    model = str(model)
+    if "://" not in model:
+        from alexnet_keras.evaluation import resolve_model_path
+
+        path = resolve_model_path(model)
+        if not path.is_dir():
+            raise UsageError(f"--runner answers through an export (export/export_model.py): "
+                             f"{path} is a Keras model file")
+        model = str(path)
+    try:
+        saved_model = loader_impl.parse_saved_model(model)
+    except OSError as error:
+        raise UsageError(f"--model {model} is not an export version folder: {error}") from None
+    return model, set(saved_model.meta_graphs[0].signature_def)
+
+
+def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrite):
+    """A finished output is never overwritten unless asked, as in the local command; when
+    asked, its old shards go first (the new run may write fewer)."""
+    old = [metadata.path for result in FileSystems.match(
+        [f"{output_prefix}-*-of-*{output_suffix}"]) for metadata in result.metadata_list]
+    index = _join(features_dir, prediction.FEATURES_INDEX) if features_dir else None
+    if index and FileSystems.exists(index):
+        old += [index] + [metadata.path for metadata in FileSystems.match(
+            [_join(features_dir, "features-*.npy")])[0].metadata_list]
+    if old and not overwrite:
+        raise UsageError(f"{old[0]} exists: a finished output is not overwritten (remove it, "
+                         f"choose another --output or --features_dir, or pass --overwrite)")
+    if old:
+        FileSystems.delete(old)
+
+
+def run(beam_args, model, output, inputs, batch_size=64, top_k=prediction.DEFAULT_TOP_K,
+        splits=("train", "validation"), features_dir=None, overwrite=False, log=print):
+    """Runs the job on the runner `beam_args` name and waits for it. -> {counter: value}."""
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
+    if top_k < 1:
+        raise UsageError(f"--top_k must be >= 1, got {top_k}")
+    output = str(output)
+    suffix = next((suffix for suffix in prediction.RowsOutput.FORMATS
+                   if output.lower().endswith(suffix)), None)
+    if suffix is None:
+        raise UsageError(f"--output {output} must end in .jsonl or .csv")
+    prefix, suffix = output[:-len(suffix)], output[-len(suffix):]
+    export_dir, signatures = resolve_export(model)
+    signature = prediction.FEATURES_SIGNATURE if features_dir else serving.SERVING_DEFAULT
+    if signature not in signatures:
+        raise UsageError(f"{export_dir} has no {signature} signature: export the model again "
+                         f"with export/export_model.py")
+    with tf.io.gfile.GFile(_join(export_dir, f"assets/{ExportBase.LABELS_ASSET}")) as handle:
+        labels = handle.read().splitlines()
+    plan = plan_inputs(inputs, labels, splits)
+    remove_previous_outputs(prefix, suffix, features_dir, overwrite)
+    handler = ExportModelHandler(export_dir, batch_size, top_k, features_dir is not None)
+    try:
+        options = PipelineOptions(beam_args)
+    except ValueError as error:
+        raise UsageError(f"Beam pipeline options: {error}") from None
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, plan, handler, labels, prefix, suffix, features_dir, top_k)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return counters(result)
+
+
+def counters(result):
+    """Our counters of a finished job, as its runner reports them."""
+    found = dict.fromkeys(COUNTERS, 0)
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    for counter in query["counters"]:
+        if counter.key.metric.name in found:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            found[counter.key.metric.name] += value or 0
+    return found
+
+
+def describe(found, output):
+    """The lines the job ends with."""
+    return [f"{found[ANSWERED] + found[REFUSED]} images: {found[ANSWERED]} answered, "
+            f"{found[REFUSED]} could not be answered (their rows say why) -> {output}",
+            f"Beam counters ({NAMESPACE}): {ANSWERED} {found[ANSWERED]}, {REFUSED} "
+            f"{found[REFUSED]}, {BATCHES} {found[BATCHES]}, {MODELS_LOADED} "
+            f"{found[MODELS_LOADED]}"]
