@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_keras import beam_prediction, input_pipeline, prediction, serving
+from alexnet_keras import beam_prediction, prediction, serving
 from alexnet_keras_cli import predict
 from alexnet_keras_cli.layout import Feature
 from commands import run_main
@@ -21,34 +21,13 @@ from test_serving import LABELS, encoded, save_model
 BATCH_SIZE = 3
 
 
-def export_with_features(model_file, version_dir):
-    """An export of `model_file` as export_model writes it, plus the `features` signature
-    (fc7 beside serving_default's outputs) that the features path asks for."""
-    model = keras.models.load_model(model_file)
-    archive, functions = serving.build_export_archive(model, LABELS)
-    fc7_model = keras.Model(model.inputs, model.get_layer(prediction.FC7).output)
-    archive.track(fc7_model)
-    size = input_pipeline.CROP_SIZE
-
-    def features(image_bytes):
-        images = tf.map_fn(
-            lambda one: input_pipeline.preprocess_for_eval(
-                serving.checked_image_bytes(one, functions.max_pixels)),
-            image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
-        outputs = functions.predict_image_bytes(image_bytes)
-        return {**outputs, prediction.FC7: tf.cast(fc7_model(images, training=False),
-                                                   tf.float32)}
-
-    archive.add_endpoint(prediction.FEATURES_SIGNATURE, features, input_signature=[
-        tf.TensorSpec((None,), tf.string, name=serving.IMAGE_BYTES)])
-    archive.write_out(str(version_dir), verbose=False)
-    return version_dir
-
-
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
+    """The export TF Serving gets: export_model's, with its serving_default and features
+    signatures."""
     folder = tmp_path_factory.mktemp("beam_export")
-    return export_with_features(save_model(folder / "alexnet.keras"), folder / "exports" / "1")
+    model = keras.models.load_model(save_model(folder / "alexnet.keras"))
+    return serving.export_model(model, folder / "exports", LABELS, log=lambda message: None)
 
 
 @pytest.fixture(scope="module")
