@@ -361,10 +361,10 @@ def test_a_journal_of_other_settings_is_not_mixed_in(model_file, labels_file, co
 
 @pytest.fixture(scope="module")
 def many_images(collection, tmp_path_factory):
-    """200 small images (copies of the collection's good ones under other names)."""
+    """120 small images (copies of the collection's good ones under other names)."""
     folder = tmp_path_factory.mktemp("many")
     sources = sorted(collection.glob("*/*_0*.jpg"))
-    for index in range(200):
+    for index in range(120):
         source = sources[index % len(sources)]
         target = folder / source.parent.name / f"{index:04d}.jpg"
         target.parent.mkdir(exist_ok=True)
@@ -388,25 +388,33 @@ def wait_for_rows(journal, count, process, timeout=180):
     raise AssertionError(f"{journal} did not reach {count} rows")
 
 
-@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
-def test_a_stopped_run_resumes_with_every_image_once(stop, python, repo_root, model_file,
+def stop(process, journal, rows, signal_number):
+    """Sends `signal_number` once the journal holds `rows` rows; -> the rows it then holds,
+    after the process ended, and its standard error."""
+    wait_for_rows(journal, rows, process)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=120)
+    return journal.read_bytes().count(b"\n"), stderr
+
+
+def test_a_stopped_run_resumes_with_every_image_once(python, repo_root, model_file,
                                                      labels_file, many_images, tmp_path):
+    """SIGTERM (143), then kill -9 of the rerun, then a rerun that finishes: every image
+    once, the output never under its name before the end, the features row for row."""
     output = tmp_path / "rows.jsonl"
     arguments = ["--model", model_file, "--labels", labels_file, "--output", output,
-                 "--batch_size", 2, "--features_dir", tmp_path / "features", many_images]
-    process = start_predict(python, repo_root, *arguments)
+                 "--batch_size", 4, "--features_dir", tmp_path / "features", many_images]
     journal = tmp_path / f".{output.name}.partial"
-    wait_for_rows(journal, 20, process)
-    process.send_signal(signal.SIGKILL if stop == "kill -9" else signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    if stop == "SIGTERM":
-        assert process.returncode == 143, stderr
-        assert "SIGTERM: stopped with" in stderr and "rerun the same command" in stderr
-    else:
-        assert process.returncode == -signal.SIGKILL
+
+    done, stderr = stop(start_predict(python, repo_root, *arguments), journal, 20,
+                        signal.SIGTERM)
+    assert "SIGTERM: stopped with" in stderr and "rerun the same command" in stderr, stderr
     assert not output.exists()  # never half an output under its name
-    done_before = journal.read_bytes().count(b"\n")
-    assert 20 <= done_before < 200
+    process = start_predict(python, repo_root, *arguments)
+    done_before, _ = stop(process, journal, done + 20, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert not output.exists()
+    assert done + 20 <= done_before < len(list(many_images.glob("*/*.jpg")))
 
     rerun = subprocess.run([python, "predict.py", "--no_progress", *map(str, arguments)],
                            cwd=repo_root, capture_output=True, text=True, timeout=600)
@@ -415,16 +423,16 @@ def test_a_stopped_run_resumes_with_every_image_once(stop, python, repo_root, mo
     rows = read_rows(output)
     paths = [row["path"] for row in rows]
     assert sorted(paths) == sorted(str(path) for path in many_images.glob("*/*.jpg"))
-    assert len(set(paths)) == len(paths) == 200
+    assert len(set(paths)) == len(paths)
     assert not journal.exists()
-    # The features of the resumed run are those of an uninterrupted one, row for row.
+    # The features of the resumed runs are those of an uninterrupted one, row for row.
     with open(tmp_path / "features" / prediction.FEATURES_INDEX, newline="") as handle:
         index = list(csv.DictReader(handle))
     assert [entry["path"] for entry in index] == paths
     features = np.load(tmp_path / "features" / "features-00000.npy")
     model = keras.models.load_model(model_file)
     fc7 = keras.Model(model.inputs, model.get_layer("fc7").output)
-    check = [0, done_before - 1, done_before, 199]
+    check = [0, done - 1, done, done_before - 1, done_before, len(paths) - 1]
     pixels = tf.stack([alexnet_keras.preprocess_for_eval(tf.io.read_file(paths[row]))
                        for row in check])
     np.testing.assert_allclose(features[check], fc7(pixels, training=False).numpy(),
