@@ -693,6 +693,11 @@ def predict(sources, predictor, output, batch_size=64, top_k=DEFAULT_TOP_K, feat
         raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
     if top_k < 1:
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
+    for flag, folder in (("--output", output), ("--features_dir", features_dir),
+                         ("--explain", explain_dir)):
+        if folder is not None and re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", str(folder)):
+            raise UsageError(f"{flag} {folder}: the local command writes to a local path "
+                             f"(the job on Beam, --runner, writes where its runner can)")
     if explain_dir is not None and not predictor.decodes_images:
         raise UsageError("--explain needs a .keras model or a run folder: an export holds no "
                          "gradients")

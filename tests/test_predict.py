@@ -324,6 +324,7 @@ def test_a_finished_output_is_not_overwritten(keras_rows, model_file, labels_fil
     (["--output", "{tmp}/x.jsonl", "{tmp}/nothing"], "does not exist"),
     (["--output", "{tmp}/x.jsonl", "--top_k", "0", "{images}"], "--top_k must be >= 1"),
     (["--output", "{tmp}/x.jsonl", "--batch_size", "0", "{images}"], "--batch_size must be"),
+    (["--output", "gs://bucket/x.jsonl", "{images}"], "writes to a local path"),
 ])
 def test_bad_usage_is_one_error_line(arguments, message, model_file, labels_file, collection,
                                      tmp_path):
