@@ -41,7 +41,9 @@ WORKDIR /app
 # === Training, evaluation, export (the default target) ===
 FROM base AS train
 COPY requirements.txt requirements-cuda.txt ./
-RUN uv pip install --no-deps -r requirements.txt -r requirements-cuda.txt \
+# --compile-bytecode: user 1000 cannot write .pyc files into the system's site-packages, so
+# without them every container start would compile TensorFlow's Python again (seconds).
+RUN uv pip install --no-deps --compile-bytecode -r requirements.txt -r requirements-cuda.txt \
     && uv pip check
 COPY --chown=alexnet:alexnet . .
 # The install's build/ and *.egg-info are by-products owned by root: removed.
@@ -71,7 +73,7 @@ FROM base AS validate
 ARG NATIVE_PACKAGES
 COPY --from=validate-wheels /wheels /tmp/wheels
 COPY requirements-validate.txt ./
-RUN uv pip install --no-deps --find-links /tmp/wheels \
+RUN uv pip install --no-deps --compile-bytecode --find-links /tmp/wheels \
         --only-binary "${NATIVE_PACKAGES}" -r requirements-validate.txt \
     && uv pip check \
     && rm -rf /tmp/wheels

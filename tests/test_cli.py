@@ -16,7 +16,7 @@ import alexnet_keras_cli
 from alexnet_keras import build_alexnet
 
 SCRIPTS = ["train.py", "evaluate.py", "data/build_tfrecords.py", "data/make_synthetic.py",
-           "export/export_model.py", "predict.py", "export/client.py",
+           "export/export_model.py", "predict.py", "export/predict.py", "export/client.py",
            "import_weights.py"]
 
 
