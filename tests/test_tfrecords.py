@@ -568,12 +568,17 @@ def test_a_killed_worker_fails_the_conversion_with_a_message(tmp_path, python, r
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group, to end it and its workers if hung
     deadline = time.monotonic() + 120
-    workers = []
-    while time.monotonic() < deadline and process.poll() is None and not workers:
+    # A worker is a fork seen twice, 50 ms apart: a helper program the converter starts
+    # (ldconfig and the like) is a fork with its command line too, for the instant before it
+    # runs the program.
+    seen, worker = set(), None
+    while time.monotonic() < deadline and process.poll() is None and worker is None:
         workers = forked_workers(process.pid)
-        time.sleep(0.01)
-    assert workers, "no worker process started"
-    os.kill(workers[0], signal.SIGKILL)
+        worker = next((child for child in workers if child in seen), None)
+        seen = set(workers)
+        time.sleep(0.05)
+    assert worker is not None, "no worker process started"
+    os.kill(worker, signal.SIGKILL)
     try:
         _, stderr = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
