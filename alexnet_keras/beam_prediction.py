@@ -119,11 +119,11 @@ class ReadImage(beam.DoFn):
     """A matched file -> an Image, or the error row of a file that cannot be read."""
 
     def __init__(self, labels):
-        self._labels = list(labels)
+        self._classes = frozenset(labels)
 
     def process(self, readable_file):
         path = readable_file.metadata.path
-        true_label = prediction.true_label_for(path, self._labels)
+        true_label = prediction.true_label_for(path, self._classes)
         try:
             yield Image(path, true_label, readable_file.read())
         except OSError as error:
@@ -163,10 +163,6 @@ class Plan(NamedTuple):
     unreadable: list
 
 
-def _join(folder, name):
-    return folder.rstrip("/") + "/" + name
-
-
 def plan_inputs(inputs, labels, splits):
     """The launcher's look at INPUT: as the local command, image files, folders (searched
     recursively) and records folders (recognised by their dataset.json), through Beam's
@@ -174,24 +170,25 @@ def plan_inputs(inputs, labels, splits):
     here; the workers match and read the rest."""
     patterns, records, unreadable = [], [], []
     for item in map(str, inputs):
-        if FileSystems.exists(_join(item, DataDir.DATASET)):
-            shard_patterns = [_join(item, DataDir.shard_glob(split)) for split in splits]
+        if FileSystems.exists(prediction.join_path(item, DataDir.DATASET)):
+            shard_patterns = [prediction.join_path(item, DataDir.shard_glob(split)) for split in splits]
             if not any(result.metadata_list
                        for result in FileSystems.match(shard_patterns)):
                 raise UsageError(f"records folder {item} has no shards of {', '.join(splits)}")
-            with FileSystems.open(_join(item, DataDir.LABELS)) as handle:
+            with FileSystems.open(prediction.join_path(item, DataDir.LABELS)) as handle:
                 class_names = handle.read().decode().splitlines()
             records.append((shard_patterns, class_names))
         elif _is_file(item):
             patterns.append((item, None))
-        elif FileSystems.match([_join(item, "**")])[0].metadata_list:
-            patterns.append((_join(item, "**"), item))
+        elif FileSystems.match([prediction.join_path(item, "**")])[0].metadata_list:
+            patterns.append((prediction.join_path(item, "**"), item))
         elif _is_local_symlink(item):  # dangling: the local command gives it an error row
             try:
                 open(item, "rb").close()
             except OSError as error:
-                unreadable.append(prediction.error_row(
-                    item, read_error_message(error), prediction.true_label_for(item, labels)))
+                true_label = prediction.true_label_for(item, frozenset(labels))
+                unreadable.append(prediction.error_row(item, read_error_message(error),
+                                                       true_label))
             else:  # its target appeared since
                 patterns.append((item, None))
         else:
@@ -205,7 +202,7 @@ def _is_file(path):
 
 
 def _is_local_symlink(path):
-    return "://" not in path and pathlib.Path(path).is_symlink()
+    return not prediction.is_remote(path) and pathlib.Path(path).is_symlink()
 
 
 def build(pipeline, plan, handler, labels, output_prefix, output_suffix, features_dir=None,
@@ -250,7 +247,7 @@ def build(pipeline, plan, handler, labels, output_prefix, output_suffix, feature
                  | "Feature shards" >> beam.ParDo(WriteFeatureShards(features_dir)))
         (index | "Index lines" >> beam.Map(_csv_text)
          | "Write index" >> beam.io.WriteToText(
-             _join(features_dir, prediction.FEATURES_INDEX), shard_name_template="",
+             prediction.join_path(features_dir, prediction.FEATURES_INDEX), shard_name_template="",
              num_shards=1, header="path,file,row"))
 
 
@@ -299,10 +296,10 @@ class WriteFeatureShards(beam.DoFn):
         name = f"features-{uuid.uuid4().hex[:16]}.npy"
         buffer = io.BytesIO()
         np.save(buffer, np.stack(self._features).astype(np.float32))
-        temporary = _join(self._folder, f".{name}.partial")
+        temporary = prediction.join_path(self._folder, f".{name}.partial")
         with FileSystems.create(temporary) as handle:
             handle.write(buffer.getvalue())
-        FileSystems.rename([temporary], [_join(self._folder, name)])
+        FileSystems.rename([temporary], [prediction.join_path(self._folder, name)])
         paths, self._paths, self._features = self._paths, [], []
         for row, path in enumerate(paths):
             yield path, name, row
@@ -317,7 +314,7 @@ def resolve_export(model):
     from tensorflow.python.saved_model import loader_impl
 
     model = str(model)
-    if "://" not in model:
+    if not prediction.is_remote(model):
         from alexnet_keras.evaluation import resolve_model_path
 
         path = resolve_model_path(model)
@@ -337,10 +334,10 @@ def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrit
     asked, its old shards go first (the new run may write fewer)."""
     old = [metadata.path for result in FileSystems.match(
         [f"{output_prefix}-*-of-*{output_suffix}"]) for metadata in result.metadata_list]
-    index = _join(features_dir, prediction.FEATURES_INDEX) if features_dir else None
+    index = prediction.join_path(features_dir, prediction.FEATURES_INDEX) if features_dir else None
     if index and FileSystems.exists(index):
         old += [index] + [metadata.path for metadata in FileSystems.match(
-            [_join(features_dir, "features-*.npy")])[0].metadata_list]
+            [prediction.join_path(features_dir, "features-*.npy")])[0].metadata_list]
     if old and not overwrite:
         raise UsageError(f"{old[0]} exists: a finished output is not overwritten (remove it, "
                          f"choose another --output or --features_dir, or pass --overwrite)")
@@ -366,7 +363,7 @@ def run(beam_args, model, output, inputs, batch_size=64, top_k=prediction.DEFAUL
     if signature not in signatures:
         raise UsageError(f"{export_dir} has no {signature} signature: export the model again "
                          f"with export/export_model.py")
-    with tf.io.gfile.GFile(_join(export_dir, f"assets/{ExportBase.LABELS_ASSET}")) as handle:
+    with tf.io.gfile.GFile(prediction.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")) as handle:
         labels = handle.read().splitlines()
     plan = plan_inputs(inputs, labels, splits)
     remove_previous_outputs(prefix, suffix, features_dir, overwrite)

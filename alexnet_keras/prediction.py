@@ -34,13 +34,13 @@ from alexnet_keras_cli.errors import Preempted, UsageError
 from alexnet_keras_cli.files import replaced_atomically
 from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
 
-ROW_FIELDS = ("path", "labels", "scores", "true_label", "error")
 DEFAULT_TOP_K = 5
 FC7 = serving.FC7
 FEATURES_SIGNATURE = serving.FEATURES
-RECORD_SEPARATOR = "#"
+RECORD_SEPARATOR = "#"  # a record's row path: <shard path>#<the source file it was made from>
 IMAGES_IN_FLIGHT = max(4, 2 * (os.cpu_count() or 1))  # decoded in parallel
-BATCHES_AHEAD = 2  # decoded batches waiting for the model  # a record's row path: <shard path>#<the source file it was made from>
+BATCHES_AHEAD = 2  # decoded batches waiting for the model
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # gs://, s3://, ...
 
 
 # === Rows ===
@@ -101,13 +101,18 @@ def is_image_name(name):
         IMAGE_EXTENSIONS
 
 
-def true_label_for(path, labels):
-    """The image's folder name when it is one of the model's classes (`IN/<class>/x.jpg`,
-    `IN/<split>/<class>/x.jpg`), else None."""
+def true_label_for(path, classes):
+    """The image's folder name when it is one of the model's `classes` (a set: called per
+    file) as in `IN/<class>/x.jpg` or `IN/<split>/<class>/x.jpg`, else None."""
     parts = str(path).replace("\\", "/").rstrip("/").split("/")
     if len(parts) < 2:
         return None
-    return parts[-2] if parts[-2] in set(labels) else None
+    return parts[-2] if parts[-2] in classes else None
+
+
+def is_remote(path):
+    """Whether `path` names a file system by its scheme (gs://...) rather than a local path."""
+    return bool(_SCHEME.match(str(path)))
 
 
 @dataclasses.dataclass
@@ -133,7 +138,8 @@ class Records:
         return self.examples
 
 
-def _join(folder, name):
+def join_path(folder, name):
+    """`folder/name` for local and gs://-style folders alike (pathlib would mangle gs://)."""
     return folder.rstrip("/") + "/" + name
 
 
@@ -143,7 +149,7 @@ def _image_files_under(folder):
     for root, directories, files in tf.io.gfile.walk(folder):
         directories[:] = sorted(d.rstrip("/") for d in directories
                                 if not d.startswith("."))
-        found += [_join(root, name) for name in sorted(files) if is_image_name(name)]
+        found += [join_path(root, name) for name in sorted(files) if is_image_name(name)]
     return found
 
 
@@ -154,7 +160,7 @@ def list_inputs(inputs, splits=("train", "validation")):
     for item in inputs:
         item = str(item)
         if tf.io.gfile.isdir(item):
-            if tf.io.gfile.exists(_join(item, DataDir.DATASET)):
+            if tf.io.gfile.exists(join_path(item, DataDir.DATASET)):
                 sources.append(_records(item, splits))
             else:
                 files = _image_files_under(item)
@@ -181,15 +187,15 @@ def _merged(sources):
 
 def _records(data_dir, splits):
     # Through tf.io.gfile rather than DataDir's pathlib paths: the folder may be gs://...
-    info = json.loads(_read_text(_join(data_dir, DataDir.DATASET)))
+    info = json.loads(_read_text(join_path(data_dir, DataDir.DATASET)))
     shards = []
     for split in splits:
-        shards += sorted(tf.io.gfile.glob(_join(data_dir, DataDir.shard_glob(split))))
+        shards += sorted(tf.io.gfile.glob(join_path(data_dir, DataDir.shard_glob(split))))
     if not shards:
         raise UsageError(f"records folder {data_dir} has no shards of {', '.join(splits)}")
     counts = info.get("num_examples", {})
     examples = sum(int(counts.get(split, 0)) for split in splits)
-    class_names = _read_text(_join(data_dir, DataDir.LABELS)).splitlines()
+    class_names = _read_text(join_path(data_dir, DataDir.LABELS)).splitlines()
     return Records(str(data_dir), shards, class_names, examples)
 
 
@@ -258,7 +264,7 @@ class ExportPredictor:
                              f"with export/export_model.py")
         self._signature = self._loaded.signatures[name]
         # Through tf.io.gfile: a Beam worker loads the export from gs://... as well.
-        self.labels = _read_text(_join(str(export_dir), f"assets/{ExportBase.LABELS_ASSET}")
+        self.labels = _read_text(join_path(str(export_dir), f"assets/{ExportBase.LABELS_ASSET}")
                                  ).splitlines()
         self.fc7_width = (self._signature.structured_outputs[FC7].shape[-1] if features
                           else None)
@@ -306,7 +312,8 @@ def load_predictor(model_path, labels_path=None, max_pixels=serving.DEFAULT_MAX_
 
 
 def _file_elements(paths, labels):
-    true_labels = [true_label_for(path, labels) or "" for path in paths]
+    classes = frozenset(labels)
+    true_labels = [true_label_for(path, classes) or "" for path in paths]
     return tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths, tf.string), tf.constant(true_labels, tf.string),
          tf.constant(paths, tf.string), tf.constant([""] * len(paths), tf.string)))
@@ -644,7 +651,7 @@ class FeatureShards:
 def explanation_path(folder, path):
     """Where the heatmap of the image at `path` goes: its path under `folder`, made relative
     (no scheme, no leading /, no ..), with .png added."""
-    relative = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", path).replace(RECORD_SEPARATOR, "/")
+    relative = _SCHEME.sub("", path).replace(RECORD_SEPARATOR, "/")
     parts = [part for part in relative.split("/") if part not in ("", ".", "..")]
     return pathlib.Path(folder, *parts).with_name(parts[-1] + ".png")
 
@@ -695,7 +702,7 @@ def predict(sources, predictor, output, batch_size=64, top_k=DEFAULT_TOP_K, feat
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
     for flag, folder in (("--output", output), ("--features_dir", features_dir),
                          ("--explain", explain_dir)):
-        if folder is not None and re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", str(folder)):
+        if folder is not None and is_remote(folder):
             raise UsageError(f"{flag} {folder}: the local command writes to a local path "
                              f"(the job on Beam, --runner, writes where its runner can)")
     if explain_dir is not None and not predictor.decodes_images:
