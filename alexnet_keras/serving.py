@@ -243,32 +243,27 @@ class ServingFunctions:
 
     def predict_features(self, image_bytes):
         """string [batch] of encoded images -> the outputs dict and fc7."""
-        images = tf.debugging.check_numerics(self._decode(image_bytes),
-                                             "pixel values must be finite")
-        fc7_width = self.features_model.outputs[1].shape[-1]
-
-        def network():
-            logits, fc7 = self.features_model(images, training=False)
-            return tf.cast(logits, tf.float32), tf.cast(fc7, tf.float32)
-
-        # The empty-batch guard of predict_pixels, for the same reason.
-        logits, fc7 = tf.cond(
-            tf.shape(images)[0] > 0, network,
-            lambda: (tf.zeros((0, self.model.output.shape[-1]), tf.float32),
-                     tf.zeros((0, fc7_width), tf.float32)))
+        logits, fc7 = self._network(self._decode(image_bytes), with_fc7=True)
         return {**self._answer(logits), FC7: fc7}
 
     def predict_pixels(self, images):
         """float32 [batch, 227, 227, 3] RGB pixels in [0, 255] -> the outputs dict."""
+        (logits,) = self._network(images)
+        return self._answer(logits)
+
+    def _network(self, images, with_fc7=False):
+        """Pixels -> [logits] (and fc7), float32, from one pass of the network."""
         images = tf.debugging.check_numerics(images, "pixel values must be finite")
-        num_classes = self.model.output.shape[-1]
+        network = self.features_model if with_fc7 else self.model
+
+        def run():
+            return [tf.cast(output, tf.float32)
+                    for output in tf.nest.flatten(network(images, training=False))]
+
         # An empty batch skips the model: oneDNN's convolution returns its input's shape for
         # an empty batch on some CPUs (AVX-512 Xeons), which breaks the next layer.
-        logits = tf.cond(
-            tf.shape(images)[0] > 0,
-            lambda: tf.cast(self.model(images, training=False), tf.float32),
-            lambda: tf.zeros((0, num_classes), tf.float32))
-        return self._answer(logits)
+        return tf.cond(tf.shape(images)[0] > 0, run, lambda: [
+            tf.zeros((0, output.shape[-1]), tf.float32) for output in network.outputs])
 
     def _decode(self, image_bytes):
         """string [batch] -> float32 [batch, 227, 227, 3], checked, decoded, preprocessed."""
