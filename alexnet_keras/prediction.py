@@ -496,23 +496,29 @@ class RowsOutput:
 
     def _resume(self, settings):
         """Reads the journal a killed run left: its complete rows stay, a row cut by the
-        kill goes. -> (rows, paths of the answered rows in order, resumed)."""
+        kill goes. -> (paths with a row, paths of the answered rows in order, resumed)."""
         previous = (json.loads(self.settings_path.read_text())
                     if self.settings_path.exists() else None)
-        self._journal.seek(0)
-        data = self._journal.read()
-        if previous is not None and previous != settings and data:
+        self._journal.seek(0, 2)
+        if previous is not None and previous != settings and self._journal.tell():
             raise UsageError(
                 f"{self.journal_path} holds the rows of an unfinished run with other settings "
                 f"({_differences(previous, settings)}): rerun it as it was to finish it, or "
                 f"remove {self.journal_path} to start again")
-        complete = data[:data.rfind(b"\n") + 1]
-        self._journal.truncate(len(complete))
+        done, answered, complete = set(), [], 0  # `complete`: bytes of whole rows
+        self._journal.seek(0)
+        for line in self._journal:  # one row at a time: the journal may hold millions
+            if not line.endswith(b"\n"):
+                break  # cut by the kill
+            row = json.loads(line)
+            done.add(row["path"])
+            if row["error"] is None:
+                answered.append(row["path"])
+            complete += len(line)
+        self._journal.truncate(complete)
         self._journal.seek(0, 2)
         self.settings_path.write_text(json.dumps(settings, indent=2))
-        rows = [json.loads(line) for line in complete.splitlines()]
-        return ({row["path"] for row in rows},
-                [row["path"] for row in rows if row["error"] is None], bool(rows))
+        return done, answered, bool(done)
 
     def add(self, rows):
         self._journal.write(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
