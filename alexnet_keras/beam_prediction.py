@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import prediction, serving
-from alexnet_keras_cli import beam_imported_quietly
-from alexnet_keras_cli.errors import UsageError
-from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.quiet import beam_imported_quietly
+from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 
 with beam_imported_quietly():
     import apache_beam as beam

@@ -15,8 +15,8 @@ import pathlib
 
 import numpy as np
 
-from alexnet_keras_cli import files
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base import files
+from alexnet_keras_base.errors import UsageError
 from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,

@@ -15,8 +15,8 @@ import os
 import pathlib
 import random
 
-from alexnet_keras_cli.errors import UsageError
-from alexnet_keras_cli.layout import DataDir
+from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.layout import DataDir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 SPLIT_NAMES = ("train", "validation")

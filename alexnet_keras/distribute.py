@@ -8,8 +8,8 @@ import re
 
 import tensorflow as tf
 
-from alexnet_keras_cli.errors import PeerLost, UsageError
-from alexnet_keras_cli.layout import RunDir
+from alexnet_keras_base.errors import PeerLost, UsageError
+from alexnet_keras_base.layout import RunDir
 
 COLLECTIVE_KEYS_PER_STRATEGY = 100_000
 

@@ -25,11 +25,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.gradcam import GradCam, overlay
-from alexnet_keras_cli.files import replaced_atomically, write_text_atomically
+from alexnet_keras_base.files import replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
-from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_base.errors import UsageError
 
 TOP_K = 5
 MOST_CONFUSED_PAIRS = 10

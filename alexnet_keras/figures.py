@@ -25,12 +25,12 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.evaluation import resolve_model_path
-from alexnet_keras_cli.files import process_alive, replaced_atomically, write_text_atomically
+from alexnet_keras_base.files import process_alive, replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.steps import weights_fingerprint
-from alexnet_keras_cli.layout import DataDir, Feature
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.layout import DataDir, Feature
+from alexnet_keras_base.errors import UsageError
 
 KERNELS_FILE = "conv1_kernels.png"
 NEIGHBOURS_FILE = "nearest_neighbours.png"

@@ -17,8 +17,8 @@ import zipfile
 
 import keras
 
-from alexnet_keras_cli.config import WEIGHT_LAYERS
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.config import WEIGHT_LAYERS
+from alexnet_keras_base.errors import UsageError
 from alexnet_keras.model import LRN_PAPER, PAPER_WIDTHS, mean_layer
 from alexnet_keras.serving import labels_for_model
 

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from alexnet_keras_cli.files import replaced_atomically
+from alexnet_keras_base.files import replaced_atomically
 
 HEATMAP_OPACITY = 0.45  # the colour map's share of each overlaid pixel
 CAPTION_FONT_SIZE = 14

@@ -4,9 +4,9 @@ line logged at each epoch end."""
 import csv
 import dataclasses
 
-from alexnet_keras_cli.files import replaced_atomically
+from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras.plots import pyplot, save_figure
-from alexnet_keras_cli.layout import RunDir
+from alexnet_keras_base.layout import RunDir
 
 
 

@@ -9,7 +9,7 @@ the serving signature.
 
 import tensorflow as tf
 
-from alexnet_keras_cli.layout import STORED_SIZE, DataDir, Feature
+from alexnet_keras_base.layout import STORED_SIZE, DataDir, Feature
 
 CROP_SIZE = 227  # the network's input
 PCA_NOISE_STD = 0.1  # alpha_i ~ N(0, 0.1) (paper section 4.1)

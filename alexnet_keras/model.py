@@ -7,7 +7,7 @@ dtype policy. Callers apply the softmax (the serving signature does).
 
 import keras
 
-from alexnet_keras_cli import config
+from alexnet_keras_base import config
 
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,

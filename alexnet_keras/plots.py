@@ -1,7 +1,7 @@
 """matplotlib without a display: its non-interactive backend, and figures saved whole or not
 at all."""
 
-from alexnet_keras_cli.files import replaced_atomically
+from alexnet_keras_base.files import replaced_atomically
 
 
 def pyplot():

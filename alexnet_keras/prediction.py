@@ -30,9 +30,9 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline, serving
 from alexnet_keras.discovery import IMAGE_EXTENSIONS
-from alexnet_keras_cli.errors import Preempted, UsageError
-from alexnet_keras_cli.files import replaced_atomically
-from alexnet_keras_cli.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.errors import Preempted, UsageError
+from alexnet_keras_base.files import replaced_atomically
+from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 
 DEFAULT_TOP_K = 5
 FC7 = serving.FC7

@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras_cli.files import process_alive
-from alexnet_keras_cli.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
-from alexnet_keras_cli.layout import DataDir, ExportBase, RunDir
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.files import process_alive
+from alexnet_keras_base.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_base.errors import UsageError
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"

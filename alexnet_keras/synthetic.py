@@ -11,8 +11,8 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from alexnet_keras_cli.files import replaced_atomically
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.files import replaced_atomically
+from alexnet_keras_base.errors import UsageError
 
 CLASS_NAMES = (
     "circle",

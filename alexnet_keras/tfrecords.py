@@ -21,12 +21,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from alexnet_keras_cli.errors import UsageError, WorkerDied
+from alexnet_keras_base.errors import UsageError, WorkerDied
 from alexnet_keras.discovery import SPLIT_NAMES, discover, plan_shards, read_class_names
-from alexnet_keras_cli.files import replaced_atomically, write_text_atomically
+from alexnet_keras_base.files import replaced_atomically, write_text_atomically
 from alexnet_keras.progress import progress_bar
-from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
-from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
+from alexnet_keras_base.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
 MIN_SHORTER_SIDE = 16
 ImageFile.LOAD_TRUNCATED_IMAGES = False

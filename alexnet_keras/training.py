@@ -23,16 +23,16 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import figures, finetune, history, input_pipeline
-from alexnet_keras_cli.errors import PeerLost, Preempted, TrainingDiverged, UsageError
-from alexnet_keras_cli.files import replaced_atomically
+from alexnet_keras_base.errors import PeerLost, Preempted, TrainingDiverged, UsageError
+from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
-from alexnet_keras_cli import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
-from alexnet_keras_cli.layout import DataDir, RunDir
+from alexnet_keras_base.quiet import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
+from alexnet_keras_base.layout import DataDir, RunDir
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.errors import UsageError
 
 try:  # numpy 2
     from numpy._core.multiarray import _reconstruct

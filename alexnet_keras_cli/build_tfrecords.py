@@ -27,8 +27,9 @@ import os
 import sys
 import time
 
-from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
-from alexnet_keras_cli.config import CONVERTER_MAX_PIXELS
+from alexnet_keras_cli import command, progress_bar_factory
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.config import CONVERTER_MAX_PIXELS
 
 
 def parse_args(argv=None):

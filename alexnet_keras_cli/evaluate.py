@@ -30,9 +30,10 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
-from alexnet_keras_cli.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
-from alexnet_keras_cli.layout import RunDir
+from alexnet_keras_cli import command, progress_bar_factory
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
+from alexnet_keras_base.layout import RunDir
 
 
 def parse_args(argv=None):

@@ -18,9 +18,10 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import command, import_tensorflow_quietly
-from alexnet_keras_cli.config import SERVING_MAX_PIXELS
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_cli import command
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.config import SERVING_MAX_PIXELS
+from alexnet_keras_base.errors import UsageError
 
 
 def parse_args(argv=None):

@@ -23,8 +23,9 @@ import math
 import sys
 import time
 
-from alexnet_keras_cli import command, import_tensorflow_quietly
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_cli import command
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.errors import UsageError
 
 def _bgr_mean(text):
     try:

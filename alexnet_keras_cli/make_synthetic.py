@@ -12,7 +12,8 @@ import argparse
 import sys
 import time
 
-from alexnet_keras_cli import command, import_tensorflow_quietly
+from alexnet_keras_cli import command
+from alexnet_keras_base.quiet import import_tensorflow_quietly
 
 
 @command()

@@ -42,9 +42,9 @@ import os
 import re
 import sys
 
-from alexnet_keras_cli import (beam_imported_quietly, command, import_tensorflow_quietly,
-                               native_stderr_without, progress_bar_factory)
-from alexnet_keras_cli.config import SERVING_MAX_PIXELS
+from alexnet_keras_cli import command, progress_bar_factory
+from alexnet_keras_base.quiet import beam_imported_quietly, import_tensorflow_quietly, native_stderr_without
+from alexnet_keras_base.config import SERVING_MAX_PIXELS
 
 SOME_FAILED = 4  # the exit status when the output is complete but some images failed
 # What TensorFlow's C++ code logs for each image it cannot read or decode, besides the error

@@ -24,16 +24,17 @@ import dataclasses
 import pathlib
 import sys
 
-from alexnet_keras_cli import command, import_tensorflow_quietly, progress_bar_factory
-from alexnet_keras_cli.config import (
+from alexnet_keras_cli import command, progress_bar_factory
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.config import (
     DEMO_DATASET_DIR,
     DEMO_MODEL_DIR,
     DEMO_RECORDS_DIR,
     PRESETS,
     Config,
 )
-from alexnet_keras_cli.errors import UsageError
-from alexnet_keras_cli.layout import DataDir
+from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.layout import DataDir
 
 
 def parse_args(argv=None):
@@ -125,14 +126,14 @@ def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     from alexnet_keras import training
-    from alexnet_keras_cli.config import print_config
+    from alexnet_keras_base.config import print_config
 
     config, data_dir, model_dir = resolve(args)
     print_config(config)
     progress = progress_bar_factory("step", enabled=not args.no_progress)
     devices = args.devices.split(",") if args.devices else None
     if args.require_validation:
-        from alexnet_keras_cli.validation_report import check_validated
+        from alexnet_keras_base.validation_report import check_validated
 
         check_validated(data_dir)
     training.train(config, data_dir, model_dir, devices=devices, progress=progress)

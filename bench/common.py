@@ -8,7 +8,7 @@ import time
 
 # The benchmarks run from a checkout: make `alexnet_keras` importable without installing.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# As the project's commands run TensorFlow (alexnet_keras_cli.import_tensorflow_quietly):
+# As the project's commands run TensorFlow (alexnet_keras_base.quiet.import_tensorflow_quietly):
 # its BFC allocator on the CPU. Read at TensorFlow's first allocation, so importing this
 # module before any op is enough; bench/allocator_speed.py compares both allocators.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import FullyConnected, training
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 
 
 def main():

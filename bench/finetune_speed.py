@@ -28,7 +28,7 @@ def main():
     import tensorflow as tf
 
     from alexnet_keras import finetune, steps, training
-    from alexnet_keras_cli.config import PRESETS
+    from alexnet_keras_base.config import PRESETS
 
     print(f"CPU: {cpu_name()}; width {args.width}, batch {args.batch}")
     config = PRESETS["paper"].replace(width_multiplier=args.width, global_batch_size=args.batch)

@@ -69,7 +69,7 @@ def main():
     args = parser.parse_args()
 
     from alexnet_keras import training
-    from alexnet_keras_cli.config import PRESETS
+    from alexnet_keras_base.config import PRESETS
 
     source_classes, target_classes = args.source_classes, args.target_classes
     work = args.work_dir or pathlib.Path(tempfile.mkdtemp(prefix="finetune-transfer-"))

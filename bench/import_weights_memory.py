@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from caffe_files import random_weights, write_caffemodel, write_npy
 
 FORMATS = {"caffemodel (layer)": "layer", "caffemodel (V1 layers)": "layers", "npy": "npy"}
-BASELINE = ("from alexnet_keras_cli import import_tensorflow_quietly; "
+BASELINE = ("from alexnet_keras_base.quiet import import_tensorflow_quietly; "
             "import_tensorflow_quietly(); import keras, alexnet_keras; "
             "from alexnet_keras import caffe_weights")
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import GroupedConv2D, steps, training
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 
 
 def layer_times(layer, batch_size, repeats, needs_input_gradient):

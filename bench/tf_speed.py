@@ -24,7 +24,7 @@ def training_speed(batch_size, repeats):
     import keras
 
     from alexnet_keras import steps, training
-    from alexnet_keras_cli.config import PRESETS
+    from alexnet_keras_base.config import PRESETS
 
     config = PRESETS["paper"].replace(global_batch_size=batch_size, learning_rate=1e-3)
     strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0"])

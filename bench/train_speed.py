@@ -27,7 +27,7 @@ import keras
 from common import print_results, synthetic_records  # also puts the checkout on sys.path
 from alexnet_keras import input_pipeline
 from alexnet_keras.steps import make_step_functions
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 from alexnet_keras.model import build_alexnet
 
 BATCH = 32

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from common import alternate, print_results, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import input_pipeline, steps, training
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 
 
 def keras_sgd(config, model):

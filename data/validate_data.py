@@ -38,18 +38,18 @@ import sys
 import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The checkout's alexnet_keras_cli (standard library only) holds the on-disk layout and the
+# The checkout's foundation, alexnet_keras_base (standard library only), holds the on-disk layout and the
 # report's contract; this environment does not install the project.
 sys.path.insert(0, REPO_ROOT)
 
 from alexnet_keras_cli import command as run_command
-from alexnet_keras_cli import import_tensorflow_quietly
-from alexnet_keras_cli import validation_report as report_lib
-from alexnet_keras_cli.errors import UsageError
-from alexnet_keras_cli.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base import validation_report as report_lib
+from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 DEFAULT_DRIFT_THRESHOLD = 0.1
 
-# The converter's contract, from alexnet_keras_cli, which (like the validation report there)
+# The converter's contract, from alexnet_keras_base, which (like the validation report there)
 # imports no TensorFlow: this environment has its own.
 LABEL, CLASS_TEXT, ENCODED = Feature.LABEL, Feature.CLASS_TEXT, Feature.ENCODED
 HEIGHT, WIDTH, FORMAT, FILENAME = Feature.HEIGHT, Feature.WIDTH, Feature.FORMAT, Feature.FILENAME

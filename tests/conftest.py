@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from alexnet_keras_cli import NO_GPU, import_tensorflow_quietly, native_stderr_without
+from alexnet_keras_base.quiet import NO_GPU, import_tensorflow_quietly, native_stderr_without
 
 # Quietly (and with TF_CPP_MIN_LOG_LEVEL 1 unless set): pytest-xdist's controlling process
 # loads this file too, outside pytest's capture. As the commands: TensorFlow with its BFC

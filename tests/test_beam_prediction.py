@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from alexnet_keras import beam_prediction, prediction, serving
 from alexnet_keras_cli import predict
-from alexnet_keras_cli.layout import Feature
+from alexnet_keras_base.layout import Feature
 from commands import run_main
 from test_serving import LABELS, encoded, save_model
 

@@ -12,7 +12,7 @@ import sysconfig
 import keras
 import pytest
 
-import alexnet_keras_cli
+import alexnet_keras_base.quiet
 from alexnet_keras import build_alexnet
 
 SCRIPTS = ["train.py", "evaluate.py", "data/build_tfrecords.py", "data/make_synthetic.py",
@@ -32,13 +32,15 @@ def test_help_answers_without_importing_tensorflow(script, python, repo_root):
     assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
 
 
-def test_the_config_and_the_folder_layouts_import_without_tensorflow(python, repo_root):
-    """Their one home must stay importable before TensorFlow (the commands' flags) and in the
-    validation environment (data/validate_data.py)."""
-    code = ("import sys, alexnet_keras_cli.config, alexnet_keras_cli.layout, "
-            "alexnet_keras_cli.validation_report; "
-            "print(sorted({name.split('.')[0] for name in sys.modules} & "
-            "{'tensorflow', 'keras', 'numpy', 'alexnet_keras'}))")
+def test_the_foundation_imports_without_tensorflow_or_the_commands(python, repo_root):
+    """The foundation's modules must stay importable before TensorFlow (the commands' flags)
+    and in the validation environment (data/validate_data.py), and stand below the commands."""
+    modules = sorted(path.stem for path in (repo_root / "alexnet_keras_base").glob("*.py"))
+    assert {"config", "layout", "errors", "files", "validation_report", "quiet"} <= set(modules)
+    code = ("import sys; "
+            + "".join(f"import alexnet_keras_base.{module}; " for module in modules)
+            + "print(sorted({name.split('.')[0] for name in sys.modules} & "
+            "{'tensorflow', 'keras', 'numpy', 'alexnet_keras', 'alexnet_keras_cli'}))")
     result = subprocess.run([python, "-c", code], cwd=repo_root, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -66,19 +68,19 @@ def test_the_start_up_filter_keeps_real_errors(capsys):
         "E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
         "E0000 00:00:1.0 1 some_kernel.cc:10] Out of memory while allocating 4 GiB\n"
     )
-    alexnet_keras_cli._replay(captured, no_gpu=True)
+    alexnet_keras_base.quiet._replay(captured, no_gpu=True)
     assert capsys.readouterr().err == (
         "no GPU found: running on the CPU\n"
         "E0000 00:00:1.0 1 some_kernel.cc:10] Out of memory while allocating 4 GiB\n")
     # With a GPU present, a failed cuInit is news and stays.
-    alexnet_keras_cli._replay(captured, no_gpu=False)
+    alexnet_keras_base.quiet._replay(captured, no_gpu=False)
     assert capsys.readouterr().err.count("failed call to cuInit") == 2
 
 
 ALLOCATOR_PROBE = """
 import json, os
-import alexnet_keras_cli
-tf = alexnet_keras_cli.import_tensorflow_quietly(find_devices=False)
+import alexnet_keras_base.quiet
+tf = alexnet_keras_base.quiet.import_tensorflow_quietly(find_devices=False)
 doubled = tf.ones((1000, 1000)) * 2
 try:
     statistics = tf.config.experimental.get_memory_info("CPU:0")
@@ -163,8 +165,8 @@ def test_the_wheel_installs_the_library_and_console_scripts_outside_the_checkout
 
 def test_every_config_field_is_a_train_flag_and_a_runs_config_json_reproduces_it(tmp_path):
     from alexnet_keras_cli import train as train_command
-    from alexnet_keras_cli.config import PRESETS, Config
-    from alexnet_keras_cli.errors import UsageError
+    from alexnet_keras_base.config import PRESETS, Config
+    from alexnet_keras_base.errors import UsageError
 
     config = PRESETS["demo"].replace(momentum=0.8, pca_noise_std=0.0, plateau_factor=0.5,
                                      xla=True, seed=7)

@@ -8,7 +8,7 @@ import re
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHITECTURE = "docs/architecture.md"
 # The folders whose every module the architecture page names, and the top-level scripts.
-MODULE_GLOBS = ("alexnet_keras/*.py", "alexnet_keras_cli/*.py", "data/*.py", "export/*.py",
+MODULE_GLOBS = ("alexnet_keras/*.py", "alexnet_keras_base/*.py", "alexnet_keras_cli/*.py", "data/*.py", "export/*.py",
                 "bench/*.py", "*.py")
 # A path to a source file, as the page writes one: `alexnet_keras/model.py`, `train.py`.
 SOURCE_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.(?:py|cc|sh))\b")

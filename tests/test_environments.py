@@ -33,7 +33,7 @@ def test_beam_runs_beside_tensorflow_with_the_pinned_protobuf(repo_root):
     from google import protobuf
     from tensorflow_serving.apis import predict_pb2
 
-    from alexnet_keras_cli import beam_imported_quietly
+    from alexnet_keras_base.quiet import beam_imported_quietly
 
     with beam_imported_quietly():
         import apache_beam

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, steps, training
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 from alexnet_keras.model import LRN_CAFFE
 from test_training import (fingerprint, kill_9_after_the_first_checkpoint, latest_checkpoint,
                            run_cluster, run_train)

@@ -14,7 +14,7 @@ from PIL import Image
 from alexnet_keras import build_alexnet, gradcam, input_pipeline, mean_layer
 from alexnet_keras.gradcam import GradCam, overlay, weighted_heatmaps, write_explanation
 from alexnet_keras.synthetic import CLASS_NAMES, draw_image_with_box
-from alexnet_keras_cli.layout import STORED_SIZE
+from alexnet_keras_base.layout import STORED_SIZE
 
 CROP = input_pipeline.CROP_SIZE
 CROP_OFFSET = (STORED_SIZE - CROP) // 2  # preprocess_for_eval's central crop

@@ -19,7 +19,7 @@ import tensorflow as tf
 import alexnet_keras
 from alexnet_keras import caffe_weights, serving
 from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.errors import UsageError
 from alexnet_keras.model import LRN_PAPER
 from alexnet_keras_cli import import_weights as import_weights_cli
 from alexnet_keras_cli import evaluate as evaluate_cli

@@ -24,7 +24,7 @@ from alexnet_keras import prediction, serving
 from alexnet_keras.synthetic import make_synthetic_dataset
 from alexnet_keras_cli import evaluate as evaluate_command
 from alexnet_keras_cli import predict as predict_command
-from alexnet_keras_cli.layout import DataDir
+from alexnet_keras_base.layout import DataDir
 from commands import run_main
 
 CLASSES = ("circle", "square", "star")  # the labels, in the model's class order

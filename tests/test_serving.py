@@ -23,7 +23,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import alexnet_keras
 from alexnet_keras import serving
 from alexnet_keras_cli import export_model
-from alexnet_keras_cli.layout import ExportBase
+from alexnet_keras_base.layout import ExportBase
 from commands import run_main
 from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
 

@@ -385,8 +385,8 @@ def test_no_validation_split_is_refused_by_the_converter(tmp_path):
 
 def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
     from alexnet_keras import evaluation, input_pipeline, serving, training
-    from alexnet_keras_cli.config import PRESETS
-    from alexnet_keras_cli.layout import RunDir
+    from alexnet_keras_base.config import PRESETS
+    from alexnet_keras_base.layout import RunDir
 
     truth = imagenet_like_folder(tmp_path / "in")
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")

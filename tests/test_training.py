@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import distribute, schedules, steps, training
-from alexnet_keras_cli.config import PRESETS
+from alexnet_keras_base.config import PRESETS
 
 # A small network and schedule that still has every layer of the paper's.
 TINY = PRESETS["demo"].replace(width_multiplier=0.125, epochs=2, global_batch_size=8,

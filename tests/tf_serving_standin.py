@@ -25,7 +25,7 @@ from tensorflow.core.framework import tensor_pb2
 SOURCE = pathlib.Path(__file__).with_name("serving_runner.cc")
 RUNNER = "serving_runner"  # the executable's name in build_runner's folder
 # TF Serving's process runs TensorFlow's default CPU allocator: not the commands' choice,
-# which the test processes make too (alexnet_keras_cli.import_tensorflow_quietly).
+# which the test processes make too (alexnet_keras_base.quiet.import_tensorflow_quietly).
 SERVING_ENVIRONMENT = {name: value for name, value in os.environ.items()
                        if name != "TF_CPU_ALLOCATOR_USE_BFC"}
 

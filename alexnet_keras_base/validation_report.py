@@ -2,7 +2,7 @@
 
 Standard library only. TensorFlow Data Validation lives in its own environment (it needs
 TensorFlow 2.16), so training never imports it: the JSON report it leaves beside the records
-is the contract. It lives in `alexnet_keras_cli`, which both environments import without
+is the contract. It lives in `alexnet_keras_base`, which both environments import without
 TensorFlow.
 """
 
@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 
-from alexnet_keras_cli.layout import DataDir
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.layout import DataDir
+from alexnet_keras_base.errors import UsageError
 
 TRAINING_SPLITS = ("train", "validation")
 COMMAND = ".venv-validate/bin/python data/validate_data.py"

@@ -14,8 +14,8 @@ import dataclasses
 import json
 import pathlib
 
-from alexnet_keras_cli.errors import UsageError
-from alexnet_keras_cli.files import write_text_atomically
+from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.files import write_text_atomically
 
 # The records hold each image's shorter side rescaled to 256 and its central 256x256 crop
 # (paper section 2), JPEG-encoded.

@@ -4,14 +4,14 @@
     python train.py                                              # the demo on synthetic data
 
 Every run prints its resolved config and writes it to `model_dir/config.json`. Standard
-library only, like the rest of `alexnet_keras_cli`: the commands build their flags from it
+library only, like the rest of `alexnet_keras_base`: the commands build their flags from it
 before they import TensorFlow.
 """
 
 import dataclasses
 import json
 
-from alexnet_keras_cli.errors import UsageError
+from alexnet_keras_base.errors import UsageError
 
 # Where train.py builds the embedded synthetic dataset and writes the demo run; evaluate.py
 # reads them by default.
