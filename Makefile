@@ -1,7 +1,8 @@
 # alexnet-keras: every environment is created from the pinned requirements files.
 #   make demo   builds .venv if missing, trains on the embedded dataset, evaluates, exports
 #               for TF Serving and answers the demo's image folder through the export
-#   make test   builds both environments if missing, runs `ruff check .` and the whole test suite
+#   make test   builds both environments if missing, runs `ruff check .`, `ruff format --check .`
+#               and the whole test suite
 #   make bench  runs the benchmark scripts
 #   make bench-peer  creates .venv-peer (PyTorch, optional) and times our AlexNet against it
 #   make lock   regenerates the exact pins from requirements*.in
@@ -47,6 +48,7 @@ demo-run:
 TEST_WORKERS ?= 3
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(RUFF) check .
+	$(RUFF) format --check .
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope
 	$(PY_VALIDATE) -m pytest tests_validate
 
@@ -54,6 +56,7 @@ test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 # (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.
 test-fast: $(VENV)/.installed
 	$(RUFF) check .
+	$(RUFF) format --check .
 	$(PY) -m pytest tests -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 bench: $(VENV)/.installed

@@ -7,6 +7,8 @@ need: `build_alexnet`, the layers, and `preprocess_for_eval` (image bytes -> the
 imported.
 """
 
+from alexnet_keras import input_pipeline
+from alexnet_keras.input_pipeline import preprocess_for_eval, ten_crop
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
     FullyConnected,
@@ -14,8 +16,6 @@ from alexnet_keras.layers import (
     LocalResponseNormalization,
     MeanSubtraction,
 )
-from alexnet_keras import input_pipeline
-from alexnet_keras.input_pipeline import preprocess_for_eval, ten_crop
 from alexnet_keras.model import build_alexnet, mean_layer
 
 __version__ = "0.1.0"

@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import prediction, serving
-from alexnet_keras_base.quiet import beam_imported_quietly
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.quiet import beam_imported_quietly
 
 with beam_imported_quietly():
     import apache_beam as beam
@@ -73,8 +73,7 @@ class ExportModelHandler(ModelHandler):
     between the worker's threads and bundles), `run_inference` on each batch of `Image`s ->
     one (row, fc7 or None) per image."""
 
-    def __init__(self, export_dir, batch_size=64, top_k=prediction.DEFAULT_TOP_K,
-                 features=False):
+    def __init__(self, export_dir, batch_size=64, top_k=prediction.DEFAULT_TOP_K, features=False):
         super().__init__()
         self._export_dir = str(export_dir)
         self._batch_size = int(batch_size)
@@ -92,12 +91,18 @@ class ExportModelHandler(ModelHandler):
             model.counted = True
         Metrics.counter(NAMESPACE, BATCHES).inc()
         answers = prediction.answer_encoded(model, [image.image_bytes for image in batch])
-        rows, fc7 = prediction.answer_rows(model, [image.path for image in batch],
-                                           [image.true_label for image in batch], answers,
-                                           self._top_k)
+        rows, fc7 = prediction.answer_rows(
+            model,
+            [image.path for image in batch],
+            [image.true_label for image in batch],
+            answers,
+            self._top_k,
+        )
         answered = iter(fc7 if fc7 is not None else ())
-        return [(row, next(answered) if row["error"] is None and fc7 is not None else None)
-                for row in rows]
+        return [
+            (row, next(answered) if row["error"] is None and fc7 is not None else None)
+            for row in rows
+        ]
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self._batch_size}
@@ -127,16 +132,18 @@ class ReadImage(beam.DoFn):
         try:
             yield Image(path, true_label, readable_file.read())
         except OSError as error:
-            yield beam.pvalue.TaggedOutput("unreadable", prediction.error_row(
-                path, read_error_message(error), true_label))
+            yield beam.pvalue.TaggedOutput(
+                "unreadable", prediction.error_row(path, read_error_message(error), true_label)
+            )
 
 
 def _is_answered_file(folder, path):
     """Whether a file under `folder` is one the local command answers: an image name, no
     hidden folder on the way."""
-    relative = path[len(folder):].lstrip("/")
+    relative = path[len(folder) :].lstrip("/")
     return prediction.is_image_name(path) and not any(
-        part.startswith(".") for part in relative.split("/")[:-1])
+        part.startswith(".") for part in relative.split("/")[:-1]
+    )
 
 
 def _record_image(class_names):
@@ -148,8 +155,11 @@ def _record_image(class_names):
         source = feature[Feature.FILENAME].bytes_list.value
         source = source[0].decode(errors="replace") if source else ""
         label = feature[Feature.LABEL].int64_list.value[0]
-        return Image(f"{filename}{prediction.RECORD_SEPARATOR}{source}", class_names[label],
-                     feature[Feature.ENCODED].bytes_list.value[0])
+        return Image(
+            f"{filename}{prediction.RECORD_SEPARATOR}{source}",
+            class_names[label],
+            feature[Feature.ENCODED].bytes_list.value[0],
+        )
 
     return parse
 
@@ -171,9 +181,10 @@ def plan_inputs(inputs, labels, splits):
     patterns, records, unreadable = [], [], []
     for item in map(str, inputs):
         if FileSystems.exists(prediction.join_path(item, DataDir.DATASET)):
-            shard_patterns = [prediction.join_path(item, DataDir.shard_glob(split)) for split in splits]
-            if not any(result.metadata_list
-                       for result in FileSystems.match(shard_patterns)):
+            shard_patterns = [
+                prediction.join_path(item, DataDir.shard_glob(split)) for split in splits
+            ]
+            if not any(result.metadata_list for result in FileSystems.match(shard_patterns)):
                 raise UsageError(f"records folder {item} has no shards of {', '.join(splits)}")
             with FileSystems.open(prediction.join_path(item, DataDir.LABELS)) as handle:
                 class_names = handle.read().decode().splitlines()
@@ -187,8 +198,7 @@ def plan_inputs(inputs, labels, splits):
                 open(item, "rb").close()
             except OSError as error:
                 true_label = prediction.true_label_for(item, frozenset(labels))
-                unreadable.append(prediction.error_row(item, read_error_message(error),
-                                                       true_label))
+                unreadable.append(prediction.error_row(item, read_error_message(error), true_label))
             else:  # its target appeared since
                 patterns.append((item, None))
         else:
@@ -205,50 +215,79 @@ def _is_local_symlink(path):
     return not prediction.is_remote(path) and pathlib.Path(path).is_symlink()
 
 
-def build(pipeline, plan, handler, labels, output_prefix, output_suffix, features_dir=None,
-          top_k=prediction.DEFAULT_TOP_K):
+def build(
+    pipeline,
+    plan,
+    handler,
+    labels,
+    output_prefix,
+    output_suffix,
+    features_dir=None,
+    top_k=prediction.DEFAULT_TOP_K,
+):
     """The job's transforms on `pipeline`: rows to OUT-SSSSS-of-NNNNN.SUFFIX, fc7 (when the
     handler answers it) to features_dir."""
     images, errors = [], []
     for index, (pattern, folder) in enumerate(plan.patterns):
-        matched = (pipeline | f"Match {index}" >> fileio.MatchFiles(pattern))
+        matched = pipeline | f"Match {index}" >> fileio.MatchFiles(pattern)
         if folder is not None:
             matched = matched | f"Images of {index}" >> beam.Filter(
-                lambda metadata, folder=folder: _is_answered_file(folder, metadata.path))
-        read = (matched | f"ReadMatches {index}" >> fileio.ReadMatches()
-                | f"Read {index}" >> beam.ParDo(ReadImage(labels)).with_outputs(
-                    "unreadable", main="images"))
+                lambda metadata, folder=folder: _is_answered_file(folder, metadata.path)
+            )
+        read = (
+            matched
+            | f"ReadMatches {index}" >> fileio.ReadMatches()
+            | f"Read {index}"
+            >> beam.ParDo(ReadImage(labels)).with_outputs("unreadable", main="images")
+        )
         images.append(read.images)
         errors.append(read.unreadable)
     for index, (shard_patterns, class_names) in enumerate(plan.records):
         images.append(
-            pipeline | f"Shards {index}" >> beam.Create(shard_patterns)
+            pipeline
+            | f"Shards {index}" >> beam.Create(shard_patterns)
             | f"ReadRecords {index}" >> ReadAllFromTFRecord(with_filename=True)
-            | f"Parse {index}" >> beam.Map(_record_image(class_names)))
+            | f"Parse {index}" >> beam.Map(_record_image(class_names))
+        )
     if plan.unreadable:
         errors.append(pipeline | "Unreadable inputs" >> beam.Create(plan.unreadable))
     if not images:
         images.append(pipeline | "No images" >> beam.Create([]))
 
-    answers = (tuple(images) | "Images" >> beam.Flatten()
-               | "RunInference" >> RunInference(handler))
-    rows = ((answers | "Rows" >> beam.Map(lambda answer: answer[0]),
-             *errors) | "All rows" >> beam.Flatten()
-            | "Count" >> beam.Map(_counted))
+    answers = tuple(images) | "Images" >> beam.Flatten() | "RunInference" >> RunInference(handler)
+    rows = (
+        (answers | "Rows" >> beam.Map(lambda answer: answer[0]), *errors)
+        | "All rows" >> beam.Flatten()
+        | "Count" >> beam.Map(_counted)
+    )
     if output_suffix.lower() == ".csv":
         lines = rows | "Format" >> beam.Map(_csv_line, top_k)
         header = ",".join(prediction.csv_header(top_k))
     else:
         lines, header = rows | "Format" >> beam.Map(json.dumps), None
-    lines | "Write" >> beam.io.WriteToText(output_prefix, file_name_suffix=output_suffix,
-                                           shard_name_template=SHARD_TEMPLATE, header=header)
+    lines | "Write" >> beam.io.WriteToText(
+        output_prefix,
+        file_name_suffix=output_suffix,
+        shard_name_template=SHARD_TEMPLATE,
+        header=header,
+    )
     if features_dir is not None:
-        index = (answers | "Answered" >> beam.Filter(lambda answer: answer[1] is not None)
-                 | "Feature shards" >> beam.ParDo(WriteFeatureShards(features_dir)))
-        (index | "Index lines" >> beam.Map(_csv_text)
-         | "Write index" >> beam.io.WriteToText(
-             prediction.join_path(features_dir, prediction.FEATURES_INDEX), shard_name_template="",
-             num_shards=1, header="path,file,row"))
+        index = (
+            answers
+            | "Answered" >> beam.Filter(lambda answer: answer[1] is not None)
+            | "Feature shards" >> beam.ParDo(WriteFeatureShards(features_dir))
+        )
+        (
+            index
+            | "Index lines" >> beam.Map(_csv_text)
+            | "Write index"
+            >> beam.io.WriteToText(
+                prediction.join_path(features_dir, prediction.FEATURES_INDEX),
+                shard_name_template="",
+                num_shards=1,
+                header="path,file,row",
+            )
+        )
 
 
 def _counted(row):
@@ -319,8 +358,10 @@ def resolve_export(model):
 
         path = resolve_model_path(model)
         if not path.is_dir():
-            raise UsageError(f"--runner answers through an export (export/export_model.py): "
-                             f"{path} is a Keras model file")
+            raise UsageError(
+                f"--runner answers through an export (export/export_model.py): "
+                f"{path} is a Keras model file"
+            )
         model = str(path)
     try:
         saved_model = loader_impl.parse_saved_model(model)
@@ -332,38 +373,63 @@ def resolve_export(model):
 def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrite):
     """A finished output is never overwritten unless asked, as in the local command; when
     asked, its old shards go first (the new run may write fewer)."""
-    old = [metadata.path for result in FileSystems.match(
-        [f"{output_prefix}-*-of-*{output_suffix}"]) for metadata in result.metadata_list]
+    old = [
+        metadata.path
+        for result in FileSystems.match([f"{output_prefix}-*-of-*{output_suffix}"])
+        for metadata in result.metadata_list
+    ]
     index = prediction.join_path(features_dir, prediction.FEATURES_INDEX) if features_dir else None
     if index and FileSystems.exists(index):
-        old += [index] + [metadata.path for metadata in FileSystems.match(
-            [prediction.join_path(features_dir, "features-*.npy")])[0].metadata_list]
+        old += [index] + [
+            metadata.path
+            for metadata in FileSystems.match(
+                [prediction.join_path(features_dir, "features-*.npy")]
+            )[0].metadata_list
+        ]
     if old and not overwrite:
-        raise UsageError(f"{old[0]} exists: a finished output is not overwritten (remove it, "
-                         f"choose another --output or --features_dir, or pass --overwrite)")
+        raise UsageError(
+            f"{old[0]} exists: a finished output is not overwritten (remove it, "
+            f"choose another --output or --features_dir, or pass --overwrite)"
+        )
     if old:
         FileSystems.delete(old)
 
 
-def run(beam_args, model, output, inputs, batch_size=64, top_k=prediction.DEFAULT_TOP_K,
-        splits=("train", "validation"), features_dir=None, overwrite=False, log=print):
+def run(
+    beam_args,
+    model,
+    output,
+    inputs,
+    batch_size=64,
+    top_k=prediction.DEFAULT_TOP_K,
+    splits=("train", "validation"),
+    features_dir=None,
+    overwrite=False,
+    log=print,
+):
     """Runs the job on the runner `beam_args` name and waits for it. -> {counter: value}."""
     if batch_size < 1:
         raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
     if top_k < 1:
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
     output = str(output)
-    suffix = next((suffix for suffix in prediction.RowsOutput.FORMATS
-                   if output.lower().endswith(suffix)), None)
+    suffix = next(
+        (suffix for suffix in prediction.RowsOutput.FORMATS if output.lower().endswith(suffix)),
+        None,
+    )
     if suffix is None:
         raise UsageError(f"--output {output} must end in .jsonl or .csv")
-    prefix, suffix = output[:-len(suffix)], output[-len(suffix):]
+    prefix, suffix = output[: -len(suffix)], output[-len(suffix) :]
     export_dir, signatures = resolve_export(model)
     signature = prediction.FEATURES_SIGNATURE if features_dir else serving.SERVING_DEFAULT
     if signature not in signatures:
-        raise UsageError(f"{export_dir} has no {signature} signature: export the model again "
-                         f"with export/export_model.py")
-    with tf.io.gfile.GFile(prediction.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")) as handle:
+        raise UsageError(
+            f"{export_dir} has no {signature} signature: export the model again "
+            f"with export/export_model.py"
+        )
+    with tf.io.gfile.GFile(
+        prediction.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")
+    ) as handle:
         labels = handle.read().splitlines()
     plan = plan_inputs(inputs, labels, splits)
     remove_previous_outputs(prefix, suffix, features_dir, overwrite)
@@ -392,8 +458,10 @@ def counters(result):
 
 def describe(found, output):
     """The lines the job ends with."""
-    return [f"{found[ANSWERED] + found[REFUSED]} images: {found[ANSWERED]} answered, "
-            f"{found[REFUSED]} could not be answered (their rows say why) -> {output}",
-            f"Beam counters ({NAMESPACE}): {ANSWERED} {found[ANSWERED]}, {REFUSED} "
-            f"{found[REFUSED]}, {BATCHES} {found[BATCHES]}, {MODELS_LOADED} "
-            f"{found[MODELS_LOADED]}"]
+    return [
+        f"{found[ANSWERED] + found[REFUSED]} images: {found[ANSWERED]} answered, "
+        f"{found[REFUSED]} could not be answered (their rows say why) -> {output}",
+        f"Beam counters ({NAMESPACE}): {ANSWERED} {found[ANSWERED]}, {REFUSED} "
+        f"{found[REFUSED]}, {BATCHES} {found[BATCHES]}, {MODELS_LOADED} "
+        f"{found[MODELS_LOADED]}",
+    ]

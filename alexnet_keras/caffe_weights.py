@@ -15,8 +15,6 @@ import pathlib
 
 import numpy as np
 
-from alexnet_keras_base import files
-from alexnet_keras_base.errors import UsageError
 from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,
@@ -26,6 +24,8 @@ from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for 
     read_mean_file,
     read_npy_weights,
 )
+from alexnet_keras_base import files
+from alexnet_keras_base.errors import UsageError
 
 # Caffe's classifier averages ilsvrc_2012_mean.npy (3 x 256 x 256) per channel: B, G, R.
 ILSVRC_2012_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
@@ -45,17 +45,23 @@ def reference_layers(width_multiplier=1.0, num_classes=NUM_CLASSES):
 
     def conv(name, inputs, kernel, stride, pad, group):
         out = widths[name]
-        return (name, "Convolution",
-                {"num_output": out, "kernel": kernel, "stride": stride, "pad": pad,
-                 "group": group},
-                [(out, inputs // group, kernel, kernel), (out,)])
+        return (
+            name,
+            "Convolution",
+            {"num_output": out, "kernel": kernel, "stride": stride, "pad": pad, "group": group},
+            [(out, inputs // group, kernel, kernel), (out,)],
+        )
 
     def fc(name, inputs):
         out = widths[name]
         return (name, "InnerProduct", {"num_output": out}, [(out, inputs), (out,)])
 
-    lrn = {"local_size": 2 * LRN_CAFFE["depth_radius"] + 1, "alpha": 1e-4,
-           "beta": LRN_CAFFE["beta"], "k": LRN_CAFFE["bias"]}
+    lrn = {
+        "local_size": 2 * LRN_CAFFE["depth_radius"] + 1,
+        "alpha": 1e-4,
+        "beta": LRN_CAFFE["beta"],
+        "k": LRN_CAFFE["bias"],
+    }
     pool = {"pool": "MAX", "kernel": POOL_SIZE, "stride": POOL_STRIDE, "pad": 0}
     return [
         conv("conv1", 3, 11, 4, 0, 1),
@@ -78,9 +84,21 @@ RELU_AFTER = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 # Layers of a train_val net that hold no weights and do not change what fc8 computes at test
 # time: skipped. ReLU is checked to sit where the model applies it.
-SKIPPED_TYPES = {"Data", "ImageData", "Input", "DummyData", "MemoryData", "HDF5Data",
-                 "WindowData", "Dropout", "Accuracy", "SoftmaxWithLoss", "Softmax", "Silence",
-                 "Split"}
+SKIPPED_TYPES = {
+    "Data",
+    "ImageData",
+    "Input",
+    "DummyData",
+    "MemoryData",
+    "HDF5Data",
+    "WindowData",
+    "Dropout",
+    "Accuracy",
+    "SoftmaxWithLoss",
+    "Softmax",
+    "Silence",
+    "Split",
+}
 
 
 # === Checking a Caffe net against bvlc_alexnet ===
@@ -109,15 +127,18 @@ def _described(name, kind, parameters):
         stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
         pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
         if set(parameters.get("dilation", [1])) != {1}:
-            raise UsageError(f"layer {name}: dilation {parameters['dilation']}, bvlc_alexnet "
-                               f"has none")
+            raise UsageError(
+                f"layer {name}: dilation {parameters['dilation']}, bvlc_alexnet has none"
+            )
         if not parameters.get("bias_term", 1):
             raise UsageError(f"layer {name}: no bias term, bvlc_alexnet has one")
-        return {"num_output": parameters.get("num_output"),
-                "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
-                "stride": stride[0] if stride[0] == stride[1] else stride,
-                "pad": pad[0] if pad[0] == pad[1] else pad,
-                "group": parameters.get("group", 1)}
+        return {
+            "num_output": parameters.get("num_output"),
+            "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
+            "stride": stride[0] if stride[0] == stride[1] else stride,
+            "pad": pad[0] if pad[0] == pad[1] else pad,
+            "group": parameters.get("group", 1),
+        }
     if kind == "InnerProduct":
         if not parameters.get("bias_term", 1):
             raise UsageError(f"layer {name}: no bias term, bvlc_alexnet has one")
@@ -128,21 +149,27 @@ def _described(name, kind, parameters):
         return {"num_output": parameters.get("num_output")}
     if kind == "LRN":
         if parameters.get("norm_region", 0) != 0:
-            raise UsageError(f"layer {name}: LRN within channels, bvlc_alexnet normalizes "
-                               f"across channels")
-        return {"local_size": parameters.get("local_size", 5),
-                "alpha": parameters.get("alpha", 1.0), "beta": parameters.get("beta", 0.75),
-                "k": parameters.get("k", 1.0)}
+            raise UsageError(
+                f"layer {name}: LRN within channels, bvlc_alexnet normalizes across channels"
+            )
+        return {
+            "local_size": parameters.get("local_size", 5),
+            "alpha": parameters.get("alpha", 1.0),
+            "beta": parameters.get("beta", 0.75),
+            "k": parameters.get("k", 1.0),
+        }
     if kind == "Pooling":
         if parameters.get("global_pooling", 0):
             raise UsageError(f"layer {name}: global pooling, bvlc_alexnet's is 3x3 stride 2")
         kernel = _pair(parameters, "kernel_size", "kernel_h", "kernel_w", None)
         stride = _pair(parameters, "stride", "stride_h", "stride_w", 1)
         pad = _pair(parameters, "pad", "pad_h", "pad_w", 0)
-        return {"pool": POOL_METHODS.get(parameters.get("pool", 0), "unknown"),
-                "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
-                "stride": stride[0] if stride[0] == stride[1] else stride,
-                "pad": pad[0] if pad[0] == pad[1] else pad}
+        return {
+            "pool": POOL_METHODS.get(parameters.get("pool", 0), "unknown"),
+            "kernel": kernel[0] if kernel[0] == kernel[1] else kernel,
+            "stride": stride[0] if stride[0] == stride[1] else stride,
+            "pad": pad[0] if pad[0] == pad[1] else pad,
+        }
     return {}
 
 
@@ -163,11 +190,13 @@ def _blob_as(blob, shape, layer_name, what):
     """The blob in the reference's shape; Caffe's legacy 4-D blobs pad with leading 1s."""
     actual = tuple(blob.shape)
     extra = len(actual) - len(shape)
-    if actual == tuple(shape) or (extra > 0 and actual[extra:] == tuple(shape)
-                                  and all(size == 1 for size in actual[:extra])):
+    if actual == tuple(shape) or (
+        extra > 0 and actual[extra:] == tuple(shape) and all(size == 1 for size in actual[:extra])
+    ):
         return blob.reshape(shape)
-    raise UsageError(f"layer {layer_name}: {what} of shape {actual}, bvlc_alexnet's is "
-                       f"{tuple(shape)}")
+    raise UsageError(
+        f"layer {layer_name}: {what} of shape {actual}, bvlc_alexnet's is {tuple(shape)}"
+    )
 
 
 def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
@@ -175,8 +204,9 @@ def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
     in Caffe's layouts. Raises UsageError naming the layer and the difference."""
     reference = reference_layers(width_multiplier, num_classes)
     expected_names = [name for name, *_ in reference]
-    computing = [layer for layer in layers if layer["type"] not in SKIPPED_TYPES
-                 and layer["type"] != "ReLU"]
+    computing = [
+        layer for layer in layers if layer["type"] not in SKIPPED_TYPES and layer["type"] != "ReLU"
+    ]
     names = [layer["name"] for layer in computing]
     by_name = {}
     for layer in computing:
@@ -186,45 +216,58 @@ def check_caffe_layers(layers, width_multiplier=1.0, num_classes=NUM_CLASSES):
     for name in names:
         if name not in expected_names:
             layer = by_name[name]
-            raise UsageError(f"layer {name} ({layer['type']}) is not in bvlc_alexnet: "
-                               f"another network")
+            raise UsageError(
+                f"layer {name} ({layer['type']}) is not in bvlc_alexnet: another network"
+            )
     for name in expected_names:
         if name not in by_name:
-            raise UsageError(f"layer {name} is missing: bvlc_alexnet has "
-                               f"{', '.join(expected_names)}")
+            raise UsageError(
+                f"layer {name} is missing: bvlc_alexnet has {', '.join(expected_names)}"
+            )
     if names != expected_names:
         for index in (1, 2):
             if names.index(f"pool{index}") < names.index(f"norm{index}"):
                 raise UsageError(
                     f"layer norm{index} comes after pool{index}: this is CaffeNet "
                     f"(bvlc_reference_caffenet, pooling before normalization), not "
-                    f"bvlc_alexnet, which normalizes before pooling")
+                    f"bvlc_alexnet, which normalizes before pooling"
+                )
         first = next(index for index, (a, b) in enumerate(zip(names, expected_names)) if a != b)
-        raise UsageError(f"layer {names[first]} comes where bvlc_alexnet has "
-                           f"{expected_names[first]}: the layer order is "
-                           f"{', '.join(names)}, bvlc_alexnet's is {', '.join(expected_names)}")
-    relu_inputs = {layer["bottom"][0] for layer in layers
-                   if layer["type"] == "ReLU" and layer["bottom"]}
+        raise UsageError(
+            f"layer {names[first]} comes where bvlc_alexnet has "
+            f"{expected_names[first]}: the layer order is "
+            f"{', '.join(names)}, bvlc_alexnet's is {', '.join(expected_names)}"
+        )
+    relu_inputs = {
+        layer["bottom"][0] for layer in layers if layer["type"] == "ReLU" and layer["bottom"]
+    }
     weights = {}
     for name, kind, expected, shapes in reference:
         layer = by_name[name]
         if layer["type"] != kind:
-            raise UsageError(f"layer {name} is a {layer['type']} layer, bvlc_alexnet's is a "
-                               f"{kind} layer")
+            raise UsageError(
+                f"layer {name} is a {layer['type']} layer, bvlc_alexnet's is a {kind} layer"
+            )
         tops = layer["top"] or [name]
         has_relu = tops[0] in relu_inputs
         if has_relu != (name in RELU_AFTER):
-            raise UsageError(f"layer {name}: {'a' if has_relu else 'no'} ReLU after it, "
-                               f"bvlc_alexnet has {'none' if has_relu else 'one'}")
+            raise UsageError(
+                f"layer {name}: {'a' if has_relu else 'no'} ReLU after it, "
+                f"bvlc_alexnet has {'none' if has_relu else 'one'}"
+            )
         differences = _differences(expected, _described(name, kind, layer["parameters"]))
         if differences:
             raise UsageError(f"layer {name}: {'; '.join(differences)}")
         if len(layer["blobs"]) != len(shapes):
-            raise UsageError(f"layer {name} holds {len(layer['blobs'])} blobs, bvlc_alexnet's "
-                               f"holds {len(shapes)}")
+            raise UsageError(
+                f"layer {name} holds {len(layer['blobs'])} blobs, bvlc_alexnet's "
+                f"holds {len(shapes)}"
+            )
         if shapes:
-            weights[name] = (_blob_as(layer["blobs"][0], shapes[0], name, "weights"),
-                             _blob_as(layer["blobs"][1], shapes[1], name, "biases"))
+            weights[name] = (
+                _blob_as(layer["blobs"][0], shapes[0], name, "weights"),
+                _blob_as(layer["blobs"][1], shapes[1], name, "biases"),
+            )
     return weights
 
 
@@ -236,16 +279,18 @@ def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
     per-group inputs, fc kernels (inputs, outputs)); returns them in Caffe's layouts, fc6's
     as (out, C, H, W), so that one conversion serves both formats. All are views: the
     conversion back to our layouts copies nothing but conv1."""
-    expected = {name: shapes for name, _, _, shapes in reference_layers(width_multiplier,
-                                                                        num_classes) if shapes}
+    expected = {
+        name: shapes
+        for name, _, _, shapes in reference_layers(width_multiplier, num_classes)
+        if shapes
+    }
     for name in weights:
         if name not in expected:
             raise UsageError(f"layer {name} is not in bvlc_alexnet: another network")
     caffe = {}
     for name, (weight_shape, bias_shape) in expected.items():
         if name not in weights:
-            raise UsageError(f"layer {name} is missing: bvlc_alexnet has "
-                               f"{', '.join(expected)}")
+            raise UsageError(f"layer {name} is missing: bvlc_alexnet has {', '.join(expected)}")
         kernel, bias = weights[name]
         if len(weight_shape) == 4:
             out, inputs, height, width = weight_shape
@@ -256,8 +301,7 @@ def check_npy_layers(weights, width_multiplier=1.0, num_classes=NUM_CLASSES):
             kernel = _blob_as(kernel, (inputs, out), name, "weights")
             if name == "fc6":  # rows in H,W,C order here: Caffe's (out, C, H, W), as a view
                 channels = inputs // (POOL5_SIZE * POOL5_SIZE)
-                kernel = kernel.reshape(POOL5_SIZE, POOL5_SIZE, channels, out).transpose(
-                    3, 2, 0, 1)
+                kernel = kernel.reshape(POOL5_SIZE, POOL5_SIZE, channels, out).transpose(3, 2, 0, 1)
             else:
                 kernel = kernel.T
         caffe[name] = (kernel, _blob_as(bias, bias_shape, name, "biases"))
@@ -276,21 +320,31 @@ def to_keras_weights(caffe_weights):
         if name == "fc6":  # (out, C*H*W), or (out, C, H, W) from the .npy
             out, inputs = kernel.shape[0], kernel[0].size
             channels = inputs // (POOL5_SIZE * POOL5_SIZE)
-            kernel = kernel.reshape(out, channels, POOL5_SIZE, POOL5_SIZE).transpose(
-                2, 3, 1, 0).reshape(inputs, out)
+            kernel = (
+                kernel.reshape(out, channels, POOL5_SIZE, POOL5_SIZE)
+                .transpose(2, 3, 1, 0)
+                .reshape(inputs, out)
+            )
         elif kernel.ndim == 4:
             kernel = kernel.transpose(2, 3, 1, 0)
             if name == "conv1":
                 kernel = kernel[:, :, ::-1, :]
         else:
             kernel = kernel.T
-        keras_weights[name] = (np.ascontiguousarray(kernel, np.float32),
-                               np.ascontiguousarray(bias, np.float32))
+        keras_weights[name] = (
+            np.ascontiguousarray(kernel, np.float32),
+            np.ascontiguousarray(bias, np.float32),
+        )
     return keras_weights
 
 
-def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
-                         width_multiplier=1.0, release_source=None):
+def build_imported_model(
+    caffe_weights,
+    bgr_mean=ILSVRC_2012_BGR_MEAN,
+    class_names=None,
+    width_multiplier=1.0,
+    release_source=None,
+):
     """Our AlexNet with Caffe's constants, holding `caffe_weights` (Caffe's layouts; each
     layer's entry is dropped once converted). `release_source` is called after each layer's
     conversion, before its weights are assigned."""
@@ -300,18 +354,25 @@ def build_imported_model(caffe_weights, bgr_mean=ILSVRC_2012_BGR_MEAN, class_nam
     num_classes = caffe_weights["fc8"][0].shape[0]
     # Zeros, not random numbers: drawing 61 M of them would cost time and about three times
     # their memory, for values overwritten at once.
-    model = build_alexnet(num_classes=num_classes, width_multiplier=width_multiplier,
-                          bias_init=BIAS_INIT, kernel_init="zeros", lrn=LRN_CAFFE,
-                          rgb_mean=tuple(reversed(bgr_mean)), input_scale=1.0,
-                          name="bvlc_alexnet")
+    model = build_alexnet(
+        num_classes=num_classes,
+        width_multiplier=width_multiplier,
+        bias_init=BIAS_INIT,
+        kernel_init="zeros",
+        lrn=LRN_CAFFE,
+        rgb_mean=tuple(reversed(bgr_mean)),
+        input_scale=1.0,
+        name="bvlc_alexnet",
+    )
     for name in WEIGHT_LAYERS:
         layer = model.get_layer(name)
         # One layer at a time, so that only one converted copy is alive beside the file.
         kernel, bias = to_keras_weights({name: caffe_weights.pop(name)})[name]
         # min and max are NaN or infinite if any value is; no array of flags allocated
         if not all(np.isfinite([kernel.min(), kernel.max(), bias.min(), bias.max()])):
-            raise UsageError(f"layer {name} holds values that are not finite (NaN or "
-                               f"infinity): a damaged file")
+            raise UsageError(
+                f"layer {name} holds values that are not finite (NaN or infinity): a damaged file"
+            )
         if release_source is not None:
             release_source()
         # As a tensor before assigning, so that the NumPy copy is freed first: at most two
@@ -342,15 +403,22 @@ def describe_weights_file(path):
     return "npy" if head == NPY_MAGIC else "caffemodel"
 
 
-def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, class_names=None,
-                   width_multiplier=1.0, num_classes=NUM_CLASSES):
+def import_weights(
+    weights_path,
+    output_path,
+    bgr_mean=ILSVRC_2012_BGR_MEAN,
+    class_names=None,
+    width_multiplier=1.0,
+    num_classes=NUM_CLASSES,
+):
     """Reads, checks and converts a bvlc_alexnet file; writes the model to `output_path`
     (a .keras file, atomically). Returns (what was read, in words; the model)."""
     weights_path = pathlib.Path(weights_path)
     kind = describe_weights_file(weights_path)
     if kind == "npy":
-        caffe_weights = check_npy_layers(read_npy_weights(weights_path), width_multiplier,
-                                         num_classes)
+        caffe_weights = check_npy_layers(
+            read_npy_weights(weights_path), width_multiplier, num_classes
+        )
         source = "caffe-tensorflow .npy"
         model = build_imported_model(caffe_weights, bgr_mean, class_names, width_multiplier)
     else:
@@ -362,13 +430,17 @@ def import_weights(weights_path, output_path, bgr_mean=ILSVRC_2012_BGR_MEAN, cla
             caffe_weights = check_caffe_layers(layers, width_multiplier, num_classes)
             del layers
             source = "Caffe .caffemodel, " + (
-                "current (layer) encoding" if encoding == "layer" else
-                "legacy V1 (layers) encoding")
+                "current (layer) encoding" if encoding == "layer" else "legacy V1 (layers) encoding"
+            )
             # Pages of the mapping read so far count in the process's memory until dropped;
             # the file stays in the page cache, so dropping them costs nothing.
             model = build_imported_model(
-                caffe_weights, bgr_mean, class_names, width_multiplier,
-                release_source=lambda: mapping.madvise(mmap.MADV_DONTNEED))
+                caffe_weights,
+                bgr_mean,
+                class_names,
+                width_multiplier,
+                release_source=lambda: mapping.madvise(mmap.MADV_DONTNEED),
+            )
             del caffe_weights
         finally:
             try:

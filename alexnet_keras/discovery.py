@@ -58,7 +58,8 @@ class Shard:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for item in self.items:
             digest.update(
-                f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode())
+                f"{item.relative_path}\0{item.label}\0{item.size}\0{item.mtime_ns}\n".encode()
+            )
         return digest.hexdigest()
 
 
@@ -82,8 +83,11 @@ def _class_folders(folder):
 
 def _flat_images(folder):
     """Image files directly in `folder` (not in its subfolders), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_synsets=None):
@@ -113,24 +117,30 @@ def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_sy
     splits = {"train": [], "validation": []}
     flat_val = _flat_images(val_dir) if val_dir is not None and val_dir.is_dir() else []
     if val_labels is not None and not flat_val:
-        raise UsageError(f"--val_labels {val_labels} labels a flat validation folder, but "
-                         f"{input_dir / 'val'} holds no image files directly")
+        raise UsageError(
+            f"--val_labels {val_labels} labels a flat validation folder, but "
+            f"{input_dir / 'val'} holds no image files directly"
+        )
     if flat_val:
         if val_labels is None:
             raise UsageError(
                 f"{val_dir} holds {len(flat_val)} image files directly, not in class folders: "
                 f"give their labels with --val_labels (ImageNet's LOC_val_solution.csv, or a "
                 f"file with one synset per line in sorted file order), or move them into "
-                f"{val_dir}/<class_name>/ folders")
+                f"{val_dir}/<class_name>/ folders"
+            )
         if _class_folders(val_dir):
-            raise UsageError(f"{val_dir} holds both image files and class folders: use one "
-                             f"layout or the other")
+            raise UsageError(
+                f"{val_dir} holds both image files and class folders: use one layout or the other"
+            )
         for items in per_class.values():
             splits["train"] += items
-        labels = read_val_labels(val_labels, [p.name for p in flat_val], class_names,
-                                 val_label_synsets)
-        splits["validation"] = [Item.of_file(p, input_dir, label)
-                                for p, label in zip(flat_val, labels)]
+        labels = read_val_labels(
+            val_labels, [p.name for p in flat_val], class_names, val_label_synsets
+        )
+        splits["validation"] = [
+            Item.of_file(p, input_dir, label) for p, label in zip(flat_val, labels)
+        ]
     elif val_dir is not None and val_dir.is_dir():
         unknown = sorted(set(_class_folders(val_dir)) - set(class_names))
         if unknown:
@@ -156,7 +166,8 @@ def discover(input_dir, val_fraction=0.05, seed=0, val_labels=None, val_label_sy
             raise UsageError(
                 f"--val_fraction {val_fraction} holds out no image of {train_dir} and "
                 f"{input_dir} has no val/ folder: training needs a validation split; raise "
-                f"--val_fraction or add {input_dir}/val/")
+                f"--val_fraction or add {input_dir}/val/"
+            )
     return splits, class_names, [str(p.relative_to(input_dir)) for p in ignored]
 
 
@@ -182,35 +193,41 @@ def read_val_labels(path, filenames, class_names, index_synsets_path=None):
             by_stem[image_id.strip()] = prediction.split()[0]
         unlabelled = [name for name in filenames if pathlib.Path(name).stem not in by_stem]
         if unlabelled:
-            raise UsageError(f"{path} has no label for {len(unlabelled)} of the "
-                             f"{len(filenames)} validation files, e.g. {unlabelled[0]}")
+            raise UsageError(
+                f"{path} has no label for {len(unlabelled)} of the "
+                f"{len(filenames)} validation files, e.g. {unlabelled[0]}"
+            )
         synsets = [by_stem[pathlib.Path(name).stem] for name in filenames]
         where = [f"the row of {pathlib.Path(name).stem}" for name in filenames]
     else:
         if len(lines) != len(filenames):
-            raise UsageError(f"{path} has {len(lines)} labels but the flat validation folder "
-                             f"has {len(filenames)} image files: one line per file, in sorted "
-                             f"file order")
+            raise UsageError(
+                f"{path} has {len(lines)} labels but the flat validation folder "
+                f"has {len(filenames)} image files: one line per file, in sorted "
+                f"file order"
+            )
         where = [f"line {number}" for number in range(1, len(lines) + 1)]
         if all(line.isdigit() for line in lines):
             if index_synsets_path is None:
                 raise UsageError(
                     f"{path} holds class indices, which are in the devkit's class order, not "
                     f"the sorted synsets: give that order with --val_label_synsets FILE (line "
-                    f"k = synset of index k), or use a file of synsets / LOC_val_solution.csv")
+                    f"k = synset of index k), or use a file of synsets / LOC_val_solution.csv"
+                )
             order = read_synset_list(index_synsets_path)
             out_of_range = [line for line in lines if not 1 <= int(line) <= len(order)]
             if out_of_range:
-                raise UsageError(f"{path} has index {out_of_range[0]}, outside 1-{len(order)} "
-                                 f"of --val_label_synsets {index_synsets_path}")
+                raise UsageError(
+                    f"{path} has index {out_of_range[0]}, outside 1-{len(order)} "
+                    f"of --val_label_synsets {index_synsets_path}"
+                )
             synsets = [order[int(line) - 1] for line in lines]
         else:
             synsets = lines
     index_of = {name: index for index, name in enumerate(class_names)}
     for synset, place in zip(synsets, where):
         if synset not in index_of:
-            raise UsageError(f"{path} {place} names class {synset!r}, which has no training "
-                             f"folder")
+            raise UsageError(f"{path} {place} names class {synset!r}, which has no training folder")
     return [index_of[synset] for synset in synsets]
 
 
@@ -235,8 +252,10 @@ def read_class_names(path, class_names):
             readable.setdefault(parts[0], parts[1].strip())
     missing = [name for name in class_names if name not in readable]
     if missing:
-        raise UsageError(f"--class_names {path} has no name for {len(missing)} of the "
-                         f"{len(class_names)} classes, e.g. {missing[0]}")
+        raise UsageError(
+            f"--class_names {path} has no name for {len(missing)} of the "
+            f"{len(class_names)} classes, e.g. {missing[0]}"
+        )
     return [readable[name] for name in class_names]
 
 

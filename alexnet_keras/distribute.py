@@ -46,7 +46,8 @@ def select_strategy(devices=None):
         for device in devices:
             if _canonical_device(device) not in available:
                 raise UsageError(
-                    f"unknown device {device!r}; this machine has: {', '.join(sorted(available))}")
+                    f"unknown device {device!r}; this machine has: {', '.join(sorted(available))}"
+                )
         return tf.distribute.MirroredStrategy(devices=list(devices))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
@@ -79,20 +80,35 @@ def peer_lost(error, steps_done, model_dir):
     (/job:worker/replica:0/task:1) or address, both looked up in TF_CONFIG's cluster."""
     tf_config = cluster_spec_from_environment() or {}
     own = tf_config.get("task", {})
-    named = {(task_type, int(index)) for task_type, index in
-             re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)\b", error.message)}
-    lost = [f"{task_type} {index} ({address})"
-            for task_type, addresses in tf_config.get("cluster", {}).items()
-            for index, address in enumerate(addresses)
-            if (task_type, index) != (own.get("type"), own.get("index"))
-            and ((task_type, index) in named or address in error.message)]
-    reason = next((line.split("aborted by:", 1)[1].strip(" :") for line in
-                   error.message.splitlines() if "aborted by:" in line),
-                  error.message.strip().splitlines()[0])
+    named = {
+        (task_type, int(index))
+        for task_type, index in re.findall(
+            r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)\b", error.message
+        )
+    }
+    lost = [
+        f"{task_type} {index} ({address})"
+        for task_type, addresses in tf_config.get("cluster", {}).items()
+        for index, address in enumerate(addresses)
+        if (task_type, index) != (own.get("type"), own.get("index"))
+        and ((task_type, index) in named or address in error.message)
+    ]
+    reason = next(
+        (
+            line.split("aborted by:", 1)[1].strip(" :")
+            for line in error.message.splitlines()
+            if "aborted by:" in line
+        ),
+        error.message.strip().splitlines()[0],
+    )
     latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
-    resume = (f"rerunning every worker resumes from {latest} (step "
-              f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
-              if latest else "no checkpoint was saved yet: rerunning every worker starts over")
+    resume = (
+        f"rerunning every worker resumes from {latest} (step "
+        f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
+        if latest
+        else "no checkpoint was saved yet: rerunning every worker starts over"
+    )
     when = "start-up" if steps_done is None else f"step {steps_done + 1}"
-    return PeerLost(f"lost {' and '.join(lost) or 'a worker'} of the cluster during {when} "
-                    f"({reason}); {resume}")
+    return PeerLost(
+        f"lost {' and '.join(lost) or 'a worker'} of the cluster during {when} ({reason}); {resume}"
+    )

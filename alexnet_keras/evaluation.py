@@ -25,11 +25,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.gradcam import GradCam, overlay
-from alexnet_keras_base.files import replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
-from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.files import replaced_atomically, write_text_atomically
+from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
 
 TOP_K = 5
 MOST_CONFUSED_PAIRS = 10
@@ -40,8 +40,10 @@ REPORT_FILES = ("report.json", "confusion_matrix.png", "per_class.csv", "most_co
 CONFUSED_IMAGES_FILE = "most_confused_images.png"
 CONFUSED_IMAGE_PAIRS = 3
 IMAGES_PER_PAIR = 4
-NO_GRADCAM_NOTE = (f"no {CONFUSED_IMAGES_FILE}: an exported SavedModel has no gradients for "
-                   f"Grad-CAM (evaluate the .keras file for it)")
+NO_GRADCAM_NOTE = (
+    f"no {CONFUSED_IMAGES_FILE}: an exported SavedModel has no gradients for "
+    f"Grad-CAM (evaluate the .keras file for it)"
+)
 
 
 # === Models ===
@@ -60,8 +62,9 @@ class LoadedModel:
 
 def keras_probabilities(model):
     """softmax(model(images)) of a Keras model, as a tf.function."""
-    return tf.function(lambda images: tf.nn.softmax(tf.cast(model(images, training=False),
-                                                            tf.float32)))
+    return tf.function(
+        lambda images: tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+    )
 
 
 def resolve_model_path(path, best=False):
@@ -79,8 +82,10 @@ def resolve_model_path(path, best=False):
         export = export_version_dir(path)
         if export is not None:
             return export
-        raise UsageError(f"--model {path} holds neither {run_model.name} (a training run "
-                              f"folder) nor a SavedModel or export versions")
+        raise UsageError(
+            f"--model {path} holds neither {run_model.name} (a training run "
+            f"folder) nor a SavedModel or export versions"
+        )
     if best:
         raise UsageError("--best takes a training run folder as --model")
     return path
@@ -97,20 +102,28 @@ def load_model(path, best=False):
     if path.is_dir():
         loaded = tf.saved_model.load(str(path))
         if PREDICT_PIXELS not in loaded.signatures:
-            raise UsageError(f"{path} has no {PREDICT_PIXELS} signature: export it with "
-                                  f"export/export_model.py")
+            raise UsageError(
+                f"{path} has no {PREDICT_PIXELS} signature: export it with export/export_model.py"
+            )
         signature = loaded.signatures[PREDICT_PIXELS]
         num_classes = signature.structured_outputs["probabilities"].shape[-1]
-        parameters = sum(int(np.prod(variable.shape))
-                         for variable in getattr(loaded, "trainable_variables", []))
-        return LoadedModel(lambda images: signature(images=images)["probabilities"],
-                           num_classes, "saved_model", path, parameters)
+        parameters = sum(
+            int(np.prod(variable.shape)) for variable in getattr(loaded, "trainable_variables", [])
+        )
+        return LoadedModel(
+            lambda images: signature(images=images)["probabilities"],
+            num_classes,
+            "saved_model",
+            path,
+            parameters,
+        )
     try:
         model = keras.models.load_model(path)
     except (ValueError, OSError) as error:
         raise UsageError(f"cannot load {path} as a Keras model: {error}") from None
-    return LoadedModel(keras_probabilities(model), model.output.shape[-1], "keras", path,
-                       model.count_params())
+    return LoadedModel(
+        keras_probabilities(model), model.output.shape[-1], "keras", path, model.count_params()
+    )
 
 
 # === Metrics ===
@@ -137,7 +150,7 @@ class EvaluationSums:
         np.add.at(self.confusion, (labels, ranked[:, 0]), 1)
         self.labels.append(labels)
         self.top1.append(ranked[:, 0])
-        self.top5_hits += int((ranked[:, :self.top_k] == labels[:, None]).any(axis=1).sum())
+        self.top5_hits += int((ranked[:, : self.top_k] == labels[:, None]).any(axis=1).sum())
         true_probabilities = probabilities[np.arange(len(labels)), labels]
         self.loss_sum += float(-np.log(np.maximum(true_probabilities, 1e-12)).sum())
 
@@ -177,9 +190,15 @@ class EvaluationSums:
         of its first `per_pair` images: the fewest records to read again to show them."""
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         top1 = np.concatenate(self.top1) if self.top1 else np.zeros(0, np.int64)
-        return [{**pair, "positions": np.flatnonzero(
-                    (labels == pair["true"]) & (top1 == pair["predicted"]))[:per_pair].tolist()}
-                for pair in most_confused_pairs(self.confusion, pairs)]
+        return [
+            {
+                **pair,
+                "positions": np.flatnonzero((labels == pair["true"]) & (top1 == pair["predicted"]))[
+                    :per_pair
+                ].tolist(),
+            }
+            for pair in most_confused_pairs(self.confusion, pairs)
+        ]
 
 
 def _ratio(numerators, denominators):
@@ -194,9 +213,15 @@ def most_confused_pairs(confusion, count=MOST_CONFUSED_PAIRS):
     np.fill_diagonal(off_diagonal, 0)
     order = np.argsort(-off_diagonal, axis=None, kind="stable")[:count]
     pairs = [np.unravel_index(index, off_diagonal.shape) for index in order]
-    return [{"true": int(true), "predicted": int(predicted),
-             "count": int(off_diagonal[true, predicted])}
-            for true, predicted in pairs if off_diagonal[true, predicted] > 0]
+    return [
+        {
+            "true": int(true),
+            "predicted": int(predicted),
+            "count": int(off_diagonal[true, predicted]),
+        }
+        for true, predicted in pairs
+        if off_diagonal[true, predicted] > 0
+    ]
 
 
 # === Evaluation ===
@@ -209,19 +234,28 @@ def batch_probabilities(probabilities_fn, images, ten_crops):
         return probabilities_fn(images)
     crops = tf.reshape(images, (-1, *images.shape[2:]))  # (batch * 10, 227, 227, 3)
     crop_probabilities = probabilities_fn(crops)
-    return tf.reduce_mean(tf.reshape(crop_probabilities, (-1, 10, crop_probabilities.shape[-1])),
-                          axis=1)
+    return tf.reduce_mean(
+        tf.reshape(crop_probabilities, (-1, 10, crop_probabilities.shape[-1])), axis=1
+    )
 
 
-def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_size=64,
-             ten_crops=False, progress=None):
+def evaluate(
+    probabilities_fn,
+    num_classes,
+    file_pattern,
+    num_examples,
+    batch_size=64,
+    ten_crops=False,
+    progress=None,
+):
     """Evaluates on TFRecords; -> the metrics dict (see EvaluationSums.metrics) plus
     images_per_second. `probabilities_fn` maps float32 pixel batches to probabilities;
     `progress(total, description)` may return a tqdm-like bar."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-    dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False,
-                                          num_examples=num_examples, ten_crops=ten_crops)
+    dataset = input_pipeline.make_dataset(
+        file_pattern, batch_size, training=False, num_examples=num_examples, ten_crops=ten_crops
+    )
     sums = EvaluationSums(num_classes)
     with progress_bar(progress, num_examples, "evaluating") as bar:
         start = time.perf_counter()
@@ -232,8 +266,10 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
             probabilities = np.asarray(batch_probabilities(probabilities_fn, images, ten_crops))
             labels = labels.numpy()[keep]
             if labels.max() >= num_classes:
-                raise UsageError(f"label {labels.max()} in {file_pattern} is outside the "
-                                      f"model's {num_classes} classes")
+                raise UsageError(
+                    f"label {labels.max()} in {file_pattern} is outside the "
+                    f"model's {num_classes} classes"
+                )
             sums.add(probabilities[keep], labels)
             bar.update(len(labels))
     seconds = time.perf_counter() - start
@@ -244,28 +280,50 @@ def evaluate(probabilities_fn, num_classes, file_pattern, num_examples, batch_si
     return metrics
 
 
-def evaluate_model(model_path, data_dir, split="validation", batch_size=64, ten_crops=False,
-                   best=False, progress=None):
+def evaluate_model(
+    model_path,
+    data_dir,
+    split="validation",
+    batch_size=64,
+    ten_crops=False,
+    best=False,
+    progress=None,
+):
     """Loads a model (see `resolve_model_path`) and evaluates it on a split of the
     converter's output folder; -> the full report dict."""
     data_dir = pathlib.Path(data_dir)
     info = input_pipeline.load_dataset_info(data_dir)
     if split not in info["num_examples"] or not info["num_examples"][split]:
-        raise UsageError(f"{data_dir} has no {split!r} split (it has: "
-                              f"{', '.join(name for name, count in info['num_examples'].items() if count)})")
+        raise UsageError(
+            f"{data_dir} has no {split!r} split (it has: "
+            f"{', '.join(name for name, count in info['num_examples'].items() if count)})"
+        )
     pattern = DataDir(data_dir).shard_pattern(split)
     if not tf.io.gfile.glob(pattern):
         raise UsageError(f"{data_dir} has no {DataDir.shard_glob(split)} files")
     model = load_model(model_path, best)
     if model.num_classes != info["num_classes"]:
-        raise UsageError(f"{model.path} predicts {model.num_classes} classes but {data_dir} "
-                              f"has {info['num_classes']} (labels.txt, dataset.json)")
-    metrics = evaluate(model.probabilities, model.num_classes, pattern,
-                       info["num_examples"][split], batch_size, ten_crops, progress)
+        raise UsageError(
+            f"{model.path} predicts {model.num_classes} classes but {data_dir} "
+            f"has {info['num_classes']} (labels.txt, dataset.json)"
+        )
+    metrics = evaluate(
+        model.probabilities,
+        model.num_classes,
+        pattern,
+        info["num_examples"][split],
+        batch_size,
+        ten_crops,
+        progress,
+    )
     return {
         "model": {"path": str(model.path), "kind": model.kind, "parameters": model.parameters},
-        "data": {"data_dir": str(data_dir), "split": split,
-                 "num_examples": info["num_examples"], "num_classes": info["num_classes"]},
+        "data": {
+            "data_dir": str(data_dir),
+            "split": split,
+            "num_examples": info["num_examples"],
+            "num_classes": info["num_classes"],
+        },
         "ten_crops": ten_crops,
         "crop": "10-crop" if ten_crops else "central crop",
         "class_names": input_pipeline.readable_class_names(info),
@@ -302,11 +360,17 @@ def write_report_folder(report, output_dir):
             writer = csv.writer(handle)
             writer.writerow(["class", "name", "examples", "top1_error", "precision", "recall"])
             for index, name in enumerate(report["class_names"]):
-                writer.writerow([index, name, report["per_class_examples"][index]] + [
-                    "" if value is None else f"{value:.6f}" for value in (
-                        report["per_class_top1_error"][index],
-                        report["per_class_precision"][index],
-                        report["per_class_recall"][index])])
+                writer.writerow(
+                    [index, name, report["per_class_examples"][index]]
+                    + [
+                        "" if value is None else f"{value:.6f}"
+                        for value in (
+                            report["per_class_top1_error"][index],
+                            report["per_class_precision"][index],
+                            report["per_class_recall"][index],
+                        )
+                    ]
+                )
     plot_confusion_matrix(report, output_dir / "confusion_matrix.png")
     plot_most_confused(report, output_dir / "most_confused.png")
     if report["model"]["kind"] == "keras":
@@ -350,10 +414,19 @@ def plot_confusion_matrix(report, path):
     if len(shown) <= 20:
         for (row, column), count in np.ndenumerate(matrix):
             if count:
-                axis.text(column, row, str(count), ha="center", va="center", fontsize=font,
-                          color="white" if rows[row, column] > 0.5 else "black")
-    title = (f"Confusion matrix, {report['data']['split']}, {report['crop']}: top-1 error "
-             f"{report['top1_error']:.3f}")
+                axis.text(
+                    column,
+                    row,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color="white" if rows[row, column] > 0.5 else "black",
+                )
+    title = (
+        f"Confusion matrix, {report['data']['split']}, {report['crop']}: top-1 error "
+        f"{report['top1_error']:.3f}"
+    )
     if len(shown) < len(confusion):
         title += f"\n(the {len(shown)} most confused of {len(confusion)} classes)"
     axis.set(xlabel="predicted class", ylabel="true class", title=title)
@@ -375,8 +448,9 @@ def plot_most_confused(report, path):
     else:
         axis.text(0.5, 0.5, "no confusions", ha="center", va="center")
         axis.set_axis_off()
-    axis.set_title(f"Most confused pairs (true -> predicted), {report['data']['split']}, "
-                   f"{report['crop']}")
+    axis.set_title(
+        f"Most confused pairs (true -> predicted), {report['data']['split']}, {report['crop']}"
+    )
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
 
@@ -413,8 +487,10 @@ def read_evaluation_crops(file_pattern, positions, batch_size=64):
 
 def panel_origin(row, column):
     """The top left corner of panel (row, column) in `most_confused_images.png`."""
-    return (PANEL_GAP + column * (PANEL_SIZE + PANEL_GAP),
-            PANEL_GAP + row * (ROW_TITLE_HEIGHT + PANEL_SIZE + PANEL_GAP) + ROW_TITLE_HEIGHT)
+    return (
+        PANEL_GAP + column * (PANEL_SIZE + PANEL_GAP),
+        PANEL_GAP + row * (ROW_TITLE_HEIGHT + PANEL_SIZE + PANEL_GAP) + ROW_TITLE_HEIGHT,
+    )
 
 
 def write_confused_images(report, path, batch_size=64):
@@ -427,8 +503,9 @@ def write_confused_images(report, path, batch_size=64):
     names = report["class_names"]
     data = report["data"]
     positions = [position for pair in pairs for position in pair["positions"]]
-    crops = read_evaluation_crops(DataDir(data["data_dir"]).shard_pattern(data["split"]),
-                                  positions, batch_size)
+    crops = read_evaluation_crops(
+        DataDir(data["data_dir"]).shard_pattern(data["split"]), positions, batch_size
+    )
     if positions:
         explainer = GradCam(keras.models.load_model(report["model"]["path"]))
         heatmaps, classes, scores = explainer.explain(crops.astype(np.float32))
@@ -443,13 +520,16 @@ def write_confused_images(report, path, batch_size=64):
     index = 0
     for row, pair in enumerate(pairs):
         left, top = panel_origin(row, 0)
-        draw.text((left, top - ROW_TITLE_HEIGHT + 2),
-                  f"{names[pair['true']]} -> {names[pair['predicted']]}: {pair['count']} "
-                  f"images ({report['data']['split']}, central crop)", fill=(0, 0, 0), font=font)
+        draw.text(
+            (left, top - ROW_TITLE_HEIGHT + 2),
+            f"{names[pair['true']]} -> {names[pair['predicted']]}: {pair['count']} "
+            f"images ({report['data']['split']}, central crop)",
+            fill=(0, 0, 0),
+            font=font,
+        )
         for column in range(len(pair["positions"])):
             caption = f"{names[classes[index]]} {scores[index]:.2f}"
-            sheet.paste(overlay(crops[index], heatmaps[index], caption),
-                        panel_origin(row, column))
+            sheet.paste(overlay(crops[index], heatmaps[index], caption), panel_origin(row, column))
             index += 1
     with replaced_atomically(path) as temporary:
         sheet.save(temporary, format="PNG")
@@ -467,12 +547,16 @@ def summary(report, worst=5, pairs=5):
         f"  {'top-5':14s}{report['top5_error']:8.4f}{report['top5_accuracy']:10.4f}",
         f"  {'loss':14s}{report['loss']:8.4f}",
     ]
-    errors = [(error, index) for index, error in enumerate(report["per_class_top1_error"])
-              if error is not None]
+    errors = [
+        (error, index)
+        for index, error in enumerate(report["per_class_top1_error"])
+        if error is not None
+    ]
     lines.append(f"  worst classes{'top-1 error':>22s}{'images':>8s}")
     for error, index in sorted(errors, key=lambda item: (-item[0], item[1]))[:worst]:
-        lines.append(f"    {names[index][:24]:24s}{error:11.4f}"
-                     f"{report['per_class_examples'][index]:8d}")
+        lines.append(
+            f"    {names[index][:24]:24s}{error:11.4f}{report['per_class_examples'][index]:8d}"
+        )
     if report["most_confused"]:
         lines.append(f"  most confused (true -> predicted){'images':>10s}")
         for pair in report["most_confused"][:pairs]:

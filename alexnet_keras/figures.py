@@ -25,12 +25,12 @@ import tensorflow as tf
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.evaluation import resolve_model_path
-from alexnet_keras_base.files import process_alive, replaced_atomically, write_text_atomically
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.steps import weights_fingerprint
-from alexnet_keras_base.layout import DataDir, Feature
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.files import process_alive, replaced_atomically, write_text_atomically
+from alexnet_keras_base.layout import DataDir, Feature
 
 KERNELS_FILE = "conv1_kernels.png"
 NEIGHBOURS_FILE = "nearest_neighbours.png"
@@ -82,8 +82,8 @@ def colour_share(kernel):
     tiles = np.moveaxis(np.asarray(kernel, np.float64), -1, 0)  # (channels, h, w, 3)
     centred = tiles - tiles.mean(axis=(1, 2, 3), keepdims=True)
     colour = centred - centred.mean(axis=-1, keepdims=True)
-    total = (centred ** 2).sum(axis=(1, 2, 3))
-    return np.where(total > 0, (colour ** 2).sum(axis=(1, 2, 3)) / np.where(total > 0, total, 1), 0.0)
+    total = (centred**2).sum(axis=(1, 2, 3))
+    return np.where(total > 0, (colour**2).sum(axis=(1, 2, 3)) / np.where(total > 0, total, 1), 0.0)
 
 
 @dataclasses.dataclass
@@ -110,8 +110,7 @@ def kernel_grid(model, columns=KERNEL_COLUMNS, scale=KERNEL_TILE_SCALE):
     for start, stop in groups:
         for position in range(stop - start):
             row, column = divmod(position, columns)
-            origins.append((top + row * (tile_height + TILE_GAP),
-                            column * (tile_width + TILE_GAP)))
+            origins.append((top + row * (tile_height + TILE_GAP), column * (tile_width + TILE_GAP)))
         rows = -(-(stop - start) // columns)
         top += rows * (tile_height + TILE_GAP) - TILE_GAP + GROUP_GAP
     height = top - GROUP_GAP
@@ -119,20 +118,25 @@ def kernel_grid(model, columns=KERNEL_COLUMNS, scale=KERNEL_TILE_SCALE):
     image = np.full((height, width, 3), BACKGROUND, np.uint8)
     for (tile_top, tile_left), tile in zip(origins, tiles):
         pixels = np.round(255 * tile).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-        image[tile_top:tile_top + tile_height, tile_left:tile_left + tile_width] = pixels
-    return KernelGrid(image, origins, tile_height, groups,
-                      _kernel_caption(model, kernel, groups, tiles.shape[0]))
+        image[tile_top : tile_top + tile_height, tile_left : tile_left + tile_width] = pixels
+    return KernelGrid(
+        image, origins, tile_height, groups, _kernel_caption(model, kernel, groups, tiles.shape[0])
+    )
 
 
 def _kernel_caption(model, kernel, groups, count):
     shares = colour_share(kernel)
     height, width, depth, _ = kernel.shape
-    lines = [f"{model.name}: the {count} conv1 kernels ({height}x{width}x{depth}), each "
-             f"scaled to its own range"]
+    lines = [
+        f"{model.name}: the {count} conv1 kernels ({height}x{width}x{depth}), each "
+        f"scaled to its own range"
+    ]
     for number, (start, stop) in enumerate(groups, 1):
         where = "top" if number == 1 else "below" if len(groups) == 2 else f"block {number}"
-        lines.append(f"{where}: channels {start}-{stop - 1}, read by conv2's group {number}; "
-                     f"colour share of variance {shares[start:stop].mean():.2f}")
+        lines.append(
+            f"{where}: channels {start}-{stop - 1}, read by conv2's group {number}; "
+            f"colour share of variance {shares[start:stop].mean():.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -151,8 +155,12 @@ def write_kernel_figure(model, path):
     canvas.paste(Image.fromarray(grid.image), (MARGIN, MARGIN))
     draw = ImageDraw.Draw(canvas)
     for number, line in enumerate(lines):
-        draw.text((MARGIN, grid.image.shape[0] + 2 * MARGIN + number * line_height), line,
-                  fill=(0, 0, 0), font=font)
+        draw.text(
+            (MARGIN, grid.image.shape[0] + 2 * MARGIN + number * line_height),
+            line,
+            fill=(0, 0, 0),
+            font=font,
+        )
     with replaced_atomically(path) as temporary:
         canvas.save(temporary, format="PNG")
     return grid
@@ -163,8 +171,9 @@ def log_conv1_kernels(model, summary_writer, step):
     description) at `step`; -> the KernelGrid."""
     grid = kernel_grid(model)
     with summary_writer.as_default():
-        tf.summary.image("conv1_kernels", grid.image[np.newaxis], step=step,
-                         description=grid.caption)
+        tf.summary.image(
+            "conv1_kernels", grid.image[np.newaxis], step=step, description=grid.caption
+        )
     summary_writer.flush()
     return grid
 
@@ -189,8 +198,10 @@ def _layer(model, name):
     try:
         return model.get_layer(name)
     except ValueError:
-        raise UsageError(f"model {model.name!r} has no {name} layer: the figures need the "
-                           f"AlexNet of build_alexnet") from None
+        raise UsageError(
+            f"model {model.name!r} has no {name} layer: the figures need the "
+            f"AlexNet of build_alexnet"
+        ) from None
 
 
 def data_identity(data_dir, split="train"):
@@ -209,13 +220,21 @@ def _shards(data_dir, split):
 def _located_records(files):
     """(shard index, position in the shard, serialized record) for every record, in shard
     order, the shards read in parallel."""
+
     def read_shard(shard_index, filename):
-        return tf.data.TFRecordDataset(filename).enumerate().map(
-            lambda position, record: (shard_index, position, record))
+        return (
+            tf.data.TFRecordDataset(filename)
+            .enumerate()
+            .map(lambda position, record: (shard_index, position, record))
+        )
 
     shards = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
-    return shards.interleave(read_shard, cycle_length=min(len(files), 8),
-                             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return shards.interleave(
+        read_shard,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _labelled(record):
@@ -236,15 +255,22 @@ class RecordIndex:
 def index_records(data_dir, split):
     """-> RecordIndex of a split, reading only the labels (no image decoding)."""
     files = _shards(data_dir, split)
-    dataset = _located_records(files).map(
-        lambda shard, position, record: (shard, position, _labelled(record)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+    dataset = (
+        _located_records(files)
+        .map(
+            lambda shard, position, record: (shard, position, _labelled(record)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(4096)
+    )
     parts = [tuple(tensor.numpy() for tensor in batch) for batch in dataset]
     if not parts:
         raise UsageError(f"the {split} split of {data_dir} holds no records")
     shard, position, labels = (np.concatenate(column) for column in zip(*parts))
-    return RecordIndex(files, labels.astype(np.int32), shard.astype(np.int32),
-                       position.astype(np.int64))
+    return RecordIndex(
+        files, labels.astype(np.int32), shard.astype(np.int32), position.astype(np.int64)
+    )
 
 
 def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log=print):
@@ -256,8 +282,13 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     features_path = cache_dir / FEATURES_FILE
     index_path = cache_dir / FEATURES_INDEX_FILE
     info_path = cache_dir / FEATURES_INFO_FILE
-    identity = {"model": weights_fingerprint(model, with_architecture=True),
-                "data": data_identity(data_dir), "layer": FEATURE_LAYER, "crop": "central", "dtype": "float16"}
+    identity = {
+        "model": weights_fingerprint(model, with_architecture=True),
+        "data": data_identity(data_dir),
+        "layer": FEATURE_LAYER,
+        "crop": "central",
+        "dtype": "float16",
+    }
     files = _shards(data_dir, "train")
     cached = _cached_features(features_path, index_path, info_path, identity, files)
     if cached is not None:
@@ -269,22 +300,31 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
         raise UsageError(f"{data_dir} has no training images to search")
     extractor = feature_extractor(model)
     dimension = int(extractor.output.shape[-1])
-    log(f"computing fc7 of {expected} training images -> {features_path} "
-        f"({expected * dimension * 2 / 1e9:.2f} GB)")
+    log(
+        f"computing fc7 of {expected} training images -> {features_path} "
+        f"({expected * dimension * 2 / 1e9:.2f} GB)"
+    )
     compute = tf.function(lambda images: tf.cast(extractor(images, training=False), tf.float16))
-    dataset = _located_records(files).map(
-        lambda shard, position, record: (
-            shard, position, *_eval_image_and_label(record)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-    ).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = (
+        _located_records(files)
+        .map(
+            lambda shard, position, record: (shard, position, *_eval_image_and_label(record)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     info_path.unlink(missing_ok=True)  # from here on, whatever is in cache_dir is stale
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_temporaries(features_path)
     needed = expected * dimension * 2
     available = shutil.disk_usage(cache_dir).free
     if needed > available:
-        raise UsageError(f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
-                           f"{available / 1e9:.1f} GB free: pass another --output_dir")
+        raise UsageError(
+            f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
+            f"{available / 1e9:.1f} GB free: pass another --output_dir"
+        )
     labels = np.empty(expected, np.int32)
     shard_of = np.empty(expected, np.int32)
     position_of = np.empty(expected, np.int64)
@@ -292,30 +332,43 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
     with replaced_atomically(features_path) as temporary:
         # The header and the file's full size come from open_memmap; rows are then written
         # through a plain file, so the written pages are not held in this process's memory.
-        header = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16,
-                                           shape=(expected, dimension))
+        header = np.lib.format.open_memmap(
+            temporary, mode="w+", dtype=np.float16, shape=(expected, dimension)
+        )
         data_offset = header.offset
         del header
-        with (progress_bar(progress, expected, "fc7 of the training images") as bar,
-              open(temporary, "r+b") as handle):
+        with (
+            progress_bar(progress, expected, "fc7 of the training images") as bar,
+            open(temporary, "r+b") as handle,
+        ):
             handle.seek(data_offset)
             for shard, position, images, batch_labels in dataset:
                 count = len(batch_labels)
                 if rows + count > expected:
                     raise UsageError(_count_mismatch(data_dir, expected, "more"))
                 handle.write(np.ascontiguousarray(compute(images).numpy()).tobytes())
-                labels[rows:rows + count] = batch_labels.numpy()
-                shard_of[rows:rows + count] = shard.numpy()
-                position_of[rows:rows + count] = position.numpy()
+                labels[rows : rows + count] = batch_labels.numpy()
+                shard_of[rows : rows + count] = shard.numpy()
+                position_of[rows : rows + count] = position.numpy()
                 rows += count
                 bar.update(count)
         if rows != expected:
             raise UsageError(_count_mismatch(data_dir, expected, f"only {rows}"))
     with replaced_atomically(index_path) as temporary:
         np.savez(temporary, labels=labels, shard=shard_of, position=position_of)
-    write_text_atomically(info_path, json.dumps(
-        {**identity, "data_dir": str(data_dir), "rows": expected, "dimension": dimension,
-         "files": [pathlib.Path(name).name for name in files]}, indent=2))
+    write_text_atomically(
+        info_path,
+        json.dumps(
+            {
+                **identity,
+                "data_dir": str(data_dir),
+                "rows": expected,
+                "dimension": dimension,
+                "files": [pathlib.Path(name).name for name in files],
+            },
+            indent=2,
+        ),
+    )
     return features_path, RecordIndex(files, labels, shard_of, position_of)
 
 
@@ -334,8 +387,10 @@ def _eval_image_and_label(record):
 
 
 def _count_mismatch(data_dir, expected, found):
-    return (f"{data_dir}/dataset.json counts {expected} training images but its train shards "
-            f"hold {found}: convert the data again with data/build_tfrecords.py")
+    return (
+        f"{data_dir}/dataset.json counts {expected} training images but its train shards "
+        f"hold {found}: convert the data again with data/build_tfrecords.py"
+    )
 
 
 def _cached_features(features_path, index_path, info_path, identity, files):
@@ -357,8 +412,7 @@ def _cached_features(features_path, index_path, info_path, identity, files):
 # === Nearest neighbours ===
 
 
-def nearest_neighbours(queries, features_path, count=NUM_NEIGHBOURS,
-                       block_rows=SEARCH_BLOCK_ROWS):
+def nearest_neighbours(queries, features_path, count=NUM_NEIGHBOURS, block_rows=SEARCH_BLOCK_ROWS):
     """The `count` rows of the .npy matrix at `features_path` (N, D) nearest to each query
     (Q, D) in Euclidean distance; -> (indices (Q, count) int64, distances (Q, count) float64),
     nearest first, ties to the lower row.
@@ -375,7 +429,7 @@ def nearest_neighbours(queries, features_path, count=NUM_NEIGHBOURS,
         # A new mapping per block: the pages read are released with it, so the process never
         # holds more than one block of the file, even at ImageNet scale.
         features = np.load(features_path, mmap_mode="r")
-        block = np.array(features[start:start + block_rows], np.float64)  # (B, D)
+        block = np.array(features[start : start + block_rows], np.float64)  # (B, D)
         del features
         squared = query_norms - 2.0 * queries @ block.T + np.einsum("ij,ij->i", block, block)
         indices = np.broadcast_to(np.arange(start, start + len(block)), squared.shape)
@@ -421,26 +475,39 @@ def read_record(files, shard, position):
 
 def _read_example(files, shard, position):
     """-> (227x227 uint8 central crop, label, file name) of one record."""
-    features = tf.io.parse_single_example(read_record(files, shard, position), {
-        **input_pipeline.FEATURES,
-        Feature.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    })
+    features = tf.io.parse_single_example(
+        read_record(files, shard, position),
+        {
+            **input_pipeline.FEATURES,
+            Feature.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        },
+    )
     image = input_pipeline.preprocess_for_eval(features[Feature.ENCODED])
     filename = features[Feature.FILENAME].numpy().decode() or f"{files[shard]}#{position}"
     return image.numpy().astype(np.uint8), int(features[Feature.LABEL]), filename
 
 
-def write_neighbour_figures(model, data_dir, output_dir, class_names, batch_size=64,
-                            progress=None, log=print, seed=QUERY_SEED):
+def write_neighbour_figures(
+    model,
+    data_dir,
+    output_dir,
+    class_names,
+    batch_size=64,
+    progress=None,
+    log=print,
+    seed=QUERY_SEED,
+):
     """nearest_neighbours.png and .json: NUM_QUERIES validation images (seeded) and their
     NUM_NEIGHBOURS nearest training images in fc7 space; -> the JSON dict."""
     output_dir = pathlib.Path(output_dir)
-    features_path, train_index = train_features(model, data_dir, output_dir, batch_size,
-                                                progress, log)
+    features_path, train_index = train_features(
+        model, data_dir, output_dir, batch_size, progress, log
+    )
     validation = index_records(data_dir, "validation")
-    queries = [_read_example(validation.files, validation.shard[index],
-                             validation.position[index])
-               for index in choose_queries(validation.labels, seed=seed)]
+    queries = [
+        _read_example(validation.files, validation.shard[index], validation.position[index])
+        for index in choose_queries(validation.labels, seed=seed)
+    ]
     extractor = feature_extractor(model)
     images = np.stack([image for image, _, _ in queries]).astype(np.float32)
     # Through float16, as the training features are stored: a duplicate is at distance 0.
@@ -451,17 +518,25 @@ def write_neighbour_figures(model, data_dir, output_dir, class_names, batch_size
         neighbours = []
         for train_row, distance in zip(row_indices, row_distances):
             neighbour_image, neighbour_label, neighbour_file = _read_example(
-                train_index.files, train_index.shard[train_row], train_index.position[train_row])
-            neighbours.append({"image": neighbour_image, "label": neighbour_label,
-                               "filename": neighbour_file, "distance": float(distance),
-                               "train_index": int(train_row)})
-        rows.append({"image": image, "label": label, "filename": filename,
-                     "neighbours": neighbours})
+                train_index.files, train_index.shard[train_row], train_index.position[train_row]
+            )
+            neighbours.append(
+                {
+                    "image": neighbour_image,
+                    "label": neighbour_label,
+                    "filename": neighbour_file,
+                    "distance": float(distance),
+                    "train_index": int(train_row),
+                }
+            )
+        rows.append(
+            {"image": image, "label": label, "filename": filename, "neighbours": neighbours}
+        )
     _plot_neighbours(rows, class_names, output_dir / NEIGHBOURS_FILE)
     report = {
         "model": model.name,
         "features": f"{FEATURE_LAYER} after ReLU, before dropout ({query_features.shape[1]}-D), "
-                    f"float16, central crop",
+        f"float16, central crop",
         "distance": "Euclidean",
         "seed": seed,
         "queries": [_without_images(row, class_names) for row in rows],
@@ -471,35 +546,52 @@ def write_neighbour_figures(model, data_dir, output_dir, class_names, batch_size
 
 
 def _without_images(row, class_names):
-    described = {"split": "validation", "filename": row["filename"], "label": row["label"],
-                 "class": class_names[row["label"]]}
+    described = {
+        "split": "validation",
+        "filename": row["filename"],
+        "label": row["label"],
+        "class": class_names[row["label"]],
+    }
     described["neighbours"] = [
-        {"split": "train", "filename": neighbour["filename"], "label": neighbour["label"],
-         "class": class_names[neighbour["label"]], "distance": neighbour["distance"],
-         "train_index": neighbour["train_index"]}
-        for neighbour in row["neighbours"]]
+        {
+            "split": "train",
+            "filename": neighbour["filename"],
+            "label": neighbour["label"],
+            "class": class_names[neighbour["label"]],
+            "distance": neighbour["distance"],
+            "train_index": neighbour["train_index"],
+        }
+        for neighbour in row["neighbours"]
+    ]
     return described
 
 
 def neighbour_figure_size(queries, neighbours=NUM_NEIGHBOURS):
     """(width, height) in pixels of nearest_neighbours.png."""
-    return (round((neighbours + 1) * NEIGHBOUR_TILE_INCHES * NEIGHBOURS_DPI),
-            round((queries * NEIGHBOUR_TILE_INCHES + 0.5) * NEIGHBOURS_DPI))
+    return (
+        round((neighbours + 1) * NEIGHBOUR_TILE_INCHES * NEIGHBOURS_DPI),
+        round((queries * NEIGHBOUR_TILE_INCHES + 0.5) * NEIGHBOURS_DPI),
+    )
 
 
 def _plot_neighbours(rows, class_names, path):
     plt = pyplot()
     columns = 1 + max(len(row["neighbours"]) for row in rows)
     width, height = neighbour_figure_size(len(rows), columns - 1)
-    figure, axes = plt.subplots(len(rows), columns, squeeze=False,
-                                figsize=(width / NEIGHBOURS_DPI, height / NEIGHBOURS_DPI))
+    figure, axes = plt.subplots(
+        len(rows), columns, squeeze=False, figsize=(width / NEIGHBOURS_DPI, height / NEIGHBOURS_DPI)
+    )
     for axis_row, row in zip(axes, rows):
         tiles = [(row["image"], f"query: {class_names[row['label']]}", "black")]
         for neighbour in row["neighbours"]:
             same = neighbour["label"] == row["label"]
-            tiles.append((neighbour["image"],
-                          f"{class_names[neighbour['label']]}\nd = {neighbour['distance']:.3g}",
-                          "tab:green" if same else "tab:red"))
+            tiles.append(
+                (
+                    neighbour["image"],
+                    f"{class_names[neighbour['label']]}\nd = {neighbour['distance']:.3g}",
+                    "tab:green" if same else "tab:red",
+                )
+            )
         for axis, (image, title, colour) in zip(axis_row, tiles):
             axis.imshow(image)
             axis.set_title(title, fontsize=9, color=colour)
@@ -507,8 +599,11 @@ def _plot_neighbours(rows, class_names, path):
             axis.set_yticks([])
         for spine in axis_row[0].spines.values():
             spine.set(linewidth=3, color="black")
-    figure.suptitle("Validation images (left) and the training images nearest in fc7 "
-                    "(Euclidean; green: same class)", fontsize=11)
+    figure.suptitle(
+        "Validation images (left) and the training images nearest in fc7 "
+        "(Euclidean; green: same class)",
+        fontsize=11,
+    )
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (height / NEIGHBOURS_DPI)))
     save_figure(figure, path, dpi=NEIGHBOURS_DPI)
 
@@ -520,14 +615,17 @@ def keras_model_path(model_path, best=False):
     """The .keras file behind `model_path`; refuses an exported SavedModel."""
     path = resolve_model_path(model_path, best)
     if path.is_dir():
-        raise UsageError(f"--figures needs the Keras model: {path} is an exported SavedModel, "
-                           f"which keeps neither conv1's kernels nor fc7 by name. Pass the "
-                           f".keras file or the training run folder it was exported from")
+        raise UsageError(
+            f"--figures needs the Keras model: {path} is an exported SavedModel, "
+            f"which keeps neither conv1's kernels nor fc7 by name. Pass the "
+            f".keras file or the training run folder it was exported from"
+        )
     return path
 
 
-def write_figures(model_path, data_dir, output_dir, best=False, batch_size=64, progress=None,
-                  log=print):
+def write_figures(
+    model_path, data_dir, output_dir, best=False, batch_size=64, progress=None, log=print
+):
     """Writes conv1_kernels.png, nearest_neighbours.png and .json (and the fc7_train.npy
     cache) into `output_dir` for a .keras file or a training run folder."""
     import keras
@@ -538,10 +636,13 @@ def write_figures(model_path, data_dir, output_dir, best=False, batch_size=64, p
     info = input_pipeline.load_dataset_info(data_dir)
     for split in ("train", "validation"):
         if not info["num_examples"].get(split):
-            raise UsageError(f"{data_dir} has no {split!r} split: the nearest-neighbour "
-                               f"figure searches the training images for validation images")
+            raise UsageError(
+                f"{data_dir} has no {split!r} split: the nearest-neighbour "
+                f"figure searches the training images for validation images"
+            )
     output_dir = pathlib.Path(output_dir)
     write_kernel_figure(model, output_dir / KERNELS_FILE)
-    write_neighbour_figures(model, data_dir, output_dir, info["class_names"], batch_size,
-                            progress, log)
+    write_neighbour_figures(
+        model, data_dir, output_dir, info["class_names"], batch_size, progress, log
+    )
     return output_dir

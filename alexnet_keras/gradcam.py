@@ -23,8 +23,9 @@ class GradCam:
     def __init__(self, model, layer_name="conv5"):
         layer = model.get_layer(layer_name)
         # One forward pass gives both what the heatmap weighs and what it explains.
-        self.feature_model = keras.Model(model.input, [layer.output, model.output],
-                                         name=f"{model.name}_gradcam")
+        self.feature_model = keras.Model(
+            model.input, [layer.output, model.output], name=f"{model.name}_gradcam"
+        )
         self._explain = tf.function(self._explain_batch, reduce_retracing=True)
 
     def _explain_batch(self, images):
@@ -68,7 +69,8 @@ def jet(values):
 def upsampled(heatmap, width, height):
     """A heatmap resized to width x height, bilinearly, still in [0, 1]."""
     resized = Image.fromarray(np.asarray(heatmap, np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR)
+        (width, height), Image.Resampling.BILINEAR
+    )
     return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
@@ -77,8 +79,9 @@ def overlay(image, heatmap, caption):
     `caption` in a dark box at the top left -> PIL.Image."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"overlay takes a uint8 RGB image (height, width, 3), got "
-                         f"{image.dtype} {image.shape}")
+        raise ValueError(
+            f"overlay takes a uint8 RGB image (height, width, 3), got {image.dtype} {image.shape}"
+        )
     height, width = image.shape[:2]
     colours = jet(upsampled(heatmap, width, height)).astype(np.float32)
     blended = (1 - HEATMAP_OPACITY) * image.astype(np.float32) + HEATMAP_OPACITY * colours

@@ -4,10 +4,9 @@ line logged at each epoch end."""
 import csv
 import dataclasses
 
-from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras.plots import pyplot, save_figure
+from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras_base.layout import RunDir
-
 
 
 @dataclasses.dataclass
@@ -53,8 +52,12 @@ def plot_training_curves(rows, path):
     loss_axis.plot(epochs, [float(r["val_loss"]) for r in rows], label="validation")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     for key, style in (("top1", "-"), ("top5", "--")):
-        error_axis.plot(epochs, [float(r[f"train_{key}_error"]) for r in rows], style, label=f"train {key}")
-        error_axis.plot(epochs, [float(r[f"val_{key}_error"]) for r in rows], style, label=f"validation {key}")
+        error_axis.plot(
+            epochs, [float(r[f"train_{key}_error"]) for r in rows], style, label=f"train {key}"
+        )
+        error_axis.plot(
+            epochs, [float(r[f"val_{key}_error"]) for r in rows], style, label=f"validation {key}"
+        )
     error_axis.set(xlabel="epoch", ylabel="error", title="Top-1 / top-5 error", ylim=(0, 1))
     for axis in (loss_axis, error_axis):
         axis.grid(alpha=0.3)
@@ -65,9 +68,11 @@ def plot_training_curves(rows, path):
 
 def describe_epoch(result, epochs, eta_seconds):
     """The line logged at the end of an epoch."""
-    return (f"epoch {result.epoch + 1}/{epochs}: loss {result.train_loss:.4f}, "
-            f"top-1 error {result.train_top1_error:.4f}, top-5 error {result.train_top5_error:.4f} | "
-            f"validation loss {result.val_loss:.4f}, top-1 error {result.val_top1_error:.4f}, "
-            f"top-5 error {result.val_top5_error:.4f} | lr {result.learning_rate:.3g}, "
-            f"{result.images_per_second:.1f} images/s, {result.seconds:.1f} s, "
-            f"ETA {eta_seconds / 60:.1f} min")
+    return (
+        f"epoch {result.epoch + 1}/{epochs}: loss {result.train_loss:.4f}, "
+        f"top-1 error {result.train_top1_error:.4f}, top-5 error {result.train_top5_error:.4f} | "
+        f"validation loss {result.val_loss:.4f}, top-1 error {result.val_top1_error:.4f}, "
+        f"top-5 error {result.val_top5_error:.4f} | lr {result.learning_rate:.3g}, "
+        f"{result.images_per_second:.1f} images/s, {result.seconds:.1f} s, "
+        f"ETA {eta_seconds / 60:.1f} min"
+    )

@@ -180,7 +180,10 @@ def ten_crop(image_bytes, crop_size=CROP_SIZE):
     center = far // 2
     offsets = [(0, 0), (0, far), (far, 0), (far, far), (center, center)]
     crops = tf.stack(
-        [tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size) for top, left in offsets]
+        [
+            tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
+            for top, left in offsets
+        ]
     )
     return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
@@ -274,9 +277,7 @@ def make_dataset(
             deterministic=True,
         )
         if num_examples is not None:
-            dataset = _pad_to_full_batches(
-                dataset, num_examples, global_batch_size, ten_crops
-            )
+            dataset = _pad_to_full_batches(dataset, num_examples, global_batch_size, ten_crops)
             if num_pipelines > 1:
                 dataset = dataset.shard(num_pipelines, pipeline_index)
         dataset = dataset.batch(batch_size, drop_remainder=num_examples is not None)

@@ -35,9 +35,7 @@ class LocalResponseNormalization(keras.layers.Layer):
     def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, **kwargs):
         super().__init__(**kwargs)
         if int(depth_radius) != depth_radius or depth_radius < 0:
-            raise ValueError(
-                f"depth_radius must be a non-negative integer, got {depth_radius!r}"
-            )
+            raise ValueError(f"depth_radius must be a non-negative integer, got {depth_radius!r}")
         self.depth_radius = int(depth_radius)
         self.bias = float(bias)
         self.alpha = float(alpha)
@@ -103,9 +101,7 @@ class GroupedConv2D(keras.layers.Layer):
         if groups < 1 or int(groups) != groups:
             raise ValueError(f"groups must be a positive integer, got {groups!r}")
         if filters % groups:
-            raise ValueError(
-                f"filters ({filters}) must be divisible by groups ({groups})"
-            )
+            raise ValueError(f"filters ({filters}) must be divisible by groups ({groups})")
         padding = padding.lower()
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
@@ -128,8 +124,7 @@ class GroupedConv2D(keras.layers.Layer):
             raise ValueError("GroupedConv2D needs a known number of input channels")
         if in_channels % self.groups:
             raise ValueError(
-                f"input channels ({in_channels}) must be divisible by groups "
-                f"({self.groups})"
+                f"input channels ({in_channels}) must be divisible by groups ({self.groups})"
             )
         self.kernel = self.add_weight(
             name="kernel",
@@ -148,9 +143,7 @@ class GroupedConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         kernel = tf.cast(self.kernel, inputs.dtype)
-        conv_args = dict(
-            strides=(1, *self.strides, 1), padding=self.padding.upper()
-        )
+        conv_args = dict(strides=(1, *self.strides, 1), padding=self.padding.upper())
         if self.groups == 1:
             outputs = tf.nn.conv2d(inputs, kernel, **conv_args)
         else:
@@ -233,9 +226,7 @@ class MeanSubtraction(keras.layers.Layer):
         """Sets the per-channel mean (0-255 scale), e.g. from the dataset's statistics."""
         mean = [float(value) for value in mean]
         if len(mean) != self.mean.shape[0]:
-            raise ValueError(
-                f"expected {self.mean.shape[0]} mean values, got {len(mean)}"
-            )
+            raise ValueError(f"expected {self.mean.shape[0]} mean values, got {len(mean)}")
         self.mean.assign(mean)
 
     def call(self, inputs):
@@ -277,8 +268,10 @@ def _matmul_with_fast_input_gradient(inputs, kernel):
         # matmul(upstream, kernel, transpose_b=True), which oneDNN runs 3.8x slower on a CPU
         # at fc6's shapes than the transpose of kernel @ upstream^T, a small (batch x inputs)
         # matrix (bench/dense_gradient_speed.py). The kernel's gradient is TensorFlow's.
-        return (tf.transpose(tf.matmul(kernel, upstream, transpose_b=True)),
-                tf.matmul(inputs, upstream, transpose_a=True))
+        return (
+            tf.transpose(tf.matmul(kernel, upstream, transpose_b=True)),
+            tf.matmul(inputs, upstream, transpose_a=True),
+        )
 
     return tf.matmul(inputs, kernel), gradient
 
@@ -318,8 +311,12 @@ class FullyConnected(keras.layers.Dense):
         return config
 
     def call(self, inputs, training=None):
-        if (not training or len(inputs.shape) != 2 or getattr(self, "lora_enabled", False)
-                or getattr(self, "quantization_mode", None) is not None):
+        if (
+            not training
+            or len(inputs.shape) != 2
+            or getattr(self, "lora_enabled", False)
+            or getattr(self, "quantization_mode", None) is not None
+        ):
             return super().call(inputs, training=training)
         # The kernel read into a tensor here, outside the custom gradient, so that its
         # gradient flows back to the variable through the read (and any autocast).

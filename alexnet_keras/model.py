@@ -7,8 +7,6 @@ dtype policy. Callers apply the softmax (the serving signature does).
 
 import keras
 
-from alexnet_keras_base import config
-
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
     FullyConnected,
@@ -16,6 +14,7 @@ from alexnet_keras.layers import (
     LocalResponseNormalization,
     MeanSubtraction,
 )
+from alexnet_keras_base import config
 
 # The paper's input is 227x227 (its figure says 224). Smaller inputs cannot reach the
 # 6x6 map that pool5 hands to fc6.
@@ -28,8 +27,15 @@ KERNEL_INITIALIZERS = (*config.KERNEL_INITIALIZERS, "zeros")
 # window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
 # alpha 1e-4 divided by the window, beta 0.75, k 1.
 # The paper's channels per layer (fc8's are the classes'); width_multiplier scales them.
-PAPER_WIDTHS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
-                "fc6": 4096, "fc7": 4096}
+PAPER_WIDTHS = {
+    "conv1": 96,
+    "conv2": 256,
+    "conv3": 384,
+    "conv4": 384,
+    "conv5": 256,
+    "fc6": 4096,
+    "fc7": 4096,
+}
 LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
 LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
 
@@ -77,9 +83,7 @@ def build_alexnet(
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     if kernel_init not in KERNEL_INITIALIZERS:
-        raise ValueError(
-            f"kernel_init must be one of {KERNEL_INITIALIZERS}, got {kernel_init!r}"
-        )
+        raise ValueError(f"kernel_init must be one of {KERNEL_INITIALIZERS}, got {kernel_init!r}")
     widths = layer_widths(width_multiplier)
     unknown = set(lrn) - set(LRN_PAPER)
     if unknown:
@@ -147,9 +151,7 @@ def build_alexnet(
 def layer_widths(width_multiplier):
     """Channel counts per layer, scaled and checked against the two-way group split."""
     if not 0.0 < width_multiplier <= 4.0:
-        raise ValueError(
-            f"width_multiplier must be in (0, 4], got {width_multiplier!r}"
-        )
+        raise ValueError(f"width_multiplier must be in (0, 4], got {width_multiplier!r}")
     widths = {}
     for layer_name, channels in PAPER_WIDTHS.items():
         scaled = channels * width_multiplier

@@ -68,8 +68,9 @@ class PaperSGD(keras.optimizers.SGD):
 
     def build(self, variables):
         super().build(variables)
-        self._decays = [self.kernel_decay if is_decayed(variable) else 0.0
-                        for variable in variables]
+        self._decays = [
+            self.kernel_decay if is_decayed(variable) else 0.0 for variable in variables
+        ]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -81,8 +82,9 @@ class PaperSGD(keras.optimizers.SGD):
             _plain_update(variable, gradient, learning_rate, decay)
             return
         velocity = _component_beside(self.momentums[index].value, variable)
-        _momentum_update(variable, velocity, gradient, learning_rate,
-                         tf.constant(self.momentum, dtype), decay)
+        _momentum_update(
+            variable, velocity, gradient, learning_rate, tf.constant(self.momentum, dtype), decay
+        )
 
     def get_config(self):
         return {**super().get_config(), "kernel_decay": self.kernel_decay}

@@ -54,19 +54,20 @@ def top_k_rows(paths, probabilities, labels, top_k=DEFAULT_TOP_K, true_labels=No
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     true_labels = true_labels if true_labels is not None else [None] * len(paths)
     return [
-        {"path": path,
-         "labels": [labels[index] for index in classes],
-         "scores": [float(probabilities[row, index]) for index in classes],
-         "true_label": true_label,
-         "error": None}
+        {
+            "path": path,
+            "labels": [labels[index] for index in classes],
+            "scores": [float(probabilities[row, index]) for index in classes],
+            "true_label": true_label,
+            "error": None,
+        }
         for row, (path, classes, true_label) in enumerate(zip(paths, ranked, true_labels))
     ]
 
 
 def error_row(path, message, true_label=None):
     """The row of an image that could not be answered."""
-    return {"path": path, "labels": [], "scores": [], "true_label": true_label,
-            "error": message}
+    return {"path": path, "labels": [], "scores": [], "true_label": true_label, "error": message}
 
 
 _NODE_SUFFIX = re.compile(r"\s*\[\[\{\{(function_)?node .*$", re.S)
@@ -97,8 +98,9 @@ def is_image_name(name):
     """Whether a file name is one the command answers: an image extension (as the converter
     reads), not hidden (.DS_Store and other dot files)."""
     name = name.rsplit("/", 1)[-1]
-    return not name.startswith(".") and pathlib.PurePosixPath(name).suffix.lower() in \
-        IMAGE_EXTENSIONS
+    return (
+        not name.startswith(".") and pathlib.PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def true_label_for(path, classes):
@@ -147,8 +149,7 @@ def _image_files_under(folder):
     """Image files under `folder`, recursively, sorted; hidden folders skipped."""
     found = []
     for root, directories, files in tf.io.gfile.walk(folder):
-        directories[:] = sorted(d.rstrip("/") for d in directories
-                                if not d.startswith("."))
+        directories[:] = sorted(d.rstrip("/") for d in directories if not d.startswith("."))
         found += [join_path(root, name) for name in sorted(files) if is_image_name(name)]
     return found
 
@@ -165,8 +166,7 @@ def list_inputs(inputs, splits=("train", "validation")):
             else:
                 files = _image_files_under(item)
                 if not files:
-                    raise UsageError(f"{item} holds no image files "
-                                     f"({', '.join(IMAGE_EXTENSIONS)})")
+                    raise UsageError(f"{item} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
                 sources.append(ImageFiles(files))
         elif tf.io.gfile.exists(item) or pathlib.Path(item).is_symlink():
             sources.append(ImageFiles([item]))
@@ -236,7 +236,8 @@ class KerasPredictor:
     def preprocess(self, image_bytes):
         """Encoded image -> float32 (227, 227, 3), or InvalidArgument (the export's checks)."""
         return input_pipeline.preprocess_for_eval(
-            serving.checked_image_bytes(image_bytes, self.max_pixels))
+            serving.checked_image_bytes(image_bytes, self.max_pixels)
+        )
 
     def answer(self, images):
         """float32 pixels (batch, 227, 227, 3) -> (probabilities, fc7 or None), numpy."""
@@ -260,14 +261,16 @@ class ExportPredictor:
         self._loaded = tf.saved_model.load(str(export_dir))
         name = FEATURES_SIGNATURE if features else serving.SERVING_DEFAULT
         if name not in self._loaded.signatures:
-            raise UsageError(f"{export_dir} has no {name} signature: export the model again "
-                             f"with export/export_model.py")
+            raise UsageError(
+                f"{export_dir} has no {name} signature: export the model again "
+                f"with export/export_model.py"
+            )
         self._signature = self._loaded.signatures[name]
         # Through tf.io.gfile: a Beam worker loads the export from gs://... as well.
-        self.labels = _read_text(join_path(str(export_dir), f"assets/{ExportBase.LABELS_ASSET}")
-                                 ).splitlines()
-        self.fc7_width = (self._signature.structured_outputs[FC7].shape[-1] if features
-                          else None)
+        self.labels = _read_text(
+            join_path(str(export_dir), f"assets/{ExportBase.LABELS_ASSET}")
+        ).splitlines()
+        self.fc7_width = self._signature.structured_outputs[FC7].shape[-1] if features else None
 
     def answer(self, image_bytes):
         """Encoded images -> (probabilities, fc7 or None); one bad image fails the batch
@@ -280,8 +283,9 @@ class ExportPredictor:
         return self.answer([image_bytes])
 
 
-def load_predictor(model_path, labels_path=None, max_pixels=serving.DEFAULT_MAX_PIXELS,
-                   features=False, best=False):
+def load_predictor(
+    model_path, labels_path=None, max_pixels=serving.DEFAULT_MAX_PIXELS, features=False, best=False
+):
     """A `.keras` file, a run folder, an export version or base -> a predictor."""
     import keras
 
@@ -291,8 +295,10 @@ def load_predictor(model_path, labels_path=None, max_pixels=serving.DEFAULT_MAX_
     path = resolve_model_path(model_path, best)
     if path.is_dir():
         if labels_path:
-            raise UsageError("--labels is for a .keras model: an export answers with its own "
-                             "labels (assets/labels.txt)")
+            raise UsageError(
+                "--labels is for a .keras model: an export answers with its own "
+                "labels (assets/labels.txt)"
+            )
         return ExportPredictor(path, features)
     try:
         model = keras.models.load_model(path)
@@ -303,8 +309,7 @@ def load_predictor(model_path, labels_path=None, max_pixels=serving.DEFAULT_MAX_
     if labels is None:
         labels = [str(index) for index in range(num_classes)]
     elif len(labels) != num_classes:
-        raise UsageError(f"{len(labels)} labels for {path}, which predicts {num_classes} "
-                         f"classes")
+        raise UsageError(f"{len(labels)} labels for {path}, which predicts {num_classes} classes")
     return KerasPredictor(model, labels, max_pixels, features)
 
 
@@ -315,15 +320,22 @@ def _file_elements(paths, labels):
     classes = frozenset(labels)
     true_labels = [true_label_for(path, classes) or "" for path in paths]
     return tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(true_labels, tf.string),
-         tf.constant(paths, tf.string), tf.constant([""] * len(paths), tf.string)))
+        (
+            tf.constant(paths, tf.string),
+            tf.constant(true_labels, tf.string),
+            tf.constant(paths, tf.string),
+            tf.constant([""] * len(paths), tf.string),
+        )
+    )
 
 
 def _record_elements(records, done):
     class_names = tf.constant(records.class_names, tf.string)
-    features = {Feature.ENCODED: tf.io.FixedLenFeature([], tf.string),
-                Feature.LABEL: tf.io.FixedLenFeature([], tf.int64),
-                Feature.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value="")}
+    features = {
+        Feature.ENCODED: tf.io.FixedLenFeature([], tf.string),
+        Feature.LABEL: tf.io.FixedLenFeature([], tf.int64),
+        Feature.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
 
     def element(shard, record):
         parsed = tf.io.parse_single_example(record, features)
@@ -331,11 +343,16 @@ def _record_elements(records, done):
         return key, tf.gather(class_names, parsed[Feature.LABEL]), "", parsed[Feature.ENCODED]
 
     dataset = tf.data.Dataset.from_tensor_slices(records.shards).flat_map(
-        lambda shard: tf.data.TFRecordDataset(shard).map(lambda record: (shard, record)))
+        lambda shard: tf.data.TFRecordDataset(shard).map(lambda record: (shard, record))
+    )
     dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if done:
-        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(sorted(done), tf.string), tf.ones(len(done), tf.int32)), 0)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(sorted(done), tf.string), tf.ones(len(done), tf.int32)
+            ),
+            0,
+        )
         dataset = dataset.filter(lambda key, *rest: tf.equal(table.lookup(key), 0))
     return dataset
 
@@ -361,12 +378,12 @@ def make_dataset(sources, predictor, batch_size, done=frozenset()):
         dataset = dataset.concatenate(other)
 
     size = input_pipeline.CROP_SIZE
-    empty = (tf.zeros((size, size, 3), tf.float32) if predictor.decodes_images
-             else tf.constant(b""))
+    empty = tf.zeros((size, size, 3), tf.float32) if predictor.decodes_images else tf.constant(b"")
 
     def load(key, true_label, path, image_bytes):
-        image_bytes = tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path),
-                              lambda: image_bytes)
+        image_bytes = tf.cond(
+            tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: image_bytes
+        )
         payload = predictor.preprocess(image_bytes) if predictor.decodes_images else image_bytes
         return key, true_label, True, payload, tf.constant(b"")
 
@@ -383,8 +400,13 @@ def make_dataset(sources, predictor, batch_size, done=frozenset()):
     # Fixed buffers, not AUTOTUNE's: memory stays the same whatever the number of files
     # (AUTOTUNE grows its buffers over a long run); enough images in flight to keep the
     # model busy.
-    dataset = dataset.interleave(guarded, cycle_length=IMAGES_IN_FLIGHT, block_length=1,
-                                 num_parallel_calls=IMAGES_IN_FLIGHT, deterministic=True)
+    dataset = dataset.interleave(
+        guarded,
+        cycle_length=IMAGES_IN_FLIGHT,
+        block_length=1,
+        num_parallel_calls=IMAGES_IN_FLIGHT,
+        deterministic=True,
+    )
     options = tf.data.Options()
     options.deterministic = True
     options.autotune.enabled = False
@@ -445,8 +467,7 @@ def answer_rows(predictor, paths, true_labels, answers, top_k):
         if isinstance(answer, str):
             rows.append(error_row(path, answer, true_label))
         else:
-            rows += top_k_rows([path], answer[0][np.newaxis], predictor.labels, top_k,
-                               [true_label])
+            rows += top_k_rows([path], answer[0][np.newaxis], predictor.labels, top_k, [true_label])
             if answer[1] is not None:
                 fc7.append(answer[1])
     return rows, (np.stack(fc7) if fc7 else None)
@@ -454,8 +475,7 @@ def answer_rows(predictor, paths, true_labels, answers, top_k):
 
 def _split(outputs):
     probabilities, fc7 = outputs
-    return [(row, None if fc7 is None else fc7[index])
-            for index, row in enumerate(probabilities)]
+    return [(row, None if fc7 is None else fc7[index]) for index, row in enumerate(probabilities)]
 
 
 def _answer_alone(predictor, image_bytes):
@@ -481,8 +501,10 @@ class RowsOutput:
         if self.path.suffix.lower() not in self.FORMATS:
             raise UsageError(f"--output {self.path} must end in .jsonl or .csv")
         if self.path.exists() and not overwrite:
-            raise UsageError(f"{self.path} exists: a finished output is not overwritten "
-                             f"(remove it, choose another --output, or pass --overwrite)")
+            raise UsageError(
+                f"{self.path} exists: a finished output is not overwritten "
+                f"(remove it, choose another --output, or pass --overwrite)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.journal_path = self.path.with_name(f".{self.path.name}.partial")
         self.settings_path = self.path.with_name(f".{self.path.name}.partial.json")
@@ -497,14 +519,16 @@ class RowsOutput:
     def _resume(self, settings):
         """Reads the journal a killed run left: its complete rows stay, a row cut by the
         kill goes. -> (paths with a row, paths of the answered rows in order, resumed)."""
-        previous = (json.loads(self.settings_path.read_text())
-                    if self.settings_path.exists() else None)
+        previous = (
+            json.loads(self.settings_path.read_text()) if self.settings_path.exists() else None
+        )
         self._journal.seek(0, 2)
         if previous is not None and previous != settings and self._journal.tell():
             raise UsageError(
                 f"{self.journal_path} holds the rows of an unfinished run with other settings "
                 f"({_differences(previous, settings)}): rerun it as it was to finish it, or "
-                f"remove {self.journal_path} to start again")
+                f"remove {self.journal_path} to start again"
+            )
         done, answered, complete = set(), [], 0  # `complete`: bytes of whole rows
         self._journal.seek(0)
         for line in self._journal:  # one row at a time: the journal may hold millions
@@ -556,15 +580,17 @@ class RowsOutput:
 
 
 def _differences(previous, settings):
-    keys = sorted(key for key in set(previous) | set(settings)
-                  if previous.get(key) != settings.get(key))
+    keys = sorted(
+        key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key)
+    )
     return ", ".join(f"{key} {previous.get(key)} then {settings.get(key)}" for key in keys)
 
 
 def csv_header(top_k):
     """The CSV columns: path, true_label, error, then label_1, score_1, ... label_k, score_k."""
     return ["path", "true_label", "error"] + [
-        name for rank in range(1, top_k + 1) for name in (f"label_{rank}", f"score_{rank}")]
+        name for rank in range(1, top_k + 1) for name in (f"label_{rank}", f"score_{rank}")
+    ]
 
 
 def csv_row(row, top_k):
@@ -591,15 +617,19 @@ class FeatureShards:
         self.folder = pathlib.Path(folder)
         self.width = int(width)
         if (self.folder / FEATURES_INDEX).exists() and not overwrite:
-            raise UsageError(f"{self.folder} holds the features of a finished run: remove it, "
-                             f"choose another --features_dir, or pass --overwrite")
+            raise UsageError(
+                f"{self.folder} holds the features of a finished run: remove it, "
+                f"choose another --features_dir, or pass --overwrite"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows = answered
         shard, kept = divmod(answered, FEATURES_PER_SHARD)
         for index in range(shard):
             if not (self.folder / features_shard_name(index)).exists():
-                raise UsageError(f"{self.folder / features_shard_name(index)} is missing: "
-                                 f"remove the unfinished output to start again")
+                raise UsageError(
+                    f"{self.folder / features_shard_name(index)} is missing: "
+                    f"remove the unfinished output to start again"
+                )
             self._partial(index).unlink(missing_ok=True)  # killed between rename and unlink
         partial, row_bytes = self._partial(shard), self.width * 4
         final = self.folder / features_shard_name(shard)
@@ -611,8 +641,10 @@ class FeatureShards:
             if int(re.search(r"features-(\d+)", later.name)[1]) > shard:
                 later.unlink()
         if kept and (not partial.exists() or partial.stat().st_size < kept * row_bytes):
-            raise UsageError(f"{self.folder} holds fewer features than the rows answered: "
-                             f"remove the unfinished output to start again")
+            raise UsageError(
+                f"{self.folder} holds fewer features than the rows answered: "
+                f"remove the unfinished output to start again"
+            )
         with open(partial, "ab") as handle:
             handle.truncate(kept * row_bytes)  # rows written after the journal's last go
 
@@ -623,11 +655,11 @@ class FeatureShards:
         features = np.ascontiguousarray(features, np.float32)
         while len(features):
             shard, filled = divmod(self.rows, FEATURES_PER_SHARD)
-            part = features[:FEATURES_PER_SHARD - filled]
+            part = features[: FEATURES_PER_SHARD - filled]
             with open(self._partial(shard), "ab") as handle:
                 handle.write(part.tobytes())
             self.rows += len(part)
-            features = features[len(part):]
+            features = features[len(part) :]
             if self.rows % FEATURES_PER_SHARD == 0:
                 self._publish(shard, FEATURES_PER_SHARD)
 
@@ -635,9 +667,14 @@ class FeatureShards:
         partial = self._partial(shard)
         with replaced_atomically(self.folder / features_shard_name(shard)) as temporary:
             with open(temporary, "wb") as output, open(partial, "rb") as raw:
-                np.lib.format.write_array_header_1_0(output, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                    "fortran_order": False, "shape": (rows, self.width)})
+                np.lib.format.write_array_header_1_0(
+                    output,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                        "fortran_order": False,
+                        "shape": (rows, self.width),
+                    },
+                )
                 shutil.copyfileobj(raw, output, 1 << 24)
         partial.unlink()
 
@@ -693,8 +730,19 @@ class Summary:
         return self.top5_errors / self.labelled if self.labelled and self.top_k >= 5 else None
 
 
-def predict(sources, predictor, output, batch_size=64, top_k=DEFAULT_TOP_K, features_dir=None,
-            explain_dir=None, overwrite=False, settings=None, progress=None, log=print):
+def predict(
+    sources,
+    predictor,
+    output,
+    batch_size=64,
+    top_k=DEFAULT_TOP_K,
+    features_dir=None,
+    explain_dir=None,
+    overwrite=False,
+    settings=None,
+    progress=None,
+    log=print,
+):
     """Answers every image of `sources` into `output` (see RowsOutput), fc7 into
     `features_dir`, Grad-CAM heatmaps into `explain_dir`; resumes an unfinished run of the
     same command. -> Summary of the whole output. A SIGTERM stops it after the batch in hand
@@ -706,20 +754,29 @@ def predict(sources, predictor, output, batch_size=64, top_k=DEFAULT_TOP_K, feat
         raise UsageError(f"--batch_size must be >= 1, got {batch_size}")
     if top_k < 1:
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
-    for flag, folder in (("--output", output), ("--features_dir", features_dir),
-                         ("--explain", explain_dir)):
+    for flag, folder in (
+        ("--output", output),
+        ("--features_dir", features_dir),
+        ("--explain", explain_dir),
+    ):
         if folder is not None and is_remote(folder):
-            raise UsageError(f"{flag} {folder}: the local command writes to a local path "
-                             f"(the job on Beam, --runner, writes where its runner can)")
+            raise UsageError(
+                f"{flag} {folder}: the local command writes to a local path "
+                f"(the job on Beam, --runner, writes where its runner can)"
+            )
     if explain_dir is not None and not predictor.decodes_images:
-        raise UsageError("--explain needs a .keras model or a run folder: an export holds no "
-                         "gradients")
+        raise UsageError(
+            "--explain needs a .keras model or a run folder: an export holds no gradients"
+        )
     output = RowsOutput(output, settings or {}, overwrite)
     try:
         if output.resumed:
             log(f"resuming {output.path}: {len(output.rows_done)} images already have a row")
-        shards = (FeatureShards(features_dir, predictor.fc7_width, len(output.answered_paths),
-                                overwrite) if features_dir is not None else None)
+        shards = (
+            FeatureShards(features_dir, predictor.fc7_width, len(output.answered_paths), overwrite)
+            if features_dir is not None
+            else None
+        )
         explainer = None
         if explain_dir is not None:
             from alexnet_keras.gradcam import GradCam
@@ -740,7 +797,8 @@ def predict(sources, predictor, output, batch_size=64, top_k=DEFAULT_TOP_K, feat
                 if sigterm.raised:
                     raise Preempted(
                         f"SIGTERM: stopped with {len(output.rows_done)} images answered in "
-                        f"{output.journal_path}; rerun the same command to answer the rest")
+                        f"{output.journal_path}; rerun the same command to answer the rest"
+                    )
         summary = Summary(top_k=top_k)
         for row in output.rows():
             summary.add(row)
@@ -761,20 +819,25 @@ def _explain(explainer, predictor, batch, rows, folder):
         return
     images = tf.gather(pixels, good)
     heatmaps, classes, scores = explainer.explain(images)
-    for index, image, heatmap, class_index, score in zip(good, images.numpy(), heatmaps,
-                                                          classes, scores):
+    for index, image, heatmap, class_index, score in zip(
+        good, images.numpy(), heatmaps, classes, scores
+    ):
         caption = f"{predictor.labels[class_index]} {score:.2f}"
-        write_explanation(explanation_path(folder, rows[index]["path"]),
-                          image.astype(np.uint8), heatmap, caption)
+        write_explanation(
+            explanation_path(folder, rows[index]["path"]), image.astype(np.uint8), heatmap, caption
+        )
 
 
 def describe(summary, output):
     """The lines the command ends with."""
-    lines = [f"{summary.rows} images: {summary.rows - summary.failed} answered, "
-             f"{summary.failed} could not be answered (their rows say why) -> {output}"]
+    lines = [
+        f"{summary.rows} images: {summary.rows - summary.failed} answered, "
+        f"{summary.failed} could not be answered (their rows say why) -> {output}"
+    ]
     if summary.labelled:
-        top5 = (f", top-5 error {summary.top5_error:.4f}" if summary.top5_error is not None
-                else "")
-        lines.append(f"{summary.labelled} images with a known class: top-1 error "
-                     f"{summary.top1_error:.4f}{top5}")
+        top5 = f", top-5 error {summary.top5_error:.4f}" if summary.top5_error is not None else ""
+        lines.append(
+            f"{summary.labelled} images with a known class: top-1 error "
+            f"{summary.top1_error:.4f}{top5}"
+        )
     return lines

@@ -44,8 +44,12 @@ class ValidationTracker:
         self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def checkpoint_items(self):
-        return dict(plateau_rate=self.rate, best_error=self.best_error,
-                    bad_epochs=self.bad_epochs, reductions=self.reductions)
+        return dict(
+            plateau_rate=self.rate,
+            best_error=self.best_error,
+            bad_epochs=self.bad_epochs,
+            reductions=self.reductions,
+        )
 
     def end_epoch(self, val_top1_error):
         """Records an epoch's validation top-1 error; returns what it changes."""
@@ -54,9 +58,11 @@ class ValidationTracker:
             self.bad_epochs.assign(0)
             return EpochVerdict(improved=True, rate_reduced=False)
         self.bad_epochs.assign_add(1)
-        if (self.config.lr_schedule == "plateau"
-                and int(self.bad_epochs.numpy()) >= self.config.plateau_patience
-                and int(self.reductions.numpy()) < self.config.max_lr_reductions):
+        if (
+            self.config.lr_schedule == "plateau"
+            and int(self.bad_epochs.numpy()) >= self.config.plateau_patience
+            and int(self.reductions.numpy()) < self.config.max_lr_reductions
+        ):
             self.rate.assign(float(self.rate.numpy()) * self.config.plateau_factor)
             self.reductions.assign_add(1)
             self.bad_epochs.assign(0)

@@ -30,10 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras_base.files import process_alive
 from alexnet_keras_base.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
-from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.files import process_alive
+from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
@@ -68,8 +68,9 @@ def _big_endian(head, start, length):
 
 
 def _starts_with(head, offset, signature):
-    return tf.reduce_all(tf.equal(head[offset:offset + len(signature)],
-                                  tf.constant(list(signature), tf.int64)))
+    return tf.reduce_all(
+        tf.equal(head[offset : offset + len(signature)], tf.constant(list(signature), tf.int64))
+    )
 
 
 def image_size_from_header(image_bytes):
@@ -107,20 +108,27 @@ def image_size_from_header(image_bytes):
         def extended():  # 'VP8X': 24-bit canvas width - 1 and height - 1 at bytes 24-29
             return _little_endian(head, 27, 3) + 1, _little_endian(head, 24, 3) + 1
 
-        return tf.case([
-            (_starts_with(chunk, 0, b"VP8 "), lossy),
-            (_starts_with(chunk, 0, b"VP8L"), lossless),
-            (_starts_with(chunk, 0, b"VP8X"), extended),
-        ], default=_unknown)
+        return tf.case(
+            [
+                (_starts_with(chunk, 0, b"VP8 "), lossy),
+                (_starts_with(chunk, 0, b"VP8L"), lossless),
+                (_starts_with(chunk, 0, b"VP8X"), extended),
+            ],
+            default=_unknown,
+        )
 
     is_webp = tf.logical_and(_starts_with(head, 0, b"RIFF"), _starts_with(head, 8, b"WEBP"))
-    return tf.case([
-        (_starts_with(head, 0, b"\xff\xd8\xff"), jpeg),
-        (_starts_with(head, 0, b"\x89PNG\r\n\x1a\n"), png),
-        (_starts_with(head, 0, b"GIF8"), gif),
-        (_starts_with(head, 0, b"BM"), bmp),
-        (is_webp, webp),
-    ], default=_unknown, exclusive=False)
+    return tf.case(
+        [
+            (_starts_with(head, 0, b"\xff\xd8\xff"), jpeg),
+            (_starts_with(head, 0, b"\x89PNG\r\n\x1a\n"), png),
+            (_starts_with(head, 0, b"GIF8"), gif),
+            (_starts_with(head, 0, b"BM"), bmp),
+            (is_webp, webp),
+        ],
+        default=_unknown,
+        exclusive=False,
+    )
 
 
 def _unknown():
@@ -148,8 +156,7 @@ def gif_frame_pixels(image_bytes):
 
     def after_sub_blocks(position):
         # Each sub-block: its size, then that many bytes; size 0 ends the block's data.
-        (end,) = tf.while_loop(lambda at: byte(at) > 0, lambda at: [at + 1 + byte(at)],
-                               [position])
+        (end,) = tf.while_loop(lambda at: byte(at) > 0, lambda at: [at + 1 + byte(at)], [position])
         return end + 1
 
     def block(position, frames, pixels, done):
@@ -159,21 +166,28 @@ def gif_frame_pixels(image_bytes):
         image, extension = tf.equal(introducer, _GIF_IMAGE), tf.equal(introducer, _GIF_EXTENSION)
         # Image descriptor: separator, left, top, width, height (little-endian uint16), a
         # packed field; then the local color table, the LZW code size and the sub-blocks.
-        width, height = (tf.maximum(byte(position + offset), 0)
-                         + 256 * tf.maximum(byte(position + offset + 1), 0) for offset in (5, 7))
-        data_start = tf.where(image, position + 10 + color_table(byte(position + 9)) + 1,
-                              position + 2)
-        return (tf.cond(image | extension, lambda: after_sub_blocks(data_start),
-                        lambda: position),
-                frames + tf.cast(image, tf.int64),
-                pixels + tf.where(image, width * height, 0),
-                ~(image | extension))
+        width, height = (
+            tf.maximum(byte(position + offset), 0)
+            + 256 * tf.maximum(byte(position + offset + 1), 0)
+            for offset in (5, 7)
+        )
+        data_start = tf.where(
+            image, position + 10 + color_table(byte(position + 9)) + 1, position + 2
+        )
+        return (
+            tf.cond(image | extension, lambda: after_sub_blocks(data_start), lambda: position),
+            frames + tf.cast(image, tf.int64),
+            pixels + tf.where(image, width * height, 0),
+            ~(image | extension),
+        )
 
     # After the header, the logical screen descriptor and the global color table.
     start = 13 + color_table(byte(10))
     _, frames, pixels, _ = tf.while_loop(
-        lambda position, frames, pixels, done: ~done, block,
-        (start, tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(False)))
+        lambda position, frames, pixels, done: ~done,
+        block,
+        (start, tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(False)),
+    )
     return frames, pixels
 
 
@@ -183,14 +197,24 @@ def checked_image_bytes(image_bytes, max_pixels):
     after the checks, so an oversize image is refused before any pixel is allocated."""
     height, width = image_size_from_header(image_bytes)
     checks = [
-        tf.debugging.Assert(tf.strings.length(image_bytes) > 0,
-                            ["empty image bytes"]),
-        tf.debugging.Assert(height > 0, [
-            "not a JPEG, PNG, GIF, BMP or WebP image, or a header with a zero size; first "
-            "bytes:", tf.strings.substr(image_bytes, 0, 8)]),
-        tf.debugging.Assert(height * width <= max_pixels, [tf.strings.format(
-            "image of {} x {} pixels is above the limit of this export, {} pixels",
-            (height, width, max_pixels))]),
+        tf.debugging.Assert(tf.strings.length(image_bytes) > 0, ["empty image bytes"]),
+        tf.debugging.Assert(
+            height > 0,
+            [
+                "not a JPEG, PNG, GIF, BMP or WebP image, or a header with a zero size; first "
+                "bytes:",
+                tf.strings.substr(image_bytes, 0, 8),
+            ],
+        ),
+        tf.debugging.Assert(
+            height * width <= max_pixels,
+            [
+                tf.strings.format(
+                    "image of {} x {} pixels is above the limit of this export, {} pixels",
+                    (height, width, max_pixels),
+                )
+            ],
+        ),
     ]
     # A GIF's frames are all decoded: their pixels together count (after the screen's check,
     # so that a GIF above the limit by its screen alone is refused without the walk).
@@ -198,10 +222,19 @@ def checked_image_bytes(image_bytes, max_pixels):
         frames, frame_pixels = tf.cond(
             tf.equal(tf.strings.substr(image_bytes, 0, 4), b"GIF8"),
             lambda: gif_frame_pixels(image_bytes),
-            lambda: (tf.constant(1, tf.int64), height * width))
-    checks.append(tf.debugging.Assert(frame_pixels <= max_pixels, [tf.strings.format(
-        "GIF of {} frames with {} pixels in all is above the limit of this export, {} pixels",
-        (frames, frame_pixels, max_pixels))]))
+            lambda: (tf.constant(1, tf.int64), height * width),
+        )
+    checks.append(
+        tf.debugging.Assert(
+            frame_pixels <= max_pixels,
+            [
+                tf.strings.format(
+                    "GIF of {} frames with {} pixels in all is above the limit of this export, {} pixels",
+                    (frames, frame_pixels, max_pixels),
+                )
+            ],
+        )
+    )
     with tf.control_dependencies(checks):
         return tf.identity(image_bytes)
 
@@ -219,23 +252,28 @@ class ServingFunctions:
         if max_pixels < 1:
             raise UsageError(f"max_pixels must be >= 1, got {max_pixels}")
         if FC7 not in {layer.name for layer in model.layers}:
-            raise UsageError(f"the model has no layer named {FC7}, whose activations the "
-                             f"{FEATURES} signature answers: export a model built by "
-                             f"build_alexnet")
+            raise UsageError(
+                f"the model has no layer named {FC7}, whose activations the "
+                f"{FEATURES} signature answers: export a model built by "
+                f"build_alexnet"
+            )
         self.model = model
         # The logits and fc7 of one pass: the same layers and variables as `model`.
-        self.features_model = keras.Model(model.inputs,
-                                          [model.output, model.get_layer(FC7).output])
+        self.features_model = keras.Model(model.inputs, [model.output, model.get_layer(FC7).output])
         self.max_pixels = int(max_pixels)
         self.top_k = min(TOP_K, num_classes)
         self.labels_file = _write_labels(labels)
         # Class index -> label, from an asset file: the labels travel inside the SavedModel.
         self.label_table = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                str(self.labels_file), key_dtype=tf.int64,
-                key_index=tf.lookup.TextFileIndex.LINE_NUMBER, value_dtype=tf.string,
-                value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
-            default_value="")
+                str(self.labels_file),
+                key_dtype=tf.int64,
+                key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+                value_dtype=tf.string,
+                value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+            ),
+            default_value="",
+        )
 
     def predict_image_bytes(self, image_bytes):
         """string [batch] of encoded images -> the outputs dict."""
@@ -257,13 +295,18 @@ class ServingFunctions:
         network = self.features_model if with_fc7 else self.model
 
         def run():
-            return [tf.cast(output, tf.float32)
-                    for output in tf.nest.flatten(network(images, training=False))]
+            return [
+                tf.cast(output, tf.float32)
+                for output in tf.nest.flatten(network(images, training=False))
+            ]
 
         # An empty batch skips the model: oneDNN's convolution returns its input's shape for
         # an empty batch on some CPUs (AVX-512 Xeons), which breaks the next layer.
-        return tf.cond(tf.shape(images)[0] > 0, run, lambda: [
-            tf.zeros((0, output.shape[-1]), tf.float32) for output in network.outputs])
+        return tf.cond(
+            tf.shape(images)[0] > 0,
+            run,
+            lambda: [tf.zeros((0, output.shape[-1]), tf.float32) for output in network.outputs],
+        )
 
     def _decode(self, image_bytes):
         """string [batch] -> float32 [batch, 227, 227, 3], checked, decoded, preprocessed."""
@@ -272,10 +315,12 @@ class ServingFunctions:
         def preprocess(one_image):
             # The evaluation preprocessing itself: one code path for evaluation and serving.
             return input_pipeline.preprocess_for_eval(
-                checked_image_bytes(one_image, self.max_pixels))
+                checked_image_bytes(one_image, self.max_pixels)
+            )
 
-        return tf.map_fn(preprocess, image_bytes,
-                         fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        return tf.map_fn(
+            preprocess, image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32)
+        )
 
     def _answer(self, logits):
         """float32 logits [batch, classes] -> the outputs every signature answers."""
@@ -307,12 +352,21 @@ def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
     archive.track(model)
     archive.track(functions.label_table)
     size = input_pipeline.CROP_SIZE
-    archive.add_endpoint(SERVING_DEFAULT, functions.predict_image_bytes, input_signature=[
-        tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
-    archive.add_endpoint(PREDICT_PIXELS, functions.predict_pixels, input_signature=[
-        tf.TensorSpec((None, size, size, 3), tf.float32, name=PIXELS)])
-    archive.add_endpoint(FEATURES, functions.predict_features, input_signature=[
-        tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
+    archive.add_endpoint(
+        SERVING_DEFAULT,
+        functions.predict_image_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)],
+    )
+    archive.add_endpoint(
+        PREDICT_PIXELS,
+        functions.predict_pixels,
+        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name=PIXELS)],
+    )
+    archive.add_endpoint(
+        FEATURES,
+        functions.predict_features,
+        input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)],
+    )
     return archive, functions
 
 
@@ -336,11 +390,14 @@ def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES, signatures=WARMUP
     for signature in signatures:
         for batch_size in batch_sizes:
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
             request.inputs[IMAGE_BYTES].CopyFrom(
-                tf.make_tensor_proto(images[:batch_size], dtype=tf.string))
+                tf.make_tensor_proto(images[:batch_size], dtype=tf.string)
+            )
             log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request))
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
             records.append(log.SerializeToString())
     return records
 
@@ -387,14 +444,25 @@ def xla_must_compile_functions(export_dir):
         for function in meta_graph.graph_def.library.function:
             if marked(function):
                 names.append(function.signature.name)
-            names += [f"{function.signature.name}/{node.name}"
-                      for node in function.node_def if marked(node)]
+            names += [
+                f"{function.signature.name}/{node.name}"
+                for node in function.node_def
+                if marked(node)
+            ]
         names += [node.name for node in meta_graph.graph_def.node if marked(node)]
     return names
 
 
-def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MAX_PIXELS,
-                 model_name=None, source=None, log=print):
+def export_model(
+    model,
+    export_base,
+    labels,
+    version=None,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    model_name=None,
+    source=None,
+    log=print,
+):
     """Writes `export_base/<version>/`, a SavedModel for TF Serving; returns its path.
 
     The version is built in a hidden folder beside `export_base` and renamed into place
@@ -406,14 +474,17 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
     if version is not None and (int(version) != version or version < 1):
         raise UsageError(f"--version must be a positive integer, got {version}")
     if version is not None and (base / str(version)).exists():
-        raise UsageError(f"{base / str(version)} already exists; versions are never "
-                          f"overwritten (omit --version to take the next one)")
+        raise UsageError(
+            f"{base / str(version)} already exists; versions are never "
+            f"overwritten (omit --version to take the next one)"
+        )
     base.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(base):
         log(f"removed {path}, left by an export that did not finish")
     model_name = model_name or base.name
-    temporary = pathlib.Path(tempfile.mkdtemp(prefix=f".{base.name}.tmp-{os.getpid()}-",
-                                              dir=base.parent))
+    temporary = pathlib.Path(
+        tempfile.mkdtemp(prefix=f".{base.name}.tmp-{os.getpid()}-", dir=base.parent)
+    )
     functions = None
     try:
         archive, functions = build_export_archive(model, labels, max_pixels)
@@ -423,16 +494,22 @@ def export_model(model, export_base, labels, version=None, max_pixels=DEFAULT_MA
             raise UsageError(
                 f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
                 f"which TF Serving refuses unless started with XLA: the model uses a layer "
-                f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)")
+                f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)"
+            )
         extra = temporary / ExportBase.EXTRA
         extra.mkdir()
         with tf.io.TFRecordWriter(str(extra / ExportBase.WARMUP)) as writer:
             for record in warmup_records(model_name):
                 writer.write(record)
-        info = {"model": str(source) if source else None, "labels": len(labels),
-                "max_pixels": functions.max_pixels, "top_k": functions.top_k,
-                "tensorflow": tf.__version__, "keras": keras.__version__,
-                "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES]}
+        info = {
+            "model": str(source) if source else None,
+            "labels": len(labels),
+            "max_pixels": functions.max_pixels,
+            "top_k": functions.top_k,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES],
+        }
         (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
         _fsync_tree(temporary)
         return _rename_into_place(temporary, base, version)

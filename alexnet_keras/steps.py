@@ -22,8 +22,11 @@ from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_deca
 def build_optimizer(config, model):
     """The paper's SGD with momentum and weight decay in one fused update (PaperSGD),
     loss-scaled for float16, with its slots created."""
-    optimizer = PaperSGD(learning_rate=config.learning_rate, momentum=config.momentum,
-                         kernel_decay=config.weight_decay)
+    optimizer = PaperSGD(
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        kernel_decay=config.weight_decay,
+    )
     if config.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
@@ -33,6 +36,7 @@ def build_optimizer(config, model):
 @dataclasses.dataclass
 class StepSums:
     """Sums over examples, so that the sums of batches, replicas and workers add up."""
+
     loss: float = 0.0
     top1_correct: float = 0.0
     top5_correct: float = 0.0
@@ -43,8 +47,12 @@ class StepSums:
         return cls(**{field.name: float(outputs[field.name]) for field in dataclasses.fields(cls)})
 
     def __add__(self, other):
-        return StepSums(**{name: value + getattr(other, name)
-                             for name, value in dataclasses.asdict(self).items()})
+        return StepSums(
+            **{
+                name: value + getattr(other, name)
+                for name, value in dataclasses.asdict(self).items()
+            }
+        )
 
     @property
     def mean_loss(self):
@@ -81,8 +89,15 @@ def make_step_functions(strategy, model, optimizer, config):
         safe_labels = tf.maximum(labels, 0)
         top1 = tf.cast(tf.math.in_top_k(safe_labels, logits, 1), tf.float32) * valid
         top5 = tf.cast(tf.math.in_top_k(safe_labels, logits, top_k), tf.float32) * valid
-        return tf.stack([tf.reduce_sum(per_example_loss * valid), tf.reduce_sum(top1),
-                         tf.reduce_sum(top5), tf.reduce_sum(valid), stop_request])
+        return tf.stack(
+            [
+                tf.reduce_sum(per_example_loss * valid),
+                tf.reduce_sum(top1),
+                tf.reduce_sum(top5),
+                tf.reduce_sum(valid),
+                stop_request,
+            ]
+        )
 
     def train_replica(images, labels, stop_request):
         pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_dataset)
@@ -90,9 +105,11 @@ def make_step_functions(strategy, model, optimizer, config):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example_loss = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True)
+                labels, logits, from_logits=True
+            )
             loss = tf.nn.compute_average_loss(
-                per_example_loss, global_batch_size=config.global_batch_size)
+                per_example_loss, global_batch_size=config.global_batch_size
+            )
             scaled_loss = optimizer.scale_loss(loss) if float16 else loss
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
@@ -101,7 +118,8 @@ def make_step_functions(strategy, model, optimizer, config):
     def eval_replica(images, labels, stop_request):
         logits = model(images, training=False)
         per_example_loss = keras.losses.sparse_categorical_crossentropy(
-            tf.maximum(labels, 0), logits, from_logits=True)
+            tf.maximum(labels, 0), logits, from_logits=True
+        )
         return outputs(labels, logits, per_example_loss, stop_request)
 
     def reduce(per_replica):

@@ -11,8 +11,8 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.files import replaced_atomically
 
 CLASS_NAMES = (
     "circle",
@@ -88,7 +88,10 @@ def draw_image_with_box(class_name, rng):
         for angle in (rotation, rotation + math.pi / 2):
             dx, dy = math.cos(angle), math.sin(angle)
             corners = [
-                (center[0] + sx * radius * dx - sy * arm * dy, center[1] + sx * radius * dy + sy * arm * dx)
+                (
+                    center[0] + sx * radius * dx - sy * arm * dy,
+                    center[1] + sx * radius * dy + sy * arm * dx,
+                )
                 for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))
             ]
             draw.polygon(corners, fill=foreground)
@@ -103,7 +106,10 @@ def draw_image_with_box(class_name, rng):
         stripe = stripe.rotate(math.degrees(rotation), center=(width, height))
         mask = Image.new("L", (width, height), 0)
         ImageDraw.Draw(mask).rectangle(box, fill=255)
-        image.paste(stripe.crop((width // 2, height // 2, width // 2 + width, height // 2 + height)), mask=mask)
+        image.paste(
+            stripe.crop((width // 2, height // 2, width // 2 + width, height // 2 + height)),
+            mask=mask,
+        )
     elif class_name == "checkerboard":
         cells = int(rng.integers(3, 6))
         cell = 2 * radius / cells
@@ -136,15 +142,15 @@ def draw_image_with_box(class_name, rng):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), box
 
 
-def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0,
-                           classes=None):
+def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0, classes=None):
     """Writes `output_dir/<class>/<class>_NNNN.jpg` for the first `num_classes` classes, or
     for the named `classes`; returns the number of images written. A class's images depend
     only on the seed and the class, not on which other classes are written."""
     if classes is None:
         if not 2 <= num_classes <= len(CLASS_NAMES):
             raise UsageError(
-                f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}")
+                f"num_classes must be between 2 and {len(CLASS_NAMES)}, got {num_classes}"
+            )
         classes = CLASS_NAMES[:num_classes]
     unknown = [name for name in classes if name not in CLASS_NAMES]
     if unknown:

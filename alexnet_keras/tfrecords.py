@@ -21,11 +21,11 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from alexnet_keras_base.errors import UsageError, WorkerDied
 from alexnet_keras.discovery import SPLIT_NAMES, discover, plan_shards, read_class_names
-from alexnet_keras_base.files import replaced_atomically, write_text_atomically
 from alexnet_keras.progress import progress_bar
 from alexnet_keras_base.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_base.errors import UsageError, WorkerDied
+from alexnet_keras_base.files import replaced_atomically, write_text_atomically
 from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
 MIN_SHORTER_SIDE = 16
@@ -195,7 +195,9 @@ def _write_shard(shard, results, output_dir, class_names, fingerprint):
             for result in results:
                 item = result["item"]
                 if "error" in result:
-                    summary["skipped"].append({"file": item.relative_path, "reason": result["error"]})
+                    summary["skipped"].append(
+                        {"file": item.relative_path, "reason": result["error"]}
+                    )
                     continue
                 writer.write(_example(result["encoded"], item, class_names))
                 summary["examples"] += 1
@@ -230,8 +232,10 @@ def _remove_stale_files(output_dir, shards):
     for path in pathlib.Path(output_dir).iterdir():
         name = path.name
         # Temporary files of killed runs are hidden copies of a shard's name (files.py).
-        ours = (name.lstrip(".").startswith(tuple(f"{split}-" for split in SPLIT_NAMES))
-                and ".tfrecord" in name)
+        ours = (
+            name.lstrip(".").startswith(tuple(f"{split}-" for split in SPLIT_NAMES))
+            and ".tfrecord" in name
+        )
         if ours and name not in expected:
             path.unlink()
             removed.append(name)
@@ -288,24 +292,35 @@ class ConvertOptions:
         if not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"--jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
         if self.num_partitions < 1 or not 0 <= self.partition_index < self.num_partitions:
-            raise UsageError(f"--partition_index must be in [0, {self.num_partitions}), got "
-                             f"{self.partition_index}")
+            raise UsageError(
+                f"--partition_index must be in [0, {self.num_partitions}), got "
+                f"{self.partition_index}"
+            )
         if self.num_shards is not None and self.num_shards < 1:
             raise UsageError(f"--num_shards must be >= 1, got {self.num_shards}")
 
 
-def convert(input_dir, output_dir, options=ConvertOptions(), progress=None,
-            log=lambda message: print(message, file=sys.stderr)):
+def convert(
+    input_dir,
+    output_dir,
+    options=ConvertOptions(),
+    progress=None,
+    log=lambda message: print(message, file=sys.stderr),
+):
     """Converts an image folder; returns the dataset summary written to dataset.json, or
     None when this was one partition of several and others are still missing.
     `progress(total, description)` may return a tqdm-like bar."""
     workers = options.workers or os.cpu_count() or 1
     input_dir = pathlib.Path(input_dir).resolve()
     output_dir = pathlib.Path(output_dir)
-    splits, class_names, ignored = discover(input_dir, options.val_fraction, options.seed,
-                                            options.val_labels, options.val_label_synsets)
-    readable_names = (read_class_names(options.class_names_file, class_names)
-                      if options.class_names_file else None)
+    splits, class_names, ignored = discover(
+        input_dir, options.val_fraction, options.seed, options.val_labels, options.val_label_synsets
+    )
+    readable_names = (
+        read_class_names(options.class_names_file, class_names)
+        if options.class_names_file
+        else None
+    )
     shards = plan_shards(splits, options.num_shards, options.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     removed = _remove_stale_files(output_dir, shards)
@@ -314,8 +329,12 @@ def convert(input_dir, output_dir, options=ConvertOptions(), progress=None,
 
     # The input folder is part of every fingerprint: another tree of the same layout is
     # other images.
-    settings = {"jpeg_quality": options.jpeg_quality, "max_pixels": options.max_pixels,
-                "size": STORED_SIZE, "input_dir": str(input_dir)}
+    settings = {
+        "jpeg_quality": options.jpeg_quality,
+        "max_pixels": options.max_pixels,
+        "size": STORED_SIZE,
+        "input_dir": str(input_dir),
+    }
     summaries, todo = {}, []
     for shard in shards:
         fingerprint = shard.fingerprint(settings)
@@ -359,7 +378,10 @@ def convert(input_dir, output_dir, options=ConvertOptions(), progress=None,
         )
         return None
     dataset = _dataset_summary(
-        shards, summaries, class_names, ignored,
+        shards,
+        summaries,
+        class_names,
+        ignored,
         arguments={
             "input_dir": str(input_dir),
             "val_fraction": options.val_fraction,
@@ -387,7 +409,8 @@ def _worker_pool(workers):
     every pending result instead of waiting for it forever."""
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(method))
+        workers, mp_context=multiprocessing.get_context(method)
+    )
 
 
 def _process_chunk(tasks):
@@ -398,9 +421,10 @@ def _results_in_order(pool, tasks, in_flight, chunk_size=32):
     """process_item's results in task order, computed by `pool`, with at most `in_flight`
     chunks of `chunk_size` tasks submitted ahead (decoded images wait in memory only that
     long). Raises WorkerDied if a worker process dies."""
-    chunks = (tasks[start:start + chunk_size] for start in range(0, len(tasks), chunk_size))
-    pending = collections.deque(pool.submit(_process_chunk, chunk)
-                                for chunk in itertools.islice(chunks, in_flight))
+    chunks = (tasks[start : start + chunk_size] for start in range(0, len(tasks), chunk_size))
+    pending = collections.deque(
+        pool.submit(_process_chunk, chunk) for chunk in itertools.islice(chunks, in_flight)
+    )
     while pending:
         try:
             results = pending.popleft().result()
@@ -408,7 +432,8 @@ def _results_in_order(pool, tasks, in_flight, chunk_size=32):
             raise WorkerDied(
                 "a decoding worker process died (killed, or out of memory?) and the conversion "
                 "stopped; the finished shards are kept: run the same command again to go on, "
-                "with fewer --workers if memory is short") from None
+                "with fewer --workers if memory is short"
+            ) from None
         pending.extend(pool.submit(_process_chunk, chunk) for chunk in itertools.islice(chunks, 1))
         yield from results
 

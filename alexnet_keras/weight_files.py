@@ -28,12 +28,37 @@ NPY_MAGIC = b"\x93NUMPY"
 # === The protobuf wire format ===
 
 # V1LayerParameter.type, the enum of the legacy encoding (caffe.proto's V1 LayerType).
-V1_TYPES = {1: "Accuracy", 4: "Convolution", 5: "Data", 6: "Dropout", 12: "ImageData",
-            14: "InnerProduct", 15: "LRN", 17: "Pooling", 18: "ReLU", 20: "Softmax",
-            21: "SoftmaxWithLoss", 22: "Split", 24: "WindowData", 29: "MemoryData",
-            32: "DummyData", 36: "Silence", 9: "HDF5Data"}
-V1_TYPE_NAMES = {3: "Concat", 8: "Flatten", 25: "Eltwise", 19: "Sigmoid", 23: "TanH",
-                 35: "AbsVal", 26: "Power", 33: "Slice", 34: "MVN", 39: "Deconvolution"}
+V1_TYPES = {
+    1: "Accuracy",
+    4: "Convolution",
+    5: "Data",
+    6: "Dropout",
+    12: "ImageData",
+    14: "InnerProduct",
+    15: "LRN",
+    17: "Pooling",
+    18: "ReLU",
+    20: "Softmax",
+    21: "SoftmaxWithLoss",
+    22: "Split",
+    24: "WindowData",
+    29: "MemoryData",
+    32: "DummyData",
+    36: "Silence",
+    9: "HDF5Data",
+}
+V1_TYPE_NAMES = {
+    3: "Concat",
+    8: "Flatten",
+    25: "Eltwise",
+    19: "Sigmoid",
+    23: "TanH",
+    35: "AbsVal",
+    26: "Power",
+    33: "Slice",
+    34: "MVN",
+    39: "Deconvolution",
+}
 
 
 def _varint(data, position, end):
@@ -65,24 +90,27 @@ def _fields(data, start, end):
         elif wire_type == 2:
             length, position = _varint(data, position, end)
             if position + length > end:
-                raise UsageError("a field runs past the end of its message: the file is "
-                                   "truncated, or not a Caffe model")
+                raise UsageError(
+                    "a field runs past the end of its message: the file is "
+                    "truncated, or not a Caffe model"
+                )
             value, position = (position, position + length), position + length
         elif wire_type in (1, 5):
             size = 8 if wire_type == 1 else 4
             if position + size > end:
-                raise UsageError("the file ends inside a field: truncated, or not a Caffe "
-                                   "model")
-            value, position = bytes(data[position:position + size]), position + size
+                raise UsageError("the file ends inside a field: truncated, or not a Caffe model")
+            value, position = bytes(data[position : position + size]), position + size
         else:
-            raise UsageError(f"wire type {wire_type} (field {number}) does not occur in "
-                               f"Caffe models: not a Caffe model, or a damaged one")
+            raise UsageError(
+                f"wire type {wire_type} (field {number}) does not occur in "
+                f"Caffe models: not a Caffe model, or a damaged one"
+            )
         yield number, wire_type, value
 
 
 def _string(data, span):
     try:
-        return bytes(data[span[0]:span[1]]).decode()
+        return bytes(data[span[0] : span[1]]).decode()
     except UnicodeDecodeError:
         raise UsageError("a layer name or type that is not text: not a Caffe model") from None
 
@@ -123,34 +151,84 @@ def _message(data, span, fields):
     return parsed
 
 
-_CONVOLUTION_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"), 3: ("pad", "ints"),
-                       4: ("kernel_size", "ints"), 5: ("group", "int"), 6: ("stride", "ints"),
-                       9: ("pad_h", "int"), 10: ("pad_w", "int"), 11: ("kernel_h", "int"),
-                       12: ("kernel_w", "int"), 13: ("stride_h", "int"),
-                       14: ("stride_w", "int"), 18: ("dilation", "ints")}
+_CONVOLUTION_FIELDS = {
+    1: ("num_output", "int"),
+    2: ("bias_term", "int"),
+    3: ("pad", "ints"),
+    4: ("kernel_size", "ints"),
+    5: ("group", "int"),
+    6: ("stride", "ints"),
+    9: ("pad_h", "int"),
+    10: ("pad_w", "int"),
+    11: ("kernel_h", "int"),
+    12: ("kernel_w", "int"),
+    13: ("stride_h", "int"),
+    14: ("stride_w", "int"),
+    18: ("dilation", "ints"),
+}
 
-_POOLING_FIELDS = {1: ("pool", "int"), 2: ("kernel_size", "int"), 3: ("stride", "int"),
-                   4: ("pad", "int"), 5: ("kernel_h", "int"), 6: ("kernel_w", "int"),
-                   7: ("stride_h", "int"), 8: ("stride_w", "int"), 9: ("pad_h", "int"),
-                   10: ("pad_w", "int"), 12: ("global_pooling", "int")}
+_POOLING_FIELDS = {
+    1: ("pool", "int"),
+    2: ("kernel_size", "int"),
+    3: ("stride", "int"),
+    4: ("pad", "int"),
+    5: ("kernel_h", "int"),
+    6: ("kernel_w", "int"),
+    7: ("stride_h", "int"),
+    8: ("stride_w", "int"),
+    9: ("pad_h", "int"),
+    10: ("pad_w", "int"),
+    12: ("global_pooling", "int"),
+}
 
-_LRN_FIELDS = {1: ("local_size", "int"), 2: ("alpha", "float"), 3: ("beta", "float"),
-               4: ("norm_region", "int"), 5: ("k", "float")}
+_LRN_FIELDS = {
+    1: ("local_size", "int"),
+    2: ("alpha", "float"),
+    3: ("beta", "float"),
+    4: ("norm_region", "int"),
+    5: ("k", "float"),
+}
 
-_INNER_PRODUCT_FIELDS = {1: ("num_output", "int"), 2: ("bias_term", "int"),
-                         5: ("axis", "int"), 6: ("transpose", "int")}
+_INNER_PRODUCT_FIELDS = {
+    1: ("num_output", "int"),
+    2: ("bias_term", "int"),
+    5: ("axis", "int"),
+    6: ("transpose", "int"),
+}
 
 POOL_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
 
 # Field numbers of LayerParameter (current) and V1LayerParameter (legacy).
-_CURRENT = {"name": 1, "type": 2, "bottom": 3, "top": 4, "blobs": 7, "convolution": 106,
-            "inner_product": 117, "lrn": 118, "pooling": 121}
+_CURRENT = {
+    "name": 1,
+    "type": 2,
+    "bottom": 3,
+    "top": 4,
+    "blobs": 7,
+    "convolution": 106,
+    "inner_product": 117,
+    "lrn": 118,
+    "pooling": 121,
+}
 
-_LEGACY = {"name": 4, "type": 5, "bottom": 2, "top": 3, "blobs": 6, "convolution": 10,
-           "inner_product": 17, "lrn": 18, "pooling": 19}
+_LEGACY = {
+    "name": 4,
+    "type": 5,
+    "bottom": 2,
+    "top": 3,
+    "blobs": 6,
+    "convolution": 10,
+    "inner_product": 17,
+    "lrn": 18,
+    "pooling": 19,
+}
 
-_PARAMETER_FIELDS = {"convolution": _CONVOLUTION_FIELDS, "inner_product": _INNER_PRODUCT_FIELDS,
-                     "lrn": _LRN_FIELDS, "pooling": _POOLING_FIELDS}
+_PARAMETER_FIELDS = {
+    "convolution": _CONVOLUTION_FIELDS,
+    "inner_product": _INNER_PRODUCT_FIELDS,
+    "lrn": _LRN_FIELDS,
+    "pooling": _POOLING_FIELDS,
+}
 
 
 def _blob(data, span, layer_name):
@@ -166,21 +244,26 @@ def _blob(data, span, layer_name):
             legacy[number] = _packed_varints(data, wire_type, value)[-1]
         elif number in (5, 8):  # data (packed float), double_data (packed double)
             if wire_type != 2:
-                raise UsageError(f"layer {layer_name}: blob values not in packed form, "
-                                   f"which Caffe never writes")
+                raise UsageError(
+                    f"layer {layer_name}: blob values not in packed form, which Caffe never writes"
+                )
             start, end = value
             dtype = np.dtype("<f4" if number == 5 else "<f8")
             if (end - start) % dtype.itemsize:
-                raise UsageError(f"layer {layer_name}: a blob's data is not a whole number "
-                                   f"of values: a damaged file")
+                raise UsageError(
+                    f"layer {layer_name}: a blob's data is not a whole number "
+                    f"of values: a damaged file"
+                )
             values = np.frombuffer(data, dtype, (end - start) // dtype.itemsize, start)
     if shape is None:
         shape = [legacy.get(number, 1) for number in (1, 2, 3, 4)] if legacy else []
     if values is None:
         values = np.zeros(0, np.float32)
     if int(np.prod(shape, dtype=np.int64)) != values.size:
-        raise UsageError(f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
-                           f"{values.size} values: the file is truncated or damaged")
+        raise UsageError(
+            f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
+            f"{values.size} values: the file is truncated or damaged"
+        )
     return values.reshape(shape)
 
 
@@ -204,8 +287,10 @@ def _layer(data, span, fields):
         elif number == fields["blobs"] and wire_type == 2:
             blob_spans.append(value)
         elif fields is _LEGACY and number == 1 and wire_type == 2:
-            raise UsageError("a V0 Caffe model (2013 format): upgrade it first with Caffe's "
-                               "upgrade_net_proto_binary")
+            raise UsageError(
+                "a V0 Caffe model (2013 format): upgrade it first with Caffe's "
+                "upgrade_net_proto_binary"
+            )
         else:
             for parameter, parameter_number in fields.items():
                 if parameter in _PARAMETER_FIELDS and number == parameter_number:
@@ -216,8 +301,14 @@ def _layer(data, span, fields):
     blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
     for parameter, parameter_span in parameter_spans.items():
         parameters = _message(data, parameter_span, _PARAMETER_FIELDS[parameter])
-    return {"name": name, "type": kind or "(no type)", "bottom": bottoms, "top": tops,
-            "blobs": blobs, "parameters": parameters}
+    return {
+        "name": name,
+        "type": kind or "(no type)",
+        "bottom": bottoms,
+        "top": tops,
+        "blobs": blobs,
+        "parameters": parameters,
+    }
 
 
 def read_caffemodel(data):
@@ -231,8 +322,9 @@ def read_caffemodel(data):
         elif number == 2 and wire_type == 2:
             legacy.append(value)
     if current and legacy:
-        raise UsageError("the file mixes Caffe's two layer encodings (layer and layers): "
-                           "not a model Caffe wrote")
+        raise UsageError(
+            "the file mixes Caffe's two layer encodings (layer and layers): not a model Caffe wrote"
+        )
     if not current and not legacy:
         raise UsageError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
     fields, spans = (_CURRENT, current) if current else (_LEGACY, legacy)
@@ -268,8 +360,10 @@ class _WeightsUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         allowed = self.ALLOWED.get((module, name))
         if allowed is None:
-            raise UsageError(f"the pickle calls {module}.{name}, which a weights file has no "
-                               f"need of: refused, nothing was run")
+            raise UsageError(
+                f"the pickle calls {module}.{name}, which a weights file has no "
+                f"need of: refused, nothing was run"
+            )
         return allowed
 
 
@@ -286,8 +380,9 @@ def read_npy_weights(path):
         except ValueError as error:
             raise UsageError(f"not a readable .npy file: {error}") from None
         if dtype != np.dtype(object) or shape != ():
-            raise UsageError(f"a .npy array of {dtype} {shape}, not the pickled dict of "
-                               f"bvlc_alexnet.npy")
+            raise UsageError(
+                f"a .npy array of {dtype} {shape}, not the pickled dict of bvlc_alexnet.npy"
+            )
         try:
             # Python 2 str (the arrays' data, the keys) as bytes: numpy then wraps the
             # data without copying it, and the unpickler's memo holds no second copy.
@@ -295,20 +390,25 @@ def read_npy_weights(path):
         except UsageError:
             raise
         except Exception as error:  # a damaged pickle fails in many ways
-            raise UsageError(f"the pickle in the .npy file cannot be read ({error}): "
-                               f"truncated or damaged") from None
+            raise UsageError(
+                f"the pickle in the .npy file cannot be read ({error}): truncated or damaged"
+            ) from None
     if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
         loaded = loaded.item()
     if not isinstance(loaded, dict):
-        raise UsageError(f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's "
-                           f"dict of layers")
+        raise UsageError(
+            f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's dict of layers"
+        )
     weights = {}
     for name, value in loaded.items():
         name = name.decode("latin1") if isinstance(name, bytes) else str(name)
         if isinstance(value, dict):
             value = [value.get("weights"), value.get("biases")]
-        if (not isinstance(value, (list, tuple)) or len(value) != 2
-                or not all(isinstance(item, np.ndarray) for item in value)):
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not all(isinstance(item, np.ndarray) for item in value)
+        ):
             raise UsageError(f"layer {name}: not a pair of arrays (weights, biases)")
         weights[name] = tuple(value)
     return weights
@@ -337,8 +437,10 @@ def read_mean_file(path):
     elif mean.ndim == 3 and mean.shape[0] == 3:
         values = mean.mean(axis=(1, 2))
     else:
-        raise UsageError(f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
-                           f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)")
+        raise UsageError(
+            f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
+            f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)"
+        )
     if not np.all(np.isfinite(values)):
         raise UsageError(f"--mean_file {path}: the mean is not finite")
     return tuple(float(value) for value in values)
@@ -349,13 +451,17 @@ def read_class_names(path, num_classes):
     `n01440764 tench, Tinca tinca`)."""
     path = pathlib.Path(path)
     try:
-        names = [line.strip() for line in _read_bytes(path, "--class_names").decode()
-                 .splitlines() if line.strip()]
+        names = [
+            line.strip()
+            for line in _read_bytes(path, "--class_names").decode().splitlines()
+            if line.strip()
+        ]
     except UnicodeDecodeError:
         raise UsageError(f"--class_names {path} is not UTF-8 text") from None
     if len(names) != num_classes:
-        raise UsageError(f"--class_names {path} has {len(names)} names, the model has "
-                           f"{num_classes} classes")
+        raise UsageError(
+            f"--class_names {path} has {len(names)} names, the model has {num_classes} classes"
+        )
     return names
 
 
@@ -363,4 +469,3 @@ def _read_bytes(path, flag):
     if not path.is_file():
         raise UsageError(f"{flag} {path} does not exist")
     return path.read_bytes()
-

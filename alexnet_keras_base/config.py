@@ -38,12 +38,16 @@ def _canonical_train_layers(text):
     """'all', or the chosen WEIGHT_LAYERS comma-separated in the network's order."""
     names = [name.strip() for name in str(text).split(",") if name.strip()]
     if not names:
-        raise UsageError(f"--train_layers is empty: name layers among {', '.join(WEIGHT_LAYERS)}, "
-                         f"or {ALL_LAYERS}")
+        raise UsageError(
+            f"--train_layers is empty: name layers among {', '.join(WEIGHT_LAYERS)}, "
+            f"or {ALL_LAYERS}"
+        )
     unknown = [name for name in names if name not in (*WEIGHT_LAYERS, ALL_LAYERS)]
     if unknown:
-        raise UsageError(f"--train_layers: unknown layer {', '.join(map(repr, unknown))}; the "
-                         f"layers are {', '.join(WEIGHT_LAYERS)}, or {ALL_LAYERS}")
+        raise UsageError(
+            f"--train_layers: unknown layer {', '.join(map(repr, unknown))}; the "
+            f"layers are {', '.join(WEIGHT_LAYERS)}, or {ALL_LAYERS}"
+        )
     if ALL_LAYERS in names or set(names) == set(WEIGHT_LAYERS):
         return ALL_LAYERS
     return ",".join(name for name in WEIGHT_LAYERS if name in names)
@@ -52,8 +56,9 @@ def _canonical_train_layers(text):
 def _setting(default, help, choices=None, metavar=None):
     """A Config field with the help text of its train.py flag (the flags are built from the
     fields: alexnet_keras_cli/train.py)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                        "metavar": metavar})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "metavar": metavar}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,28 +66,37 @@ class Config:
     # === Model ===
     width_multiplier: float = _setting(1.0, "channel scale; 1.0 is the paper's network")
     dropout_rate: float | None = _setting(
-        0.5, "dropout after fc6 and fc7 (paper: 0.5; with --init_from the model's by default)")
+        0.5, "dropout after fc6 and fc7 (paper: 0.5; with --init_from the model's by default)"
+    )
     bias_init: float = _setting(
-        1.0, "initial bias of conv2, conv4, conv5, fc6 and fc7 (paper: 1; Caffe: 0.1)")
+        1.0, "initial bias of conv2, conv4, conv5, fc6 and fc7 (paper: 1; Caffe: 0.1)"
+    )
     kernel_init: str = _setting(
-        "paper", "initial weights: 'paper' N(0, 0.01), or 'he_normal'",
-        choices=KERNEL_INITIALIZERS)
+        "paper", "initial weights: 'paper' N(0, 0.01), or 'he_normal'", choices=KERNEL_INITIALIZERS
+    )
     input_scale: float = _setting(
-        1.0, "factor after the mean subtraction (1: the paper; 1/64 suits he_normal)")
+        1.0, "factor after the mean subtraction (1: the paper; 1/64 suits he_normal)"
+    )
 
     # === Optimisation (paper section 5) ===
     epochs: int = _setting(90, "number of epochs (paper: 90)")
     global_batch_size: int = _setting(
-        128, "images per step over all replicas (paper: 128, whatever the replicas)")
+        128, "images per step over all replicas (paper: 128, whatever the replicas)"
+    )
     learning_rate: float = _setting(0.01, "initial learning rate (paper: 0.01)")
     momentum: float = _setting(0.9, "SGD momentum (paper: 0.9)")
     weight_decay: float = _setting(
-        5e-4, "L2 weight decay, inside the momentum update (paper: 0.0005)")
+        5e-4, "L2 weight decay, inside the momentum update (paper: 0.0005)"
+    )
     lr_schedule: str = _setting(
-        "plateau", "'plateau' divides by 10 when validation top-1 stops improving (paper); "
-        "'step' every --step_epochs; 'cosine'", choices=LR_SCHEDULES)
+        "plateau",
+        "'plateau' divides by 10 when validation top-1 stops improving (paper); "
+        "'step' every --step_epochs; 'cosine'",
+        choices=LR_SCHEDULES,
+    )
     plateau_patience: int = _setting(
-        5, "'plateau': epochs without a better validation top-1 error before a reduction")
+        5, "'plateau': epochs without a better validation top-1 error before a reduction"
+    )
     plateau_factor: float = _setting(0.1, "'plateau': the factor of each reduction")
     max_lr_reductions: int = _setting(3, "'plateau': reductions at most (paper: 3)")
     step_epochs: int = _setting(30, "'step': epochs between divisions by 10")
@@ -91,42 +105,71 @@ class Config:
     # === Input ===
     shuffle_buffer: int = _setting(10_000, "examples in the shuffle buffer")
     pca_noise_std: float = _setting(
-        0.1, "std of the PCA lighting noise's alpha_i (paper: 0.1; 0 turns it off)")
+        0.1, "std of the PCA lighting noise's alpha_i (paper: 0.1; 0 turns it off)"
+    )
 
     # === Fine-tuning ===
     init_from: str | None = _setting(
-        None, "start from the weights of a .keras model of this project (a run's "
+        None,
+        "start from the weights of a .keras model of this project (a run's "
         "alexnet.keras or an imported one); its width, LRN and mean are kept, fc8 is replaced "
-        "when the data has other classes", metavar="MODEL")
+        "when the data has other classes",
+        metavar="MODEL",
+    )
     train_layers: str = _setting(
-        ALL_LAYERS, "with --init_from: comma-separated layers to train among conv1, conv2, "
+        ALL_LAYERS,
+        "with --init_from: comma-separated layers to train among conv1, conv2, "
         "conv3, conv4, conv5, fc6, fc7, fc8, or 'all' (default); the others stay exactly as "
-        "loaded", metavar="LAYERS")
+        "loaded",
+        metavar="LAYERS",
+    )
 
     # === Runtime ===
     mixed_precision: str = _setting(
-        "off", "mixed precision for GPUs: float16 (with loss scaling) or bfloat16",
-        choices=MIXED_PRECISION)
+        "off",
+        "mixed precision for GPUs: float16 (with loss scaling) or bfloat16",
+        choices=MIXED_PRECISION,
+    )
     xla: bool = _setting(False, "compile the training step with XLA (GPU users)")
     checkpoint_every_steps: int = _setting(500, "checkpoint interval in steps")
     keep_checkpoints: int = _setting(3, "how many checkpoints to keep")
     seed: int = _setting(0, "random seed")
-    deterministic: bool = _setting(
-        False, "reproducible input order and augmentation (slower)")
+    deterministic: bool = _setting(False, "reproducible input order and augmentation (slower)")
 
     def __post_init__(self):
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
+            (
+                self.global_batch_size >= 1,
+                f"global_batch_size must be >= 1, got {self.global_batch_size}",
+            ),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"),
-            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"),
-            (self.checkpoint_every_steps >= 1, f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}"),
-            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.plateau_patience >= 1, f"plateau_patience must be >= 1, got {self.plateau_patience}"),
-            (0 < self.plateau_factor < 1, f"plateau_factor must be in (0, 1), got {self.plateau_factor}"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
+            ),
+            (
+                self.mixed_precision in MIXED_PRECISION,
+                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}",
+            ),
+            (
+                self.checkpoint_every_steps >= 1,
+                f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}",
+            ),
+            (
+                self.keep_checkpoints >= 1,
+                f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
+            ),
+            (
+                self.plateau_patience >= 1,
+                f"plateau_patience must be >= 1, got {self.plateau_patience}",
+            ),
+            (
+                0 < self.plateau_factor < 1,
+                f"plateau_factor must be in (0, 1), got {self.plateau_factor}",
+            ),
             (self.step_epochs >= 1, f"step_epochs must be >= 1, got {self.step_epochs}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.pca_noise_std >= 0, f"pca_noise_std must be >= 0, got {self.pca_noise_std}"),
@@ -139,8 +182,10 @@ class Config:
         # are the same setting in config.json, run.json and the resume checks.
         object.__setattr__(self, "train_layers", _canonical_train_layers(self.train_layers))
         if self.train_layers != ALL_LAYERS and not self.init_from:
-            raise UsageError(f"--train_layers {self.train_layers} needs --init_from: without "
-                             f"it the frozen layers would keep their random initial weights")
+            raise UsageError(
+                f"--train_layers {self.train_layers} needs --init_from: without "
+                f"it the frozen layers would keep their random initial weights"
+            )
 
     @property
     def trained_layers(self):

@@ -88,8 +88,10 @@ class DataDir:
     def read_info(self):
         """dataset.json's contents; FileNotFoundError says how to make it."""
         if not self.dataset_file.exists():
-            raise FileNotFoundError(f"{self.dataset_file} not found: convert an image folder "
-                                    f"first with data/build_tfrecords.py")
+            raise FileNotFoundError(
+                f"{self.dataset_file} not found: convert an image folder "
+                f"first with data/build_tfrecords.py"
+            )
         return json.loads(self.dataset_file.read_text())
 
     def read_labels(self):
@@ -186,13 +188,18 @@ class RunDir:
                 source = previous.get("init_from", {}).get("path")
                 raise UsageError(
                     f"--model_dir {model_dir} holds a checkpoint of a run that "
-                    + (f"started from --init_from {source}: resume with it" if previous[key]
-                       else "did not start from --init_from: resume without it")
-                    + ", or use another --model_dir")
+                    + (
+                        f"started from --init_from {source}: resume with it"
+                        if previous[key]
+                        else "did not start from --init_from: resume without it"
+                    )
+                    + ", or use another --model_dir"
+                )
             if key == "num_classes":
                 raise UsageError(
                     f"--model_dir {model_dir} holds a checkpoint for {previous[key]} classes but "
-                    f"the data has {num_classes}: use another --model_dir")
+                    f"the data has {num_classes}: use another --model_dir"
+                )
             if key == "loss_scaling":
                 before = previous.get("mixed_precision", "float16" if previous[key] else "off")
                 raise UsageError(
@@ -200,38 +207,51 @@ class RunDir:
                     f"{before}, and --mixed_precision {config.mixed_precision} "
                     f"{'drops' if previous[key] else 'adds'} the loss scaling optimizer it "
                     f"checkpoints: resume with --mixed_precision {before}, or use another "
-                    f"--model_dir")
+                    f"--model_dir"
+                )
             raise UsageError(
                 f"--model_dir {model_dir} holds a checkpoint made with {flag} {previous[key]} "
                 f"but this run has {value}: resume with the same {flag}, or use another "
-                f"--model_dir")
+                f"--model_dir"
+            )
 
-    def record_run(self, config, class_names, data_dir, replicas, resumed_at_step,
-                   source=None):
+    def record_run(self, config, class_names, data_dir, replicas, resumed_at_step, source=None):
         """config.json is the config the run started with; a resume keeps it and appends its
         own step, replicas and config changes to run.json's `resumes`. The class names travel
         with the run, so an export labels its outputs without the data folder. `source`: what
         a fine-tuned run started from (path, weights fingerprint, architecture)."""
         num_classes = len(class_names)
-        run = {"num_classes": num_classes, "class_names": list(class_names),
-               "data_dir": str(data_dir), "replicas": replicas,
-               "width_multiplier": config.width_multiplier,
-               "mixed_precision": config.mixed_precision,
-               **{key: value for key, (value, _) in
-                  self.checkpoint_layout(config, num_classes).items()},
-               **({"init_from": source} if source else {}),
-               "resumes": []}
+        run = {
+            "num_classes": num_classes,
+            "class_names": list(class_names),
+            "data_dir": str(data_dir),
+            "replicas": replicas,
+            "width_multiplier": config.width_multiplier,
+            "mixed_precision": config.mixed_precision,
+            **{
+                key: value
+                for key, (value, _) in self.checkpoint_layout(config, num_classes).items()
+            },
+            **({"init_from": source} if source else {}),
+            "resumes": [],
+        }
         if resumed_at_step is None or not self.config_file.exists():
             write_text_atomically(self.config_file, config.to_json())
         else:
             original = json.loads(self.config_file.read_text())
             previous = self.read_run() or {}
             run = {**previous, "resumes": previous.get("resumes", [])}
-            run["resumes"].append({
-                "step": resumed_at_step, "replicas": replicas,
-                "config_changes": {name: value
-                                   for name, value in dataclasses.asdict(config).items()
-                                   if original.get(name) != value}})
+            run["resumes"].append(
+                {
+                    "step": resumed_at_step,
+                    "replicas": replicas,
+                    "config_changes": {
+                        name: value
+                        for name, value in dataclasses.asdict(config).items()
+                        if original.get(name) != value
+                    },
+                }
+            )
         write_text_atomically(self.run_file, json.dumps(run, indent=2))
 
 
@@ -255,8 +275,11 @@ class ExportBase:
         """The integer version numbers present, ascending."""
         if not self.path.is_dir():
             return []
-        return sorted(int(child.name) for child in self.path.iterdir()
-                      if child.is_dir() and child.name.isdigit())
+        return sorted(
+            int(child.name)
+            for child in self.path.iterdir()
+            if child.is_dir() and child.name.isdigit()
+        )
 
     def version_dir(self, version):
         return self.path / str(version)

@@ -25,7 +25,8 @@ NO_GPU = re.compile(r"failed call to cuInit")
 # graph optimizations, which tf.data notes; nothing the caller can change.
 DISTRIBUTED_ITERATOR_NOTE = re.compile(
     r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized because "
-    r"the dataset does not implement the AsGraphDefInternal\(\) method")
+    r"the dataset does not implement the AsGraphDefInternal\(\) method"
+)
 
 
 @contextlib.contextmanager
@@ -72,8 +73,9 @@ def native_stderr_without(pattern):
     match `pattern`. For short blocks that make TensorFlow print a known, useless line."""
 
     def replay(text):
-        sys.stderr.writelines(line for line in text.splitlines(keepends=True)
-                              if not pattern.search(line))
+        sys.stderr.writelines(
+            line for line in text.splitlines(keepends=True) if not pattern.search(line)
+        )
         sys.stderr.flush()
 
     return _native_stderr_captured(replay)

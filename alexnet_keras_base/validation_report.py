@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 
-from alexnet_keras_base.layout import DataDir
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.layout import DataDir
 
 TRAINING_SPLITS = ("train", "validation")
 COMMAND = ".venv-validate/bin/python data/validate_data.py"
@@ -61,7 +61,8 @@ def check_validated(data_dir, splits=TRAINING_SPLITS):
                 f"--require_validation: {data_dir} has no data validation report for the "
                 f"{split} split ({os.path.basename(path)}). Validate it in the validation "
                 f"environment: `{COMMAND} stats --data_dir {data_dir}`, then `{COMMAND} schema "
-                f"--data_dir {data_dir}`, then {_rerun(data_dir, split)}")
+                f"--data_dir {data_dir}`, then {_rerun(data_dir, split)}"
+            )
         try:
             report = json.loads(open(path, encoding="utf-8").read())
             passed, anomalies = report["passed"], report["anomalies"]
@@ -69,21 +70,26 @@ def check_validated(data_dir, splits=TRAINING_SPLITS):
         except (ValueError, KeyError, TypeError):
             raise UsageError(
                 f"--require_validation: {path} is not a validation report written by "
-                f"data/validate_data.py; run {_rerun(data_dir, split)}") from None
+                f"data/validate_data.py; run {_rerun(data_dir, split)}"
+            ) from None
         if not passed:
             first = anomalies[0] if anomalies else {"feature": "?", "kind": "?"}
             raise UsageError(
                 f"--require_validation: the latest validation of the {split} split found "
                 f"{len(anomalies)} anomalies (first: {first['feature']}: {first['kind']}); "
                 f"see {os.path.join(str(data_dir), DataDir.report_name(split, '.txt'))}. Fix the data "
-                f"or the schema ({schema_path}), then run {_rerun(data_dir, split)}")
+                f"or the schema ({schema_path}), then run {_rerun(data_dir, split)}"
+            )
         if records != _local_records(data_dir, split):
             raise UsageError(
                 f"--require_validation: the {split} records in {data_dir} changed after they "
-                f"were validated; run {_rerun(data_dir, split)}")
-        current_schema = (sha256_of_bytes(open(schema_path, "rb").read())
-                          if os.path.exists(schema_path) else None)
+                f"were validated; run {_rerun(data_dir, split)}"
+            )
+        current_schema = (
+            sha256_of_bytes(open(schema_path, "rb").read()) if os.path.exists(schema_path) else None
+        )
         if current_schema != schema_sha256:
             raise UsageError(
                 f"--require_validation: {schema_path} changed (or was removed) after the "
-                f"{split} split was validated; run {_rerun(data_dir, split)}")
+                f"{split} split was validated; run {_rerun(data_dir, split)}"
+            )

@@ -41,7 +41,6 @@ def command(*also):
     return decorate
 
 
-
 def progress_bar_factory(unit, enabled=True, file=None):
     """A function (total, description) -> tqdm bar on `file` (standard error), or None when
     disabled or when it is not a terminal (logs get no bars)."""

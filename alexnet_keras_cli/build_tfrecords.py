@@ -27,45 +27,85 @@ import os
 import sys
 import time
 
-from alexnet_keras_cli import command, progress_bar_factory
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base.config import CONVERTER_MAX_PIXELS
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command, progress_bar_factory
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--input_dir", required=True, help="folder of class folders (see above)")
     parser.add_argument("--output_dir", required=True, help="where shards and dataset.json go")
-    parser.add_argument("--val_fraction", type=float, default=0.05,
-                        help="share of each class held out when IN has no val/ (default 0.05)")
-    parser.add_argument("--num_shards", type=int, default=None,
-                        help="training shards (default: one per 1024 images, at least 4); "
-                             "validation gets a proportional number")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="decoding processes (default: all cores, %(default)s here)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the validation hold-out and the shuffling (default 0)")
-    parser.add_argument("--jpeg_quality", type=int, default=95,
-                        help="quality of the re-encoded JPEGs, 1-100 (default 95)")
-    parser.add_argument("--max_pixels", type=int, default=CONVERTER_MAX_PIXELS,
-                        help="larger images are refused as decompression bombs (default %(default)s)")
-    parser.add_argument("--val_labels", metavar="FILE",
-                        help="labels of a flat IN/val/ folder: LOC_val_solution.csv, or one "
-                             "synset (or devkit class index) per line in sorted file order")
-    parser.add_argument("--val_label_synsets", metavar="FILE",
-                        help="with a --val_labels file of class indices: line k is the synset "
-                             "of index k (the devkit's order)")
-    parser.add_argument("--class_names", metavar="FILE",
-                        help="readable class names, lines 'synset name' (the devkit's words.txt, "
-                             "Kaggle's LOC_synset_mapping.txt), for evaluation reports and "
-                             "exports; labels.txt keeps the folder names")
-    parser.add_argument("--num_partitions", type=int, default=1,
-                        help="split the shards among this many machines (default 1)")
-    parser.add_argument("--partition_index", type=int, default=0,
-                        help="which partition this machine converts, 0-based (default 0)")
+    parser.add_argument(
+        "--val_fraction",
+        type=float,
+        default=0.05,
+        help="share of each class held out when IN has no val/ (default 0.05)",
+    )
+    parser.add_argument(
+        "--num_shards",
+        type=int,
+        default=None,
+        help="training shards (default: one per 1024 images, at least 4); "
+        "validation gets a proportional number",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="decoding processes (default: all cores, %(default)s here)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the validation hold-out and the shuffling (default 0)",
+    )
+    parser.add_argument(
+        "--jpeg_quality",
+        type=int,
+        default=95,
+        help="quality of the re-encoded JPEGs, 1-100 (default 95)",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=CONVERTER_MAX_PIXELS,
+        help="larger images are refused as decompression bombs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--val_labels",
+        metavar="FILE",
+        help="labels of a flat IN/val/ folder: LOC_val_solution.csv, or one "
+        "synset (or devkit class index) per line in sorted file order",
+    )
+    parser.add_argument(
+        "--val_label_synsets",
+        metavar="FILE",
+        help="with a --val_labels file of class indices: line k is the synset "
+        "of index k (the devkit's order)",
+    )
+    parser.add_argument(
+        "--class_names",
+        metavar="FILE",
+        help="readable class names, lines 'synset name' (the devkit's words.txt, "
+        "Kaggle's LOC_synset_mapping.txt), for evaluation reports and "
+        "exports; labels.txt keeps the folder names",
+    )
+    parser.add_argument(
+        "--num_partitions",
+        type=int,
+        default=1,
+        help="split the shards among this many machines (default 1)",
+    )
+    parser.add_argument(
+        "--partition_index",
+        type=int,
+        default=0,
+        help="which partition this machine converts, 0-based (default 0)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -81,10 +121,14 @@ def main(argv=None):
     progress = progress_bar_factory("img", enabled=not args.no_progress)
     start = time.perf_counter()
     # The flags are the options' fields (--class_names sets class_names_file).
-    options = ConvertOptions(**{field.name: getattr(args, field.name)
-                                for field in dataclasses.fields(ConvertOptions)
-                                if field.name != "class_names_file"},
-                             class_names_file=args.class_names)
+    options = ConvertOptions(
+        **{
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(ConvertOptions)
+            if field.name != "class_names_file"
+        },
+        class_names_file=args.class_names,
+    )
     dataset = convert(args.input_dir, args.output_dir, options, progress=progress)
     if dataset is None:
         return 0

@@ -30,35 +30,50 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import command, progress_bar_factory
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
 from alexnet_keras_base.layout import RunDir
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command, progress_bar_factory
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEMO_MODEL_DIR,
-                        help="a .keras file, a training run folder or an export version "
-                             "folder (default: %(default)s)")
-    parser.add_argument("--best", action="store_true",
-                        help="with a run folder: evaluate alexnet_best.keras")
-    parser.add_argument("--data_dir", help="output folder of data/build_tfrecords.py (default: "
-                        "the data the run was trained on, from its run.json, else "
-                        f"{DEMO_RECORDS_DIR})")
-    parser.add_argument("--split", default="validation",
-                        help="which split to evaluate: validation or train (default: validation)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default=DEMO_MODEL_DIR,
+        help="a .keras file, a training run folder or an export version "
+        "folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--best", action="store_true", help="with a run folder: evaluate alexnet_best.keras"
+    )
+    parser.add_argument(
+        "--data_dir",
+        help="output folder of data/build_tfrecords.py (default: "
+        "the data the run was trained on, from its run.json, else "
+        f"{DEMO_RECORDS_DIR})",
+    )
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="which split to evaluate: validation or train (default: validation)",
+    )
     parser.add_argument("--ten_crops", action="store_true", help="10-crop testing, as the paper")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--output_dir", help="report folder (default: <model folder>/"
-                        "evaluation_<split>[_10crop]/)")
+    parser.add_argument(
+        "--output_dir", help="report folder (default: <model folder>/evaluation_<split>[_10crop]/)"
+    )
     parser.add_argument("--report", help="write only the JSON report, to this path")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--figures", action="store_true",
-                        help="also write the paper's figures 3 and 4 into the report folder: "
-                             "conv1_kernels.png, nearest_neighbours.png and .json (computes "
-                             "fc7 of the training split once, into fc7_train.npy)")
+    parser.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write the paper's figures 3 and 4 into the report folder: "
+        "conv1_kernels.png, nearest_neighbours.png and .json (computes "
+        "fc7 of the training split once, into fc7_train.npy)",
+    )
     args = parser.parse_args(argv)
     if args.figures and args.report:
         parser.error("--figures writes into a report folder: use --output_dir, not --report")
@@ -87,15 +102,17 @@ def main(argv=None):
         from alexnet_keras.figures import keras_model_path
 
         keras_model_path(args.model, args.best)
-    report = evaluation.evaluate_model(args.model, data_dir, args.split, args.batch_size,
-                                       args.ten_crops, args.best, progress)
+    report = evaluation.evaluate_model(
+        args.model, data_dir, args.split, args.batch_size, args.ten_crops, args.best, progress
+    )
     print(evaluation.summary(report))
     if args.report:
         evaluation.write_report(report, args.report)
         print(f"report: {args.report}")
     else:
         output_dir = args.output_dir or evaluation.default_output_dir(
-            args.model, args.split, args.ten_crops, args.best)
+            args.model, args.split, args.ten_crops, args.best
+        )
         evaluation.write_report_folder(report, output_dir)
         print(f"report: {output_dir}/ ({', '.join(evaluation.report_files(report))})")
         if report["model"]["kind"] != "keras":
@@ -103,8 +120,9 @@ def main(argv=None):
         if args.figures:
             from alexnet_keras import figures
 
-            figures.write_figures(args.model, data_dir, output_dir, args.best,
-                                  args.batch_size, progress)
+            figures.write_figures(
+                args.model, data_dir, output_dir, args.best, args.batch_size, progress
+            )
             print(f"figures: {output_dir}/ ({', '.join(figures.FIGURE_FILES)})")
     return 0
 

@@ -18,29 +18,43 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_keras_cli import command
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base.config import SERVING_MAX_PIXELS
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="a .keras file written by train.py")
-    parser.add_argument("--export_base", required=True,
-                        help="the model's folder that TF Serving watches, e.g. exports/alexnet")
-    parser.add_argument("--version", type=int,
-                        help="version number to write (default: highest present + 1)")
-    parser.add_argument("--labels", help="class names, one per line (default: the class "
-                        "names of the data the model was trained on, found through the run "
-                        "folder's run.json; else those the model carries, as imported "
-                        "ImageNet weights do; else the class indices)")
-    parser.add_argument("--max_pixels", type=int, default=SERVING_MAX_PIXELS,
-                        help="refuse images with more pixels than this, read from the image "
-                        "header before decoding (default: %(default)s)")
-    parser.add_argument("--model_name", help="model name in the warmup requests (default: the "
-                        "export base's folder name)")
+    parser.add_argument(
+        "--export_base",
+        required=True,
+        help="the model's folder that TF Serving watches, e.g. exports/alexnet",
+    )
+    parser.add_argument(
+        "--version", type=int, help="version number to write (default: highest present + 1)"
+    )
+    parser.add_argument(
+        "--labels",
+        help="class names, one per line (default: the class "
+        "names of the data the model was trained on, found through the run "
+        "folder's run.json; else those the model carries, as imported "
+        "ImageNet weights do; else the class indices)",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=SERVING_MAX_PIXELS,
+        help="refuse images with more pixels than this, read from the image "
+        "header before decoding (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model_name",
+        help="model name in the warmup requests (default: the export base's folder name)",
+    )
     return parser.parse_args(argv)
 
 
@@ -60,16 +74,25 @@ def main(argv=None):
     num_classes = model.output.shape[-1]
     labels = serving.labels_for_model(model_path, args.labels, model=model)
     if labels is None:
-        print(f"no class names found for {model_path} (pass --labels): the labels are the "
-              f"class indices")
+        print(
+            f"no class names found for {model_path} (pass --labels): the labels are the "
+            f"class indices"
+        )
         labels = [str(index) for index in range(num_classes)]
     elif len(labels) != num_classes:
         raise UsageError(
             f"{len(labels)} labels{' in ' + args.labels if args.labels else ''} but "
-            f"{model_path} predicts {num_classes} classes")
-    path = serving.export_model(model, args.export_base, labels, version=args.version,
-                                max_pixels=args.max_pixels, model_name=args.model_name,
-                                source=model_path)
+            f"{model_path} predicts {num_classes} classes"
+        )
+    path = serving.export_model(
+        model,
+        args.export_base,
+        labels,
+        version=args.version,
+        max_pixels=args.max_pixels,
+        model_name=args.model_name,
+        source=model_path,
+    )
     print(f"exported {model_path} ({num_classes} classes) to {path}")
     return 0
 

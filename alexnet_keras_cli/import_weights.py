@@ -23,9 +23,10 @@ import math
 import sys
 import time
 
-from alexnet_keras_cli import command
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command
+
 
 def _bgr_mean(text):
     try:
@@ -38,22 +39,32 @@ def _bgr_mean(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True,
-                        help="bvlc_alexnet.caffemodel (Caffe's model zoo) or bvlc_alexnet.npy "
-                             "(caffe-tensorflow)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="bvlc_alexnet.caffemodel (Caffe's model zoo) or bvlc_alexnet.npy (caffe-tensorflow)",
+    )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     means = parser.add_mutually_exclusive_group()
-    means.add_argument("--mean", type=_bgr_mean,
-                       help="per-channel mean B,G,R on the 0-255 scale (default: ILSVRC-2012's, "
-                            "the average of Caffe's ilsvrc_2012_mean.npy)")
-    means.add_argument("--mean_file",
-                       help="Caffe's mean as .npy (e.g. ilsvrc_2012_mean.npy, read without "
-                            "pickle) or .binaryproto; a per-pixel mean is averaged per channel")
-    parser.add_argument("--class_names",
-                        help="class names, one line per output in order (ILSVRC's "
-                             "synset_words.txt); saved inside the model")
+    means.add_argument(
+        "--mean",
+        type=_bgr_mean,
+        help="per-channel mean B,G,R on the 0-255 scale (default: ILSVRC-2012's, "
+        "the average of Caffe's ilsvrc_2012_mean.npy)",
+    )
+    means.add_argument(
+        "--mean_file",
+        help="Caffe's mean as .npy (e.g. ilsvrc_2012_mean.npy, read without "
+        "pickle) or .binaryproto; a per-pixel mean is averaged per channel",
+    )
+    parser.add_argument(
+        "--class_names",
+        help="class names, one line per output in order (ILSVRC's "
+        "synset_words.txt); saved inside the model",
+    )
     args = parser.parse_args(argv)
     if not args.output.endswith(".keras"):
         parser.error(f"--output must end with .keras, got {args.output!r}")
@@ -74,15 +85,20 @@ def main(argv=None):
     if args.class_names:
         class_names = caffe_weights.read_class_names(args.class_names, caffe_weights.NUM_CLASSES)
     try:
-        source, model = caffe_weights.import_weights(args.weights, args.output, bgr_mean,
-                                                     class_names)
+        source, model = caffe_weights.import_weights(
+            args.weights, args.output, bgr_mean, class_names
+        )
     except (UsageError, OSError) as error:  # named after the file it is about
         raise UsageError(f"{args.weights}: {error}") from None
     weights = sum(math.prod(weight.shape) for weight in model.trainable_weights)
-    print(f"imported {args.weights} ({source}, {weights:,} weights) to "
-          f"{args.output} in {time.perf_counter() - start:.1f} s")
-    print(f"mean B,G,R: {', '.join(f'{value:.8g}' for value in bgr_mean)}; class names: "
-          f"{args.class_names or 'none (exports will label answers with the class indices)'}")
+    print(
+        f"imported {args.weights} ({source}, {weights:,} weights) to "
+        f"{args.output} in {time.perf_counter() - start:.1f} s"
+    )
+    print(
+        f"mean B,G,R: {', '.join(f'{value:.8g}' for value in bgr_mean)}; class names: "
+        f"{args.class_names or 'none (exports will label answers with the class indices)'}"
+    )
     return 0
 
 

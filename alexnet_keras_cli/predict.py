@@ -42,54 +42,91 @@ import os
 import re
 import sys
 
-from alexnet_keras_cli import command, progress_bar_factory
-from alexnet_keras_base.quiet import beam_imported_quietly, import_tensorflow_quietly, native_stderr_without
 from alexnet_keras_base.config import SERVING_MAX_PIXELS
+from alexnet_keras_base.quiet import (
+    beam_imported_quietly,
+    import_tensorflow_quietly,
+    native_stderr_without,
+)
+from alexnet_keras_cli import command, progress_bar_factory
 
 SOME_FAILED = 4  # the exit status when the output is complete but some images failed
 # What TensorFlow's C++ code logs for each image it cannot read or decode, besides the error
 # the row already gives.
 BAD_IMAGE_LOGS = re.compile(
     r"OP_REQUIRES failed at|local_rendezvous\.cc.*is aborting with status|jpeg_mem\.cc|"
-    r"^\s*\[\[\{\{(function_)?node |gif_io\.cc|png_io\.cc|Invalid (PNG|GIF|BMP|JPEG) data")
+    r"^\s*\[\[\{\{(function_)?node |gif_io\.cc|png_io\.cc|Invalid (PNG|GIF|BMP|JPEG) data"
+)
 SPLITS = {"all": ("train", "validation"), "train": ("train",), "validation": ("validation",)}
 
 
 def parse_args(argv=None):
     # "resolve": with --runner, Beam's --runner and --labels replace ours.
-    parser = argparse.ArgumentParser(description=__doc__, conflict_handler="resolve",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders of images, records folders")
-    parser.add_argument("--model", required=True,
-                        help="a .keras file, a training run folder, or an export (a version "
-                             "folder or its base)")
-    parser.add_argument("--output", required=True,
-                        help="the rows: a .jsonl (JSON lines) or .csv file")
-    parser.add_argument("--top_k", type=int, default=5,
-                        help="classes per row, best first (default %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=64,
-                        help="images per batch (default %(default)s)")
-    parser.add_argument("--features_dir", help="also write fc7 of every answered image here "
-                        "(.npy shards and index.csv)")
-    parser.add_argument("--explain", metavar="DIR", help="also write a Grad-CAM heatmap of "
-                        "every answered image here, as PNG (.keras model or run folder only)")
-    parser.add_argument("--split", choices=sorted(SPLITS), default="all",
-                        help="the splits of a records folder to answer (default: all)")
-    parser.add_argument("--labels", help="class names, one per line, for a .keras model "
-                        "(default: those of its run folder, or the ones it carries, else "
-                        "the class indices)")
-    parser.add_argument("--max_pixels", type=int, default=SERVING_MAX_PIXELS,
-                        help="with a .keras model, refuse images with more pixels than this, "
-                        "read from the header before decoding, as an export does (default: "
-                        "%(default)s; an export applies its own)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished output (and features and heatmaps)")
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        conflict_handler="resolve",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders of images, records folders"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, a training run folder, or an export (a version folder or its base)",
+    )
+    parser.add_argument(
+        "--output", required=True, help="the rows: a .jsonl (JSON lines) or .csv file"
+    )
+    parser.add_argument(
+        "--top_k", type=int, default=5, help="classes per row, best first (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=64, help="images per batch (default %(default)s)"
+    )
+    parser.add_argument(
+        "--features_dir",
+        help="also write fc7 of every answered image here (.npy shards and index.csv)",
+    )
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write a Grad-CAM heatmap of "
+        "every answered image here, as PNG (.keras model or run folder only)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        default="all",
+        help="the splits of a records folder to answer (default: all)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="class names, one per line, for a .keras model "
+        "(default: those of its run folder, or the ones it carries, else "
+        "the class indices)",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=SERVING_MAX_PIXELS,
+        help="with a .keras model, refuse images with more pixels than this, "
+        "read from the header before decoding, as an export does (default: "
+        "%(default)s; an export applies its own)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished output (and features and heatmaps)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--runner", help="run as an Apache Beam job on this runner "
-                        "(DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PrismRunner) "
-                        "with an export as --model; Beam's pipeline options may follow, and "
-                        "--labels is then Dataflow's job labels (docs/beam.md)")
+    parser.add_argument(
+        "--runner",
+        help="run as an Apache Beam job on this runner "
+        "(DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, PrismRunner) "
+        "with an export as --model; Beam's pipeline options may follow, and "
+        "--labels is then Dataflow's job labels (docs/beam.md)",
+    )
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     if any(argument.split("=", 1)[0] == "--runner" for argument in argv):
         return _parse_with_beam_options(parser, argv)
@@ -97,8 +134,10 @@ def parse_args(argv=None):
     if args.runner:  # an abbreviation of --runner: refused with Beam's exact option names
         return _parse_with_beam_options(parser, argv)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (Beam pipeline options "
-                     f"need --runner: docs/beam.md)")
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (Beam pipeline options "
+            f"need --runner: docs/beam.md)"
+        )
     args.beam_args = None
     return args
 
@@ -114,17 +153,23 @@ def _parse_with_beam_options(parser, argv):
     ours = set(map(id, parser._actions))
     for options in PipelineOptions.__subclasses__():
         options._add_argparse_args(parser)
-    beam_options = {option: action for action in parser._actions if id(action) not in ours
-                    for option in action.option_strings}
+    beam_options = {
+        option: action
+        for action in parser._actions
+        if id(action) not in ours
+        for option in action.option_strings
+    }
     args = parser.parse_args(argv)
     if args.explain:
-        parser.error("--explain is not available with --runner: an export holds no "
-                     "gradients (run the command without --runner on a .keras model)")
+        parser.error(
+            "--explain is not available with --runner: an export holds no "
+            "gradients (run the command without --runner on a .keras model)"
+        )
     args.beam_args, index = [], 0
     while index < len(argv):
         action = beam_options.get(argv[index].split("=", 1)[0])
         width = 0 if action is None else 1 if action.nargs == 0 or "=" in argv[index] else 2
-        args.beam_args += argv[index:index + width]
+        args.beam_args += argv[index : index + width]
         index += width or 1
     return args
 
@@ -137,19 +182,34 @@ def main(argv=None):
         return _run_on_beam(args)
     from alexnet_keras import prediction
 
-    predictor = prediction.load_predictor(args.model, args.labels, args.max_pixels,
-                                          features=args.features_dir is not None)
+    predictor = prediction.load_predictor(
+        args.model, args.labels, args.max_pixels, features=args.features_dir is not None
+    )
     sources = prediction.list_inputs(args.inputs, SPLITS[args.split])
-    settings = {"model": str(args.model), "inputs": [str(item) for item in args.inputs],
-                "top_k": args.top_k, "split": args.split, "max_pixels": args.max_pixels,
-                "features_dir": args.features_dir, "explain": args.explain}
+    settings = {
+        "model": str(args.model),
+        "inputs": [str(item) for item in args.inputs],
+        "top_k": args.top_k,
+        "split": args.split,
+        "max_pixels": args.max_pixels,
+        "features_dir": args.features_dir,
+        "explain": args.explain,
+    }
     # The bar writes to the terminal itself; TensorFlow's logs of each bad image are kept
     # back and printed at the end without those lines.
     with os.fdopen(os.dup(2), "w") as terminal, native_stderr_without(BAD_IMAGE_LOGS):
         summary = prediction.predict(
-            sources, predictor, args.output, args.batch_size, args.top_k, args.features_dir,
-            args.explain, args.overwrite, settings,
-            progress_bar_factory("img", enabled=not args.no_progress, file=terminal))
+            sources,
+            predictor,
+            args.output,
+            args.batch_size,
+            args.top_k,
+            args.features_dir,
+            args.explain,
+            args.overwrite,
+            settings,
+            progress_bar_factory("img", enabled=not args.no_progress, file=terminal),
+        )
     for line in prediction.describe(summary, args.output):
         print(line)
     return SOME_FAILED if summary.failed else 0
@@ -159,9 +219,17 @@ def _run_on_beam(args):
     from alexnet_keras import beam_prediction
 
     with native_stderr_without(BAD_IMAGE_LOGS):
-        found = beam_prediction.run(args.beam_args, args.model, args.output, args.inputs,
-                                    args.batch_size, args.top_k, SPLITS[args.split],
-                                    args.features_dir, args.overwrite)
+        found = beam_prediction.run(
+            args.beam_args,
+            args.model,
+            args.output,
+            args.inputs,
+            args.batch_size,
+            args.top_k,
+            SPLITS[args.split],
+            args.features_dir,
+            args.overwrite,
+        )
     for line in beam_prediction.describe(found, args.output):
         print(line)
     return SOME_FAILED if found[beam_prediction.REFUSED] else 0

@@ -24,8 +24,6 @@ import dataclasses
 import pathlib
 import sys
 
-from alexnet_keras_cli import command, progress_bar_factory
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base.config import (
     DEMO_DATASET_DIR,
     DEMO_MODEL_DIR,
@@ -35,25 +33,43 @@ from alexnet_keras_base.config import (
 )
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import DataDir
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command, progress_bar_factory
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", help="output folder of data/build_tfrecords.py (default: "
-                        f"the synthetic demo dataset, built once in {DEMO_DATASET_DIR})")
-    parser.add_argument("--model_dir", help=f"where checkpoints and models go (default: "
-                        f"{DEMO_MODEL_DIR} for the demo; required with --data_dir)")
-    parser.add_argument("--config", metavar="PRESET_OR_FILE",
-                        help=f"a preset ({', '.join(sorted(PRESETS))}: 'paper' by default with "
-                             "--data_dir, 'demo' without, 'finetune' with --init_from), or a "
-                             "run's config.json to reproduce it; the flags below override it")
-    parser.add_argument("--devices", help="comma-separated devices for MirroredStrategy, e.g. "
-                        "/gpu:0,/gpu:1 (default: all GPUs, else the CPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data_dir",
+        help="output folder of data/build_tfrecords.py (default: "
+        f"the synthetic demo dataset, built once in {DEMO_DATASET_DIR})",
+    )
+    parser.add_argument(
+        "--model_dir",
+        help=f"where checkpoints and models go (default: "
+        f"{DEMO_MODEL_DIR} for the demo; required with --data_dir)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PRESET_OR_FILE",
+        help=f"a preset ({', '.join(sorted(PRESETS))}: 'paper' by default with "
+        "--data_dir, 'demo' without, 'finetune' with --init_from), or a "
+        "run's config.json to reproduce it; the flags below override it",
+    )
+    parser.add_argument(
+        "--devices",
+        help="comma-separated devices for MirroredStrategy, e.g. "
+        "/gpu:0,/gpu:1 (default: all GPUs, else the CPU)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--require_validation", action="store_true",
-                        help="refuse data without a passing, current report of "
-                             "data/validate_data.py validate for the train and validation splits")
+    parser.add_argument(
+        "--require_validation",
+        action="store_true",
+        help="refuse data without a passing, current report of "
+        "data/validate_data.py validate for the train and validation splits",
+    )
     settings = parser.add_argument_group("the config's settings (default: the preset's)")
     for field in dataclasses.fields(Config):
         add_config_flag(settings, field)
@@ -65,12 +81,18 @@ def add_config_flag(parser, field):
     (not given), so that only the flags given override the preset."""
     flag, metadata = f"--{field.name}", field.metadata
     if field.type in (bool, "bool"):
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                            help=metadata["help"])
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=None, help=metadata["help"]
+        )
         return
     value_type = next(kind for kind in (int, float, str) if kind.__name__ in str(field.type))
-    parser.add_argument(flag, type=value_type, choices=metadata["choices"],
-                        metavar=metadata["metavar"], help=metadata["help"])
+    parser.add_argument(
+        flag,
+        type=value_type,
+        choices=metadata["choices"],
+        metavar=metadata["metavar"],
+        help=metadata["help"],
+    )
 
 
 def base_config(name, data_dir, init_from):
@@ -82,8 +104,10 @@ def base_config(name, data_dir, init_from):
         return PRESETS[name]
     path = pathlib.Path(name)
     if not path.is_file():
-        raise UsageError(f"--config {name} is neither a preset ({', '.join(sorted(PRESETS))}) "
-                         f"nor a config.json file")
+        raise UsageError(
+            f"--config {name} is neither a preset ({', '.join(sorted(PRESETS))}) "
+            f"nor a config.json file"
+        )
     try:
         return Config.from_json(path.read_text())
     except (ValueError, TypeError) as error:
@@ -93,8 +117,11 @@ def base_config(name, data_dir, init_from):
 def resolve(args):
     """(config, data_dir, model_dir) from the flags; builds the demo dataset if needed."""
     demo = args.data_dir is None
-    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(Config)
-                 if getattr(args, field.name) is not None}
+    overrides = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(Config)
+        if getattr(args, field.name) is not None
+    }
     config = base_config(args.config, args.data_dir, args.init_from).replace(**overrides)
     if demo:
         data_dir = build_demo_dataset()

@@ -31,22 +31,34 @@ def main():
     rounds = []
     for round_index in range(args.rounds):
         order = list(SETTINGS) if round_index % 2 == 0 else list(SETTINGS)[::-1]
-        figures = {name: run_worker(sys.executable, "tf_speed.py", args,
-                                    {"TF_CPU_ALLOCATOR_USE_BFC": SETTINGS[name]})
-                   for name in order}
+        figures = {
+            name: run_worker(
+                sys.executable, "tf_speed.py", args, {"TF_CPU_ALLOCATOR_USE_BFC": SETTINGS[name]}
+            )
+            for name in order
+        }
         rounds.append(figures)
-        print(f"round {round_index + 1}: " + "  ".join(
-            f"{name} training {figures[name]['training_images_per_s']:.2f} "
-            f"inference {figures[name]['inference_images_per_s']:.2f} images/s"
-            for name in SETTINGS), flush=True)
-    print(f"cpu {cpu_name()}, {args.threads} threads, training batch {args.training_batch}, "
-          f"inference batch {args.inference_batch}")
+        print(
+            f"round {round_index + 1}: "
+            + "  ".join(
+                f"{name} training {figures[name]['training_images_per_s']:.2f} "
+                f"inference {figures[name]['inference_images_per_s']:.2f} images/s"
+                for name in SETTINGS
+            ),
+            flush=True,
+        )
+    print(
+        f"cpu {cpu_name()}, {args.threads} threads, training batch {args.training_batch}, "
+        f"inference batch {args.inference_batch}"
+    )
     for task in ("training", "inference"):
         key = f"{task}_images_per_s"
         ratio = statistics.median(r["bfc"][key] / r["default"][key] for r in rounds)
-        print(f"{task}: BFC {statistics.median(r['bfc'][key] for r in rounds):.2f} vs default "
-              f"{statistics.median(r['default'][key] for r in rounds):.2f} images/s, "
-              f"ratio {ratio:.3f}x")
+        print(
+            f"{task}: BFC {statistics.median(r['bfc'][key] for r in rounds):.2f} vs default "
+            f"{statistics.median(r['default'][key] for r in rounds):.2f} images/s, "
+            f"ratio {ratio:.3f}x"
+        )
 
 
 if __name__ == "__main__":

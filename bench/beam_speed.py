@@ -26,16 +26,17 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import print_results  # also puts the checkout on sys.path
 from serving_speed import photo_jpeg
 
 from alexnet_keras import build_alexnet, prediction, serving
 from alexnet_keras_cli import predict
+from common import print_results  # also puts the checkout on sys.path
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--few", type=int, default=8, help="images of the start-up run")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -67,7 +68,7 @@ def signature_seconds(export, folder, batch_size):
     predictor.answer(images[:batch_size])  # traced and warm
     start = time.perf_counter()
     for first in range(0, len(images), batch_size):
-        predictor.answer(images[first:first + batch_size])
+        predictor.answer(images[first : first + batch_size])
     return time.perf_counter() - start
 
 
@@ -75,8 +76,7 @@ def main():
     args = parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="beam-speed-"))
     try:
-        model = build_alexnet(num_classes=args.num_classes,
-                              width_multiplier=args.width_multiplier)
+        model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
         labels = [f"class_{index}" for index in range(args.num_classes)]
         export = serving.export_model(model, work / "export", labels, log=lambda line: None)
         folders = {"all": work / "all", "few": work / "few"}
@@ -85,8 +85,10 @@ def main():
             for index in range(count):
                 (folders[name] / f"photo_{index:05d}.jpg").write_bytes(photo_jpeg(index))
         common = ["--model", str(export), "--batch_size", str(args.batch_size)]
-        commands = {"local": [*common, "--no_progress", "--overwrite"],
-                    "beam": ["--runner", "DirectRunner", *common, "--overwrite"]}
+        commands = {
+            "local": [*common, "--no_progress", "--overwrite"],
+            "beam": ["--runner", "DirectRunner", *common, "--overwrite"],
+        }
         times = {(command, size): [] for command in commands for size in folders}
         times["signature", "all"] = []
         batches = []
@@ -95,34 +97,46 @@ def main():
                 if command == "signature":
                     record.append(signature_seconds(export, folders["all"], args.batch_size))
                     continue
-                elapsed, printed = seconds([*commands[command], str(folders[size])],
-                                           work / "out" / f"{command}_{size}.jsonl")
+                elapsed, printed = seconds(
+                    [*commands[command], str(folders[size])],
+                    work / "out" / f"{command}_{size}.jsonl",
+                )
                 record.append(elapsed)
                 if command == "beam" and size == "all":
                     batches.append(int(re.search(r"\bbatches (\d+)", printed)[1]))
         median = {key: statistics.median(values[1:]) for key, values in times.items()}
-        slope = {command: (median[command, "all"] - median[command, "few"])
-                 / (args.images - args.few) for command in commands}
-        print_results({
-            "images": args.images, "batch_size": args.batch_size,
-            "width_multiplier": args.width_multiplier,
-            "local images/s": round(args.images / median["local", "all"], 2),
-            "DirectRunner images/s": round(args.images / median["beam", "all"], 2),
-            "DirectRunner / local": round(median["local", "all"] / median["beam", "all"], 3),
-            f"fixed cost s (run on {args.few} images), local": round(median["local", "few"], 2),
-            f"fixed cost s (run on {args.few} images), DirectRunner":
-                round(median["beam", "few"], 2),
-            "per-image ms, local": round(1000 * slope["local"], 2),
-            "per-image ms, DirectRunner": round(1000 * slope["beam"], 2),
-            "per-image ms, serving_default alone": round(
-                1000 * median["signature", "all"] / args.images, 2),
-            "s beyond serving_default, local": round(
-                median["local", "all"] - median["signature", "all"], 2),
-            "s beyond serving_default, DirectRunner": round(
-                median["beam", "all"] - median["signature", "all"], 2),
-            "DirectRunner's mean batch size": round(args.images / statistics.median(batches),
-                                                    1),
-        })
+        slope = {
+            command: (median[command, "all"] - median[command, "few"]) / (args.images - args.few)
+            for command in commands
+        }
+        print_results(
+            {
+                "images": args.images,
+                "batch_size": args.batch_size,
+                "width_multiplier": args.width_multiplier,
+                "local images/s": round(args.images / median["local", "all"], 2),
+                "DirectRunner images/s": round(args.images / median["beam", "all"], 2),
+                "DirectRunner / local": round(median["local", "all"] / median["beam", "all"], 3),
+                f"fixed cost s (run on {args.few} images), local": round(median["local", "few"], 2),
+                f"fixed cost s (run on {args.few} images), DirectRunner": round(
+                    median["beam", "few"], 2
+                ),
+                "per-image ms, local": round(1000 * slope["local"], 2),
+                "per-image ms, DirectRunner": round(1000 * slope["beam"], 2),
+                "per-image ms, serving_default alone": round(
+                    1000 * median["signature", "all"] / args.images, 2
+                ),
+                "s beyond serving_default, local": round(
+                    median["local", "all"] - median["signature", "all"], 2
+                ),
+                "s beyond serving_default, DirectRunner": round(
+                    median["beam", "all"] - median["signature", "all"], 2
+                ),
+                "DirectRunner's mean batch size": round(
+                    args.images / statistics.median(batches), 1
+                ),
+            }
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -22,8 +22,12 @@ def synthetic_records(folder, images_per_class, num_shards):
     from alexnet_keras.tfrecords import ConvertOptions, convert
 
     make_synthetic_dataset(folder / "images", num_classes=10, images_per_class=images_per_class)
-    convert(folder / "images", folder / "records", ConvertOptions(num_shards=num_shards),
-            log=lambda m: None)
+    convert(
+        folder / "images",
+        folder / "records",
+        ConvertOptions(num_shards=num_shards),
+        log=lambda m: None,
+    )
     return folder / "records", input_pipeline.load_dataset_info(folder / "records")
 
 
@@ -33,8 +37,7 @@ def training_batch(batch_size, num_classes=1000, seed=0):
     import tensorflow as tf
 
     generator = tf.random.Generator.from_seed(seed)
-    pixels = tf.cast(generator.uniform((batch_size, 227, 227, 3), 0, 256, dtype=tf.int32),
-                     tf.uint8)
+    pixels = tf.cast(generator.uniform((batch_size, 227, 227, 3), 0, 256, dtype=tf.int32), tf.uint8)
     rgb_shift = generator.normal((batch_size, 3), stddev=2.0)
     labels = generator.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
     return (pixels, rgb_shift), labels
@@ -95,12 +98,15 @@ def alternate(functions, rounds):
         function()
     times = {name: [] for name in functions}
     for round_index in range(rounds):
-        for name in (list(functions) if round_index % 2 == 0 else list(functions)[::-1]):
+        for name in list(functions) if round_index % 2 == 0 else list(functions)[::-1]:
             start = time.perf_counter()
             functions[name]()
             times[name].append(time.perf_counter() - start)
     first = next(iter(functions))
     medians = {name: statistics.median(seconds) for name, seconds in times.items()}
-    ratios = {name: statistics.median(t / f for t, f in zip(seconds, times[first]))
-              for name, seconds in times.items() if name != first}
+    ratios = {
+        name: statistics.median(t / f for t, f in zip(seconds, times[first]))
+        for name, seconds in times.items()
+        if name != first
+    }
     return medians, ratios

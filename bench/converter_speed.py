@@ -20,8 +20,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from common import print_results  # also puts the checkout on sys.path
 from alexnet_keras.tfrecords import ConvertOptions, convert
+from common import print_results  # also puts the checkout on sys.path
 
 
 def make_photos(folder, count, seed=0):
@@ -81,8 +81,9 @@ def main():
         for workers in (1, 2):
             output = scratch / f"out_{workers}"
             options = ConvertOptions(workers=workers, num_shards=8)
-            seconds = timed(lambda: convert(scratch / "photos", output, options,
-                                            log=lambda message: None))
+            seconds = timed(
+                lambda: convert(scratch / "photos", output, options, log=lambda message: None)
+            )
             speed = args.images / seconds
             results[f"converter_{workers}_workers_images_per_s"] = speed
             results[f"converter_{workers}_workers_ratio"] = speed / baseline
@@ -90,7 +91,9 @@ def main():
             results["converter_2_workers_images_per_s"] / parallel
         )
         # The plain loop again, to show how much the machine drifted during the run.
-        results["plain_pillow_loop_images_per_s_after"] = args.images / timed(lambda: plain_loop(paths))
+        results["plain_pillow_loop_images_per_s_after"] = args.images / timed(
+            lambda: plain_loop(paths)
+        )
     print_results(results)
 
 

@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import FullyConnected, training
 from alexnet_keras_base.config import PRESETS
+from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
 
 
 def main():
@@ -36,13 +36,15 @@ def main():
         upstream = tf.random.normal((args.batch, units))
         ours = tf.function(lambda: tf.transpose(tf.matmul(kernel, upstream, transpose_b=True)))
         theirs = tf.function(lambda: tf.matmul(upstream, kernel, transpose_b=True))
-        difference = (tf.reduce_max(tf.abs(ours() - theirs()))
-                      / tf.reduce_max(tf.abs(theirs())))
-        medians, ratios = alternate({"ours": lambda: ours().numpy(),
-                                     "tensorflow": lambda: theirs().numpy()}, args.rounds)
-        print(f"{name} input gradient, batch {args.batch}: ours {medians['ours'] * 1e3:.1f} ms, "
-              f"TensorFlow's {medians['tensorflow'] * 1e3:.1f} ms, speed-up {ratios['tensorflow']:.2f}x, "
-              f"max relative difference {float(difference):.1e}")
+        difference = tf.reduce_max(tf.abs(ours() - theirs())) / tf.reduce_max(tf.abs(theirs()))
+        medians, ratios = alternate(
+            {"ours": lambda: ours().numpy(), "tensorflow": lambda: theirs().numpy()}, args.rounds
+        )
+        print(
+            f"{name} input gradient, batch {args.batch}: ours {medians['ours'] * 1e3:.1f} ms, "
+            f"TensorFlow's {medians['tensorflow'] * 1e3:.1f} ms, speed-up {ratios['tensorflow']:.2f}x, "
+            f"max relative difference {float(difference):.1e}"
+        )
 
     config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
     strategy = tf.distribute.get_strategy()
@@ -55,11 +57,14 @@ def main():
                 if isinstance(layer, FullyConnected):
                     layer.call = functools.partial(keras.layers.Dense.call, layer)
         step, _ = steps.make_step_functions(
-            strategy, model, steps.build_optimizer(config, model), config)
+            strategy, model, steps.build_optimizer(config, model), config
+        )
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
     medians, ratios = alternate(steps, args.rounds)
-    print(f"training step, batch {args.batch}: ours {medians['ours'] * 1e3:.0f} ms, with Keras' "
-          f"Dense {medians['keras_dense'] * 1e3:.0f} ms; speed-up {ratios['keras_dense']:.3f}x")
+    print(
+        f"training step, batch {args.batch}: ours {medians['ours'] * 1e3:.0f} ms, with Keras' "
+        f"Dense {medians['keras_dense'] * 1e3:.0f} ms; speed-up {ratios['keras_dense']:.3f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import argparse
 import statistics
 import time
 
-from common import training_batch
 from peer_speed import cpu_name
+
+from common import training_batch
 
 SETTINGS = ("all", "conv3,conv4,conv5,fc6,fc7,fc8", "fc6,fc7,fc8", "fc8")
 
@@ -47,8 +48,11 @@ def main():
             train_step(batch, tf.constant(0.0))["loss"].numpy()
             if step >= 2:
                 seconds.append(time.perf_counter() - start)
-        print(f"--train_layers {train_layers}: {args.batch / statistics.median(seconds):.1f} "
-              f"images/s", flush=True)
+        print(
+            f"--train_layers {train_layers}: {args.batch / statistics.median(seconds):.1f} "
+            f"images/s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import shutil
 import statistics
 import tempfile
 
-import common  # noqa: F401  (puts the checkout on sys.path)
 from peer_speed import cpu_name
+
+import common  # noqa: F401  (puts the checkout on sys.path)
 
 SOURCE_CLASSES = ("circle", "triangle", "stripes", "ring", "dots")
 TARGET_CLASSES = ("square", "star", "cross", "checkerboard", "crescent")
@@ -36,9 +37,12 @@ def make_records(folder, classes, train_per_class, val_per_class, seed):
     total = train_per_class + val_per_class
     shutil.rmtree(folder, ignore_errors=True)
     make_synthetic_dataset(folder / "images", images_per_class=total, seed=seed, classes=classes)
-    convert(folder / "images", folder / "records",
-            ConvertOptions(val_fraction=val_per_class / total, num_shards=2, workers=2),
-            log=lambda message: None)
+    convert(
+        folder / "images",
+        folder / "records",
+        ConvertOptions(val_fraction=val_per_class / total, num_shards=2, workers=2),
+        log=lambda message: None,
+    )
     return folder / "records"
 
 
@@ -48,18 +52,31 @@ def main():
     parser.add_argument("--source_images", type=int, default=150)
     parser.add_argument("--source_epochs", type=int, default=20)
     parser.add_argument("--source_batch_size", type=int, default=16)
-    parser.add_argument("--source_learning_rate", type=float, default=0.02,
-                        help="the demo recipe's rate when the figures in docs/finetuning.md "
-                             "were measured (default %(default)s)")
+    parser.add_argument(
+        "--source_learning_rate",
+        type=float,
+        default=0.02,
+        help="the demo recipe's rate when the figures in docs/finetuning.md "
+        "were measured (default %(default)s)",
+    )
     parser.add_argument("--source_classes", nargs="+", default=SOURCE_CLASSES)
     parser.add_argument("--target_classes", nargs="+", default=TARGET_CLASSES)
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="further config changes of both recipes, e.g. warmup_epochs=1")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="further config changes of both recipes, e.g. warmup_epochs=1",
+    )
     parser.add_argument("--target_train", type=int, default=10)
     parser.add_argument("--target_val", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--global_batch_size", type=int, default=10,
-                        help="50 training images: the preset's 32 would make one step an epoch")
+    parser.add_argument(
+        "--global_batch_size",
+        type=int,
+        default=10,
+        help="50 training images: the preset's 32 would make one step an epoch",
+    )
     parser.add_argument("--dropout_rate", type=float, default=None, help="default: the preset's")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=None)
     parser.add_argument("--train_layers", default="all")
@@ -77,41 +94,66 @@ def main():
     source_dir = work / "source"
     source_model = source_dir / "model" / "alexnet.keras"
     if not source_model.exists():
-        records = make_records(source_dir, source_classes, args.source_images * 4 // 5,
-                               args.source_images // 5, seed=100)
-        source_config = PRESETS["demo"].replace(width_multiplier=args.width,
-                                                epochs=args.source_epochs,
-                                                global_batch_size=args.source_batch_size,
-                                                learning_rate=args.source_learning_rate,
-                                                deterministic=True)
+        records = make_records(
+            source_dir,
+            source_classes,
+            args.source_images * 4 // 5,
+            args.source_images // 5,
+            seed=100,
+        )
+        source_config = PRESETS["demo"].replace(
+            width_multiplier=args.width,
+            epochs=args.source_epochs,
+            global_batch_size=args.source_batch_size,
+            learning_rate=args.source_learning_rate,
+            deterministic=True,
+        )
         results = training.train(source_config, records, source_dir / "model", log=print)
-        print(f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "
-              f"{args.source_epochs} epochs")
+        print(
+            f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "
+            f"{args.source_epochs} epochs"
+        )
 
     recipe = PRESETS["finetune"].replace(deterministic=True)
-    overrides = {name: getattr(args, name) for name in ("epochs", "global_batch_size",
-                                                        "dropout_rate")
-                 if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("epochs", "global_batch_size", "dropout_rate")
+        if getattr(args, name) is not None
+    }
     for change in args.set:
         name, value = change.split("=", 1)
-        overrides[name] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+        overrides[name] = (
+            json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+        )
     rates = args.learning_rates or [recipe.learning_rate]
     differences = {rate: [] for rate in rates}
     accuracies = {(rate, kind): [] for rate in rates for kind in ("finetuned", "scratch")}
     for seed in args.seeds:
-        records = make_records(work / f"target_{seed}", target_classes, args.target_train,
-                               args.target_val, seed=seed)
+        records = make_records(
+            work / f"target_{seed}", target_classes, args.target_train, args.target_val, seed=seed
+        )
         for rate in rates:
-            finetuned = recipe.replace(learning_rate=rate, seed=seed, init_from=str(source_model),
-                                       train_layers=args.train_layers, **overrides)
+            finetuned = recipe.replace(
+                learning_rate=rate,
+                seed=seed,
+                init_from=str(source_model),
+                train_layers=args.train_layers,
+                **overrides,
+            )
             # The source's architecture and initialisation, from random weights.
-            scratch = recipe.replace(learning_rate=rate, seed=seed, width_multiplier=args.width,
-                                     input_scale=PRESETS["demo"].input_scale,
-                                     kernel_init=PRESETS["demo"].kernel_init,
-                                     # the source's dropout, as the fine-tuned run adopts it
-                                     **{"dropout_rate": PRESETS["demo"].dropout_rate, **overrides})
+            scratch = recipe.replace(
+                learning_rate=rate,
+                seed=seed,
+                width_multiplier=args.width,
+                input_scale=PRESETS["demo"].input_scale,
+                kernel_init=PRESETS["demo"].kernel_init,
+                # the source's dropout, as the fine-tuned run adopts it
+                **{"dropout_rate": PRESETS["demo"].dropout_rate, **overrides},
+            )
             row = {}
-            runs = [("finetuned", finetuned)] + ([] if args.skip_scratch else [("scratch", scratch)])
+            runs = [("finetuned", finetuned)] + (
+                [] if args.skip_scratch else [("scratch", scratch)]
+            )
             for kind, config in runs:
                 model_dir = work / f"{kind}_{seed}_{rate:g}"
                 shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run, not a resume
@@ -121,16 +163,24 @@ def main():
             row.setdefault("scratch", float("nan"))
             if not args.skip_scratch:
                 differences[rate].append(row["finetuned"] - row["scratch"])
-            print(f"seed {seed} lr {rate:g}: fine-tuned {row['finetuned']:.3f}, "
-                  f"from scratch {row['scratch']:.3f} ({len(results)} epochs)", flush=True)
+            print(
+                f"seed {seed} lr {rate:g}: fine-tuned {row['finetuned']:.3f}, "
+                f"from scratch {row['scratch']:.3f} ({len(results)} epochs)",
+                flush=True,
+            )
     for rate in rates:
         tuned = accuracies[(rate, "finetuned")]
-        summary = f"lr {rate:g}: fine-tuned median {statistics.median(tuned):.3f} (min {min(tuned):.3f})"
+        summary = (
+            f"lr {rate:g}: fine-tuned median {statistics.median(tuned):.3f} (min {min(tuned):.3f})"
+        )
         if not args.skip_scratch:
             scratch = accuracies[(rate, "scratch")]
-            summary += (f", from scratch median {statistics.median(scratch):.3f} (max "
-                        f"{max(scratch):.3f}); difference min {min(differences[rate]):.3f}")
+            summary += (
+                f", from scratch median {statistics.median(scratch):.3f} (max "
+                f"{max(scratch):.3f}); difference min {min(differences[rate]):.3f}"
+            )
         print(summary)
+
 
 if __name__ == "__main__":
     main()

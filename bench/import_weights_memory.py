@@ -30,9 +30,11 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from caffe_files import random_weights, write_caffemodel, write_npy
 
 FORMATS = {"caffemodel (layer)": "layer", "caffemodel (V1 layers)": "layers", "npy": "npy"}
-BASELINE = ("from alexnet_keras_base.quiet import import_tensorflow_quietly; "
-            "import_tensorflow_quietly(); import keras, alexnet_keras; "
-            "from alexnet_keras import caffe_weights")
+BASELINE = (
+    "from alexnet_keras_base.quiet import import_tensorflow_quietly; "
+    "import_tensorflow_quietly(); import keras, alexnet_keras; "
+    "from alexnet_keras import caffe_weights"
+)
 
 
 def measure(command):
@@ -52,21 +54,27 @@ def measure(command):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs per format (median)")
-    parser.add_argument("--work_dir", help="where to write the files (default: a temporary "
-                        "folder; needs about 0.5 GB)")
+    parser.add_argument(
+        "--work_dir",
+        help="where to write the files (default: a temporary folder; needs about 0.5 GB)",
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores")
     weights = random_weights(seed=0)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         folder = pathlib.Path(folder)
         baseline = statistics.median(
-            measure([sys.executable, "-c", BASELINE])[1] for _ in range(args.rounds))
+            measure([sys.executable, "-c", BASELINE])[1] for _ in range(args.rounds)
+        )
         print(f"TensorFlow + Keras + alexnet_keras alone: peak RSS {baseline / 1e6:.0f} MB")
-        print(f"{'format':24s}{'file MB':>9s}{'import s':>10s}{'command s':>11s}"
-              f"{'peak MB':>9s}{'peak/file':>11s}{'(peak-TF)/file':>16s}")
+        print(
+            f"{'format':24s}{'file MB':>9s}{'import s':>10s}{'command s':>11s}"
+            f"{'peak MB':>9s}{'peak/file':>11s}{'(peak-TF)/file':>16s}"
+        )
         for label, kind in FORMATS.items():
             path = folder / ("bvlc_alexnet.npy" if kind == "npy" else f"{kind}.caffemodel")
             if kind == "npy":
@@ -77,15 +85,24 @@ def main():
             runs = []
             for _ in range(args.rounds):
                 output = folder / "out.keras"
-                seconds, peak, stdout = measure([sys.executable, "import_weights.py",
-                                                 "--weights", str(path), "--output",
-                                                 str(output)])
+                seconds, peak, stdout = measure(
+                    [
+                        sys.executable,
+                        "import_weights.py",
+                        "--weights",
+                        str(path),
+                        "--output",
+                        str(output),
+                    ]
+                )
                 own = float(re.search(r" in ([0-9.]+) s\n", stdout).group(1))
                 runs.append((own, seconds, peak))
                 output.unlink()
             own, seconds, peak = (statistics.median(values) for values in zip(*runs))
-            print(f"{label:24s}{size / 1e6:9.1f}{own:10.1f}{seconds:11.1f}{peak / 1e6:9.0f}"
-                  f"{peak / size:11.2f}{(peak - baseline) / size:16.2f}")
+            print(
+                f"{label:24s}{size / 1e6:9.1f}{own:10.1f}{seconds:11.1f}{peak / 1e6:9.0f}"
+                f"{peak / size:11.2f}{(peak - baseline) / size:16.2f}"
+            )
             path.unlink()
 
 

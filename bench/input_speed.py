@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
 from alexnet_keras import input_pipeline
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
 
 BATCH = 128
 
@@ -49,8 +49,10 @@ def bare_decode(pattern, dct_method, to_float=False):
 
     dataset = dataset.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH)
     if to_float:
-        dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda images, labels: (tf.cast(images, tf.float32), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -63,23 +65,33 @@ def main():
         records, info = synthetic_records(scratch, images_per_class=100, num_shards=8)
         pattern = str(records / "train-*")
         pca = input_pipeline.PCALighting.from_dataset_info(info)
-        training = input_pipeline.make_dataset(pattern, BATCH, training=True, pca=pca,
-                                               shuffle_buffer=2000)
+        training = input_pipeline.make_dataset(
+            pattern, BATCH, training=True, pca=pca, shuffle_buffer=2000
+        )
         results = {
             "bare_decode_accurate_dct_images_per_s": images_per_second(
-                bare_decode(pattern, "INTEGER_ACCURATE"), args.images),
+                bare_decode(pattern, "INTEGER_ACCURATE"), args.images
+            ),
             "bare_decode_default_dct_images_per_s": images_per_second(
-                bare_decode(pattern, ""), args.images),
+                bare_decode(pattern, ""), args.images
+            ),
             "bare_decode_to_float32_images_per_s": images_per_second(
-                bare_decode(pattern, "INTEGER_ACCURATE", to_float=True), args.images),
+                bare_decode(pattern, "INTEGER_ACCURATE", to_float=True), args.images
+            ),
             "training_pipeline_images_per_s": images_per_second(training, args.images),
         }
         results["ratio_vs_bare_accurate_decode"] = (
-            results["training_pipeline_images_per_s"] / results["bare_decode_accurate_dct_images_per_s"])
+            results["training_pipeline_images_per_s"]
+            / results["bare_decode_accurate_dct_images_per_s"]
+        )
         results["ratio_vs_bare_decode_to_float32"] = (
-            results["training_pipeline_images_per_s"] / results["bare_decode_to_float32_images_per_s"])
+            results["training_pipeline_images_per_s"]
+            / results["bare_decode_to_float32_images_per_s"]
+        )
         results["ratio_vs_bare_default_decode"] = (
-            results["training_pipeline_images_per_s"] / results["bare_decode_default_dct_images_per_s"])
+            results["training_pipeline_images_per_s"]
+            / results["bare_decode_default_dct_images_per_s"]
+        )
     print_results(results)
 
 

@@ -28,16 +28,18 @@ def window_sum(values):
     """Sum over the 2 * DEPTH_RADIUS + 1 neighbouring channels, zero-padded at the edges."""
     channels = values.shape[-1]
     padded = tf.pad(values, [[0, 0]] * 3 + [[DEPTH_RADIUS, DEPTH_RADIUS]])
-    return tf.add_n([padded[..., offset:offset + channels]
-                     for offset in range(2 * DEPTH_RADIUS + 1)])
+    return tf.add_n(
+        [padded[..., offset : offset + channels] for offset in range(2 * DEPTH_RADIUS + 1)]
+    )
 
 
 @tf.function
 def elementwise_gradient(inputs, outputs, upstream):
     """dx = dy * d^-beta - 2 alpha beta x * window_sum(dy * y / d), d the denominator."""
     denominator = BIAS + ALPHA * window_sum(tf.square(inputs))
-    return (upstream * tf.pow(denominator, -BETA)
-            - (2 * ALPHA * BETA) * inputs * window_sum(upstream * outputs / denominator))
+    return upstream * tf.pow(denominator, -BETA) - (2 * ALPHA * BETA) * inputs * window_sum(
+        upstream * outputs / denominator
+    )
 
 
 @tf.function(jit_compile=True)
@@ -45,8 +47,9 @@ def xla_gradient_from_input(inputs, upstream):
     """The same formula from the input alone (the denominator recomputed), one XLA pass."""
     denominator = BIAS + ALPHA * window_sum(tf.square(inputs))
     scale = tf.pow(denominator, -BETA)
-    return (upstream * scale - (2 * ALPHA * BETA) * inputs
-            * window_sum(upstream * inputs * scale / denominator))
+    return upstream * scale - (2 * ALPHA * BETA) * inputs * window_sum(
+        upstream * inputs * scale / denominator
+    )
 
 
 def fused_gradient(inputs, outputs, upstream):
@@ -55,20 +58,32 @@ def fused_gradient(inputs, outputs, upstream):
 
 def lrn_with_xla_gradient(layer):
     """A replacement for `layer.call`: the same forward op, the XLA gradient."""
+
     @tf.custom_gradient
     def normalize(inputs):
         outputs = tf.nn.local_response_normalization(inputs, DEPTH_RADIUS, BIAS, ALPHA, BETA)
         return outputs, lambda upstream: xla_gradient_from_input(inputs, upstream)
 
     assert (layer.depth_radius, layer.bias, layer.alpha, layer.beta) == (
-        DEPTH_RADIUS, BIAS, ALPHA, BETA)
+        DEPTH_RADIUS,
+        BIAS,
+        ALPHA,
+        BETA,
+    )
     return normalize
 
 
 @tf.function
 def kernel_gradient(inputs, outputs, upstream):
-    return tf.raw_ops.LRNGrad(input_grads=upstream, input_image=inputs, output_image=outputs,
-                              depth_radius=DEPTH_RADIUS, bias=BIAS, alpha=ALPHA, beta=BETA)
+    return tf.raw_ops.LRNGrad(
+        input_grads=upstream,
+        input_image=inputs,
+        output_image=outputs,
+        depth_radius=DEPTH_RADIUS,
+        bias=BIAS,
+        alpha=ALPHA,
+        beta=BETA,
+    )
 
 
 def whole_step_ratio(batch_size, rounds):
@@ -89,10 +104,12 @@ def whole_step_ratio(batch_size, rounds):
                 if isinstance(layer, LocalResponseNormalization):
                     layer.call = lrn_with_xla_gradient(layer)
         step, _ = steps.make_step_functions(
-            strategy, model, steps.build_optimizer(config, model), config)
+            strategy, model, steps.build_optimizer(config, model), config
+        )
         steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
     medians, ratios = alternate(steps, rounds)
     return medians, ratios["LRNGrad"]
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -105,21 +122,33 @@ def main():
         inputs = tf.nn.relu(tf.random.normal((args.batch, *shape))) * 30
         upstream = tf.random.normal(inputs.shape)
         outputs = tf.nn.local_response_normalization(inputs, DEPTH_RADIUS, BIAS, ALPHA, BETA)
-        gradients = {"LRNGrad": kernel_gradient, "element-wise with XLA": fused_gradient,
-                     "element-wise (no XLA)": elementwise_gradient}
+        gradients = {
+            "LRNGrad": kernel_gradient,
+            "element-wise with XLA": fused_gradient,
+            "element-wise (no XLA)": elementwise_gradient,
+        }
         values = {key: function(inputs, outputs, upstream) for key, function in gradients.items()}
         medians, ratios = alternate(
-            {key: lambda function=function: function(inputs, outputs, upstream).numpy()
-             for key, function in gradients.items()}, args.rounds)
+            {
+                key: lambda function=function: function(inputs, outputs, upstream).numpy()
+                for key, function in gradients.items()
+            },
+            args.rounds,
+        )
         print(f"{name} {shape}: LRNGrad {medians['LRNGrad'] * 1e3:.1f} ms")
         for key in list(gradients)[1:]:
-            difference = (tf.reduce_max(tf.abs(values["LRNGrad"] - values[key]))
-                          / tf.reduce_max(tf.abs(values["LRNGrad"])))
-            print(f"  {key}: {medians[key] * 1e3:.1f} ms, LRNGrad / it {1 / ratios[key]:.2f}x, "
-                  f"max relative difference {float(difference):.1e}")
+            difference = tf.reduce_max(tf.abs(values["LRNGrad"] - values[key])) / tf.reduce_max(
+                tf.abs(values["LRNGrad"])
+            )
+            print(
+                f"  {key}: {medians[key] * 1e3:.1f} ms, LRNGrad / it {1 / ratios[key]:.2f}x, "
+                f"max relative difference {float(difference):.1e}"
+            )
     medians, ratio = whole_step_ratio(args.batch, args.rounds)
-    print(f"training step, batch {args.batch}: fused {medians['fused'] * 1e3:.0f} ms, "
-          f"LRNGrad {medians['LRNGrad'] * 1e3:.0f} ms; speed-up {ratio:.3f}x")
+    print(
+        f"training step, batch {args.batch}: fused {medians['fused'] * 1e3:.0f} ms, "
+        f"LRNGrad {medians['LRNGrad'] * 1e3:.0f} ms; speed-up {ratio:.3f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import pathlib
 import tempfile
 import time
 
-import common  # makes alexnet_keras importable
 import numpy as np
 
+import common  # makes alexnet_keras importable
 from alexnet_keras import figures
 
 
@@ -27,8 +27,9 @@ def resident_megabytes(field):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_281_167, help="training images")
     parser.add_argument("--dimension", type=int, default=4096, help="features per image")
     parser.add_argument("--folder", help="where to write the file (default: a temporary folder)")
@@ -36,8 +37,9 @@ def main():
 
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         path = pathlib.Path(folder) / figures.FEATURES_FILE
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                           shape=(args.rows, args.dimension))
+        header = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float16, shape=(args.rows, args.dimension)
+        )
         offset = header.offset
         del header
         rng = np.random.default_rng(0)

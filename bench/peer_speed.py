@@ -28,11 +28,24 @@ CHECKOUT = BENCH.parent
 def run_worker(python, script, args, environment=None):
     """Runs one benchmark process (with `environment` added to this one's); returns the JSON
     line it printed last."""
-    command = [str(python), str(BENCH / script), "--threads", str(args.threads),
-               "--training_batch", str(args.training_batch),
-               "--inference_batch", str(args.inference_batch), "--repeats", str(args.repeats)]
-    environment = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-                       TF_CPP_MIN_LOG_LEVEL="3", **(environment or {}))
+    command = [
+        str(python),
+        str(BENCH / script),
+        "--threads",
+        str(args.threads),
+        "--training_batch",
+        str(args.training_batch),
+        "--inference_batch",
+        str(args.inference_batch),
+        "--repeats",
+        str(args.repeats),
+    ]
+    environment = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        **(environment or {}),
+    )
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     if completed.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
@@ -41,8 +54,11 @@ def run_worker(python, script, args, environment=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--peer_python", default=str(CHECKOUT / ".venv-peer" / "bin" / "python"),
-                        help="the Python of the environment with torch (make bench-peer)")
+    parser.add_argument(
+        "--peer_python",
+        default=str(CHECKOUT / ".venv-peer" / "bin" / "python"),
+        help="the Python of the environment with torch (make bench-peer)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--training_batch", type=int, default=32)
@@ -58,20 +74,32 @@ def main():
         order = ("tf", "torch") if round_index % 2 == 0 else ("torch", "tf")
         figures = {name: run_worker(*workers[name], args) for name in order}
         rounds.append(figures)
-        print(f"round {round_index + 1}: " + "  ".join(
-            f"{name} training {figures[name]['training_images_per_s']:.2f} "
-            f"inference {figures[name]['inference_images_per_s']:.2f} images/s"
-            for name in ("tf", "torch")), flush=True)
+        print(
+            f"round {round_index + 1}: "
+            + "  ".join(
+                f"{name} training {figures[name]['training_images_per_s']:.2f} "
+                f"inference {figures[name]['inference_images_per_s']:.2f} images/s"
+                for name in ("tf", "torch")
+            ),
+            flush=True,
+        )
 
-    results = {"cpu": cpu_name(), "threads": args.threads, "rounds": args.rounds,
-               "training_batch": args.training_batch, "inference_batch": args.inference_batch,
-               "tf": rounds[0]["tf"]["framework"], "torch": rounds[0]["torch"]["framework"]}
+    results = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "training_batch": args.training_batch,
+        "inference_batch": args.inference_batch,
+        "tf": rounds[0]["tf"]["framework"],
+        "torch": rounds[0]["torch"]["framework"],
+    }
     for task in ("training", "inference"):
         key = f"{task}_images_per_s"
         for name in ("tf", "torch"):
             results[f"{name}_{key}"] = statistics.median(r[name][key] for r in rounds)
         results[f"{task}_tf_over_torch"] = statistics.median(
-            r["tf"][key] / r["torch"][key] for r in rounds)
+            r["tf"][key] / r["torch"][key] for r in rounds
+        )
     for key, value in results.items():
         print(f"{key:36s} {value:.3f}" if isinstance(value, float) else f"{key:36s} {value}")
     print(json.dumps(results))

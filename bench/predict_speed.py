@@ -27,10 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-
-from common import cpu_name, print_results  # also puts the checkout on sys.path
-from alexnet_keras import build_alexnet, prediction
 from serving_speed import photo_jpeg
+
+from alexnet_keras import build_alexnet, prediction
+from common import cpu_name, print_results  # also puts the checkout on sys.path
 
 
 class BatchClock:
@@ -60,15 +60,19 @@ class BatchClock:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--images", type=int, default=640, help="JPEGs in the folder")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--smoke", action="store_true",
-                        help="a tiny network, 16 images, one round: checks that it runs")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a tiny network, 16 images, one round: checks that it runs",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.width_multiplier, args.num_classes, args.images = 0.125, 10, 16
@@ -94,8 +98,14 @@ def main():
             output.unlink(missing_ok=True)
             start = time.perf_counter()
             clock = BatchClock()
-            prediction.predict(prediction.list_inputs([images]), predictor, output,
-                               args.batch_size, progress=clock, log=lambda message: None)
+            prediction.predict(
+                prediction.list_inputs([images]),
+                predictor,
+                output,
+                args.batch_size,
+                progress=clock,
+                log=lambda message: None,
+            )
             return clock.first - start, clock.steady_speed()
 
         def bare_model():
@@ -116,18 +126,20 @@ def main():
     bare_speed = statistics.median(speed for _, speed in results["bare"])
     # Each round's two runs are neighbours in time: their ratio drifts less than the medians.
     ratios = [job / bare for (_, job), (_, bare) in zip(results["job"], results["bare"])]
-    print_results({
-        "cpu": cpu_name(),
-        "width_multiplier": args.width_multiplier,
-        "batch_size": args.batch_size,
-        "images": args.images,
-        "predict_images_per_second": job_speed,
-        "bare_model_images_per_second": bare_speed,
-        "predict_over_bare_model": statistics.median(ratios),
-        "predict_over_bare_model_min": min(ratios),
-        "predict_over_bare_model_max": max(ratios),
-        "predict_start_up_seconds": statistics.median(start for start, _ in results["job"]),
-    })
+    print_results(
+        {
+            "cpu": cpu_name(),
+            "width_multiplier": args.width_multiplier,
+            "batch_size": args.batch_size,
+            "images": args.images,
+            "predict_images_per_second": job_speed,
+            "bare_model_images_per_second": bare_speed,
+            "predict_over_bare_model": statistics.median(ratios),
+            "predict_over_bare_model_min": min(ratios),
+            "predict_over_bare_model_max": max(ratios),
+            "predict_start_up_seconds": statistics.median(start for start, _ in results["job"]),
+        }
+    )
 
 
 if __name__ == "__main__":

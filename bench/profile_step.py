@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import GroupedConv2D, steps, training
 from alexnet_keras_base.config import PRESETS
+from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
 
 
 def layer_times(layer, batch_size, repeats, needs_input_gradient):
@@ -63,10 +63,13 @@ def layer_times(layer, batch_size, repeats, needs_input_gradient):
 def split_concat_seconds(layer, batch_size, repeats):
     """The copies of a grouped convolution alone: its input split, its output concat."""
     inputs = tf.random.uniform((batch_size, *layer.input.shape[1:]))
-    halves = [tf.random.uniform((batch_size, *layer.output.shape[1:-1], layer.filters // 2))
-              for _ in range(2)]
+    halves = [
+        tf.random.uniform((batch_size, *layer.output.shape[1:-1], layer.filters // 2))
+        for _ in range(2)
+    ]
     split_and_concat = tf.function(
-        lambda x, parts: (tf.split(x, 2, axis=-1), tf.concat(parts, axis=-1)))
+        lambda x, parts: (tf.split(x, 2, axis=-1), tf.concat(parts, axis=-1))
+    )
     return median_seconds(lambda: split_and_concat(inputs, halves), repeats)
 
 
@@ -106,30 +109,39 @@ def main():
     rows = []  # (name, forward, input gradient, weight gradient) in seconds
     for layer in model.layers[1:]:
         needs_input_gradient = layer.name not in ("mean_subtraction", "conv1")
-        rows.append((layer.name, *layer_times(layer, args.batch, args.repeats,
-                                             needs_input_gradient)))
+        rows.append(
+            (layer.name, *layer_times(layer, args.batch, args.repeats, needs_input_gradient))
+        )
     update = parameter_update_seconds(model, optimizer, args.repeats)
     rows.append(("weight decay + SGD-momentum update (PaperSGD, fused)", 0.0, 0.0, update))
     total = sum(sum(row[1:]) for row in rows)
     step = whole_step_seconds(model, optimizer, config, args.repeats)
 
-    print(f"batch {args.batch}, {args.threads} threads, TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}; ms per training step")
+    print(
+        f"batch {args.batch}, {args.threads} threads, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}; ms per training step"
+    )
     print("| layer | forward | input grad | weight grad | total | share |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, forward, input_gradient, weight_gradient in rows:
         layer_total = forward + input_gradient + weight_gradient
-        print(f"| {name} | {forward * 1e3:.1f} | {input_gradient * 1e3:.1f} | "
-              f"{weight_gradient * 1e3:.1f} | {layer_total * 1e3:.1f} | "
-              f"{layer_total / total:.1%} |")
+        print(
+            f"| {name} | {forward * 1e3:.1f} | {input_gradient * 1e3:.1f} | "
+            f"{weight_gradient * 1e3:.1f} | {layer_total * 1e3:.1f} | "
+            f"{layer_total / total:.1%} |"
+        )
     print(f"| sum of the parts | | | | {total * 1e3:.1f} | 100% |")
-    print(f"| the real step (make_step_functions) | | | | {step * 1e3:.1f} | "
-          f"{step / total:.0%} of the sum |")
+    print(
+        f"| the real step (make_step_functions) | | | | {step * 1e3:.1f} | "
+        f"{step / total:.0%} of the sum |"
+    )
     for layer in model.layers:
         if isinstance(layer, GroupedConv2D) and layer.groups > 1:
             copies = split_concat_seconds(layer, args.batch, args.repeats)
-            print(f"{layer.name}: split + concat alone {copies * 1e3:.1f} ms per forward "
-                  f"(the backward has the same two copies in reverse)")
+            print(
+                f"{layer.name}: split + concat alone {copies * 1e3:.1f} ms per forward "
+                f"(the backward has the same two copies in reverse)"
+            )
 
 
 if __name__ == "__main__":

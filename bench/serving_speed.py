@@ -23,8 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from common import print_results  # also puts the checkout on sys.path
 from alexnet_keras import build_alexnet, preprocess_for_eval, serving
+from common import print_results  # also puts the checkout on sys.path
 
 
 def photo_jpeg(seed, width=500, height=375):
@@ -51,8 +51,9 @@ def alternating_medians(first, second, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=15)
@@ -63,15 +64,18 @@ def main():
     bare_model = tf.function(lambda images: model(images, training=False))
     results = {"cpu": _cpu_name(), "network_width": args.width_multiplier}
     with tempfile.TemporaryDirectory() as folder:
-        export = serving.export_model(model, pathlib.Path(folder) / "alexnet", labels,
-                                      log=lambda message: None)
+        export = serving.export_model(
+            model, pathlib.Path(folder) / "alexnet", labels, log=lambda message: None
+        )
         serve = tf.saved_model.load(str(export)).signatures[serving.SERVING_DEFAULT]
         for batch_size, repeats in ((1, args.repeats * 4), (32, args.repeats)):
             jpegs = tf.constant([photo_jpeg(seed) for seed in range(batch_size)])
             pixels = tf.stack([preprocess_for_eval(image) for image in jpegs])
             served, bare = alternating_medians(
                 lambda: serve(image_bytes=jpegs)["top_k_classes"].numpy(),
-                lambda: bare_model(pixels).numpy(), repeats)
+                lambda: bare_model(pixels).numpy(),
+                repeats,
+            )
             results[f"batch {batch_size}: serving_default on JPEG, ms"] = served * 1e3
             results[f"batch {batch_size}: bare model on tensors, ms"] = bare * 1e3
             results[f"batch {batch_size}: serving_default images/s"] = batch_size / served

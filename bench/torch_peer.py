@@ -15,6 +15,7 @@ timed repeats.
 
 import argparse
 import json
+
 import torch
 from torch import nn
 
@@ -27,16 +28,28 @@ def alexnet(num_classes=1000, dropout_rate=0.5):
     """The paper's AlexNet (NCHW), layer for layer the network of alexnet_keras.build_alexnet."""
     lrn = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
     return nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(inplace=True),  # (batch, 96, 55, 55)
-        nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2),  # (batch, 96, 27, 27)
-        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True),
-        nn.LocalResponseNorm(**lrn), nn.MaxPool2d(3, 2),  # (batch, 256, 13, 13)
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, 2), nn.Flatten(),  # (batch, 9216)
-        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout_rate),
-        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout_rate),
+        nn.Conv2d(3, 96, 11, stride=4),
+        nn.ReLU(inplace=True),  # (batch, 96, 55, 55)
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),  # (batch, 96, 27, 27)
+        nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.ReLU(inplace=True),
+        nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2),  # (batch, 256, 13, 13)
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),  # (batch, 9216)
+        nn.Linear(9216, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout_rate),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout_rate),
         nn.Linear(4096, num_classes),
     )
 
@@ -48,7 +61,9 @@ def training_speed(model, batch_size, repeats):
     biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
     optimizer = torch.optim.SGD(
         [{"params": weights, "weight_decay": 5e-4}, {"params": biases, "weight_decay": 0.0}],
-        lr=1e-3, momentum=0.9)
+        lr=1e-3,
+        momentum=0.9,
+    )
     loss_function = nn.CrossEntropyLoss()
     model.train()
 

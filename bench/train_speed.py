@@ -20,15 +20,16 @@ import tensorflow as tf
 
 # Two logical CPU devices, set before TensorFlow initialises its devices.
 tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
 
 import keras
 
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
 from alexnet_keras import input_pipeline
+from alexnet_keras.model import build_alexnet
 from alexnet_keras.steps import make_step_functions
 from alexnet_keras_base.config import PRESETS
-from alexnet_keras.model import build_alexnet
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
 
 BATCH = 32
 
@@ -59,8 +60,9 @@ def main():
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
-    config = PRESETS["paper"].replace(width_multiplier=args.width_multiplier,
-                                      global_batch_size=BATCH)
+    config = PRESETS["paper"].replace(
+        width_multiplier=args.width_multiplier, global_batch_size=BATCH
+    )
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
         records, info = synthetic_records(scratch, images_per_class=40, num_shards=4)
@@ -68,12 +70,17 @@ def main():
         pattern = str(records / "train-*")
 
         def from_records(context):
-            return input_pipeline.make_dataset(pattern, BATCH, training=True,
-                                               input_context=context, pca=pca,
-                                               shuffle_buffer=500)
+            return input_pipeline.make_dataset(
+                pattern, BATCH, training=True, input_context=context, pca=pca, shuffle_buffer=500
+            )
 
-        held = next(iter(input_pipeline.make_dataset(pattern, BATCH, training=True, pca=pca,
-                                                     shuffle_buffer=500)))
+        held = next(
+            iter(
+                input_pipeline.make_dataset(
+                    pattern, BATCH, training=True, pca=pca, shuffle_buffer=500
+                )
+            )
+        )
 
         def in_memory(context):
             per_replica = context.get_per_replica_batch_size(BATCH)
@@ -83,14 +90,22 @@ def main():
 
         results = {
             "width_multiplier": args.width_multiplier,
-            "in_memory_1_replica_images_per_s": images_per_second(["/cpu:0"], config, in_memory, args.steps),
-            "tfrecords_1_replica_images_per_s": images_per_second(["/cpu:0"], config, from_records, args.steps),
-            "in_memory_2_replicas_images_per_s": images_per_second(["/cpu:0", "/cpu:1"], config, in_memory, args.steps),
+            "in_memory_1_replica_images_per_s": images_per_second(
+                ["/cpu:0"], config, in_memory, args.steps
+            ),
+            "tfrecords_1_replica_images_per_s": images_per_second(
+                ["/cpu:0"], config, from_records, args.steps
+            ),
+            "in_memory_2_replicas_images_per_s": images_per_second(
+                ["/cpu:0", "/cpu:1"], config, in_memory, args.steps
+            ),
         }
-    results["tfrecords_vs_in_memory"] = (results["tfrecords_1_replica_images_per_s"]
-                                         / results["in_memory_1_replica_images_per_s"])
-    results["2_replicas_vs_1"] = (results["in_memory_2_replicas_images_per_s"]
-                                  / results["in_memory_1_replica_images_per_s"])
+    results["tfrecords_vs_in_memory"] = (
+        results["tfrecords_1_replica_images_per_s"] / results["in_memory_1_replica_images_per_s"]
+    )
+    results["2_replicas_vs_1"] = (
+        results["in_memory_2_replicas_images_per_s"] / results["in_memory_1_replica_images_per_s"]
+    )
     print_results(results)
 
 

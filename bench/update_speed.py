@@ -25,9 +25,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from common import alternate, print_results, set_threads, training_batch  # also puts the checkout on sys.path
 from alexnet_keras import input_pipeline, steps, training
 from alexnet_keras_base.config import PRESETS
+from common import (  # also puts the checkout on sys.path
+    alternate,
+    print_results,
+    set_threads,
+    training_batch,
+)
 
 
 def keras_sgd(config, model):
@@ -38,8 +43,10 @@ def keras_sgd(config, model):
 
 def with_decay(config, model, gradients):
     """`weight_decay * kernel` added to the kernels' gradients."""
-    return [gradient + config.weight_decay * weight if steps.is_decayed(weight) else gradient
-            for gradient, weight in zip(gradients, model.trainable_variables)]
+    return [
+        gradient + config.weight_decay * weight if steps.is_decayed(weight) else gradient
+        for gradient, weight in zip(gradients, model.trainable_variables)
+    ]
 
 
 def keras_sgd_step(config, l2_on_the_tape):
@@ -54,10 +61,14 @@ def keras_sgd_step(config, l2_on_the_tape):
             logits = model(images, training=True)
             loss = tf.nn.compute_average_loss(
                 keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True),
-                global_batch_size=config.global_batch_size)
+                global_batch_size=config.global_batch_size,
+            )
             if l2_on_the_tape:
-                loss += 0.5 * config.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
+                loss += (
+                    0.5
+                    * config.weight_decay
+                    * tf.add_n([tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
+                )
         gradients = tape.gradient(loss, model.trainable_variables)
         if not l2_on_the_tape:
             gradients = with_decay(config, model, gradients)
@@ -71,8 +82,9 @@ def update_only(config, fused):
     """The update alone, on gradients given: PaperSGD, or Keras' SGD after the decay."""
     model = training.build_model(config, num_classes=1000)
     optimizer = steps.build_optimizer(config, model) if fused else keras_sgd(config, model)
-    gradients = [tf.random.normal(weight.shape, stddev=1e-4)
-                 for weight in model.trainable_variables]
+    gradients = [
+        tf.random.normal(weight.shape, stddev=1e-4) for weight in model.trainable_variables
+    ]
 
     @tf.function
     def update(gradients):
@@ -98,25 +110,31 @@ def main():
 
     model = training.build_model(config, num_classes=1000)
     fused_step, _ = steps.make_step_functions(
-        strategy, model, steps.build_optimizer(config, model), config)
+        strategy, model, steps.build_optimizer(config, model), config
+    )
     decay_in_gradient = keras_sgd_step(config, l2_on_the_tape=False)
     l2_on_the_tape = keras_sgd_step(config, l2_on_the_tape=True)
-    step_medians, step_ratios = alternate({
-        "fused": lambda: fused_step(batch, tf.constant(0.0))["loss"].numpy(),
-        "decay_in_gradient": lambda: decay_in_gradient(images, labels).numpy(),
-        "l2_on_the_tape": lambda: l2_on_the_tape(images, labels).numpy(),
-    }, args.rounds)
-    update_medians, update_ratios = alternate({
-        "fused": update_only(config, fused=True),
-        "keras_sgd_after_decay": update_only(config, fused=False),
-    }, args.rounds)
+    step_medians, step_ratios = alternate(
+        {
+            "fused": lambda: fused_step(batch, tf.constant(0.0))["loss"].numpy(),
+            "decay_in_gradient": lambda: decay_in_gradient(images, labels).numpy(),
+            "l2_on_the_tape": lambda: l2_on_the_tape(images, labels).numpy(),
+        },
+        args.rounds,
+    )
+    update_medians, update_ratios = alternate(
+        {
+            "fused": update_only(config, fused=True),
+            "keras_sgd_after_decay": update_only(config, fused=False),
+        },
+        args.rounds,
+    )
 
     results = {"batch": args.batch, "rounds": args.rounds, "threads": args.threads}
     results.update({f"step_ms_{name}": 1e3 * value for name, value in step_medians.items()})
     results.update({f"step_speedup_over_{name}": value for name, value in step_ratios.items()})
     results.update({f"update_ms_{name}": 1e3 * value for name, value in update_medians.items()})
-    results.update({f"update_speedup_over_{name}": value
-                    for name, value in update_ratios.items()})
+    results.update({f"update_speedup_over_{name}": value for name, value in update_ratios.items()})
     print_results(results)
 
 

@@ -25,8 +25,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_validate_data():
-    spec = importlib.util.spec_from_file_location("validate_data",
-                                                  REPO_ROOT / "data" / "validate_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "validate_data", REPO_ROOT / "data" / "validate_data.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,14 +51,20 @@ def timed(function):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="datasets/synthetic/records",
-                        help="converted records (default: the demo's)")
+    parser.add_argument(
+        "--data_dir",
+        default="datasets/synthetic/records",
+        help="converted records (default: the demo's)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     args = parser.parse_args()
     files = sorted(str(path) for path in pathlib.Path(args.data_dir).glob("*.tfrecord"))
     if not files:
-        print(f"error: no TFRecords in {args.data_dir}: `make bench-validate` builds the demo "
-              f"records", file=sys.stderr)
+        print(
+            f"error: no TFRecords in {args.data_dir}: `make bench-validate` builds the demo "
+            f"records",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_data_validation as tfdv
@@ -65,24 +72,31 @@ def main():
 
     validate_data = load_validate_data()
     pattern = os.path.join(args.data_dir, "*.tfrecord")
-    options = tfdv.StatsOptions(enable_semantic_domain_stats=True,
-                                schema=validate_data.stats_schema_hint())
+    options = tfdv.StatsOptions(
+        enable_semantic_domain_stats=True, schema=validate_data.stats_schema_hint()
+    )
     parse_all(files[:1])  # warm the file cache and TensorFlow
     plain_seconds, images = min(timed(lambda: parse_all(files)) for _ in range(args.repeats))
-    results = {"cpu": cpu_name(), "images": images,
-               "plain_parse_loop_images_per_s": images / plain_seconds}
+    results = {
+        "cpu": cpu_name(),
+        "images": images,
+        "plain_parse_loop_images_per_s": images / plain_seconds,
+    }
     validation = os.path.join(args.data_dir, "validation-*.tfrecord")
     with tempfile.TemporaryDirectory() as scratch:
+
         def statistics(file_pattern):
             stats = tfdv.generate_statistics_from_tfrecord(
-                file_pattern, output_path=os.path.join(scratch, "stats.tfrecord"),
-                stats_options=options, pipeline_options=PipelineOptions([]))
+                file_pattern,
+                output_path=os.path.join(scratch, "stats.tfrecord"),
+                stats_options=options,
+                pipeline_options=PipelineOptions([]),
+            )
             return stats.datasets[0].num_examples
 
         seconds, counted = min(timed(lambda: statistics(pattern)) for _ in range(args.repeats))
         assert counted == images
-        part_seconds, part = min(timed(lambda: statistics(validation))
-                                 for _ in range(args.repeats))
+        part_seconds, part = min(timed(lambda: statistics(validation)) for _ in range(args.repeats))
     plain = results["plain_parse_loop_images_per_s"]
     results["tfdv_direct_runner_images_per_s"] = images / seconds
     results["tfdv_direct_runner_ratio"] = images / seconds / plain

@@ -42,11 +42,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # report's contract; this environment does not install the project.
 sys.path.insert(0, REPO_ROOT)
 
-from alexnet_keras_cli import command as run_command
-from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_base import validation_report as report_lib
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
+from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_cli import command as run_command
+
 DEFAULT_DRIFT_THRESHOLD = 0.1
 
 # The converter's contract, from alexnet_keras_base, which (like the validation report there)
@@ -77,8 +78,10 @@ def find_records(data_dir, split=None, records=None, name=None, default_split="t
     import tensorflow as tf
 
     if records and split:
-        raise UsageError("--split and --records exclude each other: --split reads "
-                         "D/SPLIT-*.tfrecord, --records any other files (name them with --name)")
+        raise UsageError(
+            "--split and --records exclude each other: --split reads "
+            "D/SPLIT-*.tfrecord, --records any other files (name them with --name)"
+        )
     if records:
         is_pattern = any(character in records for character in "*?[")
         pattern = records if is_pattern else os.path.join(records, "*.tfrecord*")
@@ -97,15 +100,24 @@ def find_records(data_dir, split=None, records=None, name=None, default_split="t
     if not files:
         if records:
             raise UsageError(f"no TFRecord files match {pattern}")
-        splits = sorted({os.path.basename(path).split("-")[0]
-                         for path in _glob(os.path.join(data_dir, DataDir.shard_glob("*")))})
+        splits = sorted(
+            {
+                os.path.basename(path).split("-")[0]
+                for path in _glob(os.path.join(data_dir, DataDir.shard_glob("*")))
+            }
+        )
         if not splits:
-            raise UsageError(f"{data_dir} holds no TFRecord files: convert an image folder "
-                             f"into it with data/build_tfrecords.py first")
-        raise UsageError(f"{data_dir} has no {name!r} split (no {name}-*.tfrecord files); its "
-                         f"splits: {', '.join(splits)}")
-    described = [{"file": os.path.basename(path), "bytes": tf.io.gfile.stat(path).length}
-                 for path in files]
+            raise UsageError(
+                f"{data_dir} holds no TFRecord files: convert an image folder "
+                f"into it with data/build_tfrecords.py first"
+            )
+        raise UsageError(
+            f"{data_dir} has no {name!r} split (no {name}-*.tfrecord files); its "
+            f"splits: {', '.join(splits)}"
+        )
+    described = [
+        {"file": os.path.basename(path), "bytes": tf.io.gfile.stat(path).length} for path in files
+    ]
     return name, pattern, described
 
 
@@ -114,8 +126,9 @@ def read_class_names(data_dir):
 
     path = os.path.join(data_dir, DataDir.LABELS)
     if not tf.io.gfile.exists(path):
-        raise UsageError(f"{path} is missing: is {data_dir} the output folder of "
-                         f"data/build_tfrecords.py?")
+        raise UsageError(
+            f"{path} is missing: is {data_dir} the output folder of data/build_tfrecords.py?"
+        )
     with tf.io.gfile.GFile(path) as file:
         return [line.strip() for line in file.read().splitlines() if line.strip()]
 
@@ -154,8 +167,10 @@ def beam_pipeline_options(flags):
     everything = options.get_all_options(retain_unknown_options=True)
     unknown = sorted(set(everything) - set(known))
     if unknown:
-        raise UsageError(f"unknown flags: {', '.join('--' + flag for flag in unknown)} (neither "
-                         f"this command's nor Apache Beam pipeline options; see --help)")
+        raise UsageError(
+            f"unknown flags: {', '.join('--' + flag for flag in unknown)} (neither "
+            f"this command's nor Apache Beam pipeline options; see --help)"
+        )
     return options
 
 
@@ -163,6 +178,7 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
     """Runs TFDV's Beam pipeline over `pattern`; writes D/stats/NAME.pb and NAME.json (the
     records it covers) and returns the statistics."""
     import tensorflow as tf
+
     tfdv = import_tfdv()
 
     print(f"computing statistics of {name}: {_count_files(records)} ({pattern})")
@@ -172,8 +188,8 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
     # final file (a gs:// folder on Dataflow), then becomes a plain binary proto.
     pipeline_output = os.path.join(stats_dir, f".{name}.stats-tfrecord")
     stats = tfdv.generate_statistics_from_tfrecord(
-        pattern, output_path=pipeline_output, stats_options=options,
-        pipeline_options=beam_options)
+        pattern, output_path=pipeline_output, stats_options=options, pipeline_options=beam_options
+    )
     tf.io.gfile.remove(pipeline_output)
     with tf.io.gfile.GFile(_stats_path(data_dir, name), "wb") as file:
         file.write(stats.SerializeToString())
@@ -184,18 +200,22 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
 
 def load_statistics(data_dir, name, hint):
     import tensorflow as tf
+
     tfdv = import_tfdv()
 
     path = _stats_path(data_dir, name)
     if not tf.io.gfile.exists(path):
-        raise UsageError(f"no statistics of the {name} split ({path}): run `{report_lib.COMMAND} "
-                         f"stats --data_dir {data_dir} --split {name}` first{hint}")
+        raise UsageError(
+            f"no statistics of the {name} split ({path}): run `{report_lib.COMMAND} "
+            f"stats --data_dir {data_dir} --split {name}` first{hint}"
+        )
     return tfdv.load_stats_binary(path)
 
 
 def reusable_statistics(data_dir, name, pattern, records):
     """The saved statistics of NAME if they cover exactly these records, else None."""
     import tensorflow as tf
+
     tfdv = import_tfdv()
 
     sidecar = os.path.join(data_dir, DataDir.stats_name(name, ".json"))
@@ -217,8 +237,10 @@ def write_statistics_html(path, stats, name, baseline=None, baseline_name=None):
 
     html = get_statistics_html(stats, baseline, lhs_name=name, rhs_name=baseline_name or "")
     with tf.io.gfile.GFile(path, "w") as file:
-        file.write(f"<!doctype html><meta charset='utf-8'><title>TFDV statistics: {name}"
-                   f"</title><h1>{name}</h1>\n{html}\n")
+        file.write(
+            f"<!doctype html><meta charset='utf-8'><title>TFDV statistics: {name}"
+            f"</title><h1>{name}</h1>\n{html}\n"
+        )
 
 
 def _feature(stats, name):
@@ -234,19 +256,24 @@ def summarize_statistics(stats, class_names=None):
     lines = [f"{dataset.num_examples} examples"]
     label = _feature(stats, LABEL)
     if label is not None and label.string_stats.rank_histogram.buckets:
-        counts = {bucket.label: int(bucket.sample_count)
-                  for bucket in label.string_stats.rank_histogram.buckets}
+        counts = {
+            bucket.label: int(bucket.sample_count)
+            for bucket in label.string_stats.rank_histogram.buckets
+        }
         lines.append(f"{len(counts)} classes present; examples per class (label: count):")
         for value in sorted(counts, key=lambda value: int(value)):
             index = int(value)
-            class_name = (class_names[index] if class_names and 0 <= index < len(class_names)
-                          else "?")
+            class_name = (
+                class_names[index] if class_names and 0 <= index < len(class_names) else "?"
+            )
             lines.append(f"  {value:>5} {class_name:24s} {counts[value]}")
     encoded = _feature(stats, ENCODED)
     if encoded is not None and encoded.HasField("bytes_stats"):
         sizes = encoded.bytes_stats
-        lines.append(f"{ENCODED} bytes: min {sizes.min_num_bytes:.0f}, mean "
-                     f"{sizes.avg_num_bytes:.0f}, max {sizes.max_num_bytes:.0f}")
+        lines.append(
+            f"{ENCODED} bytes: min {sizes.min_num_bytes:.0f}, mean "
+            f"{sizes.avg_num_bytes:.0f}, max {sizes.max_num_bytes:.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -263,8 +290,10 @@ def _feature_of(schema, name):
     for feature in schema.feature:
         if feature.name == name:
             return feature
-    raise UsageError(f"the training statistics have no {name!r} feature: are these records "
-                     f"written by data/build_tfrecords.py?")
+    raise UsageError(
+        f"the training statistics have no {name!r} feature: are these records "
+        f"written by data/build_tfrecords.py?"
+    )
 
 
 def curate_schema(schema, class_names, drift_threshold=DEFAULT_DRIFT_THRESHOLD):
@@ -273,9 +302,15 @@ def curate_schema(schema, class_names, drift_threshold=DEFAULT_DRIFT_THRESHOLD):
     file name as the only allowed file names."""
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    contract = {LABEL: schema_pb2.INT, CLASS_TEXT: schema_pb2.BYTES, ENCODED: schema_pb2.BYTES,
-                HEIGHT: schema_pb2.INT, WIDTH: schema_pb2.INT, FORMAT: schema_pb2.BYTES,
-                FILENAME: schema_pb2.BYTES}
+    contract = {
+        LABEL: schema_pb2.INT,
+        CLASS_TEXT: schema_pb2.BYTES,
+        ENCODED: schema_pb2.BYTES,
+        HEIGHT: schema_pb2.INT,
+        WIDTH: schema_pb2.INT,
+        FORMAT: schema_pb2.BYTES,
+        FILENAME: schema_pb2.BYTES,
+    }
     for name, value_type in contract.items():
         feature = _feature_of(schema, name)
         feature.type = value_type
@@ -285,8 +320,9 @@ def curate_schema(schema, class_names, drift_threshold=DEFAULT_DRIFT_THRESHOLD):
         _drop_global_string_domain(schema, name)
 
     label = _feature_of(schema, LABEL)
-    label.int_domain.CopyFrom(schema_pb2.IntDomain(min=0, max=len(class_names) - 1,
-                                                   is_categorical=True))
+    label.int_domain.CopyFrom(
+        schema_pb2.IntDomain(min=0, max=len(class_names) - 1, is_categorical=True)
+    )
     # Jensen-Shannon divergence sees a shift spread over many classes (ImageNet's 1000), which
     # L-infinity (the largest change of one class's share) misses; either can be set here.
     label.drift_comparator.jensen_shannon_divergence.threshold = drift_threshold
@@ -294,7 +330,8 @@ def curate_schema(schema, class_names, drift_threshold=DEFAULT_DRIFT_THRESHOLD):
     _feature_of(schema, ENCODED).image_domain.minimum_supported_image_fraction = 1.0
     for name in (HEIGHT, WIDTH):
         _feature_of(schema, name).int_domain.CopyFrom(
-            schema_pb2.IntDomain(min=STORED_SIZE, max=STORED_SIZE))
+            schema_pb2.IntDomain(min=STORED_SIZE, max=STORED_SIZE)
+        )
     _feature_of(schema, FORMAT).string_domain.value.append(STORED_FORMAT)
     return schema
 
@@ -319,12 +356,22 @@ def anomaly_rows(anomalies):
     for feature, info in sorted(anomalies.anomaly_info.items()):
         reasons = info.reason or [info]
         for reason in reasons:
-            rows.append({"feature": feature, "kind": reason.short_description,
-                         "description": reason.description})
+            rows.append(
+                {
+                    "feature": feature,
+                    "kind": reason.short_description,
+                    "description": reason.description,
+                }
+            )
     if anomalies.HasField("dataset_anomaly_info"):
         for reason in anomalies.dataset_anomaly_info.reason:
-            rows.append({"feature": "(dataset)", "kind": reason.short_description,
-                         "description": reason.description})
+            rows.append(
+                {
+                    "feature": "(dataset)",
+                    "kind": reason.short_description,
+                    "description": reason.description,
+                }
+            )
     return rows
 
 
@@ -333,25 +380,32 @@ def drift_lines(anomalies):
     for info in anomalies.drift_skew_info:
         for measurement in info.drift_measurements:
             kind = {1: "L-infinity", 2: "Jensen-Shannon", 3: "normalized absolute difference"}
-            lines.append(f"{'/'.join(info.path.step)} drift "
-                         f"({kind.get(measurement.type, measurement.type)}): "
-                         f"{measurement.value:.4f}, threshold {measurement.threshold}")
+            lines.append(
+                f"{'/'.join(info.path.step)} drift "
+                f"({kind.get(measurement.type, measurement.type)}): "
+                f"{measurement.value:.4f}, threshold {measurement.threshold}"
+            )
     return lines
 
 
 def text_report(name, examples, records, rows, drift, schema_path, baseline_name):
     status = "PASSED" if not rows else f"FAILED: {len(rows)} anomalies"
-    lines = [f"data validation of {name} ({examples} examples in {_count_files(records)}) against "
-             f"{schema_path}" + (f", label drift against {baseline_name}" if baseline_name
-                                 else "") + f": {status}"]
+    lines = [
+        f"data validation of {name} ({examples} examples in {_count_files(records)}) against "
+        f"{schema_path}"
+        + (f", label drift against {baseline_name}" if baseline_name else "")
+        + f": {status}"
+    ]
     lines += [f"  {line}" for line in drift]
     if rows:
         width = max(len(row["feature"]) for row in rows)
         kind_width = max(len(row["kind"]) for row in rows)
         lines.append(f"  {'feature':{width}s}  {'kind':{kind_width}s}  description")
         for row in rows:
-            lines.append(f"  {row['feature']:{width}s}  {row['kind']:{kind_width}s}  "
-                         f"{row['description'].strip()}")
+            lines.append(
+                f"  {row['feature']:{width}s}  {row['kind']:{kind_width}s}  "
+                f"{row['description'].strip()}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -366,8 +420,9 @@ def _write_text(path, text):
 
 
 def command_stats(args, beam_options):
-    name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
-                                          default_split="train")
+    name, pattern, records = find_records(
+        args.data_dir, args.split, args.records, args.name, default_split="train"
+    )
     stats = compute_statistics(args.data_dir, name, pattern, records, beam_options)
     html = os.path.join(args.data_dir, DataDir.stats_name(name, ".html"))
     write_statistics_html(html, stats, name)
@@ -383,12 +438,15 @@ def command_stats(args, beam_options):
 
 def command_schema(args, beam_options):
     import tensorflow as tf
+
     tfdv = import_tfdv()
 
     path = os.path.join(args.data_dir, DataDir.SCHEMA)
     if tf.io.gfile.exists(path) and not args.force:
-        print(f"kept the existing schema {path} (it may be hand-edited); --force rebuilds it "
-              f"from the training statistics")
+        print(
+            f"kept the existing schema {path} (it may be hand-edited); --force rebuilds it "
+            f"from the training statistics"
+        )
         return 0
     if not tf.io.gfile.isdir(args.data_dir):
         raise UsageError(f"--data_dir {args.data_dir} does not exist or is not a folder")
@@ -398,31 +456,40 @@ def command_schema(args, beam_options):
     stats = load_statistics(args.data_dir, "train", hint=" (the schema is inferred from them)")
     schema = curate_schema(tfdv.infer_schema(stats), class_names, args.drift_threshold)
     tfdv.write_schema_text(schema, path)
-    print(f"wrote {path}: {len(schema.feature)} features, labels 0-{len(class_names) - 1} "
-          f"({len(class_names)} classes), {STORED_SIZE}x{STORED_SIZE} {STORED_FORMAT} images, "
-          f"label drift threshold {args.drift_threshold}. Edit it by hand if your data differs; "
-          f"it is kept from now on.")
+    print(
+        f"wrote {path}: {len(schema.feature)} features, labels 0-{len(class_names) - 1} "
+        f"({len(class_names)} classes), {STORED_SIZE}x{STORED_SIZE} {STORED_FORMAT} images, "
+        f"label drift threshold {args.drift_threshold}. Edit it by hand if your data differs; "
+        f"it is kept from now on."
+    )
     return 0
 
 
 def command_validate(args, beam_options):
     import tensorflow as tf
+
     tfdv = import_tfdv()
 
     schema_path = os.path.join(args.data_dir, DataDir.SCHEMA)
-    name, pattern, records = find_records(args.data_dir, args.split, args.records, args.name,
-                                          default_split="validation")
+    name, pattern, records = find_records(
+        args.data_dir, args.split, args.records, args.name, default_split="validation"
+    )
     if not tf.io.gfile.exists(schema_path):
-        raise UsageError(f"no schema yet ({schema_path}): run `{report_lib.COMMAND} schema "
-                         f"--data_dir {args.data_dir}` first (after `stats`)")
+        raise UsageError(
+            f"no schema yet ({schema_path}): run `{report_lib.COMMAND} schema "
+            f"--data_dir {args.data_dir}` first (after `stats`)"
+        )
     schema = tfdv.load_schema_text(schema_path)
     if args.drift_threshold is not None:
         if args.drift_threshold < 0:
             raise UsageError(f"--drift_threshold must be >= 0, got {args.drift_threshold}")
         set_drift_threshold(schema, args.drift_threshold)
     baseline_name = args.against if args.against != name else None
-    baseline = (load_statistics(args.data_dir, baseline_name, hint=" (the drift baseline)")
-                if baseline_name else None)
+    baseline = (
+        load_statistics(args.data_dir, baseline_name, hint=" (the drift baseline)")
+        if baseline_name
+        else None
+    )
 
     stats = reusable_statistics(args.data_dir, name, pattern, records)
     if stats is None:
@@ -433,18 +500,25 @@ def command_validate(args, beam_options):
 
     rows = anomaly_rows(anomalies)
     examples = stats.datasets[0].num_examples
-    report = text_report(name, examples, records, rows, drift_lines(anomalies), schema_path,
-                         baseline_name)
+    report = text_report(
+        name, examples, records, rows, drift_lines(anomalies), schema_path, baseline_name
+    )
     tfdv.write_anomalies_text(anomalies, os.path.join(args.data_dir, f"anomalies_{name}.pbtxt"))
     _write_text(os.path.join(args.data_dir, DataDir.report_name(name, ".txt")), report)
     with tf.io.gfile.GFile(schema_path, "rb") as file:
         schema_sha256 = report_lib.sha256_of_bytes(file.read())
-    contract = report_lib.build_report(name, records, schema_sha256, rows, examples,
-                                       baseline=baseline_name)
+    contract = report_lib.build_report(
+        name, records, schema_sha256, rows, examples, baseline=baseline_name
+    )
     _write_text(report_lib.report_path(args.data_dir, name), json.dumps(contract, indent=2))
     if baseline is not None:
-        write_statistics_html(os.path.join(args.data_dir, DataDir.stats_name(f"{name}_vs_{baseline_name}", ".html")),
-                              stats, name, baseline, baseline_name)
+        write_statistics_html(
+            os.path.join(args.data_dir, DataDir.stats_name(f"{name}_vs_{baseline_name}", ".html")),
+            stats,
+            name,
+            baseline,
+            baseline_name,
+        )
     print(report, end="")
     return 1 if rows else 0
 
@@ -453,53 +527,84 @@ def command_validate(args, beam_options):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="stats|schema|validate")
 
     def add_data_dir(subparser):
-        subparser.add_argument("--data_dir", required=True,
-                               help="output folder of data/build_tfrecords.py (local, or gs:// "
-                                    "with a remote runner); statistics and reports go there")
+        subparser.add_argument(
+            "--data_dir",
+            required=True,
+            help="output folder of data/build_tfrecords.py (local, or gs:// "
+            "with a remote runner); statistics and reports go there",
+        )
 
     def add_records(subparser, default_split):
-        subparser.add_argument("--split", help=f"reads DATA_DIR/SPLIT-*.tfrecord (default "
-                               f"{default_split})")
-        subparser.add_argument("--records", help="other TFRecords instead: a folder (its "
-                               "*.tfrecord* files) or a glob pattern, e.g. a new batch of data")
-        subparser.add_argument("--name", help="names the outputs for --records (default: the "
-                               "folder's name)")
+        subparser.add_argument(
+            "--split", help=f"reads DATA_DIR/SPLIT-*.tfrecord (default {default_split})"
+        )
+        subparser.add_argument(
+            "--records",
+            help="other TFRecords instead: a folder (its "
+            "*.tfrecord* files) or a glob pattern, e.g. a new batch of data",
+        )
+        subparser.add_argument(
+            "--name", help="names the outputs for --records (default: the folder's name)"
+        )
 
-    stats = commands.add_parser("stats", help="statistics of a split",
-                                description="Statistics of a split: DATA_DIR/stats/NAME.pb, "
-                                "NAME.html (Facets) and a printed summary. Other --flags go to "
-                                "Apache Beam.")
+    stats = commands.add_parser(
+        "stats",
+        help="statistics of a split",
+        description="Statistics of a split: DATA_DIR/stats/NAME.pb, "
+        "NAME.html (Facets) and a printed summary. Other --flags go to "
+        "Apache Beam.",
+    )
     add_data_dir(stats)
     add_records(stats, "train")
 
-    schema = commands.add_parser("schema", help="infer and curate DATA_DIR/schema.pbtxt",
-                                 description="Infers a schema from DATA_DIR/stats/train.pb, "
-                                 "curates it from the converter's contract and labels.txt, "
-                                 "writes DATA_DIR/schema.pbtxt. An existing one is kept.")
+    schema = commands.add_parser(
+        "schema",
+        help="infer and curate DATA_DIR/schema.pbtxt",
+        description="Infers a schema from DATA_DIR/stats/train.pb, "
+        "curates it from the converter's contract and labels.txt, "
+        "writes DATA_DIR/schema.pbtxt. An existing one is kept.",
+    )
     add_data_dir(schema)
-    schema.add_argument("--force", action="store_true",
-                        help="rebuild and overwrite an existing (perhaps hand-edited) schema")
-    schema.add_argument("--drift_threshold", type=float, default=DEFAULT_DRIFT_THRESHOLD,
-                        help="Jensen-Shannon divergence of the label distribution above which "
-                             "validate reports drift (default %(default)s)")
+    schema.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild and overwrite an existing (perhaps hand-edited) schema",
+    )
+    schema.add_argument(
+        "--drift_threshold",
+        type=float,
+        default=DEFAULT_DRIFT_THRESHOLD,
+        help="Jensen-Shannon divergence of the label distribution above which "
+        "validate reports drift (default %(default)s)",
+    )
 
-    validate = commands.add_parser("validate", help="validate a split or new records",
-                                   description="Validates records against DATA_DIR/schema.pbtxt "
-                                   "and their label distribution against --against's "
-                                   "statistics. Exit 0 when clean, 1 on anomalies. Other "
-                                   "--flags go to Apache Beam.")
+    validate = commands.add_parser(
+        "validate",
+        help="validate a split or new records",
+        description="Validates records against DATA_DIR/schema.pbtxt "
+        "and their label distribution against --against's "
+        "statistics. Exit 0 when clean, 1 on anomalies. Other "
+        "--flags go to Apache Beam.",
+    )
     add_data_dir(validate)
     add_records(validate, "validation")
-    validate.add_argument("--against", default="train",
-                          help="split whose statistics are the drift baseline (default train)")
-    validate.add_argument("--drift_threshold", type=float,
-                          help="overrides the schema's label drift threshold for this run; "
-                               "0 turns the drift check off")
+    validate.add_argument(
+        "--against",
+        default="train",
+        help="split whose statistics are the drift baseline (default train)",
+    )
+    validate.add_argument(
+        "--drift_threshold",
+        type=float,
+        help="overrides the schema's label drift threshold for this run; "
+        "0 turns the drift check off",
+    )
     return parser.parse_known_args(argv)
 
 

@@ -41,8 +41,9 @@ def predict(server, model, body, version=None, timeout=60.0):
     """POSTs `body` to `server`'s predict endpoint for `model`; returns the predictions."""
     model_path = f"{model}/versions/{version}" if version else model
     url = f"{server.rstrip('/')}/v1/models/{model_path}:predict"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             answer = json.loads(response.read())
@@ -55,9 +56,10 @@ def predict(server, model, body, version=None, timeout=60.0):
         raise ClientError(f"{url} answered HTTP {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise ClientError(f"cannot reach TensorFlow Serving at {server} ({reason}): is the "
-                          f"server running (docker compose -f export/docker-compose.yml up)?"
-                          ) from None
+        raise ClientError(
+            f"cannot reach TensorFlow Serving at {server} ({reason}): is the "
+            f"server running (docker compose -f export/docker-compose.yml up)?"
+        ) from None
     if "predictions" not in answer:
         raise ClientError(f"{url} answered without predictions: {str(answer)[:500]}")
     return answer["predictions"]
@@ -71,24 +73,38 @@ def format_predictions(image_paths, predictions):
             lines.append(f"  {score:7.2%}  {label}")
         if FEATURES_OUTPUT in prediction:
             values = prediction[FEATURES_OUTPUT]
-            lines.append(f"  {FEATURES_OUTPUT} ({len(values)} values): "
-                         + " ".join(f"{value:.9g}" for value in values))
+            lines.append(
+                f"  {FEATURES_OUTPUT} ({len(values)} values): "
+                + " ".join(f"{value:.9g}" for value in values)
+            )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP)")
-    parser.add_argument("--server", default="http://localhost:8501",
-                        help="TF Serving's REST address (default: %(default)s)")
+    parser.add_argument(
+        "--server",
+        default="http://localhost:8501",
+        help="TF Serving's REST address (default: %(default)s)",
+    )
     parser.add_argument("--model", default="alexnet", help="model name (default: %(default)s)")
     parser.add_argument("--version", type=int, help="a model version (default: the newest)")
-    parser.add_argument("--signature", choices=SIGNATURES, default="serving_default",
-                        help="the signature to ask; 'features' also prints each image's fc7 "
-                        "values on one line (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for the answer (default: %(default)s)")
+    parser.add_argument(
+        "--signature",
+        choices=SIGNATURES,
+        default="serving_default",
+        help="the signature to ask; 'features' also prints each image's fc7 "
+        "values on one line (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the answer (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         body = request_body(args.images, args.signature)

@@ -19,16 +19,21 @@ from alexnet_keras_cli.predict import main as predict_main
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP)")
-    parser.add_argument("--export", required=True,
-                        help="an export version folder, or the base folder of its versions")
+    parser.add_argument(
+        "--export",
+        required=True,
+        help="an export version folder, or the base folder of its versions",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         rows = os.path.join(folder, "rows.jsonl")
-        status = predict_main(["--model", args.export, "--output", rows, "--no_progress",
-                               *args.images])
+        status = predict_main(
+            ["--model", args.export, "--output", rows, "--no_progress", *args.images]
+        )
         if os.path.exists(rows):
             with open(rows) as handle:
                 for row in map(json.loads, handle):

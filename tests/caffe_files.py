@@ -12,11 +12,23 @@ import struct
 
 import numpy as np
 
-WIDTHS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256, "fc6": 4096,
-          "fc7": 4096}
+WIDTHS = {
+    "conv1": 96,
+    "conv2": 256,
+    "conv3": 384,
+    "conv4": 384,
+    "conv5": 256,
+    "fc6": 4096,
+    "fc7": 4096,
+}
 # name: (kernel, stride, pad, group) of bvlc_alexnet's convolutions
-CONVOLUTIONS = {"conv1": (11, 4, 0, 1), "conv2": (5, 1, 2, 2), "conv3": (3, 1, 1, 1),
-                "conv4": (3, 1, 1, 2), "conv5": (3, 1, 1, 2)}
+CONVOLUTIONS = {
+    "conv1": (11, 4, 0, 1),
+    "conv2": (5, 1, 2, 2),
+    "conv3": (3, 1, 1, 1),
+    "conv4": (3, 1, 1, 2),
+    "conv5": (3, 1, 1, 2),
+}
 CAFFE_LRN = {"local_size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
 
 
@@ -26,9 +38,16 @@ def random_weights(width_multiplier=1.0, num_classes=1000, seed=0):
     rng = np.random.default_rng(seed)
     widths = {name: int(channels * width_multiplier) for name, channels in WIDTHS.items()}
     widths["fc8"] = num_classes
-    inputs = {"conv1": 3, "conv2": widths["conv1"], "conv3": widths["conv2"],
-              "conv4": widths["conv3"], "conv5": widths["conv4"],
-              "fc6": widths["conv5"] * 36, "fc7": widths["fc6"], "fc8": widths["fc7"]}
+    inputs = {
+        "conv1": 3,
+        "conv2": widths["conv1"],
+        "conv3": widths["conv2"],
+        "conv4": widths["conv3"],
+        "conv5": widths["conv4"],
+        "fc6": widths["conv5"] * 36,
+        "fc7": widths["fc6"],
+        "fc8": widths["fc7"],
+    }
     weights = {}
     for name, fan_in in inputs.items():
         out = widths[name]
@@ -59,19 +78,26 @@ def train_val_layers(caffenet_order=False):
             layers += [(norm, "LRN", [conv], [norm]), (pool, "Pooling", [norm], [pool])]
             previous = pool
     for index in (3, 4, 5):
-        layers += [(f"conv{index}", "Convolution", [previous], [f"conv{index}"]),
-                   (f"relu{index}", "ReLU", [f"conv{index}"], [f"conv{index}"])]
+        layers += [
+            (f"conv{index}", "Convolution", [previous], [f"conv{index}"]),
+            (f"relu{index}", "ReLU", [f"conv{index}"], [f"conv{index}"]),
+        ]
         previous = f"conv{index}"
     layers.append(("pool5", "Pooling", ["conv5"], ["pool5"]))
     previous = "pool5"
     for index in (6, 7):
         fc = f"fc{index}"
-        layers += [(fc, "InnerProduct", [previous], [fc]), (f"relu{index}", "ReLU", [fc], [fc]),
-                   (f"drop{index}", "Dropout", [fc], [fc])]
+        layers += [
+            (fc, "InnerProduct", [previous], [fc]),
+            (f"relu{index}", "ReLU", [fc], [fc]),
+            (f"drop{index}", "Dropout", [fc], [fc]),
+        ]
         previous = fc
-    layers += [("fc8", "InnerProduct", ["fc7"], ["fc8"]),
-               ("accuracy", "Accuracy", ["fc8", "label"], ["accuracy"]),
-               ("loss", "SoftmaxWithLoss", ["fc8", "label"], ["loss"])]
+    layers += [
+        ("fc8", "InnerProduct", ["fc7"], ["fc8"]),
+        ("accuracy", "Accuracy", ["fc8", "label"], ["accuracy"]),
+        ("loss", "SoftmaxWithLoss", ["fc8", "label"], ["loss"]),
+    ]
     return layers
 
 
@@ -111,12 +137,41 @@ def _packed_ints(number, values):
 
 
 # Field numbers: LayerParameter (current) and V1LayerParameter (legacy).
-CURRENT = {"name": 1, "type": 2, "bottom": 3, "top": 4, "blobs": 7, "convolution": 106,
-           "dropout": 108, "inner_product": 117, "lrn": 118, "pooling": 121}
-LEGACY = {"name": 4, "type": 5, "bottom": 2, "top": 3, "blobs": 6, "convolution": 10,
-          "dropout": 12, "inner_product": 17, "lrn": 18, "pooling": 19}
-V1_ENUM = {"Data": 5, "Convolution": 4, "ReLU": 18, "LRN": 15, "Pooling": 17,
-           "InnerProduct": 14, "Dropout": 6, "Accuracy": 1, "SoftmaxWithLoss": 21}
+CURRENT = {
+    "name": 1,
+    "type": 2,
+    "bottom": 3,
+    "top": 4,
+    "blobs": 7,
+    "convolution": 106,
+    "dropout": 108,
+    "inner_product": 117,
+    "lrn": 118,
+    "pooling": 121,
+}
+LEGACY = {
+    "name": 4,
+    "type": 5,
+    "bottom": 2,
+    "top": 3,
+    "blobs": 6,
+    "convolution": 10,
+    "dropout": 12,
+    "inner_product": 17,
+    "lrn": 18,
+    "pooling": 19,
+}
+V1_ENUM = {
+    "Data": 5,
+    "Convolution": 4,
+    "ReLU": 18,
+    "LRN": 15,
+    "Pooling": 17,
+    "InnerProduct": 14,
+    "Dropout": 6,
+    "Accuracy": 1,
+    "SoftmaxWithLoss": 21,
+}
 
 
 def _blob(array, legacy):
@@ -133,23 +188,36 @@ def _parameters(name, kind, fields, overrides, weights):
     parameters = dict(overrides.get(name, {}))
     if kind == "Convolution":
         kernel, stride, pad, group = CONVOLUTIONS[name]
-        values = {"num_output": weights[name][0].shape[0], "pad": pad, "kernel_size": kernel,
-                  "group": group, "stride": stride, **parameters}
+        values = {
+            "num_output": weights[name][0].shape[0],
+            "pad": pad,
+            "kernel_size": kernel,
+            "group": group,
+            "stride": stride,
+            **parameters,
+        }
         numbers = {"num_output": 1, "pad": 3, "kernel_size": 4, "group": 5, "stride": 6}
-        payload = b"".join(_int_field(numbers[key], value) for key, value in values.items()
-                           if value is not None)
+        payload = b"".join(
+            _int_field(numbers[key], value) for key, value in values.items() if value is not None
+        )
         # a weight_filler (field 7: type 1, std 3), as train_val.prototxt has, to skip
         payload += _bytes_field(7, _bytes_field(1, b"gaussian") + _float_field(3, 0.01))
         return _bytes_field(fields["convolution"], payload)
     if kind == "LRN":
         values = {**CAFFE_LRN, **parameters}
-        payload = (_int_field(1, values["local_size"]) + _float_field(2, values["alpha"])
-                   + _float_field(3, values["beta"]) + _float_field(5, values["k"]))
+        payload = (
+            _int_field(1, values["local_size"])
+            + _float_field(2, values["alpha"])
+            + _float_field(3, values["beta"])
+            + _float_field(5, values["k"])
+        )
         return _bytes_field(fields["lrn"], payload)
     if kind == "Pooling":
         values = {"pool": 0, "kernel_size": 3, "stride": 2, **parameters}
-        payload = b"".join(_int_field(number, values[key]) for number, key in
-                           ((1, "pool"), (2, "kernel_size"), (3, "stride")))
+        payload = b"".join(
+            _int_field(number, values[key])
+            for number, key in ((1, "pool"), (2, "kernel_size"), (3, "stride"))
+        )
         return _bytes_field(fields["pooling"], payload)
     if kind == "InnerProduct":
         return _bytes_field(fields["inner_product"], _int_field(1, weights[name][0].shape[0]))
@@ -161,8 +229,11 @@ def _parameters(name, kind, fields, overrides, weights):
 def _layer_message(layer, fields, legacy, weights, overrides):
     name, kind, bottoms, tops = layer
     message = _bytes_field(fields["name"], name.encode())
-    message += _int_field(fields["type"], V1_ENUM[kind]) if legacy else _bytes_field(
-        fields["type"], kind.encode())
+    message += (
+        _int_field(fields["type"], V1_ENUM[kind])
+        if legacy
+        else _bytes_field(fields["type"], kind.encode())
+    )
     message += b"".join(_bytes_field(fields["bottom"], bottom.encode()) for bottom in bottoms)
     message += b"".join(_bytes_field(fields["top"], top.encode()) for top in tops)
     if name in weights:
@@ -170,8 +241,9 @@ def _layer_message(layer, fields, legacy, weights, overrides):
             message += _float_field(7, 1.0) + _float_field(7, 2.0) + _float_field(8, 1.0)
         else:  # param (6): ParamSpec lr_mult (3), to skip
             message += _bytes_field(6, _float_field(3, 1.0)) * 2
-        message += b"".join(_bytes_field(fields["blobs"], _blob(blob, legacy))
-                            for blob in weights[name])
+        message += b"".join(
+            _bytes_field(fields["blobs"], _blob(blob, legacy)) for blob in weights[name]
+        )
     if kind == "Accuracy" and not legacy:  # include { phase: TEST } (8: NetStateRule phase 1)
         message += _bytes_field(8, _int_field(1, 1))
     return message + _parameters(name, kind, fields, overrides, weights)
@@ -203,8 +275,9 @@ def npy_layout(weights):
             weight = weight.transpose(2, 3, 1, 0)
         elif name == "fc6":
             out, inputs = weight.shape
-            weight = weight.reshape(out, inputs // 36, 6, 6).transpose(2, 3, 1, 0).reshape(
-                inputs, out)
+            weight = (
+                weight.reshape(out, inputs // 36, 6, 6).transpose(2, 3, 1, 0).reshape(inputs, out)
+            )
         else:
             weight = weight.T
         converted[name] = [np.ascontiguousarray(weight), bias]
@@ -232,30 +305,58 @@ def _py2_tuple(items):
 
 
 def _py2_dtype(descr, byte_order, flags):
-    return (b"cnumpy\ndtype\n" + _py2_tuple([_py2_string(descr), _py2_int(0), _py2_int(1)])
-            + b"R" + _py2_tuple([_py2_int(3), _py2_string(byte_order), b"N", b"N", b"N",
-                                 _py2_int(-1), _py2_int(-1), _py2_int(flags)]) + b"b")
+    return (
+        b"cnumpy\ndtype\n"
+        + _py2_tuple([_py2_string(descr), _py2_int(0), _py2_int(1)])
+        + b"R"
+        + _py2_tuple(
+            [
+                _py2_int(3),
+                _py2_string(byte_order),
+                b"N",
+                b"N",
+                b"N",
+                _py2_int(-1),
+                _py2_int(-1),
+                _py2_int(flags),
+            ]
+        )
+        + b"b"
+    )
 
 
 def _py2_array(shape, dtype_pickle, state):
-    return (b"cnumpy.core.multiarray\n_reconstruct\n"
-            + _py2_tuple([b"cnumpy\nndarray\n", _py2_tuple([_py2_int(0)]), _py2_string(b"b")])
-            + b"R" + _py2_tuple([_py2_int(1), _py2_tuple([_py2_int(size) for size in shape]),
-                                 dtype_pickle, b"\x89", state]) + b"b")
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + _py2_tuple([b"cnumpy\nndarray\n", _py2_tuple([_py2_int(0)]), _py2_string(b"b")])
+        + b"R"
+        + _py2_tuple(
+            [
+                _py2_int(1),
+                _py2_tuple([_py2_int(size) for size in shape]),
+                dtype_pickle,
+                b"\x89",
+                state,
+            ]
+        )
+        + b"b"
+    )
 
 
 def _py2_pickle(value):
     if isinstance(value, dict):
-        return b"}(" + b"".join(_py2_pickle(key) + _py2_pickle(item)
-                                for key, item in value.items()) + b"u"
+        return (
+            b"}("
+            + b"".join(_py2_pickle(key) + _py2_pickle(item) for key, item in value.items())
+            + b"u"
+        )
     if isinstance(value, list):
         return b"](" + b"".join(_py2_pickle(item) for item in value) + b"e"
     if isinstance(value, str):
         return _py2_string(value.encode())
     if isinstance(value, np.ndarray):
         array = np.ascontiguousarray(value, "<f4")
-        return _py2_array(array.shape, _py2_dtype(b"f4", b"<", 0),
-                          _py2_string(array.tobytes()))
+        return _py2_array(array.shape, _py2_dtype(b"f4", b"<", 0), _py2_string(array.tobytes()))
     raise TypeError(type(value))
 
 
@@ -267,7 +368,8 @@ def write_npy(path, weights, layout=True):
     header = np.lib.format.header_data_from_array_1_0(np.empty((), object))
     with open(path, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, header)
-        object_array = _py2_array((), _py2_dtype(b"O8", b"|", 63),
-                                  b"](" + _py2_pickle(content) + b"e")
+        object_array = _py2_array(
+            (), _py2_dtype(b"O8", b"|", 63), b"](" + _py2_pickle(content) + b"e"
+        )
         handle.write(b"\x80\x02" + object_array + b".")
     return path

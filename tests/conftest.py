@@ -26,9 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # TensorFlow initialises its devices, so it lives here, at collection time.
 with native_stderr_without(NO_GPU):
     _cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +67,12 @@ def synthetic_records(tmp_path_factory):
 
     def build(root):
         make_synthetic_dataset(root / "images", num_classes=4, images_per_class=24, seed=1)
-        convert(root / "images", root / "records",
-                ConvertOptions(val_fraction=0.25, num_shards=4, workers=2),
-                log=lambda message: None)
+        convert(
+            root / "images",
+            root / "records",
+            ConvertOptions(val_fraction=0.25, num_shards=4, workers=2),
+            log=lambda message: None,
+        )
 
     return once_per_run(tmp_path_factory, "synthetic", build) / "records"
 

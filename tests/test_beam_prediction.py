@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_serving import LABELS, encoded, save_model
 
 from alexnet_keras import beam_prediction, prediction, serving
-from alexnet_keras_cli import predict
 from alexnet_keras_base.layout import Feature
+from alexnet_keras_cli import predict
 from commands import run_main
-from test_serving import LABELS, encoded, save_model
 
 BATCH_SIZE = 3
 
@@ -36,7 +36,8 @@ def inputs(tmp_path_factory):
     dangling symbolic link."""
     root = tmp_path_factory.mktemp("beam_inputs")
     images = root / "images"
-    for index, (name, data) in enumerate({
+    for index, (name, data) in enumerate(
+        {
             "circle/photo.jpg": encoded("JPEG", (300, 240), seed=1),
             "circle/drawing.png": encoded("PNG", (256, 300), seed=2),
             "star/square.jpg": encoded("JPEG", (256, 256), seed=3),
@@ -48,7 +49,9 @@ def inputs(tmp_path_factory):
             "circle/notes.png": b"this is text, not a PNG\n",
             "README.txt": b"not an image",
             ".DS_Store": b"\0\0\0\1Bud1",
-            ".cache/hidden.jpg": encoded("JPEG", (256, 256), seed=8)}.items()):
+            ".cache/hidden.jpg": encoded("JPEG", (256, 256), seed=8),
+        }.items()
+    ):
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         (images / name).write_bytes(data)
     (images / "ring" / "gone.jpg").symlink_to(root / "no_such_file.jpg")
@@ -60,34 +63,61 @@ def inputs(tmp_path_factory):
     (records / "labels.txt").write_text("".join(f"{name}\n" for name in class_names))
     (records / "dataset.json").write_text(json.dumps({"num_examples": {"validation": 3}}))
     with tf.io.TFRecordWriter(str(records / "validation-00000-of-00001.tfrecord")) as writer:
-        for index, (image, label) in enumerate([(encoded("JPEG", seed=10), 0),
-                                                (b"not a JPEG", 1),
-                                                (encoded("JPEG", seed=11), 1)]):
+        for index, (image, label) in enumerate(
+            [(encoded("JPEG", seed=10), 0), (b"not a JPEG", 1), (encoded("JPEG", seed=11), 1)]
+        ):
             feature = {
                 Feature.ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
                 Feature.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                Feature.FILENAME: tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[f"{class_names[label]}/source_{index}.jpg".encode()]))}
-            writer.write(tf.train.Example(
-                features=tf.train.Features(feature=feature)).SerializeToString())
+                Feature.FILENAME: tf.train.Feature(
+                    bytes_list=tf.train.BytesList(
+                        value=[f"{class_names[label]}/source_{index}.jpg".encode()]
+                    )
+                ),
+            }
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
     return images, records, root / "lost.jpg"
 
 
 def local_rows(export_dir, inputs, output, *flags):
-    result = run_main(predict.main, "--model", export_dir, "--output", output, "--no_progress",
-                      "--batch_size", BATCH_SIZE, *flags, *inputs)
+    result = run_main(
+        predict.main,
+        "--model",
+        export_dir,
+        "--output",
+        output,
+        "--no_progress",
+        "--batch_size",
+        BATCH_SIZE,
+        *flags,
+        *inputs,
+    )
     assert result.returncode == predict.SOME_FAILED, result.stderr[-3000:]
     return [json.loads(line) for line in output.read_text().splitlines()]
 
 
 def beam_rows(export_dir, inputs, output, *flags):
     """Runs the job with the DirectRunner in this process -> (rows sorted by path, stdout)."""
-    result = run_main(predict.main, "--runner", "DirectRunner", "--model", export_dir,
-                      "--output", output, "--batch_size", BATCH_SIZE, *flags, *inputs)
+    result = run_main(
+        predict.main,
+        "--runner",
+        "DirectRunner",
+        "--model",
+        export_dir,
+        "--output",
+        output,
+        "--batch_size",
+        BATCH_SIZE,
+        *flags,
+        *inputs,
+    )
     assert result.returncode == predict.SOME_FAILED, result.stderr[-3000:]
     shards = sorted(output.parent.glob(f"{output.stem}-*-of-*{output.suffix}"))
-    assert shards and all(re.fullmatch(rf"{output.stem}-\d{{5}}-of-\d{{5}}\.jsonl", shard.name)
-                          for shard in shards)
+    assert shards and all(
+        re.fullmatch(rf"{output.stem}-\d{{5}}-of-\d{{5}}\.jsonl", shard.name) for shard in shards
+    )
     rows = [json.loads(line) for shard in shards for line in shard.read_text().splitlines()]
     return sorted(rows, key=lambda row: row["path"]), result.stdout
 
@@ -99,8 +129,9 @@ def counter(stdout, name):
 def assert_same_rows(beam, local):
     assert [row["path"] for row in beam] == [row["path"] for row in local]
     for beam_row, local_row in zip(beam, local):
-        assert {key: value for key, value in beam_row.items() if key != "scores"} == \
-            {key: value for key, value in local_row.items() if key != "scores"}
+        assert {key: value for key, value in beam_row.items() if key != "scores"} == {
+            key: value for key, value in local_row.items() if key != "scores"
+        }
         np.testing.assert_allclose(beam_row["scores"], local_row["scores"], atol=1e-5)
 
 
@@ -113,23 +144,29 @@ def without_dangling_symlink(rows):
 
 
 @pytest.mark.slow
-def test_the_job_answers_as_the_local_command_with_one_model_load(export_dir, inputs,
-                                                                   tmp_path):
-    local = sorted(local_rows(export_dir, inputs, tmp_path / "local.jsonl"),
-                   key=lambda row: row["path"])
+def test_the_job_answers_as_the_local_command_with_one_model_load(export_dir, inputs, tmp_path):
+    local = sorted(
+        local_rows(export_dir, inputs, tmp_path / "local.jsonl"), key=lambda row: row["path"]
+    )
     beam, stdout = beam_rows(export_dir, inputs, tmp_path / "beam.jsonl")
     assert_same_rows(beam, without_dangling_symlink(local))
 
     root = len(str(inputs[0].parent)) + 1
     by_name = {row["path"][root:]: row for row in beam}
     assert {name for name, row in by_name.items() if row["error"]} == {
-        "images/ring/empty.jpg", "images/star/truncated.jpg", "images/circle/notes.png",
-        "records/validation-00000-of-00001.tfrecord#square/source_1.jpg", "lost.jpg"}
+        "images/ring/empty.jpg",
+        "images/star/truncated.jpg",
+        "images/circle/notes.png",
+        "records/validation-00000-of-00001.tfrecord#square/source_1.jpg",
+        "lost.jpg",
+    }
     assert by_name["lost.jpg"]["error"] == "cannot read the file: No such file or directory"
     assert by_name["images/circle/photo.jpg"]["true_label"] == "circle"
     assert by_name["images/unknown_class/lossy.webp"]["true_label"] is None
-    assert by_name["records/validation-00000-of-00001.tfrecord#ring/source_0.jpg"][
-        "true_label"] == "ring"
+    assert (
+        by_name["records/validation-00000-of-00001.tfrecord#ring/source_0.jpg"]["true_label"]
+        == "ring"
+    )
     assert len(by_name) == 13  # README.txt, .DS_Store and .cache/ skipped
 
     answered = sum(row["error"] is None for row in beam)
@@ -143,10 +180,12 @@ def test_the_job_answers_as_the_local_command_with_one_model_load(export_dir, in
 
 @pytest.mark.slow
 def test_the_job_writes_the_local_commands_features(export_dir, inputs, tmp_path):
-    local = local_rows(export_dir, inputs, tmp_path / "local.jsonl", "--features_dir",
-                       tmp_path / "local_fc7")
-    beam, _ = beam_rows(export_dir, inputs, tmp_path / "beam.jsonl", "--features_dir",
-                        tmp_path / "beam_fc7")
+    local = local_rows(
+        export_dir, inputs, tmp_path / "local.jsonl", "--features_dir", tmp_path / "local_fc7"
+    )
+    beam, _ = beam_rows(
+        export_dir, inputs, tmp_path / "beam.jsonl", "--features_dir", tmp_path / "beam_fc7"
+    )
     assert_same_rows(beam, without_dangling_symlink(sorted(local, key=lambda row: row["path"])))
 
     def features(folder):
@@ -158,8 +197,10 @@ def test_the_job_writes_the_local_commands_features(export_dir, inputs, tmp_path
         assert len(paths) == len(set(paths))  # every answered path exactly once
         return {row["path"]: shards[row["file"]][int(row["row"])] for row in index}
 
-    local_features, beam_features = features(tmp_path / "local_fc7"), \
-        features(tmp_path / "beam_fc7")
+    local_features, beam_features = (
+        features(tmp_path / "local_fc7"),
+        features(tmp_path / "beam_fc7"),
+    )
     assert set(beam_features) == {row["path"] for row in beam if row["error"] is None}
     assert set(beam_features) == set(local_features)
     for path, fc7 in beam_features.items():
@@ -171,8 +212,10 @@ def test_the_handler_answers_a_batch_with_a_bad_image_as_the_local_command(expor
     assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 4}
     model = handler.load_model()
     good, bad = encoded("JPEG", seed=1), b"not an image"
-    answers = handler.run_inference([beam_prediction.Image("a.jpg", "circle", good),
-                                     beam_prediction.Image("b.jpg", None, bad)], model)
+    answers = handler.run_inference(
+        [beam_prediction.Image("a.jpg", "circle", good), beam_prediction.Image("b.jpg", None, bad)],
+        model,
+    )
     (first, fc7), (second, no_fc7) = answers
     assert fc7 is None and no_fc7 is None
     assert first["error"] is None and len(first["labels"]) == 3
@@ -186,49 +229,112 @@ def test_the_handler_answers_a_batch_with_a_bad_image_as_the_local_command(expor
 
 
 def test_beam_options_without_runner_are_refused(export_dir, tmp_path):
-    result = run_main(predict.main, "--model", export_dir, "--output", tmp_path / "out.jsonl",
-                      "--temp_location", "gs://bucket/tmp", tmp_path)
+    result = run_main(
+        predict.main,
+        "--model",
+        export_dir,
+        "--output",
+        tmp_path / "out.jsonl",
+        "--temp_location",
+        "gs://bucket/tmp",
+        tmp_path,
+    )
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith("predict.py: error: unrecognized") or \
-        "error: unrecognized arguments: --temp_location" in result.stderr
+    assert (
+        result.stderr.splitlines()[-1].startswith("predict.py: error: unrecognized")
+        or "error: unrecognized arguments: --temp_location" in result.stderr
+    )
     assert "need --runner" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--explain", "heatmaps"], "--explain is not available with --runner"),
-    (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--explain", "heatmaps"], "--explain is not available with --runner"),
+        (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+    ],
+)
 def test_the_runner_refuses_what_the_job_cannot_do(export_dir, tmp_path, flags, message):
-    result = run_main(predict.main, "--runner", "DirectRunner", "--model", export_dir,
-                      "--output", tmp_path / "out.jsonl", *flags, tmp_path)
+    result = run_main(
+        predict.main,
+        "--runner",
+        "DirectRunner",
+        "--model",
+        export_dir,
+        "--output",
+        tmp_path / "out.jsonl",
+        *flags,
+        tmp_path,
+    )
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
 
 
 def test_the_job_needs_an_export_and_keeps_a_finished_output(export_dir, tmp_path):
     model_file = export_dir.parent.parent / "alexnet.keras"
-    refused = run_main(predict.main, "--runner", "DirectRunner", "--model", model_file,
-                       "--output", tmp_path / "out.jsonl", tmp_path)
+    refused = run_main(
+        predict.main,
+        "--runner",
+        "DirectRunner",
+        "--model",
+        model_file,
+        "--output",
+        tmp_path / "out.jsonl",
+        tmp_path,
+    )
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[-1] == (
         f"error: --runner answers through an export (export/export_model.py): {model_file} is "
-        f"a Keras model file")
+        f"a Keras model file"
+    )
     (tmp_path / "out-00000-of-00001.jsonl").write_text("{}\n")
-    kept = run_main(predict.main, "--runner", "DirectRunner", "--project", "p", "--model",
-                    export_dir, "--output", tmp_path / "out.jsonl", tmp_path)
+    kept = run_main(
+        predict.main,
+        "--runner",
+        "DirectRunner",
+        "--project",
+        "p",
+        "--model",
+        export_dir,
+        "--output",
+        tmp_path / "out.jsonl",
+        tmp_path,
+    )
     assert kept.returncode == 2
     assert kept.stderr.splitlines()[-1].startswith(
-        f"error: {tmp_path / 'out-00000-of-00001.jsonl'} exists")
+        f"error: {tmp_path / 'out-00000-of-00001.jsonl'} exists"
+    )
 
 
 def test_beam_options_keep_their_values_apart_from_the_inputs():
-    args = predict.parse_args(["--runner", "DataflowRunner", "--project", "my-project",
-                               "--model", "exports/alexnet", "--region=europe-west4",
-                               "--save_main_session", "--output", "out.jsonl",
-                               "--labels", "team=vision", "photos/", "more/"])
+    args = predict.parse_args(
+        [
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "my-project",
+            "--model",
+            "exports/alexnet",
+            "--region=europe-west4",
+            "--save_main_session",
+            "--output",
+            "out.jsonl",
+            "--labels",
+            "team=vision",
+            "photos/",
+            "more/",
+        ]
+    )
     assert args.inputs == ["photos/", "more/"]
     assert args.runner == "DataflowRunner"
-    assert args.beam_args == ["--runner", "DataflowRunner", "--project", "my-project",
-                              "--region=europe-west4", "--save_main_session", "--labels",
-                              "team=vision"]
+    assert args.beam_args == [
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        "my-project",
+        "--region=europe-west4",
+        "--save_main_session",
+        "--labels",
+        "team=vision",
+    ]

@@ -34,8 +34,9 @@ def pins(path):
 
 def test_hadolint_passes(repo_root):
     hadolint = os.path.join(os.path.dirname(sys.executable), "hadolint")
-    result = subprocess.run([hadolint, "Dockerfile"], cwd=repo_root, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [hadolint, "Dockerfile"], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -44,11 +45,15 @@ def test_the_images_install_the_makefiles_requirements(repo_root):
     installed_by_make = set(re.findall(r"-r (requirements\S*\.txt)", makefile))
     # The two environments the project runs in; the optional PyTorch benchmark peer is not
     # part of the image.
-    assert installed_by_make - {"requirements-peer.txt"} == {"requirements.txt",
-                                                             "requirements-validate.txt"}
+    assert installed_by_make - {"requirements-peer.txt"} == {
+        "requirements.txt",
+        "requirements-validate.txt",
+    }
     stages = dockerfile_stages(repo_root)
-    per_stage = {name: set(re.findall(r"-r (requirements\S*\.txt)", " ".join(lines)))
-                 for name, lines in stages.items()}
+    per_stage = {
+        name: set(re.findall(r"-r (requirements\S*\.txt)", " ".join(lines)))
+        for name, lines in stages.items()
+    }
     assert per_stage["train"] == {"requirements.txt", "requirements-cuda.txt"}
     assert per_stage["validate"] == {"requirements-validate.txt"}
     for stage in ("train", "validate"):
@@ -58,7 +63,8 @@ def test_the_images_install_the_makefiles_requirements(repo_root):
     main, cuda = pins(repo_root / "requirements.txt"), pins(repo_root / "requirements-cuda.txt")
     shared = set(main) & set(cuda)
     assert "tensorflow" in shared and {name: main[name] for name in shared} == {
-        name: cuda[name] for name in shared}
+        name: cuda[name] for name in shared
+    }
     assert any(name.startswith("nvidia-cudnn") for name in cuda)
     assert f"UV_VERSION := {dockerfile_uv_version(repo_root)}\n" in makefile  # one uv for both
 
@@ -94,16 +100,33 @@ def python_on_path(tmp_path):
 
 def test_the_entry_point_runs_project_scripts_and_commands(repo_root, python_on_path):
     script = repo_root / "docker" / "entrypoint.sh"
-    result = subprocess.run(["sh", str(script), "train.py", "--help"], cwd=repo_root,
-                            capture_output=True, text=True, timeout=300, env=python_on_path)
+    result = subprocess.run(
+        ["sh", str(script), "train.py", "--help"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=python_on_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--data_dir" in result.stdout and "--model_dir" in result.stdout
-    result = subprocess.run(["sh", str(script), "echo", "as given"], cwd=repo_root,
-                            capture_output=True, text=True, timeout=60, env=python_on_path)
+    result = subprocess.run(
+        ["sh", str(script), "echo", "as given"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=python_on_path,
+    )
     assert result.stdout.strip() == "as given"
     # No arguments: the demo's steps, the same ones `make demo` runs.
-    dry_run = subprocess.run(["make", "-n", "demo-run", "PY=python"], cwd=repo_root,
-                             capture_output=True, text=True, timeout=60)
+    dry_run = subprocess.run(
+        ["make", "-n", "demo-run", "PY=python"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "python train.py" in dry_run.stdout and "python predict.py" in dry_run.stdout
     assert "demo-run PY=python" in script.read_text()
 
@@ -119,17 +142,27 @@ def test_the_tfjob_runs_the_image_with_train_py_flags(repo_root, python_on_path)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert pod["securityContext"]["runAsUser"] != 0
     assert container["image"].split(":")[0].endswith("alexnet-keras")
-    assert re.search(r"-t (\S+)", (repo_root / "Dockerfile").read_text()).group(1).split(":")[0] \
+    assert (
+        re.search(r"-t (\S+)", (repo_root / "Dockerfile").read_text()).group(1).split(":")[0]
         == "alexnet-keras"
+    )
     arguments = container["args"]
     assert arguments[0] == "train.py" and (repo_root / arguments[0]).is_file()
-    help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=repo_root,
-                               capture_output=True, text=True, timeout=300).stdout
+    help_text = subprocess.run(
+        [sys.executable, "train.py", "--help"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     for flag in (argument for argument in arguments if argument.startswith("--")):
         assert re.search(rf"\s{flag}\b", help_text), flag
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert {"/data", "/dev/shm"} <= mounts
-    for path in arguments[arguments.index("--data_dir") + 1], arguments[arguments.index("--model_dir") + 1]:
+    for path in (
+        arguments[arguments.index("--data_dir") + 1],
+        arguments[arguments.index("--model_dir") + 1],
+    ):
         assert path.startswith("/data/")
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["shared-memory"]["emptyDir"]["medium"] == "Memory"
@@ -142,7 +175,8 @@ def test_the_validate_image_compiles_nothing_and_needs_no_frontend_image(repo_ro
     compilers = re.compile(r"(?<![\w.-])(g\+\+|gcc|clang|build-essential)(?=[=\s]|$)")
     # A compiler only in the stage that builds wheels, which no image of ours is made from.
     assert [name for name, lines in stages.items() if compilers.search(" ".join(lines))] == [
-        "validate-wheels"]
+        "validate-wheels"
+    ]
     assert not any(line.startswith("FROM validate-wheels") for line in text.splitlines())
     native = re.search(r"ARG NATIVE_PACKAGES=(\S+)", text).group(1).split(",")
     validate_pins = pins(repo_root / "requirements-validate.txt")
@@ -156,10 +190,24 @@ def test_the_validate_image_compiles_nothing_and_needs_no_frontend_image(repo_ro
 def demo_project(tmp_path, repo_root, synthetic_records):
     """A copy of the project whose demo dataset is the small one of the tests."""
     copy = tmp_path / "project"
-    skipped = {".git", ".venv", ".venv-validate", ".venv-peer", ".tools", "datasets", "runs",
-               "exports", ".pytest_cache", "__pycache__"}
-    shutil.copytree(repo_root, copy, symlinks=True,
-                    ignore=lambda folder, names: [name for name in names if name in skipped])
+    skipped = {
+        ".git",
+        ".venv",
+        ".venv-validate",
+        ".venv-peer",
+        ".tools",
+        "datasets",
+        "runs",
+        "exports",
+        ".pytest_cache",
+        "__pycache__",
+    }
+    shutil.copytree(
+        repo_root,
+        copy,
+        symlinks=True,
+        ignore=lambda folder, names: [name for name in names if name in skipped],
+    )
     (copy / "datasets" / "synthetic").mkdir(parents=True)
     (copy / "datasets" / "synthetic" / "records").symlink_to(synthetic_records)
     return copy
@@ -168,13 +216,17 @@ def demo_project(tmp_path, repo_root, synthetic_records):
 def test_the_demo_as_pid_1_stops_with_143_on_sigterm(demo_project, python_on_path):
     """docker stop sends SIGTERM to the container's PID 1 only: the entry point, as PID 1 of a
     PID namespace, passes it on to train.py and ends with its 143, running no later step."""
-    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount",
-               "--mount-proc"]
+    unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--mount-proc"]
     if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
         pytest.skip("no PID namespaces here (unshare)")
-    process = subprocess.Popen([*unshare, "sh", "docker/entrypoint.sh"], cwd=demo_project,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**python_on_path, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [*unshare, "sh", "docker/entrypoint.sh"],
+        cwd=demo_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**python_on_path, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     try:
         for line in process.stdout:
@@ -207,21 +259,31 @@ def crossable_folder():
     shutil.rmtree(folder)
 
 
-def test_a_data_folder_the_image_user_cannot_write_stops_with_what_to_do(crossable_folder,
-                                                                         repo_root):
+def test_a_data_folder_the_image_user_cannot_write_stops_with_what_to_do(
+    crossable_folder, repo_root
+):
     """A host folder Docker creates for -v is root's: the entry point says so and exits 2."""
     data = crossable_folder / "data"
     data.mkdir()
     script = str(repo_root / "docker" / "entrypoint.sh")
     if os.geteuid() == 0:  # as the image's user, uid 1000, on a root-owned folder
-        command, uid, gid = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh",
-                             script], 1000, 1000
+        command, uid, gid = (
+            ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", script],
+            1000,
+            1000,
+        )
     else:
         command, uid, gid = ["sh", script], os.geteuid(), os.getegid()
         data.chmod(0o555)
     environment = {**os.environ, "DATA_MOUNT": str(data)}
-    refused = subprocess.run([*command, "echo", "ran"], capture_output=True, text=True,
-                             timeout=60, env=environment, cwd=crossable_folder)
+    refused = subprocess.run(
+        [*command, "echo", "ran"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        cwd=crossable_folder,
+    )
     assert refused.returncode == 2 and "ran" not in refused.stdout, refused.stderr
     assert f"{data} is not writable by this container's user (uid {uid}," in refused.stderr
     assert f"sudo chown {uid}:{gid} HOST" in refused.stderr
@@ -230,6 +292,12 @@ def test_a_data_folder_the_image_user_cannot_write_stops_with_what_to_do(crossab
         os.chown(data, 1000, 1000)
     else:
         data.chmod(0o755)
-    prepared = subprocess.run([*command, "echo", "ran"], capture_output=True, text=True,
-                              timeout=60, env=environment, cwd=crossable_folder)
+    prepared = subprocess.run(
+        [*command, "echo", "ran"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        cwd=crossable_folder,
+    )
     assert prepared.returncode == 0 and prepared.stdout.strip() == "ran", prepared.stderr

@@ -8,8 +8,15 @@ import re
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHITECTURE = "docs/architecture.md"
 # The folders whose every module the architecture page names, and the top-level scripts.
-MODULE_GLOBS = ("alexnet_keras/*.py", "alexnet_keras_base/*.py", "alexnet_keras_cli/*.py", "data/*.py", "export/*.py",
-                "bench/*.py", "*.py")
+MODULE_GLOBS = (
+    "alexnet_keras/*.py",
+    "alexnet_keras_base/*.py",
+    "alexnet_keras_cli/*.py",
+    "data/*.py",
+    "export/*.py",
+    "bench/*.py",
+    "*.py",
+)
 # A path to a source file, as the page writes one: `alexnet_keras/model.py`, `train.py`.
 SOURCE_PATH = re.compile(r"(?<![\w./-])((?:[\w-]+/)*[\w-]+\.(?:py|cc|sh))\b")
 # [text](target) links; images too.
@@ -21,8 +28,13 @@ def documentation_files(repo_root):
 
 
 def modules(repo_root):
-    return sorted({path.relative_to(repo_root).as_posix()
-                   for pattern in MODULE_GLOBS for path in repo_root.glob(pattern)})
+    return sorted(
+        {
+            path.relative_to(repo_root).as_posix()
+            for pattern in MODULE_GLOBS
+            for path in repo_root.glob(pattern)
+        }
+    )
 
 
 def named_source_paths(text):
@@ -71,7 +83,8 @@ def test_the_architecture_checks_can_fail():
     # A path inside a longer one names only the longer one.
     assert named_source_paths("see `tests/test_model.py`") == {"tests/test_model.py"}
     assert missing_named_paths(REPO_ROOT, text + " `alexnet_keras/gone.py`") == [
-        "alexnet_keras/gone.py"]
+        "alexnet_keras/gone.py"
+    ]
 
 
 def test_readme_starts_with_the_two_commands():

@@ -81,13 +81,14 @@ def test_validation_environment_computes_statistics(repo_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     version, count, maximum, mean = result.stdout.split()[-4:]
-    assert version == pinned_version(repo_root / "requirements-validate.txt", "tensorflow-data-validation")
+    assert version == pinned_version(
+        repo_root / "requirements-validate.txt", "tensorflow-data-validation"
+    )
     assert int(count) == 6 and float(maximum) == 2.0
     assert abs(float(mean) - 8 / 6) < 1e-9
 
 
-def test_the_validation_environment_names_a_missing_compiler_before_building(repo_root,
-                                                                            tmp_path):
+def test_the_validation_environment_names_a_missing_compiler_before_building(repo_root, tmp_path):
     """pyfarmhash and crcmod are compiled by `make env-validate`: without a compiler, make
     says so and what to install, before it removes or creates anything."""
     shutil.copy(repo_root / "Makefile", tmp_path)
@@ -95,14 +96,21 @@ def test_the_validation_environment_names_a_missing_compiler_before_building(rep
     (tmp_path / ".tools" / "bin").mkdir(parents=True)
     (tmp_path / ".tools" / "bin" / "uv").symlink_to(repo_root / ".tools" / "bin" / "uv")
     target = ".venv-validate/.installed"
-    refused = subprocess.run(["make", target], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "CC": "/no/such/cc"})
+    refused = subprocess.run(
+        ["make", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CC": "/no/such/cc"},
+    )
     assert refused.returncode != 0
     assert "this machine has no /no/such/cc" in refused.stderr, refused.stderr
     assert "apt-get install g++ python3-dev" in refused.stderr
     assert not (tmp_path / ".venv-validate").exists()
     # With this machine's compilers the check passes and the environment is made.
-    made = subprocess.run(["make", target], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    made = subprocess.run(
+        ["make", target], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert made.returncode == 0, made.stderr
     assert (tmp_path / target).exists()

@@ -33,12 +33,14 @@ def write_records(path, examples):
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
             feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[buffer.getvalue()])),
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[buffer.getvalue()])
+                ),
                 "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
             }
-            writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                         .SerializeToString())
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
     return str(path)
 
 
@@ -87,8 +89,9 @@ def known_predictions(tmp_path_factory):
 def test_metrics_equal_a_hand_computation(known_predictions, ten_crops):
     stand_in, pattern = known_predictions
     # Batch 4 does not divide 10: the padding must not be counted.
-    report = evaluation.evaluate(stand_in, 7, pattern, len(CASES), batch_size=4,
-                                 ten_crops=ten_crops)
+    report = evaluation.evaluate(
+        stand_in, 7, pattern, len(CASES), batch_size=4, ten_crops=ten_crops
+    )
     assert report["examples"] == 10
     assert report["top1_error"] == pytest.approx(6 / 10)  # right: examples 0, 4, 5, 8
     assert report["top1_accuracy"] == pytest.approx(4 / 10)
@@ -106,9 +109,12 @@ def test_metrics_equal_a_hand_computation(known_predictions, ten_crops):
         [1, 0, 0, 0, 0, 0, 1],
     ]
     assert report["most_confused"] == [
-        {"true": 1, "predicted": 0, "count": 2}, {"true": 3, "predicted": 5, "count": 1},
-        {"true": 4, "predicted": 0, "count": 1}, {"true": 5, "predicted": 0, "count": 1},
-        {"true": 6, "predicted": 0, "count": 1}]
+        {"true": 1, "predicted": 0, "count": 2},
+        {"true": 3, "predicted": 5, "count": 1},
+        {"true": 4, "predicted": 0, "count": 1},
+        {"true": 5, "predicted": 0, "count": 1},
+        {"true": 6, "predicted": 0, "count": 1},
+    ]
     assert report["per_class_examples"] == [2, 2, 1, 1, 1, 1, 2]
     assert report["per_class_recall"] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5]
     assert report["per_class_top1_error"] == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.5]
@@ -126,15 +132,17 @@ def test_ten_crop_averages_softmax_outputs_not_logits(tmp_path):
 
     def logits(images):
         sees_the_spot = tf.reduce_mean(images, axis=[1, 2, 3]) > 0.25
-        return tf.where(sees_the_spot[:, None], tf.constant([[8.0, 0.0, 0.0]]),
-                        tf.constant([[0.0, 1.0, 0.0]]))
+        return tf.where(
+            sees_the_spot[:, None], tf.constant([[8.0, 0.0, 0.0]]), tf.constant([[0.0, 1.0, 0.0]])
+        )
 
     crops = input_pipeline.ten_crop(tf.io.encode_jpeg(pixels, quality=95))
     crop_logits = logits(crops).numpy()
     assert int(tf.reduce_sum(tf.cast(crop_logits[:, 0] == 8.0, tf.int32))) == 2
     assert np.argmax(crop_logits.mean(axis=0)) == 0  # the case discriminates
-    report = evaluation.evaluate(lambda images: tf.nn.softmax(logits(images)), 3, pattern, 1,
-                                 batch_size=1, ten_crops=True)
+    report = evaluation.evaluate(
+        lambda images: tf.nn.softmax(logits(images)), 3, pattern, 1, batch_size=1, ten_crops=True
+    )
     assert report["confusion_matrix"][1] == [0, 1, 0]
     assert report["top1_error"] == 0.0
 
@@ -142,8 +150,9 @@ def test_ten_crop_averages_softmax_outputs_not_logits(tmp_path):
 @pytest.fixture(scope="module")
 def model_file(synthetic_records, tmp_path_factory):
     keras.utils.set_random_seed(4)
-    model = build_alexnet(num_classes=4, width_multiplier=0.125, kernel_init="he_normal",
-                          input_scale=1 / 64)
+    model = build_alexnet(
+        num_classes=4, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
+    )
     mean_layer(model).set_mean(input_pipeline.load_dataset_info(synthetic_records)["rgb_mean"])
     path = tmp_path_factory.mktemp("model") / "alexnet.keras"
     model.save(path)
@@ -151,23 +160,40 @@ def model_file(synthetic_records, tmp_path_factory):
 
 
 def run_evaluate(python, repo_root, *arguments):
-    return subprocess.run([python, "evaluate.py", "--no_progress", *map(str, arguments)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [python, "evaluate.py", "--no_progress", *map(str, arguments)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def test_report_folder_has_the_files_and_consistent_counts(model_file, synthetic_records,
-                                                           tmp_path, python, repo_root):
+def test_report_folder_has_the_files_and_consistent_counts(
+    model_file, synthetic_records, tmp_path, python, repo_root
+):
     output = tmp_path / "report"
-    result = run_evaluate(python, repo_root, "--model", model_file, "--data_dir",
-                          synthetic_records, "--output_dir", output)
+    result = run_evaluate(
+        python,
+        repo_root,
+        "--model",
+        model_file,
+        "--data_dir",
+        synthetic_records,
+        "--output_dir",
+        output,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((output / "report.json").read_text())
     info = input_pipeline.load_dataset_info(synthetic_records)
     class_counts = [info["class_counts"]["validation"][name] for name in info["class_names"]]
     assert [sum(row) for row in report["confusion_matrix"]] == class_counts
     assert report["examples"] == info["num_examples"]["validation"]
-    assert report["model"] == {"path": str(model_file), "kind": "keras",
-                               "parameters": keras.models.load_model(model_file).count_params()}
+    assert report["model"] == {
+        "path": str(model_file),
+        "kind": "keras",
+        "parameters": keras.models.load_model(model_file).count_params(),
+    }
     assert report["data"]["num_examples"] == info["num_examples"]
     assert report["class_names"] == info["class_names"]
     with open(output / "per_class.csv", newline="") as handle:
@@ -180,12 +206,23 @@ def test_report_folder_has_the_files_and_consistent_counts(model_file, synthetic
             assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 150, name
     # The printed summary: the errors, then the worst classes.
     (top1_line,) = [line for line in result.stdout.splitlines() if line.startswith("  top-1 ")]
-    assert top1_line.split()[1:] == [f"{report['top1_error']:.4f}", f"{report['top1_accuracy']:.4f}"]
+    assert top1_line.split()[1:] == [
+        f"{report['top1_error']:.4f}",
+        f"{report['top1_accuracy']:.4f}",
+    ]
     assert "worst classes" in result.stdout
     # --report still writes the JSON alone.
     alone = tmp_path / "alone.json"
-    result = run_main(evaluate.main, "--no_progress", "--model", model_file, "--data_dir",
-                      synthetic_records, "--report", alone)
+    result = run_main(
+        evaluate.main,
+        "--no_progress",
+        "--model",
+        model_file,
+        "--data_dir",
+        synthetic_records,
+        "--report",
+        alone,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(alone.read_text())["top1_error"] == report["top1_error"]
 
@@ -201,8 +238,12 @@ def test_the_heatmap_of_many_classes_shows_the_most_confused(tmp_path):
     assert {3, 140, 77, 12, 149, 0} <= set(shown)
     sums = evaluation.EvaluationSums(classes)
     sums.confusion = confusion
-    report = {**sums.metrics(), "class_names": [f"class_{index}" for index in range(classes)],
-              "data": {"split": "validation"}, "crop": "central crop"}
+    report = {
+        **sums.metrics(),
+        "class_names": [f"class_{index}" for index in range(classes)],
+        "data": {"split": "validation"},
+        "crop": "central crop",
+    }
     evaluation.plot_confusion_matrix(report, tmp_path / "confusion.png")
     with Image.open(tmp_path / "confusion.png") as image:
         assert image.format == "PNG" and image.size[0] >= 600
@@ -217,12 +258,20 @@ def test_the_export_scores_what_the_keras_file_scores(model_file, synthetic_reco
     run.mkdir()
     (run / "alexnet.keras").write_bytes(model_file.read_bytes())
     info = input_pipeline.load_dataset_info(synthetic_records)
-    export = serving.export_model(keras.models.load_model(model_file), tmp_path / "exports",
-                                  info["class_names"], log=lambda message: None)
+    export = serving.export_model(
+        keras.models.load_model(model_file),
+        tmp_path / "exports",
+        info["class_names"],
+        log=lambda message: None,
+    )
     # Report folders: beside the .keras file, and outside the folder TF Serving watches.
-    assert evaluation.default_output_dir(run, "validation", True) == run / "evaluation_validation_10crop"
+    assert (
+        evaluation.default_output_dir(run, "validation", True)
+        == run / "evaluation_validation_10crop"
+    )
     assert evaluation.default_output_dir(tmp_path / "exports", "train", False) == (
-        tmp_path / "exports_v1_evaluation_train")
+        tmp_path / "exports_v1_evaluation_train"
+    )
     for ten_crops in (False, True):
         from_keras = evaluation.evaluate_model(run, synthetic_records, ten_crops=ten_crops)
         from_export = evaluation.evaluate_model(export, synthetic_records, ten_crops=ten_crops)
@@ -237,8 +286,9 @@ def test_the_export_scores_what_the_keras_file_scores(model_file, synthetic_reco
         assert predicted_classes >= 2, from_keras["confusion_matrix"]
 
 
-def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records, tmp_path,
-                                                   python, repo_root):
+def test_bad_usage_gets_a_message_and_no_traceback(
+    model_file, synthetic_records, tmp_path, python, repo_root
+):
     """The command in this process; the first case also as the script's own process."""
     five_classes = tmp_path / "five.keras"
     build_alexnet(num_classes=5, width_multiplier=0.125).save(five_classes)
@@ -262,40 +312,48 @@ def test_bad_usage_gets_a_message_and_no_traceback(model_file, synthetic_records
 
 
 def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
-        model_file, synthetic_records, tmp_path):
+    model_file, synthetic_records, tmp_path
+):
     """The pairs' images found again by position are of the true class and answered with the
     predicted one; each panel of most_confused_images.png is that image's Grad-CAM overlay.
     An export gets no such file (no gradients)."""
     report = evaluation.evaluate_model(model_file, synthetic_records)
     output = evaluation.write_report_folder(report, tmp_path / "report")
-    assert evaluation.report_files(report) == (*evaluation.REPORT_FILES,
-                                               evaluation.CONFUSED_IMAGES_FILE)
-    assert sorted(path.name for path in output.iterdir()) == sorted(
-        evaluation.report_files(report))
+    assert evaluation.report_files(report) == (
+        *evaluation.REPORT_FILES,
+        evaluation.CONFUSED_IMAGES_FILE,
+    )
+    assert sorted(path.name for path in output.iterdir()) == sorted(evaluation.report_files(report))
 
     # Every image of the split, in reading order, and the model's answers.
     pattern = str(synthetic_records / "validation-*.tfrecord")
-    images, labels = zip(*((images.numpy(), labels.numpy()) for images, labels in
-                           input_pipeline.make_dataset(pattern, 16, training=False)))
+    images, labels = zip(
+        *(
+            (images.numpy(), labels.numpy())
+            for images, labels in input_pipeline.make_dataset(pattern, 16, training=False)
+        )
+    )
     images, labels = np.concatenate(images), np.concatenate(labels)
     model = keras.models.load_model(model_file)
     answered = np.argmax(model.predict(images, verbose=0), axis=1)
     pairs = report["most_confused_examples"]
     assert 2 <= len(pairs) <= evaluation.CONFUSED_IMAGE_PAIRS, report["confusion_matrix"]
     assert [{key: pair[key] for key in ("true", "predicted", "count")} for pair in pairs] == (
-        report["most_confused"][:len(pairs)])
+        report["most_confused"][: len(pairs)]
+    )
     for pair in pairs:
         confused = np.flatnonzero((labels == pair["true"]) & (answered == pair["predicted"]))
         assert len(confused) == pair["count"]
-        assert pair["positions"] == confused[:evaluation.IMAGES_PER_PAIR].tolist()
+        assert pair["positions"] == confused[: evaluation.IMAGES_PER_PAIR].tolist()
 
     with Image.open(output / evaluation.CONFUSED_IMAGES_FILE) as sheet:
         assert sheet.format == "PNG"
         pixels = np.asarray(sheet.convert("RGB"))
     columns = max(len(pair["positions"]) for pair in pairs)
     assert pixels.shape[1] == evaluation.panel_origin(0, columns)[0]
-    assert pixels.shape[0] == (evaluation.panel_origin(len(pairs), 0)[1]
-                               - evaluation.ROW_TITLE_HEIGHT)
+    assert pixels.shape[0] == (
+        evaluation.panel_origin(len(pairs), 0)[1] - evaluation.ROW_TITLE_HEIGHT
+    )
     explainer = gradcam.GradCam(model)
     names = report["class_names"]
     size = input_pipeline.CROP_SIZE
@@ -303,21 +361,37 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
         crops = images[pair["positions"]]
         heatmaps, classes, scores = explainer.explain(crops)
         assert (classes == pair["predicted"]).all()
-        for column, (crop, heatmap, top1, score) in enumerate(zip(crops, heatmaps, classes,
-                                                                   scores)):
+        for column, (crop, heatmap, top1, score) in enumerate(
+            zip(crops, heatmaps, classes, scores)
+        ):
             left, top = evaluation.panel_origin(row, column)
-            expected = gradcam.overlay(crop.astype(np.uint8), heatmap,
-                                       f"{names[top1]} {score:.2f}")
+            expected = gradcam.overlay(crop.astype(np.uint8), heatmap, f"{names[top1]} {score:.2f}")
             # Batches of other sizes may round a heatmap's last bits differently.
-            np.testing.assert_allclose(pixels[top:top + size, left:left + size],
-                                       np.asarray(expected), atol=1, err_msg=f"{row}, {column}")
+            np.testing.assert_allclose(
+                pixels[top : top + size, left : left + size],
+                np.asarray(expected),
+                atol=1,
+                err_msg=f"{row}, {column}",
+            )
 
-    export = serving.export_model(model, tmp_path / "exports",
-                                  input_pipeline.load_dataset_info(synthetic_records)[
-                                      "class_names"], log=lambda message: None)
-    result = run_main(evaluate.main, "--no_progress", "--model", export, "--data_dir",
-                      synthetic_records, "--output_dir", tmp_path / "export_report")
+    export = serving.export_model(
+        model,
+        tmp_path / "exports",
+        input_pipeline.load_dataset_info(synthetic_records)["class_names"],
+        log=lambda message: None,
+    )
+    result = run_main(
+        evaluate.main,
+        "--no_progress",
+        "--model",
+        export,
+        "--data_dir",
+        synthetic_records,
+        "--output_dir",
+        tmp_path / "export_report",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert evaluation.NO_GRADCAM_NOTE in result.stdout
     assert sorted(path.name for path in (tmp_path / "export_report").iterdir()) == sorted(
-        evaluation.REPORT_FILES)
+        evaluation.REPORT_FILES
+    )

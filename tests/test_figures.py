@@ -21,8 +21,9 @@ from commands import run_main
 
 def tiny_model(seed=4):
     keras.utils.set_random_seed(seed)
-    return build_alexnet(num_classes=4, width_multiplier=0.125, kernel_init="he_normal",
-                         input_scale=1 / 64)
+    return build_alexnet(
+        num_classes=4, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
+    )
 
 
 def mark_kernels(model):
@@ -60,7 +61,8 @@ def conv2_groups_reading(model, channel):
 
 @pytest.mark.parametrize("width_multiplier, tiles", [(1.0, 96), (0.125, 12)])
 def test_the_kernel_grid_shows_every_kernel_in_channel_order_split_by_conv2_groups(
-        tmp_path, width_multiplier, tiles):
+    tmp_path, width_multiplier, tiles
+):
     model = build_alexnet(num_classes=4, width_multiplier=width_multiplier)
     mark_kernels(model)
     grid = figures.write_kernel_figure(model, tmp_path / figures.KERNELS_FILE)
@@ -76,8 +78,10 @@ def test_the_kernel_grid_shows_every_kernel_in_channel_order_split_by_conv2_grou
     # channels 0, 1, 2, ...
     origins = [(top + figures.MARGIN, left + figures.MARGIN) for top, left in grid.tile_origins]
     reading_order = sorted(range(tiles), key=lambda channel: origins[channel])
-    assert [read_tile(pixels[top:top + size, left:left + size], figures.KERNEL_TILE_SCALE)
-            for top, left in (origins[channel] for channel in reading_order)] == list(range(tiles))
+    assert [
+        read_tile(pixels[top : top + size, left : left + size], figures.KERNEL_TILE_SCALE)
+        for top, left in (origins[channel] for channel in reading_order)
+    ] == list(range(tiles))
     # Tiles do not overlap: distinct rows are at least a tile apart, and so are columns.
     for first, second in zip(sorted(origins), sorted(origins)[1:]):
         assert second[0] >= first[0] + size or second[1] >= first[1] + size
@@ -123,8 +127,15 @@ def test_the_tensorboard_image_is_the_kernel_grid(tmp_path):
         for value in event.summary.value:
             if value.tag == "conv1_kernels":
                 width, height, png = tf.make_ndarray(value.tensor)
-                logged.append((event.step, int(width), int(height), tf.io.decode_png(png).numpy(),
-                               value.metadata.summary_description))
+                logged.append(
+                    (
+                        event.step,
+                        int(width),
+                        int(height),
+                        tf.io.decode_png(png).numpy(),
+                        value.metadata.summary_description,
+                    )
+                )
     assert len(logged) == 1
     step, width, height, image, description = logged[0]
     assert step == 7 and (height, width) == grid.image.shape[:2]
@@ -133,8 +144,9 @@ def test_the_tensorboard_image_is_the_kernel_grid(tmp_path):
 
 
 def brute_force(queries, features, count):
-    distances = np.linalg.norm(np.asarray(features, np.float64)[None]
-                               - np.asarray(queries, np.float64)[:, None], axis=-1)
+    distances = np.linalg.norm(
+        np.asarray(features, np.float64)[None] - np.asarray(queries, np.float64)[:, None], axis=-1
+    )
     order = np.argsort(distances, axis=1, kind="stable")[:, :count]
     return order, np.take_along_axis(distances, order, axis=1)
 
@@ -161,8 +173,7 @@ def test_the_search_holds_one_block_not_the_file(tmp_path, python, repo_root):
     than the 164 MB file."""
     rows, dimension = 1_281_167, 64
     path = tmp_path / "features.npy"
-    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                         shape=(rows, dimension))
+    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(rows, dimension))
     rng = np.random.default_rng(0)
     for start in range(0, rows, 200_000):
         stop = min(start + 200_000, rows)
@@ -186,8 +197,9 @@ def test_the_search_holds_one_block_not_the_file(tmp_path, python, repo_root):
         indices, _ = figures.nearest_neighbours(queries, {str(path)!r})
         print(json.dumps({{"growth": resident("VmHWM") - before, "rows": int(indices.max())}}))
     """)
-    result = subprocess.run([python, "-c", script], cwd=repo_root, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [python, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.splitlines()[-1])
     block_megabytes = figures.SEARCH_BLOCK_ROWS * dimension * (2 + 8 + 8) / 2**20
@@ -215,8 +227,12 @@ def duplicated_records(tmp_path_factory):
             shutil.copy(path, root / "images" / split / name / path.name)
             if split == "val" and name in DUPLICATED_CLASSES:
                 shutil.copy(path, root / "images" / "train" / name / f"dup_{path.name}")
-    convert(root / "images", root / "records", ConvertOptions(num_shards=3, workers=1),
-            log=lambda message: None)
+    convert(
+        root / "images",
+        root / "records",
+        ConvertOptions(num_shards=3, workers=1),
+        log=lambda message: None,
+    )
     return root / "records"
 
 
@@ -239,13 +255,28 @@ def record_bytes(records, filename):
     raise AssertionError(f"{filename} not in {records}")
 
 
-def test_evaluate_figures_finds_the_duplicates(duplicated_records, tiny_model_file, tmp_path,
-                                               python, repo_root):
+def test_evaluate_figures_finds_the_duplicates(
+    duplicated_records, tiny_model_file, tmp_path, python, repo_root
+):
     output = tmp_path / "report"
     result = subprocess.run(
-        [python, "evaluate.py", "--no_progress", "--figures", "--model", tiny_model_file,
-         "--data_dir", duplicated_records, "--output_dir", output],
-        cwd=repo_root, capture_output=True, text=True, timeout=300)
+        [
+            python,
+            "evaluate.py",
+            "--no_progress",
+            "--figures",
+            "--model",
+            tiny_model_file,
+            "--data_dir",
+            duplicated_records,
+            "--output_dir",
+            output,
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "figures:" in result.stdout
     info = input_pipeline.load_dataset_info(duplicated_records)
@@ -273,8 +304,12 @@ def test_evaluate_figures_finds_the_duplicates(duplicated_records, tiny_model_fi
     model = keras.models.load_model(tiny_model_file)
     extractor = keras.Model(model.input, model.get_layer("fc7").output)
     query, neighbour = queries[-1], queries[-1]["neighbours"][1]
-    images = tf.stack([input_pipeline.preprocess_for_eval(record_bytes(duplicated_records, name))
-                       for name in (query["filename"], neighbour["filename"])])
+    images = tf.stack(
+        [
+            input_pipeline.preprocess_for_eval(record_bytes(duplicated_records, name))
+            for name in (query["filename"], neighbour["filename"])
+        ]
+    )
     fc7 = extractor(images, training=False).numpy().astype(np.float16).astype(np.float64)
     assert np.linalg.norm(fc7[0] - fc7[1]) == pytest.approx(neighbour["distance"], rel=1e-6)
     # The cache: one float16 row per training image.
@@ -291,8 +326,7 @@ def test_evaluate_figures_finds_the_duplicates(duplicated_records, tiny_model_fi
         assert image.size[0] >= 6 * 33 and image.size[1] >= 2 * 33
 
 
-def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_records,
-                                                                  tmp_path):
+def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_records, tmp_path):
     messages = []
     model = tiny_model(seed=4)
     path, first = figures.train_features(model, duplicated_records, tmp_path, log=messages.append)
@@ -314,12 +348,16 @@ def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_rec
     assert messages[-1].startswith("computing")
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
     # Rows follow the records: row i's label is the i-th training record's.
-    labels = [int(input_pipeline.parse_example(record)[1]) for record in tf.data.TFRecordDataset(
-        sorted(map(str, duplicated_records.glob("train-*"))))]
+    labels = [
+        int(input_pipeline.parse_example(record)[1])
+        for record in tf.data.TFRecordDataset(sorted(map(str, duplicated_records.glob("train-*"))))
+    ]
     assert sorted(labels) == sorted(first.labels.tolist())
     assert sorted(zip(first.shard.tolist(), first.position.tolist())) == [
-        (shard, position) for shard in range(len(first.files))
-        for position in range(int((first.shard == shard).sum()))]
+        (shard, position)
+        for shard in range(len(first.files))
+        for position in range(int((first.shard == shard).sum()))
+    ]
 
 
 def test_queries_cover_the_classes_and_depend_on_the_seed():
@@ -333,19 +371,31 @@ def test_queries_cover_the_classes_and_depend_on_the_seed():
     assert picked != figures.choose_queries(many, seed=3)
 
 
-def test_bad_usage_gets_a_message_and_no_traceback(tiny_model_file, duplicated_records,
-                                                   tmp_path):
+def test_bad_usage_gets_a_message_and_no_traceback(tiny_model_file, duplicated_records, tmp_path):
     info = input_pipeline.load_dataset_info(duplicated_records)
-    export = serving.export_model(keras.models.load_model(tiny_model_file), tmp_path / "exports",
-                                  info["class_names"], log=lambda message: None)
+    export = serving.export_model(
+        keras.models.load_model(tiny_model_file),
+        tmp_path / "exports",
+        info["class_names"],
+        log=lambda message: None,
+    )
     cases = [
         (["--model", export], 2, "is an exported SavedModel"),
-        (["--model", tiny_model_file, "--report", tmp_path / "report.json"], 2,
-         "use --output_dir, not --report"),
+        (
+            ["--model", tiny_model_file, "--report", tmp_path / "report.json"],
+            2,
+            "use --output_dir, not --report",
+        ),
     ]
     for arguments, status, message in cases:
-        result = run_main(evaluate.main, "--no_progress", "--figures", "--data_dir",
-                          duplicated_records, *arguments)
+        result = run_main(
+            evaluate.main,
+            "--no_progress",
+            "--figures",
+            "--data_dir",
+            duplicated_records,
+            *arguments,
+        )
         assert result.returncode == status, (arguments, result.stderr[-2000:])
         assert message in result.stderr, (message, result.stderr[-2000:])
         assert "Traceback" not in result.stderr

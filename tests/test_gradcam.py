@@ -22,9 +22,14 @@ CROP_OFFSET = (STORED_SIZE - CROP) // 2  # preprocess_for_eval's central crop
 
 def tiny_model(seed=4, num_classes=4, width_multiplier=0.125):
     keras.utils.set_random_seed(seed)
-    return build_alexnet(num_classes=num_classes, width_multiplier=width_multiplier,
-                         kernel_init="he_normal", input_scale=1 / 64, bias_init=0.1,
-                         dropout_rate=0.0)
+    return build_alexnet(
+        num_classes=num_classes,
+        width_multiplier=width_multiplier,
+        kernel_init="he_normal",
+        input_scale=1 / 64,
+        bias_init=0.1,
+        dropout_rate=0.0,
+    )
 
 
 def drawn_examples(classes, per_class, seed):
@@ -42,10 +47,12 @@ def drawn_examples(classes, per_class, seed):
             encoded.append(buffer.getvalue())
             labels.append(label)
             boxes.append(box_in_the_crop(box, *image.size))
-    stored = tf.data.Dataset.from_tensor_slices(encoded).map(
-        input_pipeline.decode_stored_size, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
-    return (np.concatenate([batch.numpy() for batch in stored]), np.array(labels),
-            np.array(boxes))
+    stored = (
+        tf.data.Dataset.from_tensor_slices(encoded)
+        .map(input_pipeline.decode_stored_size, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(256)
+    )
+    return (np.concatenate([batch.numpy() for batch in stored]), np.array(labels), np.array(boxes))
 
 
 def box_in_the_crop(box, width, height):
@@ -56,21 +63,23 @@ def box_in_the_crop(box, width, height):
     left, top = (width - shorter) // 2, (height - shorter) // 2
     scale = STORED_SIZE / shorter
     x0, y0, x1, y1 = box
-    corners = [(x0 - left) * scale, (y0 - top) * scale, (x1 - left) * scale,
-               (y1 - top) * scale]
+    corners = [(x0 - left) * scale, (y0 - top) * scale, (x1 - left) * scale, (y1 - top) * scale]
     return tuple(float(np.clip(value - CROP_OFFSET, 0, CROP)) for value in corners)
 
 
 def central_crops(stored):
-    return stored[:, CROP_OFFSET:CROP_OFFSET + CROP, CROP_OFFSET:CROP_OFFSET + CROP].astype(
-        np.float32)
+    return stored[:, CROP_OFFSET : CROP_OFFSET + CROP, CROP_OFFSET : CROP_OFFSET + CROP].astype(
+        np.float32
+    )
 
 
 def drawn_crops(count, seed=0):
     """`count` evaluation crops of drawn images, of every class in turn."""
     classes = [CLASS_NAMES[index % len(CLASS_NAMES)] for index in range(count)]
-    crops = [central_crops(drawn_examples([name], 1, seed + index)[0])[0]
-             for index, name in enumerate(classes)]
+    crops = [
+        central_crops(drawn_examples([name], 1, seed + index)[0])[0]
+        for index, name in enumerate(classes)
+    ]
     return np.stack(crops)
 
 
@@ -110,11 +119,10 @@ def test_heatmaps_equal_the_keras_io_computation_image_by_image():
     assert classes.shape == (6,) and scores.shape == (6,)
     logits = model(images).numpy()
     np.testing.assert_array_equal(classes, logits.argmax(axis=1))
-    np.testing.assert_allclose(scores, tf.nn.softmax(logits).numpy()[range(6), classes],
-                               rtol=1e-5)
+    np.testing.assert_allclose(scores, tf.nn.softmax(logits).numpy()[range(6), classes], rtol=1e-5)
     assert len(set(classes.tolist())) >= 3, classes
     for index in range(6):
-        expected, expected_class = keras_io_gradcam(model, images[index:index + 1])
+        expected, expected_class = keras_io_gradcam(model, images[index : index + 1])
         assert classes[index] == expected_class
         # Batched, each image's heatmap is its own (the other images' gradients do not mix in).
         np.testing.assert_allclose(heatmaps[index], expected, atol=2e-5)
@@ -169,8 +177,9 @@ def test_overlay_and_its_png(tmp_path):
     np.testing.assert_array_equal(pixels[60, 140], [shade, 0, 0])
     np.testing.assert_array_equal(pixels[60, 10], [0, 0, shade])
     assert (pixels[:20, :60] == 255).all(axis=-1).any(), "no white caption text"
-    np.testing.assert_array_equal(gradcam.jet([0.0, 0.5, 1.0]),
-                                  [[0, 0, 128], [128, 255, 128], [128, 0, 0]])
+    np.testing.assert_array_equal(
+        gradcam.jet([0.0, 0.5, 1.0]), [[0, 0, 128], [128, 255, 128], [128, 0, 0]]
+    )
 
     path = tmp_path / "explained" / "star.png"
     write_explanation(path, image, heatmap, "star 0.93")
@@ -210,18 +219,22 @@ def train_on_shapes(seed):
     model = tiny_model(seed=seed, num_classes=len(SHAPE_CLASSES))
     mean_layer(model).set_mean(images.reshape(-1, 3).mean(axis=0))
     steps = EPOCHS * (len(images) // BATCH_SIZE)
-    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-                      1e-3, steps)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
 
     def crop_and_mirror(image, label):
         image = tf.image.random_flip_left_right(tf.image.random_crop(image, (CROP, CROP, 3)))
         return tf.cast(image, tf.float32), label
 
-    dataset = (tf.data.Dataset.from_tensor_slices((images, labels))
-               .shuffle(len(images), seed=seed)
-               .map(crop_and_mirror, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(BATCH_SIZE, drop_remainder=True).prefetch(2))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed)
+        .map(crop_and_mirror, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH_SIZE, drop_remainder=True)
+        .prefetch(2)
+    )
     model.fit(dataset, epochs=EPOCHS, verbose=0, shuffle=False)  # the dataset shuffles
     return model
 
@@ -249,16 +262,22 @@ def localisation(model, seed):
     explainer = GradCam(model)
     heatmaps, classes, _ = explainer.explain(images)
     features, _ = explainer.feature_model(images)
-    random_weights = np.random.default_rng(seed).standard_normal(
-        (len(images), features.shape[-1])).astype(np.float32)
+    random_weights = (
+        np.random.default_rng(seed)
+        .standard_normal((len(images), features.shape[-1]))
+        .astype(np.float32)
+    )
     random_heatmaps = weighted_heatmaps(features, random_weights).numpy()
     gradcam_mass, chance = mass_in_boxes(heatmaps, boxes)
     random_mass, _ = mass_in_boxes(random_heatmaps, boxes)
-    return {"accuracy": float(np.mean(classes == labels)),
-            "gradcam": float(gradcam_mass.mean()), "random": float(random_mass.mean()),
-            "chance": float(chance.mean()),
-            "gradcam_denser_inside": float(np.mean(gradcam_mass > chance)),
-            "random_denser_inside": float(np.mean(random_mass > chance))}
+    return {
+        "accuracy": float(np.mean(classes == labels)),
+        "gradcam": float(gradcam_mass.mean()),
+        "random": float(random_mass.mean()),
+        "chance": float(chance.mean()),
+        "gradcam_denser_inside": float(np.mean(gradcam_mass > chance)),
+        "random_denser_inside": float(np.mean(random_mass > chance)),
+    }
 
 
 # Measured with this file's code (train_on_shapes, localisation) for the seeds 0, 1, 2, 3, on 120

@@ -15,23 +15,27 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_serving import encoded, keras_reference
 
 import alexnet_keras
 from alexnet_keras import caffe_weights, serving
 from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN
-from alexnet_keras_base.errors import UsageError
 from alexnet_keras.model import LRN_PAPER
-from alexnet_keras_cli import import_weights as import_weights_cli
+from alexnet_keras_base.errors import UsageError
 from alexnet_keras_cli import evaluate as evaluate_cli
 from alexnet_keras_cli import export_model as export_cli
+from alexnet_keras_cli import import_weights as import_weights_cli
 from caffe_files import random_weights, train_val_layers, write_caffemodel, write_npy
-from test_serving import encoded, keras_reference
 from tf_serving_standin import run_signature
 
 WIDTH = 0.125
 NUM_CLASSES = 4  # as the synthetic_records fixture, for evaluate.py
-CLASS_NAMES = ["n00000001 circle, round", "n00000002 square", "n00000003 triangle",
-               "n00000004 star"]
+CLASS_NAMES = [
+    "n00000001 circle, round",
+    "n00000002 square",
+    "n00000003 triangle",
+    "n00000004 star",
+]
 FORMATS = ("layer", "layers", "npy")
 
 
@@ -46,8 +50,8 @@ def caffe_convolution(x, weight, bias, stride, pad, group):
     windows = windows[:, :, ::stride, ::stride]  # (N, C, H', W', kh, kw)
     outputs = []
     for g in range(group):
-        part = windows[:, g * per_group:(g + 1) * per_group]
-        filters = weight[g * (out // group):(g + 1) * (out // group)]
+        part = windows[:, g * per_group : (g + 1) * per_group]
+        filters = weight[g * (out // group) : (g + 1) * (out // group)]
         outputs.append(np.einsum("nchwij,ocij->nohw", part, filters, optimize=True))
     return np.concatenate(outputs, axis=1) + bias[None, :, None, None]
 
@@ -55,7 +59,7 @@ def caffe_convolution(x, weight, bias, stride, pad, group):
 def caffe_lrn(x, local_size, alpha, beta, k):
     """Caffe's LRN across channels: x / (k + alpha / n * sum over n channels of x^2)^beta."""
     squares = np.pad(x**2, ((0, 0), (local_size // 2,) * 2, (0, 0), (0, 0)))
-    window = sum(squares[:, offset:offset + x.shape[1]] for offset in range(local_size))
+    window = sum(squares[:, offset : offset + x.shape[1]] for offset in range(local_size))
     return x / (k + alpha / local_size * window) ** beta
 
 
@@ -69,17 +73,19 @@ def caffe_max_pool(x, kernel=3, stride=2):
     height = x.shape[2]
     pooled = caffe_pooled_size(height, kernel, stride)
     reach = (pooled - 1) * stride + kernel
-    x = np.pad(x, ((0, 0), (0, 0), (0, reach - height), (0, reach - height)),
-               constant_values=-np.inf)
+    x = np.pad(
+        x, ((0, 0), (0, 0), (0, reach - height), (0, reach - height)), constant_values=-np.inf
+    )
     windows = np.lib.stride_tricks.sliding_window_view(x, (kernel, kernel), axis=(2, 3))
     return windows[:, :, ::stride, ::stride].max(axis=(4, 5))
 
 
-def caffe_forward(weights, rgb_images, bgr_mean=ILSVRC_2012_BGR_MEAN,
-                  lrn=(5, 1e-4, 0.75, 1.0)):
+def caffe_forward(weights, rgb_images, bgr_mean=ILSVRC_2012_BGR_MEAN, lrn=(5, 1e-4, 0.75, 1.0)):
     """fc8 of bvlc_alexnet as Caffe computes it, from RGB images (N, 227, 227, 3) in [0, 255]."""
-    w = {name: (weight.astype(np.float64), bias.astype(np.float64))
-         for name, (weight, bias) in weights.items()}
+    w = {
+        name: (weight.astype(np.float64), bias.astype(np.float64))
+        for name, (weight, bias) in weights.items()
+    }
     x = rgb_images.astype(np.float64)[..., ::-1] - np.asarray(bgr_mean)  # BGR minus the mean
     x = x.transpose(0, 3, 1, 2)  # (N, 3, 227, 227)
     relu = lambda value: np.maximum(value, 0.0)  # noqa: E731
@@ -113,9 +119,11 @@ def weights():
 @pytest.fixture(scope="module")
 def weight_files(weights, tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
-    return {"layer": write_caffemodel(folder / "current.caffemodel", weights, "layer"),
-            "layers": write_caffemodel(folder / "legacy.caffemodel", weights, "layers"),
-            "npy": write_npy(folder / "bvlc_alexnet.npy", weights)}
+    return {
+        "layer": write_caffemodel(folder / "current.caffemodel", weights, "layer"),
+        "layers": write_caffemodel(folder / "legacy.caffemodel", weights, "layers"),
+        "npy": write_npy(folder / "bvlc_alexnet.npy", weights),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +142,13 @@ def imported(weight_files, tmp_path_factory):
     paths = {}
     for kind, path in weight_files.items():
         paths[kind] = folder / f"{kind}.keras"
-        caffe_weights.import_weights(path, paths[kind], class_names=CLASS_NAMES,
-                                     width_multiplier=WIDTH, num_classes=NUM_CLASSES)
+        caffe_weights.import_weights(
+            path,
+            paths[kind],
+            class_names=CLASS_NAMES,
+            width_multiplier=WIDTH,
+            num_classes=NUM_CLASSES,
+        )
     return paths
 
 
@@ -170,8 +183,9 @@ def test_imported_logits_equal_caffes_forward_pass(kind, imported, weights, imag
     assert relative_difference(logits, expected) < 1e-5
     assert np.ptp(expected) > 1.0  # logits that differ between classes: a real comparison
     assert model.get_layer("fc8").class_names == CLASS_NAMES
-    np.testing.assert_allclose(alexnet_keras.mean_layer(model).mean.numpy(),
-                               ILSVRC_2012_BGR_MEAN[::-1], rtol=1e-6)
+    np.testing.assert_allclose(
+        alexnet_keras.mean_layer(model).mean.numpy(), ILSVRC_2012_BGR_MEAN[::-1], rtol=1e-6
+    )
 
 
 def test_the_comparison_fails_on_each_conversion_mistake(imported, weights, images):
@@ -182,8 +196,12 @@ def test_the_comparison_fails_on_each_conversion_mistake(imported, weights, imag
     assert relative_difference(model(images).numpy(), expected) < 1e-5
 
     # The paper's LRN (k 2, alpha 1e-4 not divided by the window) in place of Caffe's.
-    paper = alexnet_keras.build_alexnet(num_classes=NUM_CLASSES, width_multiplier=WIDTH,
-                                        lrn=LRN_PAPER, rgb_mean=ILSVRC_2012_BGR_MEAN[::-1])
+    paper = alexnet_keras.build_alexnet(
+        num_classes=NUM_CLASSES,
+        width_multiplier=WIDTH,
+        lrn=LRN_PAPER,
+        rgb_mean=ILSVRC_2012_BGR_MEAN[::-1],
+    )
     paper.set_weights(model.get_weights())
     mistakes = {"paper's LRN": paper(images).numpy()}
 
@@ -210,16 +228,24 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
     np.save(tmp_path / "mean.npy", per_pixel)
     np.testing.assert_allclose(caffe_weights.read_mean_file(tmp_path / "mean.npy"), expected)
     # .binaryproto: a BlobProto with num 1, channels 3, height, width (fields 1-4), data 5.
-    blob = b"".join(bytes([number << 3]) + bytes([value]) for number, value in
-                    ((1, 1), (2, 3), (3, 16), (4, 16)))
+    blob = b"".join(
+        bytes([number << 3]) + bytes([value])
+        for number, value in ((1, 1), (2, 3), (3, 16), (4, 16))
+    )
     payload = per_pixel.astype("<f4").tobytes()
     blob += bytes([5 << 3 | 2]) + bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
     (tmp_path / "mean.binaryproto").write_bytes(blob + payload)
-    np.testing.assert_allclose(caffe_weights.read_mean_file(tmp_path / "mean.binaryproto"),
-                               expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        caffe_weights.read_mean_file(tmp_path / "mean.binaryproto"), expected, rtol=1e-6
+    )
     # The mean goes into the model and changes what it computes, as in Caffe's forward pass.
-    caffe_weights.import_weights(weight_files["layer"], tmp_path / "m.keras", bgr_mean=expected,
-                                 width_multiplier=WIDTH, num_classes=NUM_CLASSES)
+    caffe_weights.import_weights(
+        weight_files["layer"],
+        tmp_path / "m.keras",
+        bgr_mean=expected,
+        width_multiplier=WIDTH,
+        num_classes=NUM_CLASSES,
+    )
     logits = load(tmp_path / "m.keras")(images).numpy()
     assert relative_difference(logits, caffe_forward(weights, images, bgr_mean=expected)) < 1e-5
     assert relative_difference(logits, caffe_forward(weights, images)) > 1e-3
@@ -233,8 +259,10 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
 
 def _with(weights, name, weight=None, bias=None):
     changed = dict(weights)
-    changed[name] = (weights[name][0] if weight is None else weight,
-                     weights[name][1] if bias is None else bias)
+    changed[name] = (
+        weights[name][0] if weight is None else weight,
+        weights[name][1] if bias is None else bias,
+    )
     return changed
 
 
@@ -242,39 +270,68 @@ def refusal_cases(weights, folder):
     """{case: (file, words the message must hold)} for files import_weights must refuse."""
     layers = train_val_layers()
     cases = {
-        "caffenet": (write_caffemodel(folder / "caffenet.caffemodel", weights,
-                                      layers=train_val_layers(caffenet_order=True)),
-                     ["norm1", "pool1", "CaffeNet"]),
-        "missing fc7": (write_caffemodel(folder / "missing.caffemodel", weights, "layers",
-                                         layers=[layer for layer in layers
-                                                 if layer[0] != "fc7"]),
-                        ["fc7", "missing"]),
-        "conv3 shape": (write_caffemodel(folder / "shape.caffemodel", _with(
-            weights, "conv3", weight=weights["conv3"][0][:, :16])),
-            ["conv3", "(48, 16, 3, 3)", "(48, 32, 3, 3)"]),
-        "paper's LRN": (write_caffemodel(folder / "lrn.caffemodel", weights,
-                                         overrides={"norm2": {"k": 2.0}}),
-                        ["norm2", "k 2.0 (bvlc_alexnet: 1.0)"]),
-        "ungrouped conv4": (write_caffemodel(folder / "group.caffemodel", weights,
-                                             overrides={"conv4": {"group": 1}}),
-                            ["conv4", "group 1 (bvlc_alexnet: 2)"]),
-        "average pooling": (write_caffemodel(folder / "ave.caffemodel", weights, "layers",
-                                             overrides={"pool5": {"pool": 1}}),
-                            ["pool5", "pool AVE (bvlc_alexnet: MAX)"]),
-        "npy fc6 shape": (write_npy(folder / "shape.npy", _with(
-            weights, "fc6", bias=weights["fc6"][1][:7])), ["fc6", "biases", "(7,)"]),
-        "npy missing conv1": (write_npy(folder / "missing.npy", {
-            name: value for name, value in weights.items() if name != "conv1"}),
-            ["conv1", "missing"]),
+        "caffenet": (
+            write_caffemodel(
+                folder / "caffenet.caffemodel",
+                weights,
+                layers=train_val_layers(caffenet_order=True),
+            ),
+            ["norm1", "pool1", "CaffeNet"],
+        ),
+        "missing fc7": (
+            write_caffemodel(
+                folder / "missing.caffemodel",
+                weights,
+                "layers",
+                layers=[layer for layer in layers if layer[0] != "fc7"],
+            ),
+            ["fc7", "missing"],
+        ),
+        "conv3 shape": (
+            write_caffemodel(
+                folder / "shape.caffemodel",
+                _with(weights, "conv3", weight=weights["conv3"][0][:, :16]),
+            ),
+            ["conv3", "(48, 16, 3, 3)", "(48, 32, 3, 3)"],
+        ),
+        "paper's LRN": (
+            write_caffemodel(folder / "lrn.caffemodel", weights, overrides={"norm2": {"k": 2.0}}),
+            ["norm2", "k 2.0 (bvlc_alexnet: 1.0)"],
+        ),
+        "ungrouped conv4": (
+            write_caffemodel(
+                folder / "group.caffemodel", weights, overrides={"conv4": {"group": 1}}
+            ),
+            ["conv4", "group 1 (bvlc_alexnet: 2)"],
+        ),
+        "average pooling": (
+            write_caffemodel(
+                folder / "ave.caffemodel", weights, "layers", overrides={"pool5": {"pool": 1}}
+            ),
+            ["pool5", "pool AVE (bvlc_alexnet: MAX)"],
+        ),
+        "npy fc6 shape": (
+            write_npy(folder / "shape.npy", _with(weights, "fc6", bias=weights["fc6"][1][:7])),
+            ["fc6", "biases", "(7,)"],
+        ),
+        "npy missing conv1": (
+            write_npy(
+                folder / "missing.npy",
+                {name: value for name, value in weights.items() if name != "conv1"},
+            ),
+            ["conv1", "missing"],
+        ),
     }
     damaged = weights["fc7"][0].copy()
     damaged[3, 5] = np.nan
-    cases["a NaN"] = (write_caffemodel(folder / "nan.caffemodel", _with(weights, "fc7", damaged)),
-                      ["fc7", "not finite"])
+    cases["a NaN"] = (
+        write_caffemodel(folder / "nan.caffemodel", _with(weights, "fc7", damaged)),
+        ["fc7", "not finite"],
+    )
     whole = cases["caffenet"][0].with_name("whole.caffemodel")
     write_caffemodel(whole, weights)
     data = whole.read_bytes()
-    (folder / "truncated.caffemodel").write_bytes(data[:len(data) // 2])
+    (folder / "truncated.caffemodel").write_bytes(data[: len(data) // 2])
     cases["truncated"] = (folder / "truncated.caffemodel", ["truncated"])
     (folder / "empty.caffemodel").write_bytes(b"")
     cases["empty"] = (folder / "empty.caffemodel", ["empty"])
@@ -295,17 +352,31 @@ def refusals(weights, tmp_path_factory):
     return refusal_cases(weights, tmp_path_factory.mktemp("refusals"))
 
 
-@pytest.mark.parametrize("case", ["caffenet", "missing fc7", "conv3 shape", "paper's LRN",
-                                  "ungrouped conv4", "average pooling", "npy fc6 shape",
-                                  "npy missing conv1", "truncated", "empty", "random bytes",
-                                  "a text prototxt", "truncated npy", "a plain array",
-                                  "a NaN"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "caffenet",
+        "missing fc7",
+        "conv3 shape",
+        "paper's LRN",
+        "ungrouped conv4",
+        "average pooling",
+        "npy fc6 shape",
+        "npy missing conv1",
+        "truncated",
+        "empty",
+        "random bytes",
+        "a text prototxt",
+        "truncated npy",
+        "a plain array",
+        "a NaN",
+    ],
+)
 def test_files_that_are_not_bvlc_alexnet_are_refused(case, refusals, tmp_path):
     path, words = refusals[case]
     output = tmp_path / "out.keras"
     with pytest.raises(UsageError) as raised:
-        caffe_weights.import_weights(path, output, width_multiplier=WIDTH,
-                                     num_classes=NUM_CLASSES)
+        caffe_weights.import_weights(path, output, width_multiplier=WIDTH, num_classes=NUM_CLASSES)
     for word in words:
         assert word in str(raised.value), (case, str(raised.value))
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
@@ -339,17 +410,32 @@ def test_a_pickle_that_runs_a_command_is_refused_and_the_command_does_not_run(tm
 def test_the_commands_refusals_exit_2_with_a_message(refusals, tmp_path, capsys):
     output = tmp_path / "out.keras"
     for case in ("caffenet", "truncated", "empty"):
-        assert import_weights_cli.main(["--weights", str(refusals[case][0]), "--output",
-                                        str(output)]) == 2
+        assert (
+            import_weights_cli.main(["--weights", str(refusals[case][0]), "--output", str(output)])
+            == 2
+        )
         error = capsys.readouterr().err
         assert error.startswith(f"error: {refusals[case][0]}: ") and "Traceback" not in error
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
-    assert import_weights_cli.main(["--weights", str(refusals["caffenet"][0]), "--output",
-                                    str(output), "--class_names", str(names)]) == 2
+    assert (
+        import_weights_cli.main(
+            [
+                "--weights",
+                str(refusals["caffenet"][0]),
+                "--output",
+                str(output),
+                "--class_names",
+                str(names),
+            ]
+        )
+        == 2
+    )
     assert "has 2 names, the model has 1000 classes" in capsys.readouterr().err
-    for flags, message in ((["--output", "out.h5"], "must end with .keras"),
-                           (["--output", "o.keras", "--mean", "1,2"], "three numbers B,G,R")):
+    for flags, message in (
+        (["--output", "out.h5"], "must end with .keras"),
+        (["--output", "o.keras", "--mean", "1,2"], "three numbers B,G,R"),
+    ):
         with pytest.raises(SystemExit) as raised:
             import_weights_cli.main(["--weights", "w.caffemodel", *flags])
         assert raised.value.code == 2 and message in capsys.readouterr().err
@@ -357,14 +443,30 @@ def test_the_commands_refusals_exit_2_with_a_message(refusals, tmp_path, capsys)
 
 
 def test_the_command_imports_a_full_size_file_and_refuses_a_pickle_that_runs_code(
-        tmp_path, python, repo_root):
+    tmp_path, python, repo_root
+):
     full = write_caffemodel(tmp_path / "bvlc_alexnet.caffemodel", random_weights(seed=1))
     names = tmp_path / "synset_words.txt"
     names.write_text("".join(f"n{index:08d} class {index}, thing\n" for index in range(1000)))
     output = tmp_path / "models" / "bvlc_alexnet.keras"
-    result = subprocess.run([python, "import_weights.py", "--weights", full, "--output", output,
-                             "--class_names", names, "--mean", "100,110,120"], cwd=repo_root,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            python,
+            "import_weights.py",
+            "--weights",
+            full,
+            "--output",
+            output,
+            "--class_names",
+            names,
+            "--mean",
+            "100,110,120",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "60,965,224 weights" in result.stdout and "current (layer)" in result.stdout
     model = load(output)
@@ -375,9 +477,13 @@ def test_the_command_imports_a_full_size_file_and_refuses_a_pickle_that_runs_cod
 
     marker = tmp_path / "ran"
     malicious = write_malicious_npy(tmp_path / "evil.npy", marker)
-    refused = subprocess.run([python, "import_weights.py", "--weights", malicious, "--output",
-                              tmp_path / "evil.keras"], cwd=repo_root, capture_output=True,
-                             text=True, timeout=300)
+    refused = subprocess.run(
+        [python, "import_weights.py", "--weights", malicious, "--output", tmp_path / "evil.keras"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 2 and "refused, nothing was run" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not marker.exists() and not (tmp_path / "evil.keras").exists()
@@ -403,8 +509,15 @@ def test_labels_for_model_falls_back_to_the_models_own_class_names(imported, tmp
 def test_evaluate_works_on_an_imported_model(imported, synthetic_records, tmp_path):
     for ten_crops in (False, True):
         report = tmp_path / f"report_{ten_crops}.json"
-        arguments = ["--model", str(imported["npy"]), "--data_dir", str(synthetic_records),
-                     "--report", str(report), "--no_progress"]
+        arguments = [
+            "--model",
+            str(imported["npy"]),
+            "--data_dir",
+            str(synthetic_records),
+            "--report",
+            str(report),
+            "--no_progress",
+        ]
         assert evaluate_cli.main(arguments + ["--ten_crops"] * ten_crops) == 0
         assert 0.0 <= json.loads(report.read_text())["top1_error"] <= 1.0
 
@@ -412,13 +525,17 @@ def test_evaluate_works_on_an_imported_model(imported, synthetic_records, tmp_pa
 def test_the_export_answers_with_the_models_class_names_like_keras(imported, tmp_path, runner):
     base = tmp_path / "exports" / "bvlc_alexnet"
     assert export_cli.main(["--model", str(imported["layers"]), "--export_base", str(base)]) == 0
-    images = [encoded("JPEG", (320, 240), seed=11, quality=90),
-              encoded("PNG", (256, 300), seed=12)]
-    answer = run_signature(runner, base / "1", "serving_default",
-                           {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)})
+    images = [encoded("JPEG", (320, 240), seed=11, quality=90), encoded("PNG", (256, 300), seed=12)]
+    answer = run_signature(
+        runner,
+        base / "1",
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+    )
     assert answer.ok, answer.status
     probabilities, top5 = keras_reference(imported["layers"], images)
     np.testing.assert_allclose(answer.outputs["probabilities"], probabilities, atol=1e-5)
     assert answer.outputs["top_k_classes"].tolist() == top5[:, :4].tolist()
     assert [[label.decode() for label in row] for row in answer.outputs["top_k_labels"]] == [
-        [CLASS_NAMES[index] for index in row] for row in top5[:, :4]]
+        [CLASS_NAMES[index] for index in row] for row in top5[:, :4]
+    ]

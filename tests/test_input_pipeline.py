@@ -46,7 +46,9 @@ def test_train_preprocessing_shape_dtype_range_eagerly_and_in_tf_data():
     in_graph = list(dataset)
     for eager_image, graph_image in zip(eager, in_graph):
         assert eager_image.shape == (227, 227, 3) and eager_image.dtype == tf.float32
-        assert float(tf.reduce_min(eager_image)) >= 0.0 and float(tf.reduce_max(eager_image)) <= 255.0
+        assert (
+            float(tf.reduce_min(eager_image)) >= 0.0 and float(tf.reduce_max(eager_image)) <= 255.0
+        )
         # The same seed gives the same augmentation eagerly and inside tf.data.
         np.testing.assert_allclose(eager_image.numpy(), graph_image.numpy(), atol=1e-3)
 
@@ -127,8 +129,9 @@ def test_make_dataset_training_batches_are_deterministic_when_asked(synthetic_re
 
     def first_batches():
         dataset = ip.make_dataset(pattern, 8, training=True, pca=pca, seed=3, deterministic=True)
-        return [(ip.add_lighting(*images).numpy(), labels.numpy())
-                for images, labels in dataset.take(3)]
+        return [
+            (ip.add_lighting(*images).numpy(), labels.numpy()) for images, labels in dataset.take(3)
+        ]
 
     first, second = first_batches(), first_batches()
     for (images_a, labels_a), (images_b, labels_b) in zip(first, second):
@@ -158,15 +161,20 @@ def test_make_dataset_shards_between_input_pipelines(synthetic_records):
     pattern = str(synthetic_records / "validation-*")
     seen = []
     for pipeline in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
-                                             num_replicas_in_sync=2)
-        dataset = ip.make_dataset(pattern, 4, training=False, input_context=context,
-                                  num_examples=count)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
+        )
+        dataset = ip.make_dataset(
+            pattern, 4, training=False, input_context=context, num_examples=count
+        )
         pipeline_images = []
         for images, labels in dataset:
             assert images.shape[0] == 2  # per-replica batch
-            pipeline_images += [hash(image.tobytes()) for image, label in
-                                zip(images.numpy(), labels.numpy()) if label >= 0]
+            pipeline_images += [
+                hash(image.tobytes())
+                for image, label in zip(images.numpy(), labels.numpy())
+                if label >= 0
+            ]
         seen.append(pipeline_images)
     assert set(seen[0]).isdisjoint(seen[1])
     assert len(seen[0]) + len(seen[1]) == count

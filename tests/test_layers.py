@@ -51,7 +51,7 @@ def caffe_lrn(activations, local_size, alpha, beta, k):
     channels = activations.shape[-1]
     pad = (local_size - 1) // 2
     padded = np.pad(activations.astype(np.float64) ** 2, [(0, 0)] * 3 + [(pad, pad)])
-    window_sums = sum(padded[..., offset:offset + channels] for offset in range(local_size))
+    window_sums = sum(padded[..., offset : offset + channels] for offset in range(local_size))
     scale = k + (alpha / local_size) * window_sums
     return activations / scale**beta
 
@@ -71,8 +71,9 @@ def test_lrn_caffe_mapping_divides_alpha_by_window():
     assert not np.allclose(keras.ops.convert_to_numpy(unmapped(activations)), expected, rtol=2e-5)
 
 
-def numpy_lrn_input_gradient(activations, upstream, size=5, k=2.0, alpha=1e-4, beta=0.75,
-                             cross_channel=True):
+def numpy_lrn_input_gradient(
+    activations, upstream, size=5, k=2.0, alpha=1e-4, beta=0.75, cross_channel=True
+):
     """d(sum(upstream * lrn(a)))/da from the paper's formula, by hand: with
     d_j = k + alpha * sum(window of j) a^2, b_j = a_j * d_j^-beta and the windows symmetric,
     da_i = g_i * d_i^-beta - 2 * alpha * beta * a_i * sum(window of i) g_j * a_j * d_j^(-beta-1)."""
@@ -83,14 +84,15 @@ def numpy_lrn_input_gradient(activations, upstream, size=5, k=2.0, alpha=1e-4, b
 
     def window_sums(values):
         padded = np.pad(values, [(0, 0)] * 3 + [(half, half)])
-        return sum(padded[..., offset:offset + channels] for offset in range(size))
+        return sum(padded[..., offset : offset + channels] for offset in range(size))
 
     denominator = k + alpha * window_sums(activations**2)
     local = upstream * denominator**-beta
     if not cross_channel:  # a wrong derivation, for the tests to show they can fail
         return local
     return local - 2 * alpha * beta * activations * window_sums(
-        upstream * activations * denominator ** (-beta - 1))
+        upstream * activations * denominator ** (-beta - 1)
+    )
 
 
 def lrn_input_gradient(layer, activations, upstream):
@@ -125,8 +127,11 @@ def test_lrn_gradient_uses_its_own_parameters():
     caffe = LocalResponseNormalization(depth_radius=2, bias=1.0, alpha=2e-5, beta=0.75)
     ours = lrn_input_gradient(caffe, activations, upstream)
     np.testing.assert_allclose(
-        ours, numpy_lrn_input_gradient(activations, upstream, k=1.0, alpha=2e-5),
-        rtol=1e-4, atol=1e-6)
+        ours,
+        numpy_lrn_input_gradient(activations, upstream, k=1.0, alpha=2e-5),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     assert not np.allclose(ours, numpy_lrn_input_gradient(activations, upstream), rtol=1e-3)
 
 
@@ -151,9 +156,7 @@ def test_lrn_config_round_trip():
 
 def _grouped_pair(strides, padding, in_channels=6, filters=8, kernel=3):
     grouped = GroupedConv2D(filters, kernel, groups=2, strides=strides, padding=padding)
-    reference = keras.layers.Conv2D(
-        filters, kernel, groups=2, strides=strides, padding=padding
-    )
+    reference = keras.layers.Conv2D(filters, kernel, groups=2, strides=strides, padding=padding)
     shape = (2, 13, 13, in_channels)
     grouped.build(shape)
     reference.build(shape)
@@ -244,8 +247,6 @@ def test_mean_subtraction_uses_its_weight_and_stays_float32():
     assert half_layer.compute_dtype == "float32"
 
 
-
-
 @pytest.mark.parametrize("activation", ["relu", None])
 def test_fully_connected_equals_keras_dense_in_outputs_and_gradients(activation, tmp_path):
     """Training takes FullyConnected's own input gradient; its outputs and all gradients
@@ -266,8 +267,9 @@ def test_fully_connected_equals_keras_dense_in_outputs_and_gradients(activation,
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             outputs = layer(inputs, training=True)
-        gradients = tape.gradient(outputs, [inputs, *layer.trainable_variables],
-                                  output_gradients=upstream)
+        gradients = tape.gradient(
+            outputs, [inputs, *layer.trainable_variables], output_gradients=upstream
+        )
         return [outputs, *gradients]
 
     for run in (outputs_and_gradients, tf.function(outputs_and_gradients)):

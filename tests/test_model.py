@@ -54,7 +54,10 @@ def test_paper_model_has_60965224_trainable_parameters(paper_model):
 
 
 def test_groups_are_where_the_paper_puts_them(paper_model):
-    groups = {name: paper_model.get_layer(name).groups for name in ("conv1", "conv2", "conv3", "conv4", "conv5")}
+    groups = {
+        name: paper_model.get_layer(name).groups
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5")
+    }
     assert groups == {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
 
 
@@ -82,8 +85,9 @@ def test_mean_subtraction_is_the_first_layer_and_settable():
     # Seeded, and He-initialised so a change of the input reaches the logits (the paper's
     # N(0, 0.01) weights under biases of 1 make the logits almost constant).
     keras.utils.set_random_seed(5)
-    model = build_alexnet(num_classes=10, width_multiplier=0.125, kernel_init="he_normal",
-                          input_scale=1 / 64)
+    model = build_alexnet(
+        num_classes=10, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
+    )
     layer = mean_layer(model)
     assert model.layers[1] is layer
     np.testing.assert_allclose(layer.get_weights()[0], IMAGENET_RGB_MEAN, rtol=1e-6)
@@ -98,7 +102,9 @@ def test_mean_subtraction_is_the_first_layer_and_settable():
 
 def test_width_multiplier_keeps_layers_and_scales_channels():
     tiny = build_alexnet(num_classes=10, width_multiplier=0.25)
-    assert [layer.name for layer in tiny.layers] == [layer.name for layer in build_alexnet(num_classes=10).layers]
+    assert [layer.name for layer in tiny.layers] == [
+        layer.name for layer in build_alexnet(num_classes=10).layers
+    ]
     assert tiny.get_layer("conv2").output.shape[1:] == (27, 27, 64)
     assert tiny.get_layer("fc6").output.shape[1:] == (1024,)
     assert tiny.get_layer("pool5").output.shape[1:] == (6, 6, 64)

@@ -12,8 +12,10 @@ def weights_after(steps, momentum, decay=0.5, learning_rate=0.1):
     rng = np.random.default_rng(0)
     kernel = keras.Variable(rng.normal(size=(3, 2)).astype(np.float32), name="kernel")
     bias = keras.Variable(rng.normal(size=(2,)).astype(np.float32), name="bias")
-    gradients = [rng.normal(size=(3, 2)).astype(np.float32),
-                 rng.normal(size=(2,)).astype(np.float32)]
+    gradients = [
+        rng.normal(size=(3, 2)).astype(np.float32),
+        rng.normal(size=(2,)).astype(np.float32),
+    ]
     optimizer = PaperSGD(learning_rate=learning_rate, momentum=momentum, kernel_decay=decay)
     optimizer.build([kernel, bias])
     expected = [kernel.numpy(), bias.numpy()]
@@ -21,8 +23,9 @@ def weights_after(steps, momentum, decay=0.5, learning_rate=0.1):
     for _ in range(steps):
         optimizer.apply(gradients, [kernel, bias])
         for index, (decay_here, gradient) in enumerate(zip((decay, 0.0), gradients)):
-            velocities[index] = (momentum * velocities[index]
-                                 - learning_rate * (gradient + decay_here * expected[index]))
+            velocities[index] = momentum * velocities[index] - learning_rate * (
+                gradient + decay_here * expected[index]
+            )
             expected[index] = expected[index] + velocities[index]
     return [kernel.numpy(), bias.numpy()], expected
 

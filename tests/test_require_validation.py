@@ -16,8 +16,13 @@ pytestmark = pytest.mark.slow
 def validate_data(repo_root, *arguments):
     python = repo_root / ".venv-validate" / "bin" / "python"
     assert python.exists(), "run `make env-validate` to create the validation environment"
-    return subprocess.run([str(python), "data/validate_data.py", *map(str, arguments)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(python), "data/validate_data.py", *map(str, arguments)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +30,12 @@ def validated_records(synthetic_records, tmp_path_factory, repo_root):
     """The synthetic records after stats, schema and validation of both splits, all real."""
     folder = tmp_path_factory.mktemp("validated") / "records"
     shutil.copytree(synthetic_records, folder)
-    for arguments in (["stats"], ["schema"], ["validate", "--split", "train"],
-                      ["validate", "--split", "validation"]):
+    for arguments in (
+        ["stats"],
+        ["schema"],
+        ["validate", "--split", "train"],
+        ["validate", "--split", "validation"],
+    ):
         result = validate_data(repo_root, *arguments, "--data_dir", folder)
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return folder
@@ -41,14 +50,31 @@ def train_main(repo_root):
 
 
 def tiny_training(data_dir, model_dir):
-    return ["--data_dir", str(data_dir), "--model_dir", str(model_dir), "--config", "demo",
-            "--width_multiplier", "0.125", "--epochs", "1", "--global_batch_size", "8",
-            "--shuffle_buffer", "64", "--warmup_epochs", "0", "--no_progress",
-            "--require_validation"]
+    return [
+        "--data_dir",
+        str(data_dir),
+        "--model_dir",
+        str(model_dir),
+        "--config",
+        "demo",
+        "--width_multiplier",
+        "0.125",
+        "--epochs",
+        "1",
+        "--global_batch_size",
+        "8",
+        "--shuffle_buffer",
+        "64",
+        "--warmup_epochs",
+        "0",
+        "--no_progress",
+        "--require_validation",
+    ]
 
 
-def test_unvalidated_data_is_refused_with_the_command_to_run(synthetic_records, tmp_path,
-                                                             train_main, capsys):
+def test_unvalidated_data_is_refused_with_the_command_to_run(
+    synthetic_records, tmp_path, train_main, capsys
+):
     assert train_main(tiny_training(synthetic_records, tmp_path / "model")) == 2
     error = capsys.readouterr().err
     assert "no data validation report for the train split" in error
@@ -56,8 +82,7 @@ def test_unvalidated_data_is_refused_with_the_command_to_run(synthetic_records, 
     assert not (tmp_path / "model").exists()
 
 
-def test_failed_validation_is_refused(validated_records, tmp_path, repo_root, train_main,
-                                      capsys):
+def test_failed_validation_is_refused(validated_records, tmp_path, repo_root, train_main, capsys):
     folder = tmp_path / "records"
     shutil.copytree(validated_records, folder)
     # One validation example with a label outside the classes, validated for real.
@@ -78,8 +103,9 @@ def test_failed_validation_is_refused(validated_records, tmp_path, repo_root, tr
     assert "image/class/label: Out-of-range values" in error
 
 
-def test_records_changed_after_validation_are_refused(validated_records, tmp_path,
-                                                      train_main, capsys):
+def test_records_changed_after_validation_are_refused(
+    validated_records, tmp_path, train_main, capsys
+):
     folder = tmp_path / "records"
     shutil.copytree(validated_records, folder)
     sorted(folder.glob("train-*.tfrecord"))[-1].unlink()

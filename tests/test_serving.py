@@ -22,14 +22,24 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import serving
-from alexnet_keras_cli import export_model
 from alexnet_keras_base.layout import ExportBase
+from alexnet_keras_cli import export_model
 from commands import run_main
 from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
 
 NUM_CLASSES = 10
-LABELS = ["circle", "square", "crème brûlée", "star", "cross", "ring", "stripes",
-          "checkerboard", "crescent", "dots"]
+LABELS = [
+    "circle",
+    "square",
+    "crème brûlée",
+    "star",
+    "cross",
+    "ring",
+    "stripes",
+    "checkerboard",
+    "crescent",
+    "dots",
+]
 GIB = 1024**3
 
 
@@ -38,8 +48,12 @@ def save_model(path, seed=7, policy="float32"):
     keras.config.set_dtype_policy(policy)
     try:
         keras.utils.set_random_seed(seed)
-        model = alexnet_keras.build_alexnet(num_classes=NUM_CLASSES, width_multiplier=0.125,
-                                            kernel_init="he_normal", input_scale=1 / 64)
+        model = alexnet_keras.build_alexnet(
+            num_classes=NUM_CLASSES,
+            width_multiplier=0.125,
+            kernel_init="he_normal",
+            input_scale=1 / 64,
+        )
         model.save(path)
     finally:
         keras.config.set_dtype_policy("float32")
@@ -47,8 +61,13 @@ def save_model(path, seed=7, policy="float32"):
 
 
 def run_export(python, repo_root, *arguments):
-    return subprocess.run([python, "export/export_model.py", *map(str, arguments)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [python, "export/export_model.py", *map(str, arguments)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +85,9 @@ def labels_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_dir(model_file, labels_file, tmp_path_factory, python, repo_root):
     base = tmp_path_factory.mktemp("exports") / "alexnet"
-    result = run_export(python, repo_root, "--model", model_file, "--export_base", base,
-                        "--labels", labels_file)
+    result = run_export(
+        python, repo_root, "--model", model_file, "--export_base", base, "--labels", labels_file
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"to {base / '1'}" in result.stdout
     return base / "1"
@@ -114,16 +134,25 @@ def readme_rest_body(repo_root, image_path, signature=None):
     """The REST body exactly as docs/serving.md's curl command builds it, for `image_path`;
     with `signature`, the command that names that signature."""
     readme = (repo_root / "docs" / "serving.md").read_text()
-    start = (r'\{\\"instances\\"' if signature is None
-             else rf'\{{\\"signature_name\\": \\"{signature}\\"')
+    start = (
+        r'\{\\"instances\\"'
+        if signature is None
+        else rf'\{{\\"signature_name\\": \\"{signature}\\"'
+    )
     template = re.search(rf'-d ("{start}.*?")\n', readme).group(1)
-    result = subprocess.run(["bash", "-c", f'printf "%s" {template.replace("cat.jpg", image_path.name)}'],
-                            cwd=image_path.parent, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["bash", "-c", f'printf "%s" {template.replace("cat.jpg", image_path.name)}'],
+        cwd=image_path.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
-def test_serving_default_answers_readme_rest_bodies_like_keras(export_dir, model_file,
-                                                               image_files, runner, repo_root):
+def test_serving_default_answers_readme_rest_bodies_like_keras(
+    export_dir, model_file, image_files, runner, repo_root
+):
     for name, path in image_files.items():
         body = readme_rest_body(repo_root, path)
         signature, inputs = rest_body_to_tensors(body, {"image_bytes": tf.string})
@@ -135,25 +164,33 @@ def test_serving_default_answers_readme_rest_bodies_like_keras(export_dir, model
         assert answer.outputs["top_k_classes"].tolist() == top5.tolist(), name
         assert answer.outputs["top_k_classes"].dtype == np.int32
         assert [label.decode() for label in answer.outputs["top_k_labels"][0]] == [
-            LABELS[index] for index in top5[0]]
-        np.testing.assert_allclose(answer.outputs["top_k_scores"][0],
-                                   probabilities[0][top5[0]], atol=1e-5)
+            LABELS[index] for index in top5[0]
+        ]
+        np.testing.assert_allclose(
+            answer.outputs["top_k_scores"][0], probabilities[0][top5[0]], atol=1e-5
+        )
 
 
-def test_a_batch_and_the_pixel_signature_agree_with_keras(export_dir, model_file, image_files,
-                                                          runner):
+def test_a_batch_and_the_pixel_signature_agree_with_keras(
+    export_dir, model_file, image_files, runner
+):
     images = [path.read_bytes() for path in image_files.values()]
     probabilities, top5 = keras_reference(model_file, images)
     # The predictions must differ between images, or the comparison proves little.
     assert len({tuple(row) for row in top5.tolist()}) > 1
 
-    batch = run_signature(runner, export_dir, "serving_default",
-                          {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)})
+    batch = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+    )
     assert batch.ok, batch.status
     assert batch.outputs["top_k_classes"].tolist() == top5.tolist()
 
-    pixels = np.stack([alexnet_keras.preprocess_for_eval(tf.constant(data)).numpy()
-                       for data in images])
+    pixels = np.stack(
+        [alexnet_keras.preprocess_for_eval(tf.constant(data)).numpy() for data in images]
+    )
     direct = run_signature(runner, export_dir, "predict_pixels", {"images": pixels})
     assert direct.ok, direct.status
     np.testing.assert_allclose(direct.outputs["probabilities"], probabilities, atol=1e-5)
@@ -169,7 +206,8 @@ def fc7_reference(model_file, images):
 
 
 def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
-        export_dir, model_file, image_files, runner):
+    export_dir, model_file, image_files, runner
+):
     images = [path.read_bytes() for path in image_files.values()]
     request = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
     features = run_signature(runner, export_dir, "features", request)
@@ -194,15 +232,22 @@ def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
             assert features.outputs[name].tolist() == value.tolist(), name
 
 
-@pytest.mark.parametrize("case,message", [
-    ("good_and_bad_in_one_batch", "not a JPEG, PNG, GIF, BMP or WebP image"),
-    ("oversize", "image of 12000 x 12000 pixels is above the limit of this export"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("good_and_bad_in_one_batch", "not a JPEG, PNG, GIF, BMP or WebP image"),
+        ("oversize", "image of 12000 x 12000 pixels is above the limit of this export"),
+    ],
+)
 def test_bad_images_fail_the_features_signature_like_serving_default(
-        case, message, export_dir, image_files, runner, request):
+    case, message, export_dir, image_files, runner, request
+):
     good = image_files["photo.jpg"].read_bytes()
-    images = ([good, b"GIF? no", good] if case == "good_and_bad_in_one_batch"
-              else [request.getfixturevalue("oversize_jpeg").read_bytes()])
+    images = (
+        [good, b"GIF? no", good]
+        if case == "good_and_bad_in_one_batch"
+        else [request.getfixturevalue("oversize_jpeg").read_bytes()]
+    )
     inputs = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
     for signature in ("features", "serving_default"):
         answer = run_signature(runner, export_dir, signature, inputs)
@@ -215,7 +260,8 @@ def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel.FromString(
-        (export_dir / ExportBase.SAVED_MODEL).read_bytes())
+        (export_dir / ExportBase.SAVED_MODEL).read_bytes()
+    )
     (meta_graph,) = saved_model.meta_graphs
     # Names with two underscores are TensorFlow's own (its init op), not signatures.
     signatures = {name for name in meta_graph.signature_def if not name.startswith("__")}
@@ -224,8 +270,13 @@ def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
     assert {"serving_default", "predict_pixels", "features"} <= signatures
     features = meta_graph.signature_def["features"]
     assert set(features.inputs) == {"image_bytes"}
-    assert set(features.outputs) == {"fc7", "probabilities", "top_k_classes", "top_k_labels",
-                                     "top_k_scores"}
+    assert set(features.outputs) == {
+        "fc7",
+        "probabilities",
+        "top_k_classes",
+        "top_k_labels",
+        "top_k_scores",
+    }
 
 
 def test_a_model_without_fc7_is_refused_with_a_message():
@@ -250,23 +301,28 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
             assert len(answer.outputs[serving.FC7]) == answered[-1][1]
     # Named here, not read from serving.WARMUP_SIGNATURES: a signature dropped from the
     # records must fail this test.
-    assert answered == [(signature, batch_size)
-                        for signature in (serving.SERVING_DEFAULT, serving.FEATURES)
-                        for batch_size in serving.WARMUP_BATCH_SIZES]
+    assert answered == [
+        (signature, batch_size)
+        for signature in (serving.SERVING_DEFAULT, serving.FEATURES)
+        for batch_size in serving.WARMUP_BATCH_SIZES
+    ]
 
 
 def truncated(data, keep=0.5):
     return data[: int(len(data) * keep)]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("empty", "empty image bytes"),
-    ("not_an_image", "not a JPEG, PNG, GIF, BMP or WebP image"),
-    ("truncated_jpeg", ""),
-    ("truncated_png", ""),
-    ("cut_in_the_header", ""),
-    ("good_and_bad_in_one_batch", "not a JPEG, PNG, GIF, BMP or WebP image"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("empty", "empty image bytes"),
+        ("not_an_image", "not a JPEG, PNG, GIF, BMP or WebP image"),
+        ("truncated_jpeg", ""),
+        ("truncated_png", ""),
+        ("cut_in_the_header", ""),
+        ("good_and_bad_in_one_batch", "not a JPEG, PNG, GIF, BMP or WebP image"),
+    ],
+)
 def test_bad_requests_are_invalid_argument(case, message, export_dir, image_files, runner):
     good = image_files["photo.jpg"].read_bytes()
     images = {
@@ -277,8 +333,12 @@ def test_bad_requests_are_invalid_argument(case, message, export_dir, image_file
         "cut_in_the_header": [good[:200]],
         "good_and_bad_in_one_batch": [good, b"GIF? no", good],
     }[case]
-    answer = run_signature(runner, export_dir, "serving_default",
-                           {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)})
+    answer = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+    )
     assert answer.code == "INVALID_ARGUMENT", answer.status
     assert message in answer.status
     assert answer.outputs == {}
@@ -292,13 +352,18 @@ def test_non_finite_pixels_are_invalid_argument(export_dir, runner):
 
 
 def test_an_empty_batch_gets_empty_outputs(export_dir, runner):
-    answer = run_signature(runner, export_dir, "serving_default",
-                           {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)})
+    answer = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)},
+    )
     assert answer.ok, answer.status
     assert answer.outputs["probabilities"].shape == (0, NUM_CLASSES)
     assert answer.outputs["top_k_labels"].shape == (0, 5)
-    features = run_signature(runner, export_dir, "features",
-                             {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)})
+    features = run_signature(
+        runner, export_dir, "features", {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)}
+    )
     assert features.ok, features.status
     assert features.outputs["fc7"].shape == (0, alexnet_keras.model.layer_widths(0.125)["fc7"])
     assert features.outputs["probabilities"].shape == (0, NUM_CLASSES)
@@ -309,8 +374,10 @@ def oversize_jpeg(tmp_path_factory):
     """A JPEG of 12000x12000 pixels (432 MB decoded) that is only a few MB encoded."""
     path = tmp_path_factory.mktemp("oversize") / "huge.jpg"
     image = Image.new("RGB", (12000, 12000), (90, 140, 200))
-    image.paste(Image.fromarray(np.random.default_rng(0).integers(
-        0, 255, (1000, 1000, 3), dtype=np.uint8)), (500, 500))
+    image.paste(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)),
+        (500, 500),
+    )
     image.save(path, "JPEG", quality=85)
     return path
 
@@ -331,30 +398,57 @@ def permissive_export(model_file, labels_file, tmp_path_factory):
     """An export whose pixel limit admits the oversize requests below: the positive control
     that shows what they cost once decoded."""
     base = tmp_path_factory.mktemp("permissive") / "alexnet"
-    result = run_main(export_model.main, "--model", model_file, "--export_base", base,
-                      "--labels", labels_file, "--max_pixels", 1_000_000_000)
+    result = run_main(
+        export_model.main,
+        "--model",
+        model_file,
+        "--export_base",
+        base,
+        "--labels",
+        labels_file,
+        "--max_pixels",
+        1_000_000_000,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "1"
 
 
-def test_an_oversize_image_is_refused_before_it_is_decoded(export_dir, oversize_jpeg, image_files,
-                                                           permissive_export, runner):
+def test_an_oversize_image_is_refused_before_it_is_decoded(
+    export_dir, oversize_jpeg, image_files, permissive_export, runner
+):
     normal = [image_files["photo.jpg"].read_bytes()] * 8
-    baseline = run_signature(runner, export_dir, "serving_default",
-                             {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)})
+    baseline = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)},
+    )
     assert baseline.ok, baseline.status
     huge = [oversize_jpeg.read_bytes()]
-    refused = run_signature(runner, export_dir, "serving_default",
-                            {"image_bytes": tf.make_tensor_proto(huge, dtype=tf.string)})
+    refused = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(huge, dtype=tf.string)},
+    )
     assert refused.code == "INVALID_ARGUMENT", refused.status
-    assert "image of 12000 x 12000 pixels is above the limit of this export, 50000000 pixels" in refused.status
+    assert (
+        "image of 12000 x 12000 pixels is above the limit of this export, 50000000 pixels"
+        in refused.status
+    )
     assert refused.peak_rss_bytes <= baseline.peak_rss_bytes + 0.3 * GIB, (
-        refused.peak_rss_bytes / GIB, baseline.peak_rss_bytes / GIB)
+        refused.peak_rss_bytes / GIB,
+        baseline.peak_rss_bytes / GIB,
+    )
 
     # The bound can fail: an export whose limit admits the image decodes it, and its peak
     # memory is far above the baseline's.
-    decoded = run_signature(runner, permissive_export, "serving_default",
-                            {"image_bytes": tf.make_tensor_proto(huge, dtype=tf.string)})
+    decoded = run_signature(
+        runner,
+        permissive_export,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(huge, dtype=tf.string)},
+    )
     assert decoded.ok, decoded.status
     assert decoded.peak_rss_bytes > baseline.peak_rss_bytes + 0.3 * GIB
 
@@ -368,8 +462,13 @@ def animated_gif(frames, size, own_palettes=True, **options):
         for box, color in rectangles:
             image.paste(color, box)
         shift = index if own_palettes else 0
-        image.putpalette([channel for value in range(256)
-                          for channel in (value, (value * 7 + shift) % 256, 255 - value)])
+        image.putpalette(
+            [
+                channel
+                for value in range(256)
+                for channel in (value, (value * 7 + shift) % 256, 255 - value)
+            ]
+        )
         images.append(image)
     buffer = io.BytesIO()
     images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], **options)
@@ -393,8 +492,13 @@ def test_gif_frames_are_counted_by_walking_their_blocks():
         "one frame": encoded("GIF", (260, 260), seed=4),
         # Pillow crops each frame to what changed: frames smaller than the screen.
         "cropped frames, loop and comment extensions": animated_gif(
-            moving_square, (120, 60), own_palettes=False, loop=0, duration=50,
-            comment=b"several frames"),
+            moving_square,
+            (120, 60),
+            own_palettes=False,
+            loop=0,
+            duration=50,
+            comment=b"several frames",
+        ),
         "full frames": animated_gif(moving_square, (120, 60), optimize=False),
     }
     walk_in_graph = tf.function(serving.gif_frame_pixels)
@@ -403,8 +507,9 @@ def test_gif_frames_are_counted_by_walking_their_blocks():
         assert expected[0] >= (1 if name == "one frame" else 6), name
         for walk in (serving.gif_frame_pixels, walk_in_graph):
             assert tuple(int(value) for value in walk(data)) == expected, name
-    assert pillow_frame_pixels(gifs["cropped frames, loop and comment extensions"])[1] < \
-        6 * 120 * 60  # the crop happened, so frame sizes, not the screen, were read
+    assert (
+        pillow_frame_pixels(gifs["cropped frames, loop and comment extensions"])[1] < 6 * 120 * 60
+    )  # the crop happened, so frame sizes, not the screen, were read
     for data in (b"", b"GIF89a", gifs["full frames"][:40]):  # no frame, or cut before one
         assert [int(value) for value in walk_in_graph(data)] == [0, 0]
 
@@ -419,36 +524,51 @@ def many_frame_gif(tmp_path_factory):
     return path
 
 
-def test_a_gif_of_many_frames_is_refused_before_it_is_decoded(export_dir, many_frame_gif,
-                                                              image_files, permissive_export,
-                                                              runner):
+def test_a_gif_of_many_frames_is_refused_before_it_is_decoded(
+    export_dir, many_frame_gif, image_files, permissive_export, runner
+):
     data = many_frame_gif.read_bytes()
     frames, pixels = pillow_frame_pixels(data)
     assert Image.open(many_frame_gif).size == (4000, 4000) and pixels > 4000 * 4000 * 30
     normal = [image_files["photo.jpg"].read_bytes()] * 8
-    baseline = run_signature(runner, export_dir, "serving_default",
-                             {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)})
+    baseline = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(normal, dtype=tf.string)},
+    )
     assert baseline.ok, baseline.status
     request = {"image_bytes": tf.make_tensor_proto([data], dtype=tf.string)}
     refused = run_signature(runner, export_dir, "serving_default", request)
     assert refused.code == "INVALID_ARGUMENT", refused.status
-    assert (f"GIF of {frames} frames with {pixels} pixels in all is above the limit of this "
-            f"export, {serving.DEFAULT_MAX_PIXELS} pixels") in refused.status
+    assert (
+        f"GIF of {frames} frames with {pixels} pixels in all is above the limit of this "
+        f"export, {serving.DEFAULT_MAX_PIXELS} pixels"
+    ) in refused.status
     assert refused.peak_rss_bytes <= baseline.peak_rss_bytes + 0.3 * GIB, (
-        refused.peak_rss_bytes / GIB, baseline.peak_rss_bytes / GIB)
+        refused.peak_rss_bytes / GIB,
+        baseline.peak_rss_bytes / GIB,
+    )
     # The positive control: admitted, the frames are all decoded.
     decoded = run_signature(runner, permissive_export, "serving_default", request)
     assert decoded.ok, decoded.status
     assert decoded.peak_rss_bytes > baseline.peak_rss_bytes + 0.3 * GIB, (
-        decoded.peak_rss_bytes / GIB, baseline.peak_rss_bytes / GIB)
+        decoded.peak_rss_bytes / GIB,
+        baseline.peak_rss_bytes / GIB,
+    )
 
 
 def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
-        model_file, labels_file, tmp_path, python, repo_root):
+    model_file, labels_file, tmp_path, python, repo_root
+):
     base = tmp_path / "exports" / "alexnet"
     arguments = ["--model", model_file, "--export_base", base, "--labels", labels_file]
-    process = subprocess.Popen([python, "export/export_model.py", *map(str, arguments)],
-                               cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [python, "export/export_model.py", *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     temporaries = []
     while not temporaries and process.poll() is None and time.monotonic() < deadline:
@@ -470,16 +590,26 @@ def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
     assert sorted(path.name for path in base.iterdir()) == ["1", "2"]
 
     again = run_main(export_model.main, *arguments, "--version", 2)
-    assert again.returncode == 2 and "already exists; versions are never overwritten" in again.stderr
+    assert (
+        again.returncode == 2 and "already exists; versions are never overwritten" in again.stderr
+    )
     assert ExportBase(base).versions() == [1, 2]
 
 
-def test_a_float16_model_exports_float32_inputs_and_outputs(tmp_path, labels_file, image_files,
-                                                            runner):
+def test_a_float16_model_exports_float32_inputs_and_outputs(
+    tmp_path, labels_file, image_files, runner
+):
     model_file = save_model(tmp_path / "float16.keras", policy="mixed_float16")
     assert keras.models.load_model(model_file).get_layer("conv2").compute_dtype == "float16"
-    result = run_main(export_model.main, "--model", model_file, "--export_base",
-                      tmp_path / "alexnet", "--labels", labels_file)
+    result = run_main(
+        export_model.main,
+        "--model",
+        model_file,
+        "--export_base",
+        tmp_path / "alexnet",
+        "--labels",
+        labels_file,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     export = tmp_path / "alexnet" / "1"
     signatures = tf.saved_model.load(str(export)).signatures
@@ -490,8 +620,12 @@ def test_a_float16_model_exports_float32_inputs_and_outputs(tmp_path, labels_fil
         assert signatures["serving_default"].structured_outputs[name].dtype == tf.float32
     assert signatures["features"].structured_outputs["fc7"].dtype == tf.float32
     images = [image_files["photo.jpg"].read_bytes()]
-    answer = run_signature(runner, export, "serving_default",
-                           {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)})
+    answer = run_signature(
+        runner,
+        export,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+    )
     assert answer.ok, answer.status
     assert answer.outputs["probabilities"].dtype == np.float32
     assert abs(float(answer.outputs["probabilities"].sum()) - 1.0) < 1e-3
@@ -504,13 +638,15 @@ def test_no_function_in_the_export_needs_xla(export_dir):
 def test_export_refuses_bad_labels_and_missing_models(model_file, tmp_path, python, repo_root):
     few = tmp_path / "few.txt"
     few.write_text("a\nb\nc\n")
-    result = run_main(export_model.main, "--model", model_file, "--export_base", tmp_path / "x",
-                      "--labels", few)
+    result = run_main(
+        export_model.main, "--model", model_file, "--export_base", tmp_path / "x", "--labels", few
+    )
     assert result.returncode == 2
     assert f"3 labels in {few} but {model_file} predicts 10 classes" in result.stderr
     # The script's own process, as users run it.
-    missing = run_export(python, repo_root, "--model", tmp_path / "nope.keras", "--export_base",
-                         tmp_path / "x")
+    missing = run_export(
+        python, repo_root, "--model", tmp_path / "nope.keras", "--export_base", tmp_path / "x"
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     for result in (result, missing):
         assert "Traceback" not in result.stderr
@@ -523,14 +659,16 @@ def test_labels_default_to_the_training_runs_class_names(tmp_path, labels_file):
     (run / "run.json").write_text(json.dumps({"data_dir": str(labels_file.parent)}))
     assert serving.labels_for_model(run / "alexnet.keras") == LABELS
     # train.py records the class names themselves: they win, the data folder may be gone.
-    (run / "run.json").write_text(json.dumps({"data_dir": str(labels_file.parent),
-                                              "class_names": ["a", "b"]}))
+    (run / "run.json").write_text(
+        json.dumps({"data_dir": str(labels_file.parent), "class_names": ["a", "b"]})
+    )
     assert serving.labels_for_model(run / "alexnet.keras") == ["a", "b"]
     assert serving.labels_for_model(tmp_path / "elsewhere" / "alexnet.keras") is None
 
 
-def test_readme_downstream_snippet_runs_verbatim_in_a_fresh_process(model_file, image_files,
-                                                                    tmp_path, python, repo_root):
+def test_readme_downstream_snippet_runs_verbatim_in_a_fresh_process(
+    model_file, image_files, tmp_path, python, repo_root
+):
     readme = (repo_root / "README.md").read_text()
     section = readme.split("### Use a trained model in your app", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
@@ -539,9 +677,14 @@ def test_readme_downstream_snippet_runs_verbatim_in_a_fresh_process(model_file, 
     (workdir / "runs" / "alexnet").mkdir(parents=True)
     (workdir / "runs" / "alexnet" / "alexnet.keras").write_bytes(model_file.read_bytes())
     (workdir / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
-    result = subprocess.run([python, "-c", snippet], cwd=workdir, capture_output=True,
-                            text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": ""})
+    result = subprocess.run(
+        [python, "-c", snippet],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
     printed = [int(value) for value in re.search(r"\[([\d\s]+)\]", result.stdout).group(1).split()]
@@ -602,12 +745,25 @@ def load_client(repo_root):
     return client
 
 
-def test_client_prints_top5_labels_from_the_server(stand_in_server, image_files, model_file,
-                                                   python, repo_root, tmp_path):
+def test_client_prints_top5_labels_from_the_server(
+    stand_in_server, image_files, model_file, python, repo_root, tmp_path
+):
     paths = [image_files["photo.jpg"], image_files["drawing.png"]]
-    result = subprocess.run([python, "export/client.py", "--server", stand_in_server,
-                             "--model", "alexnet", *map(str, paths)], cwd=repo_root,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            python,
+            "export/client.py",
+            "--server",
+            stand_in_server,
+            "--model",
+            "alexnet",
+            *map(str, paths),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, top5 = keras_reference(model_file, [path.read_bytes() for path in paths])
     blocks = result.stdout.split(f"{paths[1]}:")
@@ -616,16 +772,31 @@ def test_client_prints_top5_labels_from_the_server(stand_in_server, image_files,
         assert printed == [LABELS[index] for index in classes]
     # The client's body is the body of docs/serving.md.
     client = load_client(repo_root)
-    assert client.request_body([paths[0]])["instances"] == readme_rest_body(
-        repo_root, paths[0])["instances"]
+    assert (
+        client.request_body([paths[0]])["instances"]
+        == readme_rest_body(repo_root, paths[0])["instances"]
+    )
 
 
-def test_client_prints_fc7_from_the_features_signature(stand_in_server, image_files, model_file,
-                                                       python, repo_root):
+def test_client_prints_fc7_from_the_features_signature(
+    stand_in_server, image_files, model_file, python, repo_root
+):
     paths = [image_files["photo.jpg"], image_files["drawing.png"]]
-    result = subprocess.run([python, "export/client.py", "--server", stand_in_server,
-                             "--signature", "features", *map(str, paths)], cwd=repo_root,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            python,
+            "export/client.py",
+            "--server",
+            stand_in_server,
+            "--signature",
+            "features",
+            *map(str, paths),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     images = [path.read_bytes() for path in paths]
     _, top5 = keras_reference(model_file, images)
@@ -637,31 +808,51 @@ def test_client_prints_fc7_from_the_features_signature(stand_in_server, image_fi
         assert printed == [LABELS[index] for index in classes]
         count, values = re.search(r"^  fc7 \((\d+) values\): (.*)$", block, re.M).groups()
         assert int(count) == len(fc7)
-        np.testing.assert_allclose([float(value) for value in values.split()], fc7,
-                                   rtol=1e-5, atol=1e-5 * np.abs(fc7).max())
+        np.testing.assert_allclose(
+            [float(value) for value in values.split()],
+            fc7,
+            rtol=1e-5,
+            atol=1e-5 * np.abs(fc7).max(),
+        )
     # The client's body is docs/serving.md's body for the features signature.
     client = load_client(repo_root)
     assert client.request_body([paths[0]], "features") == readme_rest_body(
-        repo_root, paths[0], signature="features")
+        repo_root, paths[0], signature="features"
+    )
 
 
-def test_client_names_the_problem_when_the_server_refuses_or_is_away(stand_in_server, tmp_path,
-                                                                     python, repo_root):
+def test_client_names_the_problem_when_the_server_refuses_or_is_away(
+    stand_in_server, tmp_path, python, repo_root
+):
     bad = tmp_path / "not_an_image.jpg"
     bad.write_bytes(b"plain text")
-    refused = subprocess.run([python, "export/client.py", "--server", stand_in_server, str(bad)],
-                             cwd=repo_root, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [python, "export/client.py", "--server", stand_in_server, str(bad)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 1
     assert "answered HTTP 400" in refused.stderr and "not a JPEG, PNG" in refused.stderr
-    unknown = subprocess.run([python, "export/client.py", "--server", stand_in_server,
-                              "--model", "resnet", str(bad)], cwd=repo_root,
-                             capture_output=True, text=True, timeout=300)
+    unknown = subprocess.run(
+        [python, "export/client.py", "--server", stand_in_server, "--model", "resnet", str(bad)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert unknown.returncode == 1 and "HTTP 404: Servable not found" in unknown.stderr
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    away = subprocess.run([python, "export/client.py", "--server", f"http://127.0.0.1:{closed_port}",
-                           str(bad)], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    away = subprocess.run(
+        [python, "export/client.py", "--server", f"http://127.0.0.1:{closed_port}", str(bad)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert away.returncode == 1 and "cannot reach TensorFlow Serving" in away.stderr
     for result in (refused, unknown, away):
         assert "Traceback" not in result.stderr
@@ -674,8 +865,10 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    config = text_format.Parse((repo_root / "export" / "models.config").read_text(),
-                               model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        (repo_root / "export" / "models.config").read_text(),
+        model_server_config_pb2.ModelServerConfig(),
+    )
     (model,) = config.model_config_list.config
     assert model.name == "alexnet" and model.base_path == "/models/alexnet"
 
@@ -684,18 +877,25 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
     assert int(values["max_batch_size"]) == max(serving.WARMUP_BATCH_SIZES)
 
     compose = (repo_root / "export" / "docker-compose.yml").read_text()
-    pinned = re.search(r"^tensorflow==(\S+)$", (repo_root / "requirements.txt").read_text(),
-                       re.M).group(1)
+    pinned = re.search(
+        r"^tensorflow==(\S+)$", (repo_root / "requirements.txt").read_text(), re.M
+    ).group(1)
     assert f"image: tensorflow/serving:{pinned}\n" in compose
     assert pinned == tf.__version__
-    for needed in ("- ../exports:/models:ro", "--model_config_file=/config/models.config",
-                   "--batching_parameters_file=/config/batching_parameters.txt",
-                   '"8500:8500"', '"8501:8501"', "--enable_batching=true"):
+    for needed in (
+        "- ../exports:/models:ro",
+        "--model_config_file=/config/models.config",
+        "--batching_parameters_file=/config/batching_parameters.txt",
+        '"8500:8500"',
+        '"8501:8501"',
+        "--enable_batching=true",
+    ):
         assert needed in compose, needed
 
 
-def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files, runner, tmp_path,
-                                            python, repo_root):
+def test_readme_grpc_snippet_gets_an_answer(
+    export_dir, model_file, image_files, runner, tmp_path, python, repo_root
+):
     """docs/serving.md's gRPC snippet against a stand-in PredictionService that answers through the
     C++ loader (only the port differs from the snippet)."""
     from concurrent import futures
@@ -705,8 +905,9 @@ def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files,
 
     class StandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
-            answer = run_signature(runner, export_dir, request.model_spec.signature_name,
-                                   dict(request.inputs))
+            answer = run_signature(
+                runner, export_dir, request.model_spec.signature_name, dict(request.inputs)
+            )
             if not answer.ok:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, answer.status)
             response = predict_pb2.PredictResponse()
@@ -724,7 +925,11 @@ def test_readme_grpc_snippet_gets_an_answer(export_dir, model_file, image_files,
         (tmp_path / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
         result = subprocess.run(
             [python, "-c", snippet.replace("localhost:8500", f"127.0.0.1:{port}")],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.stop(grace=None)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,8 +14,10 @@ from alexnet_keras.synthetic import (
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.jpg"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.jpg"))
+    }
 
 
 def test_deterministic_from_the_seed(tmp_path):
@@ -29,13 +31,17 @@ def test_deterministic_from_the_seed(tmp_path):
 
 def test_named_classes_draw_the_same_images_as_in_the_full_set(tmp_path):
     make_synthetic_dataset(tmp_path / "all", num_classes=10, images_per_class=2, seed=4)
-    make_synthetic_dataset(tmp_path / "two", images_per_class=2, seed=4,
-                           classes=["stripes", "circle"])
+    make_synthetic_dataset(
+        tmp_path / "two", images_per_class=2, seed=4, classes=["stripes", "circle"]
+    )
     two = digest(tmp_path / "two")
-    assert sorted(two) == ["circle/circle_0000.jpg", "circle/circle_0001.jpg",
-                           "stripes/stripes_0000.jpg", "stripes/stripes_0001.jpg"]
-    assert two == {name: value for name, value in digest(tmp_path / "all").items()
-                   if name in two}
+    assert sorted(two) == [
+        "circle/circle_0000.jpg",
+        "circle/circle_0001.jpg",
+        "stripes/stripes_0000.jpg",
+        "stripes/stripes_0001.jpg",
+    ]
+    assert two == {name: value for name, value in digest(tmp_path / "all").items() if name in two}
     with pytest.raises(ValueError, match="unknown classes hexagon"):
         make_synthetic_dataset(tmp_path / "bad", classes=["circle", "hexagon"])
     with pytest.raises(ValueError, match="at least 2 different"):
@@ -47,8 +53,10 @@ def test_classes_differ_in_shape_not_in_colour(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(CLASS_NAMES)
     mean_colours = {}
     for class_name in CLASS_NAMES:
-        images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
-                  for p in sorted((tmp_path / class_name).glob("*.jpg"))]
+        images = [
+            np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
+            for p in sorted((tmp_path / class_name).glob("*.jpg"))
+        ]
         assert all(220 <= min(image.shape[:2]) for image in images)
         mean_colours[class_name] = np.mean([image.mean(axis=(0, 1)) for image in images], axis=0)
         # Random colours within a class: no single colour identifies it.
@@ -56,9 +64,22 @@ def test_classes_differ_in_shape_not_in_colour(tmp_path):
 
 
 def test_script_and_bad_arguments(tmp_path, python, repo_root):
-    result = subprocess.run([python, "data/make_synthetic.py", "--output_dir", tmp_path / "out",
-                             "--num_classes", "2", "--images_per_class", "3"],
-                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            python,
+            "data/make_synthetic.py",
+            "--output_dir",
+            tmp_path / "out",
+            "--num_classes",
+            "2",
+            "--images_per_class",
+            "3",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == 6
     with pytest.raises(ValueError, match="num_classes must be between 2 and 10"):
@@ -99,11 +120,12 @@ def test_the_box_holds_the_shape():
             pixels = np.asarray(image, np.float32)
             height, width = pixels.shape[:2]
             assert 0 <= left < right <= width and 0 <= top < bottom <= height
-            corners = np.concatenate([pixels[:8, :8], pixels[:8, -8:], pixels[-8:, :8],
-                                      pixels[-8:, -8:]]).reshape(-1, 3)
+            corners = np.concatenate(
+                [pixels[:8, :8], pixels[:8, -8:], pixels[-8:, :8], pixels[-8:, -8:]]
+            ).reshape(-1, 3)
             distance = np.abs(pixels - np.median(corners, axis=0)).sum(axis=-1)
             rows, columns = np.mgrid[:height, :width]
-            inside = ((columns >= left) & (columns < right) & (rows >= top) & (rows < bottom))
+            inside = (columns >= left) & (columns < right) & (rows >= top) & (rows < bottom)
             changed = distance > 120  # far above the noise and the faint lines' share
             assert changed[inside].sum() > 0.1 * inside.sum(), class_name
             # The background lines may cross it; the shape itself stays inside.

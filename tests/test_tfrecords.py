@@ -25,7 +25,10 @@ def run_converter(python, repo_root, *arguments, timeout=600):
     """The converter's script in a process of its own."""
     return subprocess.run(
         [python, *CONVERTER, *map(str, arguments)],
-        cwd=repo_root, capture_output=True, text=True, timeout=timeout,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -40,16 +43,18 @@ def read_records(output_dir, split):
         for record in tf.data.TFRecordDataset(str(path)):
             example = tf.train.Example.FromString(record.numpy())
             feature = example.features.feature
-            examples.append({
-                "shard": path.name,
-                "filename": feature["image/filename"].bytes_list.value[0].decode(),
-                "label": feature["image/class/label"].int64_list.value[0],
-                "text": feature["image/class/text"].bytes_list.value[0].decode(),
-                "height": feature["image/height"].int64_list.value[0],
-                "width": feature["image/width"].int64_list.value[0],
-                "format": feature["image/format"].bytes_list.value[0],
-                "encoded": feature["image/encoded"].bytes_list.value[0],
-            })
+            examples.append(
+                {
+                    "shard": path.name,
+                    "filename": feature["image/filename"].bytes_list.value[0].decode(),
+                    "label": feature["image/class/label"].int64_list.value[0],
+                    "text": feature["image/class/text"].bytes_list.value[0].decode(),
+                    "height": feature["image/height"].int64_list.value[0],
+                    "width": feature["image/width"].int64_list.value[0],
+                    "format": feature["image/format"].bytes_list.value[0],
+                    "encoded": feature["image/encoded"].bytes_list.value[0],
+                }
+            )
     return examples
 
 
@@ -101,9 +106,17 @@ def messy_folder(tmp_path_factory):
     exif = Image.Exif()
     exif[0x0112] = 6
     save(oriented, triangle / "rotated.jpg", exif=exif.tobytes(), quality=95)
-    good |= {"circle/png_named.jpg", "circle/cmyk.jpg", "square/sixteen_bit.png",
-             "square/palette.png", "square/transparent.png", "triangle/small.jpg",
-             "triangle/wide.jpg", "triangle/grey.jpg", "triangle/rotated.jpg"}
+    good |= {
+        "circle/png_named.jpg",
+        "circle/cmyk.jpg",
+        "square/sixteen_bit.png",
+        "square/palette.png",
+        "square/transparent.png",
+        "triangle/small.jpg",
+        "triangle/wide.jpg",
+        "triangle/grey.jpg",
+        "triangle/rotated.jpg",
+    }
 
     bad = {}
     (circle / "empty.jpg").write_bytes(b"")
@@ -131,8 +144,20 @@ def messy_folder(tmp_path_factory):
 def converted(messy_folder, tmp_path_factory, python, repo_root):
     root, _, _ = messy_folder
     output_dir = tmp_path_factory.mktemp("converted")
-    result = run_converter(python, repo_root, "--input_dir", root, "--output_dir", output_dir,
-                           "--val_fraction", "0.25", "--num_shards", "3", "--workers", "2")
+    result = run_converter(
+        python,
+        repo_root,
+        "--input_dir",
+        root,
+        "--output_dir",
+        output_dir,
+        "--val_fraction",
+        "0.25",
+        "--num_shards",
+        "3",
+        "--workers",
+        "2",
+    )
     return result, output_dir
 
 
@@ -183,7 +208,10 @@ def test_shards_are_not_class_ordered(converted):
 
 def test_images_are_oriented_and_composited(converted):
     _, output_dir = converted
-    examples = {e["filename"]: e for e in read_records(output_dir, "train") + read_records(output_dir, "validation")}
+    examples = {
+        e["filename"]: e
+        for e in read_records(output_dir, "train") + read_records(output_dir, "validation")
+    }
     rotated = decode(examples["triangle/rotated.jpg"]["encoded"]).numpy()
     # After the EXIF rotation the red half is on top and the blue half at the bottom.
     assert rotated[20, 128, 0] > 200 and rotated[20, 128, 2] < 50
@@ -197,10 +225,12 @@ def test_images_are_oriented_and_composited(converted):
 def test_statistics_match_numpy_over_the_decoded_training_images(converted):
     _, output_dir = converted
     dataset = json.loads((output_dir / "dataset.json").read_text())
-    pixels = np.concatenate([
-        decode(e["encoded"]).numpy().reshape(-1, 3).astype(np.float64)
-        for e in read_records(output_dir, "train")
-    ])
+    pixels = np.concatenate(
+        [
+            decode(e["encoded"]).numpy().reshape(-1, 3).astype(np.float64)
+            for e in read_records(output_dir, "train")
+        ]
+    )
     np.testing.assert_allclose(dataset["rgb_mean"], pixels.mean(axis=0), atol=0.5)
     np.testing.assert_allclose(dataset["rgb_std"], pixels.std(axis=0), rtol=0.01)
     covariance = np.cov((pixels / 255.0).T, bias=True)
@@ -213,21 +243,26 @@ def test_statistics_match_numpy_over_the_decoded_training_images(converted):
 def test_explicit_val_folder_is_used(tmp_path):
     make_synthetic_dataset(tmp_path / "in" / "train", num_classes=2, images_per_class=6, seed=1)
     make_synthetic_dataset(tmp_path / "in" / "val", num_classes=2, images_per_class=2, seed=2)
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--workers", "1")
+    result = convert_here(
+        "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", "--workers", "1"
+    )
     assert result.returncode == 0, result.stderr
     validation = read_records(tmp_path / "out", "validation")
     assert sorted(e["filename"] for e in validation) == sorted(
-        f"val/{c}/{c}_{i:04d}.jpg" for c in ("circle", "square") for i in range(2))
+        f"val/{c}/{c}_{i:04d}.jpg" for c in ("circle", "square") for i in range(2)
+    )
     assert len(read_records(tmp_path / "out", "train")) == 12
 
 
-@pytest.mark.parametrize("layout,message", [
-    ("missing", "does not exist"),
-    ("empty", "holds no class folders"),
-    ("flat", "holds no class folders"),
-    ("no_images", "no image files"),
-])
+@pytest.mark.parametrize(
+    "layout,message",
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no class folders"),
+        ("flat", "holds no class folders"),
+        ("no_images", "no image files"),
+    ],
+)
 def test_unusable_input_folders_fail_clearly(tmp_path, layout, message):
     input_dir = tmp_path / "in"
     if layout != "missing":
@@ -237,8 +272,7 @@ def test_unusable_input_folders_fail_clearly(tmp_path, layout, message):
     if layout == "no_images":
         (input_dir / "cats").mkdir()
         (input_dir / "cats" / "notes.txt").write_text("no pictures here")
-    result = convert_here("--input_dir", input_dir,
-                          "--output_dir", tmp_path / "out")
+    result = convert_here("--input_dir", input_dir, "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -246,10 +280,24 @@ def test_unusable_input_folders_fail_clearly(tmp_path, layout, message):
 def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, python, repo_root):
     input_dir, output_dir = tmp_path / "in", tmp_path / "out"
     make_synthetic_dataset(input_dir, num_classes=4, images_per_class=100, seed=3)
-    arguments = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "10",
-                 "--workers", "1", "--val_fraction", "0.1"]
-    process = subprocess.Popen([python, *CONVERTER, *map(str, arguments)], cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    arguments = [
+        "--input_dir",
+        input_dir,
+        "--output_dir",
+        output_dir,
+        "--num_shards",
+        "10",
+        "--workers",
+        "1",
+        "--val_fraction",
+        "0.1",
+    ]
+    process = subprocess.Popen(
+        [python, *CONVERTER, *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if len(list(output_dir.glob("train-*.tfrecord"))) >= 2:
@@ -266,7 +314,10 @@ def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, python, repo_r
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
     assert not list(output_dir.glob("*.tmp-*"))
-    filenames = [e["filename"] for e in read_records(output_dir, "train") + read_records(output_dir, "validation")]
+    filenames = [
+        e["filename"]
+        for e in read_records(output_dir, "train") + read_records(output_dir, "validation")
+    ]
     assert len(filenames) == len(set(filenames)) == 400
     dataset = json.loads((output_dir / "dataset.json").read_text())
     assert dataset["num_examples"] == {"train": 360, "validation": 40}
@@ -275,8 +326,18 @@ def test_kill_9_then_rerun_completes_without_duplicates(tmp_path, python, repo_r
 def test_partitions_combine_into_one_dataset(tmp_path):
     input_dir, output_dir = tmp_path / "in", tmp_path / "out"
     make_synthetic_dataset(input_dir, num_classes=2, images_per_class=10, seed=4)
-    common = ["--input_dir", input_dir, "--output_dir", output_dir, "--num_shards", "4",
-              "--workers", "1", "--val_fraction", "0.1"]
+    common = [
+        "--input_dir",
+        input_dir,
+        "--output_dir",
+        output_dir,
+        "--num_shards",
+        "4",
+        "--workers",
+        "1",
+        "--val_fraction",
+        "0.1",
+    ]
     first = convert_here(*common, "--num_partitions", "2", "--partition_index", "0")
     assert first.returncode == 0, first.stderr
     assert not (output_dir / "dataset.json").exists()
@@ -298,8 +359,10 @@ def imagenet_like_folder(root, per_class=3, val_count=4):
     """train/<synset>/*.JPEG and a flat val/ILSVRC2012_val_NNNNNNNN.JPEG folder; the
     validation file k shows class k % 2. Returns the validation files' synsets, in order."""
     make_synthetic_dataset(root / "drawn", num_classes=2, images_per_class=per_class + 2, seed=7)
-    drawn = {synset: sorted((root / "drawn" / shape).glob("*.jpg"))
-             for synset, shape in zip(SYNSETS, ("circle", "square"))}
+    drawn = {
+        synset: sorted((root / "drawn" / shape).glob("*.jpg"))
+        for synset, shape in zip(SYNSETS, ("circle", "square"))
+    }
     for synset, paths in drawn.items():
         (root / "train" / synset).mkdir(parents=True)
         for path in paths[:per_class]:
@@ -320,8 +383,9 @@ def labels_by_file(output_dir, split="validation"):
 
 def test_flat_val_folder_without_labels_is_refused_before_any_work(tmp_path):
     imagenet_like_folder(tmp_path / "in")
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--workers", "1")
+    result = convert_here(
+        "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", "--workers", "1"
+    )
     assert result.returncode == 2
     assert "4 image files directly" in result.stderr and "--val_labels" in result.stderr
     assert "Traceback" not in result.stderr
@@ -334,8 +398,10 @@ def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, form):
     extra = []
     if form == "kaggle_csv":
         # Kaggle's rows are not in file order and carry boxes after the synset.
-        rows = [f"ILSVRC2012_val_{n:08d},{s} 10 20 100 200 {s} 1 2 3 4"
-                for n, s in enumerate(truth, start=1)]
+        rows = [
+            f"ILSVRC2012_val_{n:08d},{s} 10 20 100 200 {s} 1 2 3 4"
+            for n, s in enumerate(truth, start=1)
+        ]
         labels = "ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n"
     elif form == "synset_lines":
         labels = "".join(f"{synset}\n" for synset in truth)
@@ -346,38 +412,62 @@ def test_flat_val_folder_is_labelled_from_the_labels_file(tmp_path, form):
         (tmp_path / "devkit_synsets.txt").write_text("\n".join(devkit_order) + "\n")
         extra = ["--val_label_synsets", tmp_path / "devkit_synsets.txt"]
     (tmp_path / "labels_file").write_text(labels)
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--workers", "1",
-                          "--val_labels", tmp_path / "labels_file", *extra)
+    result = convert_here(
+        "--input_dir",
+        tmp_path / "in",
+        "--output_dir",
+        tmp_path / "out",
+        "--workers",
+        "1",
+        "--val_labels",
+        tmp_path / "labels_file",
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
-    expected = {f"val/ILSVRC2012_val_{n:08d}.JPEG": (SYNSETS.index(s), s)
-                for n, s in enumerate(truth, start=1)}
+    expected = {
+        f"val/ILSVRC2012_val_{n:08d}.JPEG": (SYNSETS.index(s), s)
+        for n, s in enumerate(truth, start=1)
+    }
     assert labels_by_file(tmp_path / "out") == expected
     assert len(read_records(tmp_path / "out", "train")) == 6
 
 
-@pytest.mark.parametrize("labels,extra,message", [
-    ("n01440764\n", [], "has 1 labels but the flat validation folder has 4"),
-    ("n01440764\nn01443537\nn09999999\nn01440764\n", [], "line 3 names class 'n09999999'"),
-    ("1\n2\n1\n2\n", [], "--val_label_synsets"),
-    ("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n", [],
-     "no label for 3 of the 4"),
-])
-def test_bad_val_labels_files_are_refused_clearly(tmp_path, labels, extra,
-                                                  message):
+@pytest.mark.parametrize(
+    "labels,extra,message",
+    [
+        ("n01440764\n", [], "has 1 labels but the flat validation folder has 4"),
+        ("n01440764\nn01443537\nn09999999\nn01440764\n", [], "line 3 names class 'n09999999'"),
+        ("1\n2\n1\n2\n", [], "--val_label_synsets"),
+        (
+            "ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n",
+            [],
+            "no label for 3 of the 4",
+        ),
+    ],
+)
+def test_bad_val_labels_files_are_refused_clearly(tmp_path, labels, extra, message):
     imagenet_like_folder(tmp_path / "in")
     (tmp_path / "labels_file").write_text(labels)
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--workers", "1",
-                          "--val_labels", tmp_path / "labels_file", *extra)
+    result = convert_here(
+        "--input_dir",
+        tmp_path / "in",
+        "--output_dir",
+        tmp_path / "out",
+        "--workers",
+        "1",
+        "--val_labels",
+        tmp_path / "labels_file",
+        *extra,
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_no_validation_split_is_refused_by_the_converter(tmp_path):
     make_synthetic_dataset(tmp_path / "in", num_classes=2, images_per_class=3, seed=1)
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--val_fraction", "0")
+    result = convert_here(
+        "--input_dir", tmp_path / "in", "--output_dir", tmp_path / "out", "--val_fraction", "0"
+    )
     assert result.returncode == 2
     assert "holds out no image" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -392,12 +482,20 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
     # As the devkit's words.txt: tab-separated, many more synsets than the classes.
     (tmp_path / "words.txt").write_text(
-        "n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\n"
-        "n01440764\ttench, Tinca tinca\n")
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--workers", "1",
-                          "--val_labels", tmp_path / "val.txt",
-                          "--class_names", tmp_path / "words.txt")
+        "n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\nn01440764\ttench, Tinca tinca\n"
+    )
+    result = convert_here(
+        "--input_dir",
+        tmp_path / "in",
+        "--output_dir",
+        tmp_path / "out",
+        "--workers",
+        "1",
+        "--val_labels",
+        tmp_path / "val.txt",
+        "--class_names",
+        tmp_path / "words.txt",
+    )
     assert result.returncode == 0, result.stderr
     readable = ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     assert (tmp_path / "out" / "labels.txt").read_text().split() == list(SYNSETS)
@@ -408,15 +506,19 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
     # The run records them, so an export's top_k_labels default to them.
     model_dir = tmp_path / "run"
     model_dir.mkdir()
-    RunDir(model_dir).record_run(PRESETS["demo"], input_pipeline.readable_class_names(info),
-                                 tmp_path / "out", replicas=1, resumed_at_step=None)
+    RunDir(model_dir).record_run(
+        PRESETS["demo"],
+        input_pipeline.readable_class_names(info),
+        tmp_path / "out",
+        replicas=1,
+        resumed_at_step=None,
+    )
     assert serving.labels_for_model(model_dir / "alexnet.keras") == readable
 
     # Evaluation reports name the classes so.
     model = training.build_model(PRESETS["demo"], num_classes=2)
     model.save(model_dir / "alexnet.keras")
-    report = evaluation.evaluate_model(model_dir / "alexnet.keras", tmp_path / "out",
-                                       batch_size=4)
+    report = evaluation.evaluate_model(model_dir / "alexnet.keras", tmp_path / "out", batch_size=4)
     assert report["class_names"] == readable and report["class_ids"] == list(SYNSETS)
     evaluation.write_report_folder(report, tmp_path / "report")
     rows = (tmp_path / "report" / "per_class.csv").read_text().splitlines()
@@ -427,9 +529,16 @@ def test_class_names_file_missing_a_class_is_refused(tmp_path):
     truth = imagenet_like_folder(tmp_path / "in")
     (tmp_path / "val.txt").write_text("\n".join(truth) + "\n")
     (tmp_path / "words.txt").write_text("n01440764\ttench\n")
-    result = convert_here("--input_dir", tmp_path / "in",
-                          "--output_dir", tmp_path / "out", "--val_labels", tmp_path / "val.txt",
-                          "--class_names", tmp_path / "words.txt")
+    result = convert_here(
+        "--input_dir",
+        tmp_path / "in",
+        "--output_dir",
+        tmp_path / "out",
+        "--val_labels",
+        tmp_path / "val.txt",
+        "--class_names",
+        tmp_path / "words.txt",
+    )
     assert result.returncode == 2
     assert "no name for 1 of the 2 classes, e.g. n01443537" in result.stderr
 
@@ -486,16 +595,18 @@ def test_a_changed_file_rebuilds_its_shard_only(small_folder, tmp_path):
     convert_quietly(small_folder, output_dir)
     changed = "circle/circle_0001.jpg"
     shard = shard_of(output_dir, changed)["shard"]
-    untouched = {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
-                 if p.name != shard}
+    untouched = {
+        p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord") if p.name != shard
+    }
     repaint(small_folder / changed, (0, 0, 255))
     messages = []
     convert_quietly(small_folder, output_dir, messages)
     assert any("resuming" in message for message in messages)
     pixels = decode(shard_of(output_dir, changed)["encoded"]).numpy().astype(int)
     assert pixels[..., 2].mean() > 240 and pixels[..., 0].mean() < 15  # the new, blue image
-    assert {p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord")
-            if p.name != shard} == untouched
+    assert {
+        p.name: p.stat().st_mtime_ns for p in output_dir.glob("*.tfrecord") if p.name != shard
+    } == untouched
 
 
 def test_another_input_folder_of_the_same_layout_is_converted_afresh(small_folder, tmp_path):
@@ -514,8 +625,9 @@ def test_another_input_folder_of_the_same_layout_is_converted_afresh(small_folde
     assert dataset["arguments"]["input_dir"] == str((tmp_path / "other").resolve())
 
 
-def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(small_folder, tmp_path,
-                                                                    monkeypatch):
+def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(
+    small_folder, tmp_path, monkeypatch
+):
     output_dir = tmp_path / "out"
     convert_quietly(small_folder, output_dir)
     changed = "square/square_0002.jpg"
@@ -543,6 +655,7 @@ def test_killed_between_new_summary_and_rename_keeps_no_stale_shard(small_folder
 def forked_workers(pid):
     """The children of `pid` that are forks of it (same command line): its decoding workers,
     not a short-lived helper program it runs while starting (ldconfig and the like)."""
+
     def command_line(process):
         try:
             with open(f"/proc/{process}/cmdline", "rb") as handle:
@@ -563,10 +676,25 @@ def forked_workers(pid):
 def test_a_killed_worker_fails_the_conversion_with_a_message(tmp_path, python, repo_root):
     make_synthetic_dataset(tmp_path / "in", num_classes=4, images_per_class=60, seed=3)
     process = subprocess.Popen(
-        [python, *CONVERTER, "--input_dir", str(tmp_path / "in"), "--output_dir",
-         str(tmp_path / "out"), "--workers", "2", "--num_shards", "4", "--no_progress"],
-        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group, to end it and its workers if hung
+        [
+            python,
+            *CONVERTER,
+            "--input_dir",
+            str(tmp_path / "in"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+            "--num_shards",
+            "4",
+            "--no_progress",
+        ],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, to end it and its workers if hung
     deadline = time.monotonic() + 120
     # A worker is a fork seen twice, 50 ms apart: a helper program the converter starts
     # (ldconfig and the like) is a fork with its command line too, for the instant before it

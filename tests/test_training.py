@@ -21,21 +21,45 @@ from alexnet_keras import distribute, schedules, steps, training
 from alexnet_keras_base.config import PRESETS
 
 # A small network and schedule that still has every layer of the paper's.
-TINY = PRESETS["demo"].replace(width_multiplier=0.125, epochs=2, global_batch_size=8,
-                               checkpoint_every_steps=3, shuffle_buffer=64, warmup_epochs=0.0)
+TINY = PRESETS["demo"].replace(
+    width_multiplier=0.125,
+    epochs=2,
+    global_batch_size=8,
+    checkpoint_every_steps=3,
+    shuffle_buffer=64,
+    warmup_epochs=0.0,
+)
 
 
 def tiny_flags(config=TINY):
-    return ["--width_multiplier", str(config.width_multiplier), "--epochs", str(config.epochs),
-            "--global_batch_size", str(config.global_batch_size), "--checkpoint_every_steps",
-            str(config.checkpoint_every_steps), "--shuffle_buffer", str(config.shuffle_buffer),
-            "--config", "demo", "--warmup_epochs", "0", "--no_progress"]
+    return [
+        "--width_multiplier",
+        str(config.width_multiplier),
+        "--epochs",
+        str(config.epochs),
+        "--global_batch_size",
+        str(config.global_batch_size),
+        "--checkpoint_every_steps",
+        str(config.checkpoint_every_steps),
+        "--shuffle_buffer",
+        str(config.shuffle_buffer),
+        "--config",
+        "demo",
+        "--warmup_epochs",
+        "0",
+        "--no_progress",
+    ]
 
 
 def run_train(python, repo_root, *arguments, env=None, timeout=600):
-    return subprocess.run([python, "train.py", *map(str, arguments)], cwd=repo_root,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [python, "train.py", *map(str, arguments)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def final_step(output):
@@ -63,13 +87,23 @@ def steps_per_epoch(records, batch):
 def test_two_replicas_train_and_lower_the_loss(synthetic_records, tmp_path):
     messages = []
     config = TINY.replace(epochs=3)
-    results = training.train(config, synthetic_records, tmp_path / "model",
-                             devices=["/cpu:0", "/cpu:1"], log=messages.append)
+    results = training.train(
+        config,
+        synthetic_records,
+        tmp_path / "model",
+        devices=["/cpu:0", "/cpu:1"],
+        log=messages.append,
+    )
     assert "MirroredStrategy with 2 replica(s), 4 images per replica per step" in messages[0]
     assert len(results) == 3
     assert results[-1].train_loss < results[0].train_loss
-    for name in ("alexnet.keras", "alexnet_best.keras", "history.csv", "training_curves.png",
-                 "config.json"):
+    for name in (
+        "alexnet.keras",
+        "alexnet_best.keras",
+        "history.csv",
+        "training_curves.png",
+        "config.json",
+    ):
         assert (tmp_path / "model" / name).exists(), name
     assert list((tmp_path / "model" / "logs").iterdir())
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -120,10 +154,18 @@ class Worker:
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         self.address = cluster["worker"][index]
         self.process = subprocess.Popen(
-            [python, "train.py", *map(str, arguments)], cwd=repo_root, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1",
-                 "TMPDIR": str(temporary_dir)})
+            [python, "train.py", *map(str, arguments)],
+            cwd=repo_root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "TF_CONFIG": tf_config,
+                "PYTHONUNBUFFERED": "1",
+                "TMPDIR": str(temporary_dir),
+            },
+        )
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -151,8 +193,9 @@ class Worker:
 
 def start_cluster(python, repo_root, arguments, temporary_dir):
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    return [Worker(python, repo_root, arguments, cluster, index, temporary_dir)
-            for index in range(2)]
+    return [
+        Worker(python, repo_root, arguments, cluster, index, temporary_dir) for index in range(2)
+    ]
 
 
 def stop_cluster(workers):
@@ -203,13 +246,15 @@ def resumed_step(output):
 
 
 def fingerprint(output):
-    return [line.split()[-1] for line in output.splitlines()
-            if line.startswith("finished at step")][0]
+    return [
+        line.split()[-1] for line in output.splitlines() if line.startswith("finished at step")
+    ][0]
 
 
 @pytest.mark.slow
 def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
-        synthetic_records, tmp_path, python, repo_root):
+    synthetic_records, tmp_path, python, repo_root
+):
     """MultiWorkerMirroredStrategy on 127.0.0.1: worker 1 killed with -9 after the first
     checkpoint stops worker 0 with the retryable status, naming the lost worker and the
     checkpoint a rerun resumes from, without a traceback; both workers rerun resume at that
@@ -224,14 +269,17 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
         wait_for_checkpoint(model_dir, workers[0].process)
         assert all(worker.process.poll() is None for worker in workers), "finished too early"
 
-    message, _, lost_address = lose_worker_1(python, repo_root, arguments, temporary_dir,
-                                             after_the_first_checkpoint, timeout=120)
+    message, _, lost_address = lose_worker_1(
+        python, repo_root, arguments, temporary_dir, after_the_first_checkpoint, timeout=120
+    )
     latest = latest_checkpoint(model_dir)
-    assert message.startswith(f"error: lost worker 1 ({lost_address}) of the cluster during "
-                              f"step "), message
+    assert message.startswith(
+        f"error: lost worker 1 ({lost_address}) of the cluster during step "
+    ), message
     lost_step = int(message.split("during step ")[1].split()[0])
-    assert message.endswith(f"rerunning every worker resumes from {latest} (step "
-                            f"{checkpoint_value(latest, 'step')})"), message
+    assert message.endswith(
+        f"rerunning every worker resumes from {latest} (step {checkpoint_value(latest, 'step')})"
+    ), message
     assert checkpoint_value(latest, "step") < lost_step <= total_steps
     for folder in scratch_folders(temporary_dir):  # kill -9 gives no chance to clean up
         shutil.rmtree(folder)
@@ -265,31 +313,45 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     assert not scratch_folders(temporary_dir)
     # Only the chief writes to model_dir: no other worker's checkpoints or logs there.
     assert sorted(path.name for path in model_dir.iterdir()) == [
-        "alexnet.keras", "alexnet_best.keras", "checkpoints", "config.json", "history.csv",
-        "logs", "run.json", "training_curves.png"]
+        "alexnet.keras",
+        "alexnet_best.keras",
+        "checkpoints",
+        "config.json",
+        "history.csv",
+        "logs",
+        "run.json",
+        "training_curves.png",
+    ]
 
 
 @pytest.mark.slow
 def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryable_status(
-        synthetic_records, tmp_path, python, repo_root):
+    synthetic_records, tmp_path, python, repo_root
+):
     """Worker 1 killed with -9 once the strategy is made, before the first step: worker 0
     fails in the broadcast of the variables' first values, and says so as for a step."""
     temporary_dir = tmp_path / "worker_tmp"
     temporary_dir.mkdir()
-    arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / "model",
-                 *tiny_flags()]
+    arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / "model", *tiny_flags()]
     message, survivor, lost_address = lose_worker_1(
-        python, repo_root, arguments, temporary_dir,
-        lambda workers: workers[1].wait_for("strategy: MultiWorkerMirroredStrategy"), timeout=300)
+        python,
+        repo_root,
+        arguments,
+        temporary_dir,
+        lambda workers: workers[1].wait_for("strategy: MultiWorkerMirroredStrategy"),
+        timeout=300,
+    )
     assert "finished at step" not in survivor and "epoch 1/" not in survivor, survivor[-3000:]
-    assert message.startswith(f"error: lost worker 1 ({lost_address}) of the cluster "
-                              f"during start-up ("), message
+    assert message.startswith(
+        f"error: lost worker 1 ({lost_address}) of the cluster during start-up ("
+    ), message
     assert message.endswith("no checkpoint was saved yet: rerunning every worker starts over")
 
 
 @pytest.mark.slow
-def test_a_worker_failing_on_its_own_error_fails_permanently(synthetic_records, tmp_path,
-                                                             python, repo_root):
+def test_a_worker_failing_on_its_own_error_fails_permanently(
+    synthetic_records, tmp_path, python, repo_root
+):
     """Not a lost peer: the training shards that only the chief reads (make_dataset gives
     worker i every other file from i) hold labels outside the classes. The chief stops on
     TensorFlow's own error with a permanent status (below 128), so a job controller does not
@@ -297,8 +359,10 @@ def test_a_worker_failing_on_its_own_error_fails_permanently(synthetic_records, 
     data_dir = tmp_path / "records"
     shutil.copytree(synthetic_records, data_dir)
     for shard in sorted(data_dir.glob("train-*.tfrecord"))[0::2]:
-        examples = [tf.train.Example.FromString(record.numpy())
-                    for record in tf.data.TFRecordDataset(str(shard))]
+        examples = [
+            tf.train.Example.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(str(shard))
+        ]
         with tf.io.TFRecordWriter(str(shard)) as writer:
             for example in examples:
                 example.features.feature["image/class/label"].int64_list.value[:] = [9]
@@ -329,8 +393,12 @@ def wait_for_checkpoint(model_dir, process, timeout=300):
 
 def kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir):
     """Runs train.py with `arguments` and kills it with -9 once a checkpoint is in model_dir."""
-    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [python, "train.py", *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_checkpoint(model_dir, process)
     assert process.poll() is None, "training finished before it could be killed"
     process.send_signal(signal.SIGKILL)
@@ -339,7 +407,8 @@ def kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
-        synthetic_records, tmp_path, python, repo_root):
+    synthetic_records, tmp_path, python, repo_root
+):
     model_dir = tmp_path / "model"
     arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
     kill_9_after_the_first_checkpoint(python, repo_root, arguments, model_dir)
@@ -356,10 +425,20 @@ def test_kill_9_then_rerun_resumes_and_finishes_with_the_same_step_count(
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, python, repo_root):
     model_dir = tmp_path / "model"
-    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir,
-                 *tiny_flags(TINY.replace(epochs=20, checkpoint_every_steps=2))]
-    process = subprocess.Popen([python, "train.py", *map(str, arguments)], cwd=repo_root,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    arguments = [
+        "--data_dir",
+        synthetic_records,
+        "--model_dir",
+        model_dir,
+        *tiny_flags(TINY.replace(epochs=20, checkpoint_every_steps=2)),
+    ]
+    process = subprocess.Popen(
+        [python, "train.py", *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_checkpoint(model_dir, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
@@ -372,7 +451,8 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
 
 @pytest.mark.slow
 def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
-        synthetic_records, tmp_path, repo_root, capsys):
+    synthetic_records, tmp_path, repo_root, capsys
+):
     """A learning rate of inf (or 1e30) turns the weights non-finite (or absurd) in the first
     update of the resumed run, on every CPU. With a checkpoint after every step, that step's
     checkpoint must not be written; with a checkpoint every 3 steps, the NaN loss of the next
@@ -385,15 +465,30 @@ def test_divergence_stops_at_a_known_step_and_keeps_the_last_good_checkpoint(
     first_steps = steps_per_epoch(synthetic_records, TINY.global_batch_size)
     good = pathlib.Path(latest_checkpoint(good_dir)).name
     assert checkpoint_value(latest_checkpoint(good_dir), "step") == first_steps
-    cases = [("inf", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
-             ("1e30", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
-             ("inf", 3, f"at step {first_steps + 2}")]
+    cases = [
+        ("inf", 1, f"the weights became non-finite or larger than 10000 by step {first_steps + 1}"),
+        (
+            "1e30",
+            1,
+            f"the weights became non-finite or larger than 10000 by step {first_steps + 1}",
+        ),
+        ("inf", 3, f"at step {first_steps + 2}"),
+    ]
     for index, (learning_rate, every, message) in enumerate(cases):
         model_dir = tmp_path / f"diverging_{index}"
         shutil.copytree(good_dir, model_dir)
         flags = tiny_flags(TINY.replace(epochs=2, checkpoint_every_steps=every))
-        code = train_script.main(["--data_dir", str(synthetic_records), "--model_dir",
-                                  str(model_dir), *flags, "--learning_rate", learning_rate])
+        code = train_script.main(
+            [
+                "--data_dir",
+                str(synthetic_records),
+                "--model_dir",
+                str(model_dir),
+                *flags,
+                "--learning_rate",
+                learning_rate,
+            ]
+        )
         stderr = capsys.readouterr().err
         assert code == 3, stderr[-3000:]
         latest = latest_checkpoint(model_dir)
@@ -438,8 +533,10 @@ TIMING = ("seconds", "images_per_second")
 def rows_without_timing(model_dir):
     rows = (model_dir / "history.csv").read_text().splitlines()
     header = rows[0].split(",")
-    return [{name: value for name, value in zip(header, row.split(","))
-             if name not in TIMING} for row in rows[1:]]
+    return [
+        {name: value for name, value in zip(header, row.split(",")) if name not in TIMING}
+        for row in rows[1:]
+    ]
 
 
 # The plateau schedule with patience 1: an epoch end done twice (a second update with the same
@@ -456,21 +553,30 @@ def uninterrupted_run(synthetic_records, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target,at_update,how", [
-    ("epoch 1", 9, "sigterm"),  # on the last step of epoch 1
-    ("validation 2", 1, "sigterm"),  # during the last epoch's validation
-    ("validation 2", 1, "crash"),  # kill -9 during validation, after the step-18 checkpoint
-])
+@pytest.mark.parametrize(
+    "target,at_update,how",
+    [
+        ("epoch 1", 9, "sigterm"),  # on the last step of epoch 1
+        ("validation 2", 1, "sigterm"),  # during the last epoch's validation
+        ("validation 2", 1, "crash"),  # kill -9 during validation, after the step-18 checkpoint
+    ],
+)
 def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
-        target, at_update, how, synthetic_records, uninterrupted_run, tmp_path):
+    target, at_update, how, synthetic_records, uninterrupted_run, tmp_path
+):
     config, reference_dir, model_dir = PLATEAU, uninterrupted_run, tmp_path / "interrupted"
     assert steps_per_epoch(synthetic_records, config.global_batch_size) == 9
 
     messages = []
     expected = training.Preempted if how == "sigterm" else SimulatedCrash
     with pytest.raises(expected):
-        training.train(config, synthetic_records, model_dir, log=messages.append,
-                       progress=interrupting_progress(target, at_update, how))
+        training.train(
+            config,
+            synthetic_records,
+            model_dir,
+            log=messages.append,
+            progress=interrupting_progress(target, at_update, how),
+        )
     if how == "sigterm":  # the checkpoint holds the epoch's last step
         saved = latest_checkpoint(model_dir)
         assert checkpoint_value(saved, "step") == (9 if target == "epoch 1" else 18)
@@ -489,37 +595,53 @@ def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
         reference, resumed = latest_checkpoint(reference_dir), latest_checkpoint(model_dir)
         for name in TRACKER_STATE:
             assert checkpoint_value(resumed, name) == checkpoint_value(reference, name), name
-        assert (steps.weights_fingerprint(keras.models.load_model(model_dir / "alexnet.keras"))
-                == steps.weights_fingerprint(
-                    keras.models.load_model(reference_dir / "alexnet.keras")))
+        assert steps.weights_fingerprint(
+            keras.models.load_model(model_dir / "alexnet.keras")
+        ) == steps.weights_fingerprint(keras.models.load_model(reference_dir / "alexnet.keras"))
 
 
 @pytest.mark.slow
 def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
-        synthetic_records, tmp_path):
+    synthetic_records, tmp_path
+):
     model_dir = tmp_path / "model"
     first = TINY.replace(epochs=1)
     training.train(first, synthetic_records, model_dir, log=lambda m: None)
     # float16 wraps the optimizer in a LossScaleOptimizer: refused before anything is built.
-    with pytest.raises(training.UsageError, match="trained with --mixed_precision off, and "
-                       "--mixed_precision float16 adds the loss scaling optimizer"):
-        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
-                       model_dir, log=lambda m: None)
+    with pytest.raises(
+        training.UsageError,
+        match="trained with --mixed_precision off, and "
+        "--mixed_precision float16 adds the loss scaling optimizer",
+    ):
+        training.train(
+            first.replace(epochs=2, mixed_precision="float16"),
+            synthetic_records,
+            model_dir,
+            log=lambda m: None,
+        )
     # Without run.json's record of the settings, the verified restore still refuses it.
     run = json.loads((model_dir / "run.json").read_text())
     (model_dir / "run.json").write_text(json.dumps({"num_classes": run["num_classes"]}))
     with pytest.raises(training.UsageError, match="does not match this model, optimizer"):
-        training.train(first.replace(epochs=2, mixed_precision="float16"), synthetic_records,
-                       model_dir, log=lambda m: None)
+        training.train(
+            first.replace(epochs=2, mixed_precision="float16"),
+            synthetic_records,
+            model_dir,
+            log=lambda m: None,
+        )
     (model_dir / "run.json").write_text(json.dumps(run))
 
     resumed = first.replace(epochs=2, learning_rate=first.learning_rate / 2)
     training.train(resumed, synthetic_records, model_dir, log=lambda m: None)
     assert json.loads((model_dir / "config.json").read_text()) == json.loads(first.to_json())
     resumes = json.loads((model_dir / "run.json").read_text())["resumes"]
-    assert resumes == [{"step": 9, "replicas": 1,
-                        "config_changes": {"epochs": 2,
-                                           "learning_rate": first.learning_rate / 2}}]
+    assert resumes == [
+        {
+            "step": 9,
+            "replicas": 1,
+            "config_changes": {"epochs": 2, "learning_rate": first.learning_rate / 2},
+        }
+    ]
 
 
 def copy_records(records, destination, rewrite_train_example):
@@ -527,8 +649,10 @@ def copy_records(records, destination, rewrite_train_example):
     `rewrite_train_example(tf.train.Example)`."""
     shutil.copytree(records, destination)
     for shard in destination.glob("train-*.tfrecord"):
-        examples = [tf.train.Example.FromString(record.numpy())
-                    for record in tf.data.TFRecordDataset(str(shard))]
+        examples = [
+            tf.train.Example.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(str(shard))
+        ]
         with tf.io.TFRecordWriter(str(shard)) as writer:
             for example in examples:
                 rewrite_train_example(example)
@@ -545,23 +669,27 @@ def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_pat
 
     bad_labels = copy_records(synthetic_records, tmp_path / "bad_labels", out_of_range)
     with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 9"):
-        training.train(TINY.replace(epochs=1), bad_labels, tmp_path / "model_labels",
-                       log=lambda m: None)
+        training.train(
+            TINY.replace(epochs=1), bad_labels, tmp_path / "model_labels", log=lambda m: None
+        )
 
     # A corrupt image is a data error: the message names the file and record.
     def corrupt(example):
         example.features.feature["image/encoded"].bytes_list.value[:] = [b"\xff\xd8 not a jpeg"]
 
     bad_images = copy_records(synthetic_records, tmp_path / "bad_images", corrupt)
-    with pytest.raises(training.UsageError, match=r"unreadable training data: .*train-\d+-of-"
-                       r"\d+\.tfrecord: record 0"):
-        training.train(TINY.replace(epochs=1), bad_images, tmp_path / "model_images",
-                       log=lambda m: None)
+    with pytest.raises(
+        training.UsageError,
+        match=r"unreadable training data: .*train-\d+-of-"
+        r"\d+\.tfrecord: record 0",
+    ):
+        training.train(
+            TINY.replace(epochs=1), bad_images, tmp_path / "model_images", log=lambda m: None
+        )
 
 
 @pytest.mark.slow
-def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, tmp_path,
-                                                            repo_root):
+def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, tmp_path, repo_root):
     sys.path.insert(0, str(repo_root))
     import train as train_script
 
@@ -571,23 +699,28 @@ def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, t
     info["rgb_mean"] = info["rgb_mean"][:2]  # the converter never writes this
     (data_dir / "dataset.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="expected 3 mean values") as raised:
-        train_script.main(["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"),
-                           *tiny_flags()])
+        train_script.main(
+            ["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"), *tiny_flags()]
+        )
     assert not isinstance(raised.value, training.UsageError)
 
 
-@pytest.mark.parametrize("case,message", [
-    ("missing", "does not exist"),
-    ("empty", "is empty"),
-    ("no_labels", "has no labels.txt"),
-    ("no_records", "has no train-*.tfrecord"),
-    ("other_classes", "holds a checkpoint for 7 classes but the data has 4"),
-    ("unknown_device", "unknown device '/gpu:7'"),
-    ("indivisible_batch", "--global_batch_size 9 is not divisible by the 2 replicas"),
-    ("model_dir_missing", "--model_dir is required"),
-])
-def test_bad_usage_gets_a_clear_message(case, message, synthetic_records, tmp_path, repo_root,
-                                        capsys):
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("no_labels", "has no labels.txt"),
+        ("no_records", "has no train-*.tfrecord"),
+        ("other_classes", "holds a checkpoint for 7 classes but the data has 4"),
+        ("unknown_device", "unknown device '/gpu:7'"),
+        ("indivisible_batch", "--global_batch_size 9 is not divisible by the 2 replicas"),
+        ("model_dir_missing", "--model_dir is required"),
+    ],
+)
+def test_bad_usage_gets_a_clear_message(
+    case, message, synthetic_records, tmp_path, repo_root, capsys
+):
     sys.path.insert(0, str(repo_root))
     import train as train_script
 
@@ -622,14 +755,18 @@ def test_bad_usage_gets_a_clear_message(case, message, synthetic_records, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
-def test_mixed_precision_trains_and_saves_float32_interfaces(precision, synthetic_records,
-                                                             tmp_path):
+def test_mixed_precision_trains_and_saves_float32_interfaces(
+    precision, synthetic_records, tmp_path
+):
     config = TINY.replace(epochs=1, mixed_precision=precision)
     results = training.train(config, synthetic_records, tmp_path / "model", log=lambda m: None)
     assert np.isfinite(results[0].train_loss)
     assert keras.config.dtype_policy().name == "float32"  # restored after training
     model = keras.models.load_model(tmp_path / "model" / "alexnet.keras")
-    assert model.get_layer("conv2").compute_dtype == {"float16": "float16", "bfloat16": "bfloat16"}[precision]
+    assert (
+        model.get_layer("conv2").compute_dtype
+        == {"float16": "float16", "bfloat16": "bfloat16"}[precision]
+    )
     assert model.get_layer("norm1").compute_dtype == precision  # casts to float32 inside
     output = model(np.full((1, 227, 227, 3), 120.0, np.float32), training=False)
     assert output.dtype == tf.float32 and np.all(np.isfinite(output.numpy()))
@@ -638,8 +775,9 @@ def test_mixed_precision_trains_and_saves_float32_interfaces(precision, syntheti
 
 @pytest.mark.slow
 def test_xla_train_step_runs_on_the_cpu(synthetic_records, tmp_path):
-    results = training.train(TINY.replace(epochs=1, xla=True), synthetic_records,
-                             tmp_path / "model", log=lambda m: None)
+    results = training.train(
+        TINY.replace(epochs=1, xla=True), synthetic_records, tmp_path / "model", log=lambda m: None
+    )
     assert np.isfinite(results[0].train_loss)
 
 
@@ -656,15 +794,34 @@ def test_learning_rate_schedules():
     tracker = schedules.ValidationTracker(config.replace(plateau_patience=2, max_lr_reductions=1))
     verdicts = [tracker.end_epoch(error) for error in (0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4)]
     assert [verdict.rate_reduced for verdict in verdicts] == [
-        False, False, True, False, False, False, False, False]
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
     assert [verdict.improved for verdict in verdicts] == [
-        True, False, False, True, False, False, False, False]
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
     assert float(tracker.rate.numpy()) == pytest.approx(0.001)
     # Under the step and cosine schedules the tracker still decides the best-model saves,
     # and never touches the rate.
     cosine_tracker = schedules.ValidationTracker(cosine.replace(plateau_patience=1))
     assert [cosine_tracker.end_epoch(error).improved for error in (0.5, 0.6, 0.4)] == [
-        True, False, True]
+        True,
+        False,
+        True,
+    ]
     assert float(cosine_tracker.rate.numpy()) == cosine.learning_rate
 
 
@@ -684,14 +841,23 @@ def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import ConvertOptions, convert
 
-    make_synthetic_dataset(tmp_path / "images", images_per_class=200, seed=3,
-                           classes=["circle", "stripes"])
-    convert(tmp_path / "images", tmp_path / "records",
-            ConvertOptions(val_fraction=0.25, workers=2), log=lambda message: None)
+    make_synthetic_dataset(
+        tmp_path / "images", images_per_class=200, seed=3, classes=["circle", "stripes"]
+    )
+    convert(
+        tmp_path / "images",
+        tmp_path / "records",
+        ConvertOptions(val_fraction=0.25, workers=2),
+        log=lambda message: None,
+    )
     info = json.loads((tmp_path / "records" / "dataset.json").read_text())
     assert info["class_counts"]["validation"] == {"circle": 50, "stripes": 50}
-    results = training.train(PRESETS["demo"].replace(epochs=20), tmp_path / "records",
-                             tmp_path / "model", log=lambda message: None)
+    results = training.train(
+        PRESETS["demo"].replace(epochs=20),
+        tmp_path / "records",
+        tmp_path / "model",
+        log=lambda message: None,
+    )
     accuracies = [1 - result.val_top1_error for result in results]
     assert max(accuracies[-10:]) >= 0.70, accuracies
     assert results[-1].train_loss < 0.5 * results[0].train_loss
@@ -719,19 +885,27 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
         # between the replicas.
         no_lighting = tf.zeros((images.shape[0], 3), tf.float32)
         batch = strategy.experimental_distribute_values_from_function(
-            lambda context: tuple(tf.split(tensor, 2)[context.replica_id_in_sync_group]
-                                  for tensor in (images, no_lighting, labels)))
+            lambda context: tuple(
+                tf.split(tensor, 2)[context.replica_id_in_sync_group]
+                for tensor in (images, no_lighting, labels)
+            )
+        )
     for _ in range(2):
         if l2_on_the_tape:
             kernels = [w for w in model.trainable_variables if steps.is_decayed(w)]
             with tf.GradientTape() as tape:
                 logits = model(tf.cast(images, tf.float32), training=True)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    labels, logits, from_logits=True))
-                loss += 0.5 * config.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
-            optimizer.apply(tape.gradient(loss, model.trainable_variables),
-                            model.trainable_variables)
+                loss = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                )
+                loss += (
+                    0.5
+                    * config.weight_decay
+                    * tf.add_n([tf.reduce_sum(tf.square(kernel)) for kernel in kernels])
+                )
+            optimizer.apply(
+                tape.gradient(loss, model.trainable_variables), model.trainable_variables
+            )
         else:
             train_step(((batch[0], batch[1]), batch[2]), tf.constant(0.0))
     if not l2_on_the_tape:  # both replicas' copies were updated alike
@@ -743,16 +917,18 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
 
 def test_fused_update_with_weight_decay_equals_keras_sgd_with_the_l2_term_on_the_tape():
     # A decay large enough that its share of the update is far above float32 noise.
-    config = TINY.replace(dropout_rate=0.0, weight_decay=0.05, learning_rate=0.05,
-                          global_batch_size=4)
+    config = TINY.replace(
+        dropout_rate=0.0, weight_decay=0.05, learning_rate=0.05, global_batch_size=4
+    )
     initial = training.build_model(config, num_classes=4).get_weights()
     rng = np.random.default_rng(3)
     images = tf.constant(rng.integers(0, 256, (4, 227, 227, 3)).astype(np.uint8))
     labels = tf.constant([0, 1, 2, 3])
     ours = _weights_after_two_steps(config, initial, images, labels, l2_on_the_tape=False)
     reference = _weights_after_two_steps(config, initial, images, labels, l2_on_the_tape=True)
-    without_decay = _weights_after_two_steps(config.replace(weight_decay=0.0), initial, images,
-                                             labels, l2_on_the_tape=False)
+    without_decay = _weights_after_two_steps(
+        config.replace(weight_decay=0.0), initial, images, labels, l2_on_the_tape=False
+    )
     for index, (one, two, plain) in enumerate(zip(ours, reference, without_decay)):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6, err_msg=str(index))
         if one.ndim > 1:  # a kernel: the decay moved it, so the comparison above can fail
@@ -763,11 +939,19 @@ def test_the_loop_state_restores_checkpoints_written_with_todays_keys(tmp_path):
     """The loop's state is one object now; its variables keep the checkpoint keys that runs
     already on disk hold (a renamed key would leave a resumed run at step 0)."""
     integers = {"step": 1234, "epochs_ended": 7, "bad_epochs": 2, "reductions": 1}
-    floats = {"epoch_seconds": 56.5, "plateau_rate": 0.001, "best_error": 0.42,
-              "epoch_loss": 321.0, "epoch_top1_correct": 40.0, "epoch_top5_correct": 90.0,
-              "epoch_examples": 100.0}
-    saved = {**{key: tf.Variable(value, dtype=tf.int64) for key, value in integers.items()},
-             **{key: tf.Variable(value, dtype=tf.float64) for key, value in floats.items()}}
+    floats = {
+        "epoch_seconds": 56.5,
+        "plateau_rate": 0.001,
+        "best_error": 0.42,
+        "epoch_loss": 321.0,
+        "epoch_top1_correct": 40.0,
+        "epoch_top5_correct": 90.0,
+        "epoch_examples": 100.0,
+    }
+    saved = {
+        **{key: tf.Variable(value, dtype=tf.int64) for key, value in integers.items()},
+        **{key: tf.Variable(value, dtype=tf.float64) for key, value in floats.items()},
+    }
     path = tf.train.Checkpoint(**saved).save(str(tmp_path / "ckpt"))
     state = training.LoopState(PRESETS["demo"])
     items = state.checkpoint_items()
@@ -778,12 +962,15 @@ def test_the_loop_state_restores_checkpoints_written_with_todays_keys(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_runs_of_different_networks_in_one_process_on_two_replicas(synthetic_records,
-                                                                       tmp_path):
+def test_two_runs_of_different_networks_in_one_process_on_two_replicas(synthetic_records, tmp_path):
     """A fine-tuning after a training in one process (a notebook): each strategy numbers its
     collectives apart, or the second run's all-reduce meets the first one's shapes."""
     for width in (0.125, 0.25):
-        results = training.train(TINY.replace(width_multiplier=width, epochs=1),
-                                 synthetic_records, tmp_path / f"width_{width}",
-                                 devices=["/cpu:0", "/cpu:1"], log=lambda message: None)
+        results = training.train(
+            TINY.replace(width_multiplier=width, epochs=1),
+            synthetic_records,
+            tmp_path / f"width_{width}",
+            devices=["/cpu:0", "/cpu:1"],
+            log=lambda message: None,
+        )
         assert len(results) == 1

@@ -26,8 +26,9 @@ SOURCE = pathlib.Path(__file__).with_name("serving_runner.cc")
 RUNNER = "serving_runner"  # the executable's name in build_runner's folder
 # TF Serving's process runs TensorFlow's default CPU allocator: not the commands' choice,
 # which the test processes make too (alexnet_keras_base.quiet.import_tensorflow_quietly).
-SERVING_ENVIRONMENT = {name: value for name, value in os.environ.items()
-                       if name != "TF_CPU_ALLOCATOR_USE_BFC"}
+SERVING_ENVIRONMENT = {
+    name: value for name, value in os.environ.items() if name != "TF_CPU_ALLOCATOR_USE_BFC"
+}
 
 
 def build_runner(output_dir):
@@ -35,9 +36,18 @@ def build_runner(output_dir):
     library_dir = pathlib.Path(tf.sysconfig.get_lib())
     executable = pathlib.Path(output_dir) / RUNNER
     command = [
-        "g++", "-O1", "-w", *tf.sysconfig.get_compile_flags(), str(SOURCE), "-o", str(executable),
-        f"-L{library_dir}", "-Wl,--no-as-needed", "-l:libtensorflow_cc.so.2",
-        "-l:libtensorflow_framework.so.2", f"-Wl,-rpath,{library_dir}",
+        "g++",
+        "-O1",
+        "-w",
+        *tf.sysconfig.get_compile_flags(),
+        str(SOURCE),
+        "-o",
+        str(executable),
+        f"-L{library_dir}",
+        "-Wl,--no-as-needed",
+        "-l:libtensorflow_cc.so.2",
+        "-l:libtensorflow_framework.so.2",
+        f"-Wl,-rpath,{library_dir}",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode:
@@ -68,36 +78,46 @@ def run_signature(runner, export_dir, signature, inputs, timeout=300):
         folder = pathlib.Path(folder)
         arguments = []
         for name, value in inputs.items():
-            proto = value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+            proto = (
+                value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+            )
             path = folder / f"input-{name}.pb"
             path.write_bytes(proto.SerializeToString())
             arguments.append(f"{name}={path}")
         output_dir = folder / "outputs"
         output_dir.mkdir()
-        result = subprocess.run([str(runner), str(export_dir), signature, str(output_dir),
-                                 *arguments], capture_output=True, text=True, timeout=timeout,
-                                env=SERVING_ENVIRONMENT)
+        result = subprocess.run(
+            [str(runner), str(export_dir), signature, str(output_dir), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=SERVING_ENVIRONMENT,
+        )
         status = peak = None
         for line in result.stdout.splitlines():
             if line.startswith("status: "):
-                status = line[len("status: "):]
+                status = line[len("status: ") :]
             elif line.startswith("peak_rss_kb: "):
                 peak = int(line.split()[1]) * 1024
         if status is None:
-            raise RuntimeError(f"the runner printed no status (exit {result.returncode}):\n"
-                               f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"the runner printed no status (exit {result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            )
         # The status message spans lines (TF appends the failing node).
         if not status == "OK":
             status = result.stdout.split("status: ", 1)[1].rsplit("\npeak_rss_kb", 1)[0]
-        outputs = {path.stem: tf.make_ndarray(tensor_pb2.TensorProto.FromString(path.read_bytes()))
-                   for path in output_dir.glob("*.pb")}
+        outputs = {
+            path.stem: tf.make_ndarray(tensor_pb2.TensorProto.FromString(path.read_bytes()))
+            for path in output_dir.glob("*.pb")
+        }
         return Answer(status, outputs, peak, result.returncode)
 
 
 def _decode_b64(value):
     if isinstance(value, dict):
         if set(value) != {"b64"}:
-            raise ValueError(f"an object in a tensor value must be {{\"b64\": ...}}, got {value}")
+            raise ValueError(f'an object in a tensor value must be {{"b64": ...}}, got {value}')
         return base64.b64decode(value["b64"])
     if isinstance(value, list):
         return [_decode_b64(item) for item in value]
@@ -105,8 +125,9 @@ def _decode_b64(value):
 
 
 def _tensor(value, dtype):
-    return tf.make_tensor_proto(np.array(value, dtype=object if dtype == tf.string
-                                         else dtype.as_numpy_dtype), dtype=dtype)
+    return tf.make_tensor_proto(
+        np.array(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype), dtype=dtype
+    )
 
 
 def rest_body_to_tensors(body, input_dtypes):
@@ -141,5 +162,9 @@ def _json_value(array):
 def rest_response(outputs):
     """The row-format answer: {"predictions": [{output: value, ...} per instance]}."""
     batch = len(next(iter(outputs.values())))
-    return {"predictions": [{name: _json_value(value[index]) for name, value in outputs.items()}
-                            for index in range(batch)]}
+    return {
+        "predictions": [
+            {name: _json_value(value[index]) for name, value in outputs.items()}
+            for index in range(batch)
+        ]
+    }

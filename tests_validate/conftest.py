@@ -20,8 +20,9 @@ CLASS_NAMES = ["circle", "square", "star", "triangle"]
 def load_script():
     """data/validate_data.py as a module, to call its main() in this process (each
     subprocess would pay TensorFlow's and Beam's start-up again)."""
-    spec = importlib.util.spec_from_file_location("validate_data",
-                                                  REPO_ROOT / "data" / "validate_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "validate_data", REPO_ROOT / "data" / "validate_data.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,14 +44,43 @@ def converted_records(tmp_path_factory):
     assert MAIN_PYTHON.exists(), "run `make env` to create the main environment"
     root = tmp_path_factory.mktemp("converted")
     for script, arguments in [
-        ("data/make_synthetic.py", ["--output_dir", root / "images", "--num_classes", "4",
-                                    "--images_per_class", "24", "--seed", "1"]),
-        ("data/build_tfrecords.py", ["--input_dir", root / "images", "--output_dir",
-                                     root / "records", "--val_fraction", "0.25",
-                                     "--num_shards", "2", "--workers", "1", "--no_progress"]),
+        (
+            "data/make_synthetic.py",
+            [
+                "--output_dir",
+                root / "images",
+                "--num_classes",
+                "4",
+                "--images_per_class",
+                "24",
+                "--seed",
+                "1",
+            ],
+        ),
+        (
+            "data/build_tfrecords.py",
+            [
+                "--input_dir",
+                root / "images",
+                "--output_dir",
+                root / "records",
+                "--val_fraction",
+                "0.25",
+                "--num_shards",
+                "2",
+                "--workers",
+                "1",
+                "--no_progress",
+            ],
+        ),
     ]:
-        result = subprocess.run([str(MAIN_PYTHON), script, *map(str, arguments)],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [str(MAIN_PYTHON), script, *map(str, arguments)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "records" / "labels.txt").read_text().split() == CLASS_NAMES
     return root / "records"

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import tensorflow as tf
-
 from conftest import CLASS_NAMES, REPO_ROOT
 
 
@@ -24,8 +23,9 @@ def run(validate_data, capsys, *arguments):
 def copy_profiled(profiled_records, tmp_path):
     """The profiled folder without the validation split's records and outputs."""
     folder = tmp_path / "records"
-    shutil.copytree(profiled_records, folder,
-                    ignore=shutil.ignore_patterns("validation*", "anomalies_*"))
+    shutil.copytree(
+        profiled_records, folder, ignore=shutil.ignore_patterns("validation*", "anomalies_*")
+    )
     return folder
 
 
@@ -61,7 +61,8 @@ def wrong_size_image(index, example):
     if index == 0:
         pixels = tf.random.stateless_uniform((300, 300, 3), seed=(1, 2), maxval=256, dtype=tf.int32)
         feature(example, "image/encoded").bytes_list.value[0] = tf.io.encode_jpeg(
-            tf.cast(pixels, tf.uint8)).numpy()
+            tf.cast(pixels, tf.uint8)
+        ).numpy()
         feature(example, "image/height").int64_list.value[0] = 300
         feature(example, "image/width").int64_list.value[0] = 300
 
@@ -82,14 +83,16 @@ def report_of(folder, name="validation"):
 
 
 def test_clean_data_has_statistics_a_curated_schema_and_no_anomaly(
-        profiled_records, tmp_path, validate_data, capsys):
+    profiled_records, tmp_path, validate_data, capsys
+):
     folder = copy_profiled(profiled_records, tmp_path)
     shutil.copy(next(profiled_records.glob("validation-*.tfrecord")), folder)
     info = json.loads((folder / "dataset.json").read_text())
 
     # Statistics: the binary proto, TFDV's HTML view, and a summary with the class counts.
-    status, out, _ = run(validate_data, capsys, "stats", "--data_dir", folder, "--split",
-                         "validation")
+    status, out, _ = run(
+        validate_data, capsys, "stats", "--data_dir", folder, "--split", "validation"
+    )
     assert status == 0
     for class_name, count in info["class_counts"]["validation"].items():
         assert any(line.split()[1:] == [class_name, str(count)] for line in out.splitlines()), out
@@ -110,8 +113,9 @@ def test_clean_data_has_statistics_a_curated_schema_and_no_anomaly(
     assert (folder / "anomalies_validation.pbtxt").exists()
     assert (folder / "stats" / "validation_vs_train.html").exists()
 
-    status, out, _ = run(validate_data, capsys, "validate", "--data_dir", folder, "--split",
-                         "train")
+    status, out, _ = run(
+        validate_data, capsys, "validate", "--data_dir", folder, "--split", "train"
+    )
     assert status == 0, out
     assert report_of(folder, "train")["examples"] == info["num_examples"]["train"]
 
@@ -119,21 +123,27 @@ def test_clean_data_has_statistics_a_curated_schema_and_no_anomaly(
     batch = tmp_path / "batch_7"
     batch.mkdir()
     shutil.copy(next(profiled_records.glob("validation-*.tfrecord")), batch / "part-0.tfrecord")
-    status, out, _ = run(validate_data, capsys, "validate", "--data_dir", folder, "--records",
-                         batch)
+    status, out, _ = run(
+        validate_data, capsys, "validate", "--data_dir", folder, "--records", batch
+    )
     assert status == 0, out
     assert report_of(folder, "batch_7")["passed"]
 
 
-@pytest.mark.parametrize("change, features, kind", [
-    (label_out_of_domain, {"image/class/label"}, "Out-of-range values"),
-    (missing_encoded_image, {"image/encoded"}, "Column dropped"),
-    (wrong_size_image, {"image/height", "image/width"}, "Out-of-range values"),
-    (unknown_class_name, {"image/class/text"}, "Unexpected string values"),
-    (one_class_only, {"image/class/label"}, "Jensen-Shannon"),
-], ids=lambda value: getattr(value, "__name__", None))
+@pytest.mark.parametrize(
+    "change, features, kind",
+    [
+        (label_out_of_domain, {"image/class/label"}, "Out-of-range values"),
+        (missing_encoded_image, {"image/encoded"}, "Column dropped"),
+        (wrong_size_image, {"image/height", "image/width"}, "Out-of-range values"),
+        (unknown_class_name, {"image/class/text"}, "Unexpected string values"),
+        (one_class_only, {"image/class/label"}, "Jensen-Shannon"),
+    ],
+    ids=lambda value: getattr(value, "__name__", None),
+)
 def test_each_anomaly_is_reported_by_feature_and_fails(
-        change, features, kind, profiled_records, tmp_path, validate_data, capsys):
+    change, features, kind, profiled_records, tmp_path, validate_data, capsys
+):
     folder = with_validation_split(profiled_records, tmp_path, change)
     status, out, _ = run(validate_data, capsys, "validate", "--data_dir", folder)
     assert status == 1, out
@@ -141,24 +151,38 @@ def test_each_anomaly_is_reported_by_feature_and_fails(
     assert not report["passed"]
     assert {row["feature"] for row in report["anomalies"]} == features
     for name in features:
-        assert any(row["feature"] == name and kind in row["kind"]
-                   for row in report["anomalies"]), report["anomalies"]
+        assert any(row["feature"] == name and kind in row["kind"] for row in report["anomalies"]), (
+            report["anomalies"]
+        )
     for name in features:  # the printed report names the feature, the kind and TFDV's words
         assert any(line.split()[:1] == [name] and kind in line for line in out.splitlines()), out
     assert (folder / "validation_validation.txt").read_text() in out
     assert all(name in (folder / "anomalies_validation.pbtxt").read_text() for name in features)
     if change is one_class_only:
         # The threshold can be overridden for one run; 0 turns the drift check off.
-        assert run(validate_data, capsys, "validate", "--data_dir", folder,
-                   "--drift_threshold", "0.9")[0] == 0
-        assert run(validate_data, capsys, "validate", "--data_dir", folder,
-                   "--drift_threshold", "0")[0] == 0
-        assert run(validate_data, capsys, "validate", "--data_dir", folder,
-                   "--drift_threshold", "0.2")[0] == 1
+        assert (
+            run(
+                validate_data, capsys, "validate", "--data_dir", folder, "--drift_threshold", "0.9"
+            )[0]
+            == 0
+        )
+        assert (
+            run(validate_data, capsys, "validate", "--data_dir", folder, "--drift_threshold", "0")[
+                0
+            ]
+            == 0
+        )
+        assert (
+            run(
+                validate_data, capsys, "validate", "--data_dir", folder, "--drift_threshold", "0.2"
+            )[0]
+            == 1
+        )
 
 
-def test_a_hand_edited_schema_is_kept_and_respected(profiled_records, tmp_path, validate_data,
-                                                    capsys):
+def test_a_hand_edited_schema_is_kept_and_respected(
+    profiled_records, tmp_path, validate_data, capsys
+):
     folder = with_validation_split(profiled_records, tmp_path, wrong_size_image)
     schema_path = folder / "schema.pbtxt"
     curated = schema_path.read_text()
@@ -177,17 +201,24 @@ def test_a_hand_edited_schema_is_kept_and_respected(profiled_records, tmp_path, 
     assert run(validate_data, capsys, "validate", "--data_dir", folder)[0] == 1
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_records", "holds no TFRecord files"),
-    ("no_data_dir", "does not exist"),
-    ("no_schema", "no schema yet"),
-    ("no_training_statistics", "no statistics of the train split"),
-    ("unknown_split", "has no 'test' split (no test-*.tfrecord files); its splits: train, validation"),
-    ("mistyped_flag", "unknown flags: --drift_treshold"),
-    ("split_and_records", "--split and --records exclude each other"),
-])
-def test_bad_usage_gets_a_clear_message(case, message, converted_records, profiled_records,
-                                        tmp_path, validate_data, capsys):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_records", "holds no TFRecord files"),
+        ("no_data_dir", "does not exist"),
+        ("no_schema", "no schema yet"),
+        ("no_training_statistics", "no statistics of the train split"),
+        (
+            "unknown_split",
+            "has no 'test' split (no test-*.tfrecord files); its splits: train, validation",
+        ),
+        ("mistyped_flag", "unknown flags: --drift_treshold"),
+        ("split_and_records", "--split and --records exclude each other"),
+    ],
+)
+def test_bad_usage_gets_a_clear_message(
+    case, message, converted_records, profiled_records, tmp_path, validate_data, capsys
+):
     converted = tmp_path / "converted"
     shutil.copytree(converted_records, converted)
     arguments = {
@@ -197,8 +228,15 @@ def test_bad_usage_gets_a_clear_message(case, message, converted_records, profil
         "no_training_statistics": ["schema", "--data_dir", converted],
         "unknown_split": ["validate", "--data_dir", profiled_records, "--split", "test"],
         "mistyped_flag": ["validate", "--data_dir", profiled_records, "--drift_treshold", "0.2"],
-        "split_and_records": ["stats", "--data_dir", converted, "--split", "train",
-                              "--records", converted],
+        "split_and_records": [
+            "stats",
+            "--data_dir",
+            converted,
+            "--split",
+            "train",
+            "--records",
+            converted,
+        ],
     }[case]
     status, out, err = run(validate_data, capsys, *arguments)
     assert status == 2
@@ -209,7 +247,11 @@ def test_bad_usage_gets_a_clear_message(case, message, converted_records, profil
 def test_bad_usage_from_the_command_line_has_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "data/validate_data.py", "validate", "--data_dir", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "holds no TFRecord files" in result.stderr
@@ -218,22 +260,31 @@ def test_bad_usage_from_the_command_line_has_no_traceback(tmp_path):
 def test_help_answers_without_tensorflow():
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "data/validate_data.py", "validate", "--help"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     assert "--drift_threshold" in result.stdout and "--against" in result.stdout
     assert "tensorflow" not in result.stderr  # -X importtime lists every module imported
 
 
 def test_the_command_prints_its_report_without_the_libraries_start_up_chatter(
-        converted_records, tmp_path):
+    converted_records, tmp_path
+):
     """As `make demo` runs it (TF_CPP_MIN_LOG_LEVEL=1): this environment's TensorFlow logs CUDA
     plugin clashes and a missing TensorRT as it starts, Beam a missing python-snappy."""
     folder = tmp_path / "records"
     shutil.copytree(converted_records, folder)
     result = subprocess.run(
         [sys.executable, "data/validate_data.py", "stats", "--data_dir", str(folder)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"})
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "72 examples" in result.stdout
     for chatter in ("Unable to register", "TF-TRT", "python-snappy", "FutureWarning"):
