@@ -28,7 +28,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline, serving
+from alexnet_keras import image_headers, input_pipeline, serving
 from alexnet_keras.discovery import IMAGE_EXTENSIONS
 from alexnet_keras_base.errors import Preempted, UsageError
 from alexnet_keras_base.files import replaced_atomically
@@ -236,7 +236,7 @@ class KerasPredictor:
     def preprocess(self, image_bytes):
         """Encoded image -> float32 (227, 227, 3), or InvalidArgument (the export's checks)."""
         return input_pipeline.preprocess_for_eval(
-            serving.checked_image_bytes(image_bytes, self.max_pixels)
+            image_headers.checked_image_bytes(image_bytes, self.max_pixels)
         )
 
     def answer(self, images):

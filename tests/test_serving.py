@@ -21,7 +21,7 @@ from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
-from alexnet_keras import serving
+from alexnet_keras import image_headers, serving
 from alexnet_keras_base.layout import ExportBase
 from alexnet_keras_cli import export_model
 from commands import run_main
@@ -385,12 +385,12 @@ def oversize_jpeg(tmp_path_factory):
 def test_image_sizes_are_read_from_the_header_of_every_format():
     for image_format in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
         data = encoded(image_format, (300, 200))
-        height, width = (int(value) for value in serving.image_size_from_header(data))
+        height, width = (int(value) for value in image_headers.image_size_from_header(data))
         assert (height, width) == (200, 300), image_format
     for options in ({"lossless": True}, {"exif": b"Exif\x00\x00MM"}):  # VP8L, VP8X
         data = encoded("WEBP", (300, 200), **options)
-        assert [int(value) for value in serving.image_size_from_header(data)] == [200, 300]
-    assert [int(value) for value in serving.image_size_from_header(b"nonsense")] == [-1, -1]
+        assert [int(value) for value in image_headers.image_size_from_header(data)] == [200, 300]
+    assert [int(value) for value in image_headers.image_size_from_header(b"nonsense")] == [-1, -1]
 
 
 @pytest.fixture(scope="module")
@@ -501,11 +501,11 @@ def test_gif_frames_are_counted_by_walking_their_blocks():
         ),
         "full frames": animated_gif(moving_square, (120, 60), optimize=False),
     }
-    walk_in_graph = tf.function(serving.gif_frame_pixels)
+    walk_in_graph = tf.function(image_headers.gif_frame_pixels)
     for name, data in gifs.items():
         expected = pillow_frame_pixels(data)
         assert expected[0] >= (1 if name == "one frame" else 6), name
-        for walk in (serving.gif_frame_pixels, walk_in_graph):
+        for walk in (image_headers.gif_frame_pixels, walk_in_graph):
             assert tuple(int(value) for value in walk(data)) == expected, name
     assert (
         pillow_frame_pixels(gifs["cropped frames, loop and comment extensions"])[1] < 6 * 120 * 60
