@@ -24,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import prediction, serving
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.layout import SPLITS, DataDir, ExportBase, Feature
 from alexnet_keras_base.quiet import beam_imported_quietly
 
 with beam_imported_quietly():
@@ -73,7 +74,7 @@ class ExportModelHandler(ModelHandler):
     between the worker's threads and bundles), `run_inference` on each batch of `Image`s ->
     one (row, fc7 or None) per image."""
 
-    def __init__(self, export_dir, batch_size=64, top_k=prediction.DEFAULT_TOP_K, features=False):
+    def __init__(self, export_dir, batch_size=64, top_k=TOP_K, features=False):
         super().__init__()
         self._export_dir = str(export_dir)
         self._batch_size = int(batch_size)
@@ -223,7 +224,7 @@ def build(
     output_prefix,
     output_suffix,
     features_dir=None,
-    top_k=prediction.DEFAULT_TOP_K,
+    top_k=TOP_K,
 ):
     """The job's transforms on `pipeline`: rows to OUT-SSSSS-of-NNNNN.SUFFIX, fc7 (when the
     handler answers it) to features_dir."""
@@ -401,8 +402,8 @@ def run(
     output,
     inputs,
     batch_size=64,
-    top_k=prediction.DEFAULT_TOP_K,
-    splits=("train", "validation"),
+    top_k=TOP_K,
+    splits=SPLITS,
     features_dir=None,
     overwrite=False,
     log=print,

@@ -15,7 +15,8 @@ import pathlib
 
 import numpy as np
 
-from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
+from alexnet_keras.layers import LRN_CAFFE
+from alexnet_keras.model import GROUPS, build_alexnet, layer_widths
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,
     POOL_METHODS,

@@ -27,11 +27,11 @@ from alexnet_keras import input_pipeline
 from alexnet_keras.gradcam import GradCam, overlay
 from alexnet_keras.plots import pyplot, save_figure
 from alexnet_keras.progress import progress_bar
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import replaced_atomically, write_text_atomically
-from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_base.layout import VALIDATION, DataDir, ExportBase, RunDir
 
-TOP_K = 5
 MOST_CONFUSED_PAIRS = 10
 MAX_HEATMAP_CLASSES = 100  # above this, the heatmap shows the most confused classes only
 HEATMAP_SUBSET = 30
@@ -70,8 +70,6 @@ def keras_probabilities(model):
 def resolve_model_path(path, best=False):
     """A `.keras` file, a training run folder (its alexnet.keras, or alexnet_best.keras with
     `best`), an export version folder, or an export base (its highest version)."""
-    from alexnet_keras.serving import export_version_dir
-
     path = pathlib.Path(path)
     if not path.exists():
         raise UsageError(f"--model {path} does not exist")
@@ -79,7 +77,7 @@ def resolve_model_path(path, best=False):
         run_model = RunDir(path).model_file(best)
         if run_model.is_file():
             return run_model
-        export = export_version_dir(path)
+        export = ExportBase.resolve(path)
         if export is not None:
             return export
         raise UsageError(
@@ -95,7 +93,6 @@ def load_model(path, best=False):
     """-> LoadedModel for whatever `resolve_model_path` accepts."""
     import keras
 
-    import alexnet_keras  # noqa: F401  (registers the custom layers)
     from alexnet_keras.serving import PREDICT_PIXELS
 
     path = resolve_model_path(path, best)
@@ -283,7 +280,7 @@ def evaluate(
 def evaluate_model(
     model_path,
     data_dir,
-    split="validation",
+    split=VALIDATION,
     batch_size=64,
     ten_crops=False,
     best=False,
@@ -292,15 +289,8 @@ def evaluate_model(
     """Loads a model (see `resolve_model_path`) and evaluates it on a split of the
     converter's output folder; -> the full report dict."""
     data_dir = pathlib.Path(data_dir)
-    info = input_pipeline.load_dataset_info(data_dir)
-    if split not in info["num_examples"] or not info["num_examples"][split]:
-        raise UsageError(
-            f"{data_dir} has no {split!r} split (it has: "
-            f"{', '.join(name for name, count in info['num_examples'].items() if count)})"
-        )
+    info = DataDir(data_dir).checked(splits=(split,))
     pattern = DataDir(data_dir).shard_pattern(split)
-    if not tf.io.gfile.glob(pattern):
-        raise UsageError(f"{data_dir} has no {DataDir.shard_glob(split)} files")
     model = load_model(model_path, best)
     if model.num_classes != info["num_classes"]:
         raise UsageError(

@@ -30,7 +30,7 @@ from alexnet_keras.progress import progress_bar
 from alexnet_keras.steps import weights_fingerprint
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import process_alive, replaced_atomically, write_text_atomically
-from alexnet_keras_base.layout import DataDir, Feature
+from alexnet_keras_base.layout import TRAIN, VALIDATION, DataDir, Feature
 
 KERNELS_FILE = "conv1_kernels.png"
 NEIGHBOURS_FILE = "nearest_neighbours.png"
@@ -204,7 +204,7 @@ def _layer(model, name):
         ) from None
 
 
-def data_identity(data_dir, split="train"):
+def data_identity(data_dir, split=TRAIN):
     """A digest of dataset.json and the names and sizes of the split's shards."""
     data_dir = pathlib.Path(data_dir)
     digest = hashlib.sha256(DataDir(data_dir).dataset_file.read_bytes())
@@ -289,13 +289,13 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
         "crop": "central",
         "dtype": "float16",
     }
-    files = _shards(data_dir, "train")
+    files = _shards(data_dir, TRAIN)
     cached = _cached_features(features_path, index_path, info_path, identity, files)
     if cached is not None:
         log(f"reusing {features_path} ({cached.labels.size} training images)")
         return features_path, cached
 
-    expected = input_pipeline.load_dataset_info(data_dir)["num_examples"].get("train", 0)
+    expected = input_pipeline.load_dataset_info(data_dir)["num_examples"].get(TRAIN, 0)
     if not expected:
         raise UsageError(f"{data_dir} has no training images to search")
     extractor = feature_extractor(model)
@@ -503,7 +503,7 @@ def write_neighbour_figures(
     features_path, train_index = train_features(
         model, data_dir, output_dir, batch_size, progress, log
     )
-    validation = index_records(data_dir, "validation")
+    validation = index_records(data_dir, VALIDATION)
     queries = [
         _read_example(validation.files, validation.shard[index], validation.position[index])
         for index in choose_queries(validation.labels, seed=seed)
@@ -547,14 +547,14 @@ def write_neighbour_figures(
 
 def _without_images(row, class_names):
     described = {
-        "split": "validation",
+        "split": VALIDATION,
         "filename": row["filename"],
         "label": row["label"],
         "class": class_names[row["label"]],
     }
     described["neighbours"] = [
         {
-            "split": "train",
+            "split": TRAIN,
             "filename": neighbour["filename"],
             "label": neighbour["label"],
             "class": class_names[neighbour["label"]],
@@ -630,16 +630,9 @@ def write_figures(
     cache) into `output_dir` for a .keras file or a training run folder."""
     import keras
 
-    import alexnet_keras  # noqa: F401  (registers the custom layers)
-
     model = keras.models.load_model(keras_model_path(model_path, best))
-    info = input_pipeline.load_dataset_info(data_dir)
-    for split in ("train", "validation"):
-        if not info["num_examples"].get(split):
-            raise UsageError(
-                f"{data_dir} has no {split!r} split: the nearest-neighbour "
-                f"figure searches the training images for validation images"
-            )
+    # The nearest-neighbour figure searches the training images for validation images.
+    info = DataDir(data_dir).checked()
     output_dir = pathlib.Path(output_dir)
     write_kernel_figure(model, output_dir / KERNELS_FILE)
     write_neighbour_figures(

@@ -7,8 +7,10 @@ dtype policy. Callers apply the softmax (the serving signature does).
 
 import keras
 
+from alexnet_keras.input_pipeline import CROP_SIZE
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
+    LRN_PAPER,
     FullyConnected,
     GroupedConv2D,
     LocalResponseNormalization,
@@ -16,16 +18,13 @@ from alexnet_keras.layers import (
 )
 from alexnet_keras_base import config
 
-# The paper's input is 227x227 (its figure says 224). Smaller inputs cannot reach the
-# 6x6 map that pool5 hands to fc6.
-IMAGE_SIZE = 227
+# The paper's input is 227x227 (its figure says 224): input_pipeline.CROP_SIZE. Smaller
+# inputs cannot reach the 6x6 map that pool5 hands to fc6.
+IMAGE_SIZE = CROP_SIZE
 MIN_IMAGE_SIZE = 227
 GROUPS = 2  # the paper's two-GPU split of conv2, conv4 and conv5
 # "zeros" builds a network that the weight import fills (it draws no random numbers).
 KERNEL_INITIALIZERS = (*config.KERNEL_INITIALIZERS, "zeros")
-# Local response normalization constants in TensorFlow's terms (alpha not divided by the
-# window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
-# alpha 1e-4 divided by the window, beta 0.75, k 1.
 # The paper's channels per layer (fc8's are the classes'); width_multiplier scales them.
 PAPER_WIDTHS = {
     "conv1": 96,
@@ -36,8 +35,6 @@ PAPER_WIDTHS = {
     "fc6": 4096,
     "fc7": 4096,
 }
-LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
-LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
 
 
 def build_alexnet(

@@ -30,11 +30,11 @@ import tensorflow as tf
 
 from alexnet_keras import image_headers, input_pipeline, serving
 from alexnet_keras.discovery import IMAGE_EXTENSIONS
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import Preempted, UsageError
 from alexnet_keras_base.files import replaced_atomically
-from alexnet_keras_base.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.layout import SPLITS, DataDir, ExportBase, Feature
 
-DEFAULT_TOP_K = 5
 FC7 = serving.FC7
 FEATURES_SIGNATURE = serving.FEATURES
 RECORD_SEPARATOR = "#"  # a record's row path: <shard path>#<the source file it was made from>
@@ -46,7 +46,7 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # gs://, s3://, ...
 # === Rows ===
 
 
-def top_k_rows(paths, probabilities, labels, top_k=DEFAULT_TOP_K, true_labels=None):
+def top_k_rows(paths, probabilities, labels, top_k=TOP_K, true_labels=None):
     """One answered row per path, from probabilities (batch, classes) and the class names."""
     probabilities = np.asarray(probabilities, np.float32)
     top_k = min(top_k, probabilities.shape[-1])
@@ -154,7 +154,7 @@ def _image_files_under(folder):
     return found
 
 
-def list_inputs(inputs, splits=("train", "validation")):
+def list_inputs(inputs, splits=SPLITS):
     """Image files, folders (searched recursively) and records folders (their `splits`) ->
     sources, in the order given. Local paths and any `tf.io.gfile` scheme (gs://, ...)."""
     sources = []
@@ -289,7 +289,6 @@ def load_predictor(
     """A `.keras` file, a run folder, an export version or base -> a predictor."""
     import keras
 
-    import alexnet_keras  # noqa: F401  (registers the custom layers)
     from alexnet_keras.evaluation import resolve_model_path
 
     path = resolve_model_path(model_path, best)
@@ -709,7 +708,7 @@ class Summary:
     labelled: int = 0  # answered rows with a true label
     top1_errors: int = 0
     top5_errors: int = 0
-    top_k: int = DEFAULT_TOP_K
+    top_k: int = TOP_K
 
     def add(self, row):
         self.rows += 1
@@ -735,7 +734,7 @@ def predict(
     predictor,
     output,
     batch_size=64,
-    top_k=DEFAULT_TOP_K,
+    top_k=TOP_K,
     features_dir=None,
     explain_dir=None,
     overwrite=False,

@@ -32,6 +32,7 @@ import tensorflow as tf
 from alexnet_keras import input_pipeline
 from alexnet_keras.image_headers import checked_image_bytes
 from alexnet_keras_base.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import process_alive
 from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
@@ -42,7 +43,6 @@ FEATURES = "features"
 IMAGE_BYTES = "image_bytes"
 PIXELS = "images"
 FC7 = "fc7"  # the layer whose activations `features` answers, and the output's name
-TOP_K = 5
 WARMUP_BATCH_SIZES = (1, 32)
 # TF Serving warms only the signatures it is given records for. The two on image bytes get
 # them; predict_pixels' would carry 0.6 MB of float pixels an image in every export.
@@ -215,12 +215,6 @@ def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES, signatures=WARMUP
 # === Export folder ===
 
 _TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-")
-
-
-def export_version_dir(path):
-    """`path` if it is an export version (it holds saved_model.pb), the highest version if
-    it is an export base, else None."""
-    return ExportBase.resolve(path)
 
 
 def remove_stale_temporaries(export_base):

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
+from alexnet_keras.optimizer import PaperSGD
 
 
 def build_optimizer(config, model):

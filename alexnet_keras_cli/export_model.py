@@ -64,7 +64,6 @@ def main(argv=None):
     import_tensorflow_quietly()
     import keras
 
-    import alexnet_keras  # noqa: F401  (registers the custom layers)
     from alexnet_keras import serving
 
     model_path = pathlib.Path(args.model)

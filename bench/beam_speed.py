@@ -28,9 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from serving_speed import photo_jpeg
 
+from common import print_results  # also puts the checkout on sys.path
+
 from alexnet_keras import build_alexnet, prediction, serving
 from alexnet_keras_cli import predict
-from common import print_results  # also puts the checkout on sys.path
 
 
 def parse_args():

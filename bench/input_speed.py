@@ -21,8 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline
 from common import print_results, synthetic_records  # also puts the checkout on sys.path
+
+from alexnet_keras import input_pipeline
 
 BATCH = 128
 

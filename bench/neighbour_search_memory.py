@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 import common  # makes alexnet_keras importable
+
 from alexnet_keras import figures
 
 

@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 from serving_speed import photo_jpeg
 
-from alexnet_keras import build_alexnet, prediction
 from common import cpu_name, print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import build_alexnet, prediction
 
 
 class BatchClock:

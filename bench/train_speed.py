@@ -25,11 +25,12 @@ tf.config.set_logical_device_configuration(
 
 import keras
 
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
+
 from alexnet_keras import input_pipeline
 from alexnet_keras.model import build_alexnet
 from alexnet_keras.steps import make_step_functions
 from alexnet_keras_base.config import PRESETS
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
 
 BATCH = 32
 

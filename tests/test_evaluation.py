@@ -297,7 +297,7 @@ def test_bad_usage_gets_a_message_and_no_traceback(
         (["--model", five_classes], "predicts 5 classes but"),
         (["--model", model_file, "--split", "test"], "has no 'test' split"),
         (["--model", tmp_path], "holds neither alexnet.keras"),
-        (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "dataset.json not found"),
+        (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "nowhere does not exist"),
     ]
     for index, (arguments, message) in enumerate(cases):
         if "--data_dir" not in arguments:

@@ -20,7 +20,7 @@ from test_serving import encoded, keras_reference
 import alexnet_keras
 from alexnet_keras import caffe_weights, serving
 from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN
-from alexnet_keras.model import LRN_PAPER
+from alexnet_keras.layers import LRN_PAPER
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_cli import evaluate as evaluate_cli
 from alexnet_keras_cli import export_model as export_cli
