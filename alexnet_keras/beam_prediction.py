@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import prediction, serving
+from alexnet_keras import prediction, prediction_inputs, prediction_outputs, predictors, serving
 from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import SPLITS, DataDir, ExportBase, Feature
@@ -82,7 +82,7 @@ class ExportModelHandler(ModelHandler):
         self._features = features
 
     def load_model(self):
-        return prediction.ExportPredictor(self._export_dir, self._features)
+        return predictors.ExportPredictor(self._export_dir, self._features)
 
     def run_inference(self, batch, model, inference_args=None):
         if not getattr(model, "counted", False):
@@ -129,7 +129,7 @@ class ReadImage(beam.DoFn):
 
     def process(self, readable_file):
         path = readable_file.metadata.path
-        true_label = prediction.true_label_for(path, self._classes)
+        true_label = prediction_inputs.true_label_for(path, self._classes)
         try:
             yield Image(path, true_label, readable_file.read())
         except OSError as error:
@@ -142,7 +142,7 @@ def _is_answered_file(folder, path):
     """Whether a file under `folder` is one the local command answers: an image name, no
     hidden folder on the way."""
     relative = path[len(folder) :].lstrip("/")
-    return prediction.is_image_name(path) and not any(
+    return prediction_inputs.is_image_name(path) and not any(
         part.startswith(".") for part in relative.split("/")[:-1]
     )
 
@@ -157,7 +157,7 @@ def _record_image(class_names):
         source = source[0].decode(errors="replace") if source else ""
         label = feature[Feature.LABEL].int64_list.value[0]
         return Image(
-            f"{filename}{prediction.RECORD_SEPARATOR}{source}",
+            f"{filename}{prediction_inputs.RECORD_SEPARATOR}{source}",
             class_names[label],
             feature[Feature.ENCODED].bytes_list.value[0],
         )
@@ -181,24 +181,24 @@ def plan_inputs(inputs, labels, splits):
     here; the workers match and read the rest."""
     patterns, records, unreadable = [], [], []
     for item in map(str, inputs):
-        if FileSystems.exists(prediction.join_path(item, DataDir.DATASET)):
+        if FileSystems.exists(prediction_inputs.join_path(item, DataDir.DATASET)):
             shard_patterns = [
-                prediction.join_path(item, DataDir.shard_glob(split)) for split in splits
+                prediction_inputs.join_path(item, DataDir.shard_glob(split)) for split in splits
             ]
             if not any(result.metadata_list for result in FileSystems.match(shard_patterns)):
                 raise UsageError(f"records folder {item} has no shards of {', '.join(splits)}")
-            with FileSystems.open(prediction.join_path(item, DataDir.LABELS)) as handle:
+            with FileSystems.open(prediction_inputs.join_path(item, DataDir.LABELS)) as handle:
                 class_names = handle.read().decode().splitlines()
             records.append((shard_patterns, class_names))
         elif _is_file(item):
             patterns.append((item, None))
-        elif FileSystems.match([prediction.join_path(item, "**")])[0].metadata_list:
-            patterns.append((prediction.join_path(item, "**"), item))
+        elif FileSystems.match([prediction_inputs.join_path(item, "**")])[0].metadata_list:
+            patterns.append((prediction_inputs.join_path(item, "**"), item))
         elif _is_local_symlink(item):  # dangling: the local command gives it an error row
             try:
                 open(item, "rb").close()
             except OSError as error:
-                true_label = prediction.true_label_for(item, frozenset(labels))
+                true_label = prediction_inputs.true_label_for(item, frozenset(labels))
                 unreadable.append(prediction.error_row(item, read_error_message(error), true_label))
             else:  # its target appeared since
                 patterns.append((item, None))
@@ -213,7 +213,7 @@ def _is_file(path):
 
 
 def _is_local_symlink(path):
-    return not prediction.is_remote(path) and pathlib.Path(path).is_symlink()
+    return not prediction_inputs.is_remote(path) and pathlib.Path(path).is_symlink()
 
 
 def build(
@@ -263,7 +263,7 @@ def build(
     )
     if output_suffix.lower() == ".csv":
         lines = rows | "Format" >> beam.Map(_csv_line, top_k)
-        header = ",".join(prediction.csv_header(top_k))
+        header = ",".join(prediction_outputs.csv_header(top_k))
     else:
         lines, header = rows | "Format" >> beam.Map(json.dumps), None
     lines | "Write" >> beam.io.WriteToText(
@@ -283,7 +283,7 @@ def build(
             | "Index lines" >> beam.Map(_csv_text)
             | "Write index"
             >> beam.io.WriteToText(
-                prediction.join_path(features_dir, prediction.FEATURES_INDEX),
+                prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX),
                 shard_name_template="",
                 num_shards=1,
                 header="path,file,row",
@@ -303,7 +303,7 @@ def _csv_text(values):
 
 
 def _csv_line(row, top_k):
-    return _csv_text(prediction.csv_row(row, top_k))
+    return _csv_text(prediction_outputs.csv_row(row, top_k))
 
 
 class WriteFeatureShards(beam.DoFn):
@@ -323,7 +323,7 @@ class WriteFeatureShards(beam.DoFn):
         row, fc7 = answer
         self._paths.append(row["path"])
         self._features.append(fc7)
-        if len(self._paths) == prediction.FEATURES_PER_SHARD:
+        if len(self._paths) == prediction_outputs.FEATURES_PER_SHARD:
             yield from self._write()
 
     def finish_bundle(self):
@@ -336,10 +336,10 @@ class WriteFeatureShards(beam.DoFn):
         name = f"features-{uuid.uuid4().hex[:16]}.npy"
         buffer = io.BytesIO()
         np.save(buffer, np.stack(self._features).astype(np.float32))
-        temporary = prediction.join_path(self._folder, f".{name}.partial")
+        temporary = prediction_inputs.join_path(self._folder, f".{name}.partial")
         with FileSystems.create(temporary) as handle:
             handle.write(buffer.getvalue())
-        FileSystems.rename([temporary], [prediction.join_path(self._folder, name)])
+        FileSystems.rename([temporary], [prediction_inputs.join_path(self._folder, name)])
         paths, self._paths, self._features = self._paths, [], []
         for row, path in enumerate(paths):
             yield path, name, row
@@ -354,7 +354,7 @@ def resolve_export(model):
     from tensorflow.python.saved_model import loader_impl
 
     model = str(model)
-    if not prediction.is_remote(model):
+    if not prediction_inputs.is_remote(model):
         from alexnet_keras.evaluation import resolve_model_path
 
         path = resolve_model_path(model)
@@ -379,12 +379,16 @@ def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrit
         for result in FileSystems.match([f"{output_prefix}-*-of-*{output_suffix}"])
         for metadata in result.metadata_list
     ]
-    index = prediction.join_path(features_dir, prediction.FEATURES_INDEX) if features_dir else None
+    index = (
+        prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX)
+        if features_dir
+        else None
+    )
     if index and FileSystems.exists(index):
         old += [index] + [
             metadata.path
             for metadata in FileSystems.match(
-                [prediction.join_path(features_dir, "features-*.npy")]
+                [prediction_inputs.join_path(features_dir, "features-*.npy")]
             )[0].metadata_list
         ]
     if old and not overwrite:
@@ -415,7 +419,11 @@ def run(
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
     output = str(output)
     suffix = next(
-        (suffix for suffix in prediction.RowsOutput.FORMATS if output.lower().endswith(suffix)),
+        (
+            suffix
+            for suffix in prediction_outputs.RowsOutput.FORMATS
+            if output.lower().endswith(suffix)
+        ),
         None,
     )
     if suffix is None:
@@ -429,7 +437,7 @@ def run(
             f"with export/export_model.py"
         )
     with tf.io.gfile.GFile(
-        prediction.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")
+        prediction_inputs.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")
     ) as handle:
         labels = handle.read().splitlines()
     plan = plan_inputs(inputs, labels, splits)

@@ -181,12 +181,12 @@ def main(argv=None):
     import_tensorflow_quietly()
     if args.runner:
         return _run_on_beam(args)
-    from alexnet_keras import prediction
+    from alexnet_keras import prediction, prediction_inputs, predictors
 
-    predictor = prediction.load_predictor(
+    predictor = predictors.load_predictor(
         args.model, args.labels, args.max_pixels, features=args.features_dir is not None
     )
-    sources = prediction.list_inputs(args.inputs, SPLITS[args.split])
+    sources = prediction_inputs.list_inputs(args.inputs, SPLITS[args.split])
     settings = {
         "model": str(args.model),
         "inputs": [str(item) for item in args.inputs],

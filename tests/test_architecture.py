@@ -116,7 +116,9 @@ def test_the_module_graph_on_the_architecture_page_is_the_codes():
     assert {"layers", "training", "layout", "alexnet_keras", "train"} <= set(code)
     assert "layers" in code["model"][0]  # the walk finds imports
     page = page_graph((REPO_ROOT / ARCHITECTURE).read_text())
-    assert differences(code, page) == [], f"mend the graph in {ARCHITECTURE}"
+    assert differences(code, page) == [], (
+        f"mend the graph in {ARCHITECTURE} (`python tests/test_architecture.py` prints the code's)"
+    )
 
 
 def test_the_graph_check_can_fail():
@@ -146,3 +148,33 @@ def test_layers_point_one_way():
             if PACKAGES.index(package_of[target]) > level
         ]
     assert upward == []
+
+
+def render(graph, repo_root=REPO_ROOT):
+    """The graph in the page's form, each package's modules from those that import none of
+    the package's own upwards."""
+    known = package_modules(repo_root)
+    depth = {}
+
+    def floor(name):
+        if name not in depth:
+            depth[name] = 0  # no cycles, but never recurse forever
+            same = [dep for dep in set().union(*graph[name]) if known[dep][0] == known[name][0]]
+            depth[name] = 1 + max((floor(dep) for dep in same), default=-1)
+        return depth[name]
+
+    lines = []
+    for package in PACKAGES:
+        lines.append(f"{package}/:")
+        for name in sorted(
+            (n for n in graph if known[n][0] == package), key=lambda n: (floor(n), n)
+        ):
+            top, inner = graph[name]
+            line = f"  {name:<17} -> {', '.join(sorted(top))}"
+            lines.append(line + (f"   [{', '.join(sorted(inner))}]" if inner else ""))
+        lines.append("")
+    return "\n".join(line.rstrip() for line in lines).rstrip()
+
+
+if __name__ == "__main__":
+    print(render(code_graph(REPO_ROOT)))
