@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import figures, finetune, history, input_pipeline
+from alexnet_keras import finetune, history, input_pipeline, kernel_figure
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.layers import LRN_PAPER
 from alexnet_keras.model import build_alexnet, mean_layer
@@ -581,7 +581,7 @@ def _train(
         raise peer_lost(error, int(step.numpy()), model_dir) from None
     if chief:
         _save_model(model, RunDir(model_dir).model_file())
-        figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
+        kernel_figure.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
     log(f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}")
     return results
 
