@@ -8,9 +8,7 @@ Ranking: classes are ordered by probability, ties broken by the lower class inde
 `tf.math.top_k` and the serving signature's top-5 do). Top-1 is the first class, top-5 the
 first five; the confusion matrix counts (true class, top-1 class).
 
-For a Keras model the report folder also shows a few images of the most confused pairs with
-their Grad-CAM heatmaps (`most_confused_images.png`); an exported SavedModel has no gradients
-to draw them with.
+The report folder that evaluate.py writes from these sums is evaluation_report.py's.
 """
 
 import dataclasses
@@ -237,8 +235,8 @@ def evaluate(
     `progress(total, description)` may return a tqdm-like bar."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-    dataset = input_pipeline.make_dataset(
-        file_pattern, batch_size, training=False, num_examples=num_examples, ten_crops=ten_crops
+    dataset = input_pipeline.make_eval_dataset(
+        file_pattern, batch_size, num_examples=num_examples, ten_crops=ten_crops
     )
     sums = EvaluationSums(num_classes)
     with progress_bar(progress, num_examples, "evaluating") as bar:

@@ -152,7 +152,7 @@ def read_evaluation_crops(file_pattern, positions, batch_size=64):
         return np.zeros((0, PANEL_SIZE, PANEL_SIZE, 3), np.uint8)
     wanted = set(positions)
     found = {}
-    dataset = input_pipeline.make_dataset(file_pattern, batch_size, training=False)
+    dataset = input_pipeline.make_eval_dataset(file_pattern, batch_size)
     start = 0
     for images, _ in dataset:
         for position in wanted & set(range(start, start + len(images))):

@@ -521,10 +521,9 @@ def _train(
 
     def train_dataset(context):
         # A resumed run reshuffles with a new seed instead of replaying the first batches.
-        return input_pipeline.make_dataset(
+        return input_pipeline.make_train_dataset(
             train_pattern,
             config.global_batch_size,
-            training=True,
             input_context=context,
             pca=pca,
             shuffle_buffer=config.shuffle_buffer,
@@ -538,10 +537,9 @@ def _train(
         # Repeated, and read val_batches at a time: each epoch's pass is the same full batches
         # (padded) from one iterator, made once, where a new iterator per epoch made
         # TensorFlow's input code log a warning every few epochs.
-        return input_pipeline.make_dataset(
+        return input_pipeline.make_eval_dataset(
             DataDir(data_dir).shard_pattern(VALIDATION),
             config.global_batch_size,
-            training=False,
             input_context=context,
             num_examples=val_count,
         ).repeat()

@@ -71,16 +71,12 @@ def main():
         pattern = str(records / "train-*")
 
         def from_records(context):
-            return input_pipeline.make_dataset(
-                pattern, BATCH, training=True, input_context=context, pca=pca, shuffle_buffer=500
+            return input_pipeline.make_train_dataset(
+                pattern, BATCH, input_context=context, pca=pca, shuffle_buffer=500
             )
 
         held = next(
-            iter(
-                input_pipeline.make_dataset(
-                    pattern, BATCH, training=True, pca=pca, shuffle_buffer=500
-                )
-            )
+            iter(input_pipeline.make_train_dataset(pattern, BATCH, pca=pca, shuffle_buffer=500))
         )
 
         def in_memory(context):

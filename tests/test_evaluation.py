@@ -333,7 +333,7 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
     images, labels = zip(
         *(
             (images.numpy(), labels.numpy())
-            for images, labels in input_pipeline.make_dataset(pattern, 16, training=False)
+            for images, labels in input_pipeline.make_eval_dataset(pattern, 16)
         )
     )
     images, labels = np.concatenate(images), np.concatenate(labels)

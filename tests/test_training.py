@@ -353,7 +353,7 @@ def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryab
 def test_a_worker_failing_on_its_own_error_fails_permanently(
     synthetic_records, tmp_path, python, repo_root
 ):
-    """Not a lost peer: the training shards that only the chief reads (make_dataset gives
+    """Not a lost peer: the training shards that only the chief reads (make_train_dataset gives
     worker i every other file from i) hold labels outside the classes. The chief stops on
     TensorFlow's own error with a permanent status (below 128), so a job controller does not
     restart the job; worker 1 reports the chief lost, which is what it sees."""
