@@ -136,6 +136,40 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
         f"computing fc7 of {expected} training images -> {features_path} "
         f"({expected * dimension * 2 / 1e9:.2f} GB)"
     )
+    info_path.unlink(missing_ok=True)  # from here on, whatever is in cache_dir is stale
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(features_path)
+    needed = expected * dimension * 2
+    available = shutil.disk_usage(cache_dir).free
+    if needed > available:
+        raise UsageError(
+            f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
+            f"{available / 1e9:.1f} GB free: pass another --output_dir"
+        )
+    labels, shard_of, position_of = _write_features(
+        features_path, extractor, data_dir, files, expected, batch_size, progress
+    )
+    with replaced_atomically(index_path) as temporary:
+        np.savez(temporary, labels=labels, shard=shard_of, position=position_of)
+    write_text_atomically(
+        info_path,
+        json.dumps(
+            {
+                **identity,
+                "data_dir": str(data_dir),
+                "rows": expected,
+                "dimension": dimension,
+                "files": [pathlib.Path(name).name for name in files],
+            },
+            indent=2,
+        ),
+    )
+    return features_path, RecordIndex(files, labels, shard_of, position_of)
+
+
+def _write_features(features_path, extractor, data_dir, files, expected, batch_size, progress):
+    """Writes fc7 of the `expected` training images of `files` (float16, central crops) to
+    `features_path` atomically; -> the (labels, shards, positions) of its rows."""
     compute = tf.function(lambda images: tf.cast(extractor(images, training=False), tf.float16))
     dataset = (
         _located_records(files)
@@ -147,16 +181,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    info_path.unlink(missing_ok=True)  # from here on, whatever is in cache_dir is stale
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_temporaries(features_path)
-    needed = expected * dimension * 2
-    available = shutil.disk_usage(cache_dir).free
-    if needed > available:
-        raise UsageError(
-            f"{features_path} needs {needed / 1e9:.1f} GB but {cache_dir} has "
-            f"{available / 1e9:.1f} GB free: pass another --output_dir"
-        )
+    dimension = int(extractor.output.shape[-1])
     labels = np.empty(expected, np.int32)
     shard_of = np.empty(expected, np.int32)
     position_of = np.empty(expected, np.int64)
@@ -186,22 +211,7 @@ def train_features(model, data_dir, cache_dir, batch_size=64, progress=None, log
                 bar.update(count)
         if rows != expected:
             raise UsageError(_count_mismatch(data_dir, expected, f"only {rows}"))
-    with replaced_atomically(index_path) as temporary:
-        np.savez(temporary, labels=labels, shard=shard_of, position=position_of)
-    write_text_atomically(
-        info_path,
-        json.dumps(
-            {
-                **identity,
-                "data_dir": str(data_dir),
-                "rows": expected,
-                "dimension": dimension,
-                "files": [pathlib.Path(name).name for name in files],
-            },
-            indent=2,
-        ),
-    )
-    return features_path, RecordIndex(files, labels, shard_of, position_of)
+    return labels, shard_of, position_of
 
 
 def _remove_abandoned_temporaries(path):
