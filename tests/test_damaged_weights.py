@@ -1,0 +1,491 @@
+"""Damaged weight files: a seeded fuzz of a bvlc_alexnet `.caffemodel`, a `bvlc_alexnet.npy`
+and Caffe's two mean files (structural bytes, truncations, byte flips), and pickles that name
+code to run. Each file is read or refused with a UsageError: never another exception, never
+longer than SECONDS_PER_FILE, never more memory than a bound relative to its size
+(tracemalloc, which numpy's allocations report to), never code run from the pickle.
+
+Most files go through the reading and checking layers and the conversion to our layouts
+(`caffe_weights.checked_weights`, `to_keras_weights`); every FULL_IMPORT_EVERY-th goes the
+whole way through `caffe_weights.import_weights`, model and file included."""
+
+import contextlib
+import io
+import os
+import pickle
+import pickletools
+import random
+import signal
+import struct
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from alexnet_keras import caffe_weights, weight_files
+from alexnet_keras_base.errors import UsageError
+from caffe_files import random_weights, write_caffemodel, write_npy
+
+SEED = 1729
+WIDTH = 0.0625  # the narrowest bvlc_alexnet the model builds: files of 0.9 MB
+NUM_CLASSES = 4
+MUTATIONS = 300  # of each weights file; 60 of each mean file
+FULL_IMPORT_EVERY = 25
+SECONDS_PER_FILE = 2.0  # reading takes milliseconds
+FULL_IMPORT_SECONDS = 30.0
+MEMORY_PER_FILE_BYTE = 3  # traced peak, beyond MEMORY_SLACK
+MEMORY_SLACK = 2_000_000
+HUGE = (2**31 - 1, 2**32 - 1, 2**60, 2**64 - 1)
+
+
+# === Where a file's structure is: protobuf fields, pickle opcodes ===
+
+
+def _varint(data, position):
+    value = shift = 0
+    while True:
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if byte < 0x80:
+            return value, position
+
+
+def _encode_varint(value):
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
+
+
+# caffe.proto's messages the walk enters, by (enclosing message, field number); the other
+# length-delimited fields of a layer (name, type, bottom, top) are text.
+_MESSAGES = {
+    ("net", 100): "layer",
+    ("layer", 7): "blob",
+    ("blob", 7): "shape",
+    **{("layer", number): "parameter" for number in (6, 8, 106, 108, 117, 118, 121)},
+}
+_TEXT = {("layer", number) for number in (1, 2, 3, 4)}
+
+
+def protobuf_landmarks(data, start=0, end=None, message="net", found=None):
+    """{"key", "length", "varint", "text": [(start, end)]} of a .caffemodel's bytes."""
+    found = found or {"key": [], "length": [], "varint": [], "text": []}
+    position, end = start, len(data) if end is None else end
+    while position < end:
+        key, after = _varint(data, position)
+        found["key"].append((position, after))
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value_end = _varint(data, after)[1]
+            found["varint"].append((after, value_end))
+            position = value_end
+        elif wire_type == 2:
+            length, payload = _varint(data, after)
+            found["length"].append((after, payload))
+            inner = _MESSAGES.get((message, number))
+            if inner:
+                protobuf_landmarks(data, payload, payload + length, inner, found)
+            elif (message, number) in _TEXT:
+                found["text"].append((payload, payload + length))
+            elif message == "shape":  # packed dims
+                inner_position = payload
+                while inner_position < payload + length:
+                    value_end = _varint(data, inner_position)[1]
+                    found["varint"].append((inner_position, value_end))
+                    inner_position = value_end
+            position = payload + length
+        else:
+            position = after + (4 if wire_type == 5 else 8)
+    return found
+
+
+def pickle_landmarks(data, start):
+    """[(opcode name, opcode position, end of its argument)] of the pickle at data[start:]."""
+    operations = list(pickletools.genops(io.BytesIO(data[start:])))
+    ends = [position for _, _, position in operations[1:]] + [len(data) - start]
+    return [
+        (opcode.name, start + position, start + end)
+        for (opcode, _, position), end in zip(operations, ends)
+    ]
+
+
+# === Mutations, each a (class, description, bytes) ===
+
+
+def _replace(data, span, new):
+    return data[: span[0]] + new + data[span[1] :]
+
+
+def caffemodel_mutations(data, rng, count):
+    marks = protobuf_landmarks(data)
+    texts = [bytes(data[a:b]) for a, b in marks["text"]]
+    structure = [span for spans in marks.values() for span in spans]
+    for index in range(count):
+        kind = ("key", "length", "varint", "text", "truncation", "flip")[index % 6]
+        if kind == "key":
+            span = rng.choice(marks["key"])
+            number = rng.choice((0, 1, 2, 3, 4, 5, 7, 100, 106, 117, rng.randrange(1, 600)))
+            new = _encode_varint(number << 3 | rng.randrange(8))
+        elif kind in ("length", "varint"):
+            span = rng.choice(marks[kind])
+            old = _varint(data, span[0])[0]
+            choices = (0, 1, max(old - 1, 0), old + 1, rng.randrange(2 * old + 2), *HUGE)
+            new = _encode_varint(rng.choice(choices))
+        elif kind == "text":
+            span = rng.choice(marks["text"])
+            new = rng.choice(
+                (rng.choice(texts), rng.randbytes(span[1] - span[0]), b"\xff\xfe", b"")
+            )
+        if kind in ("key", "length", "varint", "text"):
+            yield kind, f"{kind} at {span[0]} -> {new[:12]!r}", _replace(data, span, new)
+        elif kind == "truncation":
+            cut = rng.choice((rng.randrange(len(data)), rng.choice(marks["key"])[0]))
+            yield kind, f"cut at {cut}", data[:cut]
+        else:
+            yield kind, *_flipped(data, rng, structure)
+
+
+def _flipped(data, rng, structure):
+    """1 to 4 bytes XORed with random values: anywhere, or (half the time) among the bytes
+    of `structure`'s spans, since most of a weights file is the weights' own bytes."""
+    positions = [range(a, b) for a, b in structure] if rng.random() < 0.5 else [range(len(data))]
+    mutated = bytearray(data)
+    positions = [rng.choice(rng.choice(positions)) for _ in range(rng.randint(1, 4))]
+    for position in positions:
+        mutated[position] ^= rng.randrange(1, 256)
+    return f"bytes {positions} flipped", bytes(mutated)
+
+
+_HEADER_CHARACTERS = b"(){}[],:'\" aLeO|<f40-1\n\\#"
+# Globals a mutated pickle may name: numpy's own, and what would run code.
+_GLOBALS = (
+    b"os\nsystem",
+    b"posix\nsystem",
+    b"builtins\neval",
+    b"__builtin__\nexec",
+    b"subprocess\nPopen",
+    b"numpy\nload",
+    b"numpy\nndarray",
+    b"numpy\ndtype",
+    b"numpy.core.multiarray\n_reconstruct",
+)
+
+
+def npy_mutations(data, rng, count):
+    header_end = data.index(b"\n") + 1
+    operations = pickle_landmarks(data, header_end)
+    # the header, each opcode and the first bytes of its argument (not an array's data)
+    structure = [(0, header_end)] + [(start, min(end, start + 9)) for _, start, end in operations]
+    for index in range(count):
+        kind = ("header", "opcode", "argument", "global", "truncation", "flip")[index % 6]
+        if kind == "header":
+            position = rng.randrange(6, header_end)
+            new = rng.choice((bytes([rng.choice(_HEADER_CHARACTERS)]), b"", b"((", b"[[L"))
+            yield (
+                kind,
+                f"header byte {position} -> {new!r}",
+                _replace(data, (position, position + 1), new),
+            )
+        elif kind == "opcode":
+            _, position, _ = rng.choice(operations)
+            new = bytes([rng.randrange(256)])
+            yield (
+                kind,
+                f"opcode at {position} -> {new!r}",
+                _replace(data, (position, position + 1), new),
+            )
+        elif kind == "argument":
+            name, position, end = rng.choice([op for op in operations if op[2] > op[1] + 1])
+            size = min(end - position - 1, 8)
+            value = rng.choice((0, 1, rng.randrange(256**size), *HUGE)) % 256**size
+            new = value.to_bytes(size, "little")
+            yield (
+                kind,
+                f"{name} at {position} -> {value}",
+                _replace(data, (position + 1, position + 1 + size), new),
+            )
+        elif kind == "global":
+            _, position, end = rng.choice([op for op in operations if op[0] == "GLOBAL"])
+            new = rng.choice(_GLOBALS) + b"\n"
+            yield kind, f"GLOBAL at {position} -> {new!r}", _replace(data, (position + 1, end), new)
+        elif kind == "truncation":
+            cut = rng.choice((rng.randrange(len(data)), rng.choice(operations)[1]))
+            yield kind, f"cut at {cut}", data[:cut]
+        else:
+            yield kind, *_flipped(data, rng, structure)
+
+
+def mean_mutations(data, rng, count):
+    header_end = data.index(b"\n") + 1 if data.startswith(b"\x93NUMPY") else 0
+    for index in range(count):
+        if index % 3 == 0 and header_end:
+            position = rng.randrange(6, header_end)
+            new = bytes([rng.choice(_HEADER_CHARACTERS)])
+            yield (
+                "header",
+                f"byte {position} -> {new!r}",
+                _replace(data, (position, position + 1), new),
+            )
+        elif index % 3 == 1:
+            cut = rng.randrange(len(data))
+            yield "truncation", f"cut at {cut}", data[:cut]
+        else:
+            yield "flip", *_flipped(data, rng, [(0, len(data))])
+
+
+# === Reading a file under bounds of time and memory ===
+
+
+class _TooSlow(BaseException):  # not an Exception: no reader's `except Exception` takes it
+    pass
+
+
+def _too_slow(signum, frame):
+    raise _TooSlow()
+
+
+@contextlib.contextmanager
+def _time_bound(seconds):
+    """Interrupts the block after `seconds` (SIGALRM); pytest-timeout's alarm, which this
+    replaces meanwhile, is restored with the time it had left."""
+    previous_handler = signal.signal(signal.SIGALRM, _too_slow)
+    previous_delay, _ = signal.getitimer(signal.ITIMER_REAL)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_delay:
+            left = previous_delay - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+
+def read_and_convert(path):
+    with caffe_weights.checked_weights(path, WIDTH, NUM_CLASSES) as (_, weights, _):
+        caffe_weights.to_keras_weights(weights)
+
+
+def outcome(read, path, seconds=SECONDS_PER_FILE, measure_memory=True):
+    """ "read" or "refused", or what went wrong."""
+    size = path.stat().st_size
+    if measure_memory:
+        tracemalloc.start()
+    try:
+        with _time_bound(seconds):
+            read(path)
+        result = "read"
+    except UsageError:
+        result = "refused"
+    except _TooSlow:
+        return f"still reading after {seconds} s"
+    except Exception as error:
+        return f"{type(error).__module__}.{type(error).__name__}: {str(error)[:200]}"
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if peak > MEMORY_PER_FILE_BYTE * size + MEMORY_SLACK:
+        return f"{result}, but {peak:,} bytes at the peak for a file of {size:,}"
+    return result
+
+
+def imported(path, output):
+    """caffe_weights.import_weights' library entry, as the command calls it."""
+
+    def read(path):
+        caffe_weights.import_weights(path, output, width_multiplier=WIDTH, num_classes=NUM_CLASSES)
+
+    result = outcome(read, path, FULL_IMPORT_SECONDS, measure_memory=False)
+    if (result == "read") != output.exists():
+        return f"{result}, and the model {'not ' * (result == 'read')}written"
+    if len(list(output.parent.iterdir())) > output.exists():
+        return f"{result}, and a temporary file left beside the model"
+    output.unlink(missing_ok=True)
+    return result
+
+
+def fuzz(mutations, folder, read, full_import=False):
+    """{mutation class: {outcome: count}} and the mutations that neither read nor refused."""
+    outcomes, failures = {}, []
+    for index, (kind, description, data) in enumerate(mutations):
+        path = folder / f"mutated_{index}"
+        path.write_bytes(data)
+        if full_import and index % FULL_IMPORT_EVERY == 0:
+            result = imported(path, folder / "imported" / "model.keras")
+            kind = "whole import"
+        else:
+            result = outcome(read, path)
+        counts = outcomes.setdefault(kind, {})
+        counts[result if result in ("read", "refused") else "failed"] = counts.get(result, 0) + 1
+        if result not in ("read", "refused"):
+            failures.append(f"{kind}: {description}: {result}")
+        path.unlink()
+    return outcomes, failures
+
+
+# === The files ===
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("originals")
+    weights = random_weights(WIDTH, NUM_CLASSES, seed=4)
+    per_pixel = np.random.default_rng(4).uniform(90, 130, (3, 6, 6)).astype(np.float32)
+    np.save(folder / "mean.npy", per_pixel)
+    blob = b"".join(bytes([number << 3, value]) for number, value in ((2, 3), (3, 6), (4, 6)))
+    payload = per_pixel.astype("<f4").tobytes()
+    blob += bytes([5 << 3 | 2]) + _encode_varint(len(payload)) + payload
+    (folder / "mean.binaryproto").write_bytes(blob)
+    return {
+        "caffemodel": write_caffemodel(folder / "bvlc_alexnet.caffemodel", weights).read_bytes(),
+        "npy": write_npy(folder / "bvlc_alexnet.npy", weights).read_bytes(),
+        "mean.npy": (folder / "mean.npy").read_bytes(),
+        "mean.binaryproto": blob,
+    }
+
+
+@pytest.mark.parametrize(
+    "kind, mutations",
+    [("caffemodel", caffemodel_mutations), ("npy", npy_mutations)],
+)
+def test_damaged_weight_files_are_read_or_refused(kind, mutations, originals, tmp_path):
+    (tmp_path / "imported").mkdir()
+    original = tmp_path / f"bvlc_alexnet.{kind}"
+    original.write_bytes(originals[kind])
+    assert outcome(read_and_convert, original) == "read"
+    assert imported(original, tmp_path / "imported" / "model.keras") == "read"
+    rng = random.Random(f"{SEED} {kind}")
+    outcomes, failures = fuzz(
+        mutations(originals[kind], rng, MUTATIONS), tmp_path, read_and_convert, True
+    )
+    assert not failures, "\n".join(failures)
+    # Each class of mutation was refused at least once, and the whole import ran both ways.
+    # Every class of mutation was refused at times; some files were read, and imported.
+    assert all(counts.get("refused") for counts in outcomes.values()), outcomes
+    assert sum(counts.get("read", 0) for counts in outcomes.values()) > 10, outcomes
+    assert outcomes["whole import"].get("read"), outcomes
+
+
+def test_damaged_mean_files_are_read_or_refused(originals, tmp_path):
+    for kind in ("mean.npy", "mean.binaryproto"):
+        rng = random.Random(f"{SEED} {kind}")
+        outcomes, failures = fuzz(
+            mean_mutations(originals[kind], rng, 60), tmp_path, weight_files.read_mean_file
+        )
+        assert not failures, "\n".join(failures)
+
+
+# === Files made to do harm ===
+
+
+class _Calls:
+    """Pickled as a call of `function` on `argument`: what unpickling would run."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+class _ArrayState:
+    """Pickled as numpy pickles an array (numpy's _reconstruct, then BUILD with `state`)."""
+
+    def __init__(self, state, shape=(0,)):
+        self.state, self.shape = state, shape
+
+    def __reduce__(self):
+        reconstruct = np.empty(0).__reduce__()[0]  # numpy's _reconstruct, where it lives
+        return reconstruct, (np.ndarray, self.shape, b"b"), self.state
+
+
+def _npy(pickled):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, np.lib.format.header_data_from_array_1_0(np.empty((), object))
+    )
+    return header.getvalue() + pickled
+
+
+def _field(number, payload):
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _caffemodel_blob(blob):
+    """A .caffemodel of one layer, conv1, holding `blob` (a BlobProto's bytes)."""
+    return _field(100, _field(1, b"conv1") + _field(2, b"Convolution") + _field(7, blob))
+
+
+def _with_first(data, opcode_name, value):
+    """The .npy `data` with the 4-byte argument of its first `opcode_name` set to `value`."""
+    for name, position, _ in pickle_landmarks(data, data.index(b"\n") + 1):
+        if name == opcode_name:
+            return _replace(data, (position + 1, position + 5), struct.pack("<I", value))
+    raise AssertionError(opcode_name)
+
+
+def _with_header(data, old, new):
+    """The .npy `data` with `old` replaced by `new` in its header, padded as before."""
+    header_end = data.index(b"\n")
+    header = data[:header_end].replace(old, new)
+    assert new in header and len(header) >= header_end - 50
+    return header[:header_end].ljust(header_end) + data[header_end:]
+
+
+def harmful_files(originals, marker):
+    """{case: (the file's bytes, its reader)}: each must be refused, within the bounds."""
+    command = f"touch {marker}"
+    python = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    npy, mean = originals["npy"], originals["mean.npy"]
+    # fc6's weights, (out, conv5's channels * 6 * 6) floats: data (5), packed
+    fc6_data = b"\x2a" + _encode_varint(4 * int(4096 * WIDTH) * int(256 * WIDTH) * 36)
+    cases = {
+        "os.system by GLOBAL": _npy(pickle.dumps(_Calls(os.system, command), protocol=2)),
+        "builtins.eval by STACK_GLOBAL": _npy(pickle.dumps(_Calls(eval, python), protocol=4)),
+        "builtins.exec by GLOBAL, inside the dict of weights": _npy(
+            pickle.dumps({"conv1": [np.zeros(3, np.float32), _Calls(exec, python)]}, protocol=2)
+        ),
+        "a string claiming 2**31 - 1 bytes": _with_first(npy, "BINSTRING", 2**31 - 1),
+        "a memo index of 2**26": _with_first(npy, "LONG_BINPUT", 2**26),
+        "bytes claiming 2**60 bytes": _npy(b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"."),
+        "a frame claiming 2**60 bytes": _npy(b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"."),
+        "an object array longer than its list": _npy(
+            pickle.dumps(_ArrayState((1, (1000,), np.dtype(object), False, [])), protocol=2)
+        ),
+        "an array made with 2**30 bytes": _npy(pickle.dumps(_ArrayState(None, (2**30,)), 2)),
+        "a header whose shape reads (a, }": _with_header(npy, b"()", b"(a, }"),
+        "a header with an unhashable key": _with_header(npy, b"()", b"{[]: 1}"),
+        "a header of format version 9.9": npy[:6] + b"\x09\x09" + npy[8:],
+        "a blob's data as its height": originals["caffemodel"].replace(
+            fc6_data, b"\x1a" + fc6_data[1:]
+        ),
+        "an empty packed number": _caffemodel_blob(_field(1, b"")),
+        "a blob dimension of 2**64 - 1": _caffemodel_blob(
+            _field(7, _field(1, _encode_varint(2**64 - 1)))
+        ),
+        "a mean whose shape reads (a, }": _with_header(mean, b"(3, 6, 6)", b"(a, }"),
+        "a mean of 2**30 values": _with_header(mean, b"(3, 6, 6)", b"(1073741824,)"),
+    }
+    return {
+        case: (data, weight_files.read_mean_file if case.startswith("a mean") else read_and_convert)
+        for case, data in cases.items()
+    }
+
+
+def test_files_made_to_do_harm_are_refused_and_run_nothing(originals, tmp_path):
+    marker = tmp_path / "ran"
+    failures = []
+    for case, (data, read) in harmful_files(originals, marker).items():
+        path = tmp_path / "harmful"
+        path.write_bytes(data)
+        result = outcome(read, path)
+        if result != "refused":
+            failures.append(f"{case}: {result}")
+        if marker.exists():
+            failures.append(f"{case}: the pickle's code ran")
+            marker.unlink()
+    assert not failures, "\n".join(failures)
