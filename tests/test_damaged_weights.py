@@ -457,17 +457,17 @@ def harmful_files(originals, marker):
             pickle.dumps(_ArrayState((1, (1000,), np.dtype(object), False, [])), protocol=2)
         ),
         "an array made with 2**30 bytes": _npy(pickle.dumps(_ArrayState(None, (2**30,)), 2)),
-        "a header whose shape reads (a, }": _with_header(npy, b"()", b"(a, }"),
+        "a header whose brackets never close": _with_header(npy, b"()", b"((a, }"),
         "a header with an unhashable key": _with_header(npy, b"()", b"{[]: 1}"),
         "a header of format version 9.9": npy[:6] + b"\x09\x09" + npy[8:],
         "a blob's data as its height": originals["caffemodel"].replace(
             fc6_data, b"\x1a" + fc6_data[1:]
         ),
         "an empty packed number": _caffemodel_blob(_field(1, b"")),
-        "a blob dimension of 2**64 - 1": _caffemodel_blob(
-            _field(7, _field(1, _encode_varint(2**64 - 1)))
+        "blob dimensions whose product is 2**64": _caffemodel_blob(
+            _field(7, _field(1, _encode_varint(2**32) * 2))
         ),
-        "a mean whose shape reads (a, }": _with_header(mean, b"(3, 6, 6)", b"(a, }"),
+        "a mean whose brackets never close": _with_header(mean, b"(3, 6, 6)", b"((a, }"),
         "a mean of 2**30 values": _with_header(mean, b"(3, 6, 6)", b"(1073741824,)"),
     }
     return {
