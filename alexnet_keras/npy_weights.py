@@ -5,7 +5,7 @@ unpickled, and unpickled into numpy arrays and nothing else.
 numpy's own readers are not used on a stranger's file: its header parser fails on damaged
 headers with exceptions other than ValueError (`tokenize.TokenError`, `TypeError`), and
 `ndarray.__setstate__` trusts the shape a pickle states (an object array longer than its
-list crashes the interpreter). The pickle machine allocates what a length or memo index
+list crashes the interpreter). Python's unpickler allocates what a length or memo index
 claims before it reads a byte of it: both are checked against the file first.
 """
 
@@ -26,8 +26,10 @@ MAX_HEADER_SIZE = 10_000
 # (struct format of the header's length, its encoding) for each format version numpy writes.
 HEADER_FORMATS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
 MAX_AXES = 32  # numpy 1's limit; Caffe's too (kMaxBlobAxes)
-# bvlc_alexnet.npy's pickle has 535 opcodes; a pickle of arrays has few opcodes per byte.
-MAX_PICKLE_OPCODES = 100_000
+# bvlc_alexnet.npy's pickle, as caffe-tensorflow wrote it, has 743 opcodes: its 16 arrays,
+# their dtypes and the dict and object array around them. The limit also bounds how deep
+# the pickle can nest tuples, which Python hashes and compares recursively.
+MAX_PICKLE_OPCODES = 20_000
 # The dtypes an array of weights or the object array around them may have.
 ARRAY_DTYPES = {"f2", "f4", "f8", "O", "O4", "O8"}
 
@@ -63,13 +65,13 @@ def read_npy_header(handle):
         raise UsageError("the .npy header is not numpy's dictionary: a damaged file")
     shape, descr = header["shape"], header["descr"]
     if not _is_shape(shape) or not isinstance(header["fortran_order"], bool):
-        raise UsageError(f"the .npy header states a shape {shape!r}: a damaged file")
+        raise UsageError(f"the .npy header states a shape {shape!r:.60}: a damaged file")
     try:
         if not isinstance(descr, str):
             raise TypeError(descr)
         dtype = np.dtype(descr)
     except (TypeError, ValueError):
-        raise UsageError(f"the .npy header states a dtype {descr!r}: a damaged file") from None
+        raise UsageError(f"the .npy header states a dtype {descr!r:.60}: a damaged file") from None
     return dtype, header["fortran_order"], shape
 
 
@@ -197,7 +199,7 @@ class _Dtype:
     def __init__(self, descr, align=False, copy=False):
         descr = descr.decode("latin1") if isinstance(descr, bytes) else descr
         if descr not in ARRAY_DTYPES:
-            raise UsageError(f"the pickle makes an array of dtype {descr!r}, not of weights")
+            raise UsageError(f"the pickle makes an array of dtype {_shown(descr)}, not of weights")
         self.dtype = np.dtype(descr)
 
     def __setstate__(self, state):
@@ -206,7 +208,7 @@ class _Dtype:
             raise UsageError("the pickle makes a structured dtype, not one of weights")
         byte_order = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
         if byte_order not in ("<", ">", "|", "="):
-            raise UsageError(f"the pickle makes a dtype of byte order {byte_order!r}")
+            raise UsageError(f"the pickle makes a dtype of byte order {_shown(byte_order)}")
         self.dtype = self.dtype.newbyteorder(byte_order)
 
 
@@ -224,7 +226,7 @@ class _Array:
             raise UsageError("the pickle holds an array without numpy's state")
         _, shape, dtype, fortran_order, data = state
         if not _is_shape(shape) or not isinstance(dtype, _Dtype):
-            raise UsageError(f"the pickle holds an array of shape {shape!r}: a damaged file")
+            raise UsageError("the pickle holds an array whose shape is not a tuple of sizes")
         count = math.prod(shape)
         if dtype.dtype.hasobject:  # its items, in a list
             if not isinstance(data, list) or len(data) != count or count != 1:
@@ -249,7 +251,7 @@ def _reconstruct(ndarray, subtype, shape, typecode):
 def _encode_latin1(text, encoding="latin1"):
     # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UsageError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
+        raise UsageError(f"the pickle encodes bytes as {_shown(encoding)}: not a numpy pickle")
     return text.encode("latin1")
 
 
@@ -323,4 +325,12 @@ def read_npy_weights(handle):
 
 
 def _text(key):
-    return key.decode("latin1") if isinstance(key, bytes) else str(key)
+    if not isinstance(key, (str, bytes)):
+        raise UsageError(f"the .npy file names a layer with a {type(key).__name__}, not text")
+    return key.decode("latin1") if isinstance(key, bytes) else key
+
+
+def _shown(value):
+    """A value from the file, for a message: a short string as itself, else its type (the
+    repr of a deep structure would recurse)."""
+    return f"{value!r:.40}" if isinstance(value, (str, bytes)) else type(value).__name__

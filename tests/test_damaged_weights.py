@@ -457,6 +457,9 @@ def harmful_files(originals, marker):
             pickle.dumps(_ArrayState((1, (1000,), np.dtype(object), False, [])), protocol=2)
         ),
         "an array made with 2**30 bytes": _npy(pickle.dumps(_ArrayState(None, (2**30,)), 2)),
+        "a layer named by a tuple nested 19,000 deep": _npy(
+            b"\x80\x02}N" + b"\x85" * 19_000 + b"]s."  # {((((None,),),)...): []}
+        ),
         "a header whose brackets never close": _with_header(npy, b"()", b"((a, }"),
         "a header with an unhashable key": _with_header(npy, b"()", b"{[]: 1}"),
         "a header of format version 9.9": npy[:6] + b"\x09\x09" + npy[8:],
