@@ -14,14 +14,16 @@ import contextlib
 
 import numpy as np
 
+from alexnet_keras.means_and_names import (  # noqa: F401  (re-exported for the command)
+    read_class_names,
+    read_mean_file,
+)
 from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
-from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
+from alexnet_keras.weight_files import (
     CAFFE_CURRENT,
     CAFFE_LEGACY,
     NPY,
     POOL_METHODS,
-    read_class_names,
-    read_mean_file,
     read_weights_file,
 )
 from alexnet_keras_base import files

@@ -1,8 +1,9 @@
 """What a bvlc_alexnet weights file says, read without running anything it contains: the
 file opened once and its format read from its first bytes, Caffe's binary `NetParameter`
 (`.caffemodel`, both layer encodings) by a protobuf wire-format reader of our own,
-caffe-tensorflow's pickled `.npy` by alexnet_keras/npy_weights.py, Caffe's mean files, and
-class-name lists. alexnet_keras/caffe_weights.py checks and converts what these return.
+caffe-tensorflow's pickled `.npy` by alexnet_keras/npy_weights.py. alexnet_keras/caffe_weights.py
+checks and converts what these return; alexnet_keras/means_and_names.py reads the other
+files of an import.
 
 Every length and count the file states is checked against the file before it is used: a
 damaged file is refused with a UsageError, and costs no more memory than its own size.
@@ -10,7 +11,6 @@ Field numbers are those of BVLC/caffe's `src/caffe/proto/caffe.proto`.
 """
 
 import contextlib
-import io
 import math
 import mmap
 import os
@@ -19,7 +19,7 @@ import struct
 
 import numpy as np
 
-from alexnet_keras.npy_weights import MAX_AXES, NPY_MAGIC, read_npy_header, read_npy_weights
+from alexnet_keras.npy_weights import MAX_AXES, NPY_MAGIC, read_npy_weights
 from alexnet_keras_base.errors import UsageError
 
 # What read_weights_file yields as the kind of file: the .npy, or a .caffemodel's encoding.
@@ -243,7 +243,7 @@ _PARAMETER_FIELDS = {
 }
 
 
-def _blob(data, span, layer_name):
+def read_blob(data, span, layer_name):
     """A BlobProto as a float32 array viewing `data` (no copy), in its stated shape."""
     shape, legacy, values = None, {}, None
     for number, wire_type, value in _fields(data, *span):
@@ -310,7 +310,7 @@ def _layer(data, span, fields):
                         raise UsageError("a malformed layer parameter: not a Caffe model")
                     parameter_spans[parameter] = value
     name = name or "(unnamed)"
-    blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
+    blobs = [read_blob(data, blob_span, name) for blob_span in blob_spans]
     for parameter, parameter_span in parameter_spans.items():
         parameters = _message(data, parameter_span, _PARAMETER_FIELDS[parameter])
     return {
@@ -379,72 +379,3 @@ def read_weights_file(path):
             mapping.close()
         except BufferError:  # an array still views it: the mapping closes when freed
             pass
-
-
-# === Means and class names ===
-
-
-def read_mean_file(path):
-    """A B,G,R mean from Caffe's ilsvrc_2012_mean.npy (read without pickle) or a
-    .binaryproto (a BlobProto): per-pixel means (3 x H x W) averaged per channel."""
-    path = pathlib.Path(path)
-    data = _read_bytes(path, "--mean_file")
-    try:
-        mean = (
-            _npy_array(data) if data.startswith(NPY_MAGIC) else _blob(data, (0, len(data)), "mean")
-        )
-    except UsageError as error:
-        raise UsageError(f"--mean_file {path}: {error}") from None
-    mean = np.asarray(mean, np.float64)
-    while mean.ndim > 1 and mean.shape[0] == 1:
-        mean = mean[0]
-    if mean.ndim == 1 and mean.shape == (3,):
-        values = mean
-    elif mean.ndim == 3 and mean.shape[0] == 3:
-        values = mean.mean(axis=(1, 2))
-    else:
-        raise UsageError(
-            f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
-            f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)"
-        )
-    if not np.all(np.isfinite(values)):
-        raise UsageError(f"--mean_file {path}: the mean is not finite")
-    return tuple(float(value) for value in values)
-
-
-def _npy_array(data):
-    """A numeric .npy array (Caffe's ilsvrc_2012_mean.npy), by its header, without pickle."""
-    handle = io.BytesIO(data)
-    dtype, fortran_order, shape = read_npy_header(handle)
-    if dtype.kind not in "fiu":
-        raise UsageError(f"not a numeric .npy array: an array of {dtype}")
-    count = math.prod(shape)
-    if len(data) - handle.tell() < count * dtype.itemsize:
-        raise UsageError(f"the .npy array of shape {shape} is truncated")
-    array = np.frombuffer(data, dtype, count, handle.tell())
-    return array.reshape(shape, order="F" if fortran_order else "C")
-
-
-def read_class_names(path, num_classes):
-    """One name per line, in the order of the model's outputs (ILSVRC's synset_words.txt:
-    `n01440764 tench, Tinca tinca`)."""
-    path = pathlib.Path(path)
-    try:
-        names = [
-            line.strip()
-            for line in _read_bytes(path, "--class_names").decode().splitlines()
-            if line.strip()
-        ]
-    except UnicodeDecodeError:
-        raise UsageError(f"--class_names {path} is not UTF-8 text") from None
-    if len(names) != num_classes:
-        raise UsageError(
-            f"--class_names {path} has {len(names)} names, the model has {num_classes} classes"
-        )
-    return names
-
-
-def _read_bytes(path, flag):
-    if not path.is_file():
-        raise UsageError(f"{flag} {path} does not exist")
-    return path.read_bytes()
