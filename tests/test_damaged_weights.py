@@ -23,6 +23,7 @@ import pytest
 
 from alexnet_keras import caffe_weights, means_and_names
 from alexnet_keras_base.errors import UsageError
+from alexnet_keras_cli import import_weights as import_weights_cli
 from caffe_files import random_weights, write_caffemodel, write_npy
 from file_mutations import (
     caffemodel_mutations,
@@ -301,3 +302,14 @@ def test_files_made_to_do_harm_are_refused_and_run_nothing(originals, tmp_path):
             failures.append(f"{case}: the pickle's code ran")
             marker.unlink()
     assert not failures, "\n".join(failures)
+
+
+def test_the_command_refuses_a_damaged_file_in_one_line_naming_it(originals, tmp_path, capsys):
+    for case in ("a header whose brackets never close", "an empty packed number"):
+        path = tmp_path / "bvlc_alexnet"
+        path.write_bytes(harmful_files(originals, tmp_path / "ran")[case][0])
+        output = tmp_path / "out.keras"
+        assert import_weights_cli.main(["--weights", str(path), "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {path}: ") and error.count("\n") == 1, error
+        assert not output.exists()
