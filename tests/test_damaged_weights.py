@@ -313,3 +313,22 @@ def test_the_command_refuses_a_damaged_file_in_one_line_naming_it(originals, tmp
         error = capsys.readouterr().err
         assert error.startswith(f"error: {path}: ") and error.count("\n") == 1, error
         assert not output.exists()
+
+
+def test_the_bounds_can_fail(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(bytes(1000))
+
+    def hangs(path):
+        while True:
+            pass
+
+    def allocates(path):
+        return np.ones(MEMORY_SLACK + 10_000, np.uint8)
+
+    def fails(path):
+        return {}[path]
+
+    assert outcome(hangs, path, seconds=0.2) == "still reading after 0.2 s"
+    assert outcome(allocates, path).startswith("read, but ")
+    assert outcome(fails, path).startswith("builtins.KeyError")
