@@ -4,8 +4,10 @@
 //
 //   serving_runner EXPORT_DIR SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...]
 //
-// Prints "status: OK" or "status: <CODE>: <message>", then "peak_rss_kb: N" (the process's
-// high-water resident memory). Exit status: 0 answered, 1 the request failed, 2 the
+// Prints "method_name: <the signature's method_name>" once the signature is found (TF
+// Serving's Classify API takes only "tensorflow/serving/classify"), then "status: OK" or
+// "status: <CODE>: <message>", then "peak_rss_kb: N" (the process's high-water resident
+// memory). Exit status: 0 answered, 1 the request failed, 2 the
 // export could not be loaded or the arguments are wrong.
 
 #include <fstream>
@@ -68,6 +70,7 @@ int main(int argc, char** argv) {
   if (signature == signatures.end()) {
     return Finish(absl::NotFoundError("no signature named " + signature_name), 2);
   }
+  std::cout << "method_name: " << signature->second.method_name() << "\n";
 
   std::vector<std::pair<std::string, tensorflow::Tensor>> feeds;
   for (int index = 4; index < argc; ++index) {

@@ -22,10 +22,17 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import image_headers, serving
-from alexnet_keras_base.layout import ExportBase
+from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 from alexnet_keras_cli import export_model
 from commands import run_main
-from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
+from tf_serving_standin import (
+    classify_request,
+    rest_body_to_tensors,
+    rest_classify_request,
+    rest_classify_response,
+    rest_response,
+    run_signature,
+)
 
 NUM_CLASSES = 10
 LABELS = [
@@ -267,7 +274,14 @@ def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
     signatures = {name for name in meta_graph.signature_def if not name.startswith("__")}
     info = json.loads((export_dir / ExportBase.EXTRA / ExportBase.INFO).read_text())
     assert sorted(info["signatures"]) == sorted(signatures)
-    assert {"serving_default", "predict_pixels", "features"} <= signatures
+    assert {"serving_default", "predict_pixels", "features", "classify"} <= signatures
+    # TF Serving's Classify API takes a signature of this method, input and outputs only.
+    classify_signature = meta_graph.signature_def["classify"]
+    assert classify_signature.method_name == "tensorflow/serving/classify"
+    assert set(classify_signature.inputs) == {"inputs"}
+    assert set(classify_signature.outputs) == {"classes", "scores"}
+    for name in signatures - {"classify"}:
+        assert meta_graph.signature_def[name].method_name == "tensorflow/serving/predict"
     features = meta_graph.signature_def["features"]
     assert set(features.inputs) == {"image_bytes"}
     assert set(features.outputs) == {
@@ -292,7 +306,14 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     assert 1 <= len(records) <= 1000  # TF Serving reads at most 1,000
     answered = []
     for record in records:
-        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        if log.HasField("classify_log"):
+            request = log.classify_log.request
+            classification = classify_request(runner, export_dir, request)
+            assert classification.ok, classification.status
+            answered.append((request.model_spec.signature_name, len(classification.results)))
+            continue
+        request = log.predict_log.request
         signature = request.model_spec.signature_name
         answer = run_signature(runner, export_dir, signature, dict(request.inputs))
         assert answer.ok, answer.status
@@ -303,7 +324,7 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     # records must fail this test.
     assert answered == [
         (signature, batch_size)
-        for signature in (serving.SERVING_DEFAULT, serving.FEATURES)
+        for signature in (serving.SERVING_DEFAULT, serving.FEATURES, "classify")
         for batch_size in serving.WARMUP_BATCH_SIZES
     ]
 
@@ -699,6 +720,74 @@ def test_tfsmlayer_answers_from_the_export(export_dir, model_file, image_files):
     assert outputs["top_k_classes"].numpy().tolist() == top5.tolist()
 
 
+# === The Classify API: tf.Examples in, (label, score) pairs out ===
+
+
+def record_examples(synthetic_records, count):
+    """The first `count` Examples of the records' validation split, as the converter wrote
+    them (every feature of a record, not only the image)."""
+    paths = sorted(tf.io.gfile.glob(DataDir(synthetic_records).shard_pattern("validation")))
+    dataset = tf.data.TFRecordDataset(paths).take(count)
+    return [tf.train.Example.FromString(record) for record in dataset.as_numpy_iterator()]
+
+
+def classification_request(examples, signature="classify"):
+    from tensorflow_serving.apis import classification_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "alexnet"
+    request.model_spec.signature_name = signature
+    request.input.example_list.examples.extend(examples)
+    return request
+
+
+def test_classify_answers_our_records_like_serving_default(export_dir, synthetic_records, runner):
+    examples = record_examples(synthetic_records, 4)
+    classification = classify_request(runner, export_dir, classification_request(examples))
+    # TF Serving's Classify API refuses any signature of another method.
+    assert classification.method_name == "tensorflow/serving/classify"
+    assert classification.ok, classification.status
+    images = [example.features.feature[Feature.ENCODED].bytes_list.value[0] for example in examples]
+    default = run_signature(
+        runner,
+        export_dir,
+        "serving_default",
+        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+    )
+    assert default.ok, default.status
+    assert len(classification.results) == len(examples)
+    for classes, labels, scores in zip(
+        classification.results, default.outputs["top_k_labels"], default.outputs["top_k_scores"]
+    ):
+        assert [label for label, _ in classes] == [label.decode() for label in labels]
+        np.testing.assert_allclose([score for _, score in classes], scores, rtol=1e-6)
+        assert len(classes) == 5
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("without_the_image_key", f"Feature: {Feature.ENCODED} (data type: string) is required"),
+        ("not_an_image", "not a JPEG, PNG, GIF, BMP or WebP image"),
+    ],
+)
+def test_classify_refuses_bad_examples_with_invalid_argument(
+    case, message, export_dir, synthetic_records, runner
+):
+    (good,) = record_examples(synthetic_records, 1)
+    bad = tf.train.Example()
+    bad.CopyFrom(good)
+    if case == "without_the_image_key":
+        del bad.features.feature[Feature.ENCODED]
+    else:
+        bad.features.feature[Feature.ENCODED].bytes_list.value[0] = b"GIF? no"
+    request = classification_request([good, bad])
+    classification = classify_request(runner, export_dir, request)
+    assert classification.status.startswith("INVALID_ARGUMENT: "), classification.status
+    assert message in classification.status
+    assert classification.results == []
+
+
 # === The REST client, against a stand-in server that answers through the C++ loader ===
 
 
@@ -706,14 +795,20 @@ class _StandInServer(http.server.BaseHTTPRequestHandler):
     runner = export_dir = None
 
     def do_POST(self):
-        if self.path != "/v1/models/alexnet:predict":
+        if self.path not in ("/v1/models/alexnet:predict", "/v1/models/alexnet:classify"):
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        signature, inputs = rest_body_to_tensors(body, {"image_bytes": tf.string})
-        answer = run_signature(self.runner, self.export_dir, signature, inputs)
+        if self.path.endswith(":classify"):
+            request = rest_classify_request(body, "alexnet")
+            answer = classify_request(self.runner, self.export_dir, request)
+            response = rest_classify_response(answer.results) if answer.ok else None
+        else:
+            signature, inputs = rest_body_to_tensors(body, {"image_bytes": tf.string})
+            answer = run_signature(self.runner, self.export_dir, signature, inputs)
+            response = rest_response(answer.outputs) if answer.ok else None
         if not answer.ok:
             return self._reply(400, {"error": answer.status.split(": ", 1)[1]})
-        self._reply(200, rest_response(answer.outputs))
+        self._reply(200, response)
 
     def _reply(self, code, payload):
         data = json.dumps(payload).encode()

@@ -9,6 +9,12 @@
   rows are stacked along the batch, `inputs` is columnar.
 - `rest_response` builds the JSON the server answers, for the stand-in REST server that the
   client is tested against.
+- `classify_request` answers a `ClassificationRequest` as TF Serving's Classify API does
+  (tensorflow_serving/servables/tensorflow/classifier.cc): only from a signature whose
+  method_name is `tensorflow/serving/classify`, with the request's Examples serialized into
+  its `inputs` and its `classes` and `scores` read back as (label, score) pairs;
+  `rest_classify_request` and `rest_classify_response` are the REST `:classify` body and
+  answer by json_tensor.cc's rules.
 """
 
 import base64
@@ -61,6 +67,7 @@ class Answer:
     outputs: dict  # output name -> numpy array
     peak_rss_bytes: int
     exit_code: int
+    method_name: str = None  # the signature's, as the loader read it (None: not found)
 
     @property
     def ok(self):
@@ -93,9 +100,11 @@ def run_signature(runner, export_dir, signature, inputs, timeout=300):
             timeout=timeout,
             env=SERVING_ENVIRONMENT,
         )
-        status = peak = None
+        status = peak = method_name = None
         for line in result.stdout.splitlines():
-            if line.startswith("status: "):
+            if line.startswith("method_name: ") and status is None:
+                method_name = line[len("method_name: ") :]
+            elif line.startswith("status: "):
                 status = line[len("status: ") :]
             elif line.startswith("peak_rss_kb: "):
                 peak = int(line.split()[1]) * 1024
@@ -111,7 +120,7 @@ def run_signature(runner, export_dir, signature, inputs, timeout=300):
             path.stem: tf.make_ndarray(tensor_pb2.TensorProto.FromString(path.read_bytes()))
             for path in output_dir.glob("*.pb")
         }
-        return Answer(status, outputs, peak, result.returncode)
+        return Answer(status, outputs, peak, result.returncode, method_name)
 
 
 def _decode_b64(value):
@@ -168,3 +177,138 @@ def rest_response(outputs):
             for index in range(batch)
         ]
     }
+
+
+# === The Classify API ===
+
+
+@dataclasses.dataclass
+class Classification:
+    status: str  # as Answer's
+    results: list  # per example, [(label, score), ...] best first
+    method_name: str
+
+    @property
+    def ok(self):
+        return self.status == "OK"
+
+
+def _serialized_examples(request):
+    """The request's Examples as TF Serving feeds them: serialized, the context (if any)
+    merged under each example's own features."""
+    which = request.input.WhichOneof("kind")
+    if which == "example_list_with_context":
+        listed = request.input.example_list_with_context
+        examples = []
+        for example in listed.examples:
+            merged = type(example)()
+            merged.CopyFrom(listed.context)
+            merged.MergeFrom(example)
+            examples.append(merged)
+    else:
+        examples = list(request.input.example_list.examples) if which else []
+    return [example.SerializeToString() for example in examples]
+
+
+def classify_request(runner, export_dir, request, timeout=300):
+    """TF Serving's Classify on a `ClassificationRequest`, through the C++ loader."""
+    examples = _serialized_examples(request)
+    if not examples:
+        return Classification("INVALID_ARGUMENT: Input is empty.", [], None)
+    signature = request.model_spec.signature_name or "serving_default"
+    answer = run_signature(
+        runner,
+        export_dir,
+        signature,
+        {tf.saved_model.CLASSIFY_INPUTS: tf.make_tensor_proto(examples, dtype=tf.string)},
+        timeout,
+    )
+    if answer.method_name is not None and answer.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
+        status = (
+            f"INVALID_ARGUMENT: Expected classification signature method_name to be "
+            f"{tf.saved_model.CLASSIFY_METHOD_NAME}. Was: {answer.method_name}"
+        )
+        return Classification(status, [], answer.method_name)
+    if not answer.ok:
+        return Classification(answer.status, [], answer.method_name)
+    classes = answer.outputs.get(tf.saved_model.CLASSIFY_OUTPUT_CLASSES)
+    scores = answer.outputs.get(tf.saved_model.CLASSIFY_OUTPUT_SCORES)
+    names = {tf.saved_model.CLASSIFY_OUTPUT_CLASSES, tf.saved_model.CLASSIFY_OUTPUT_SCORES}
+    if set(answer.outputs) - names or (classes is None and scores is None):
+        raise AssertionError(f"not a classification signature: outputs {sorted(answer.outputs)}")
+    for tensor, dtype in ((classes, object), (scores, np.float32)):
+        if tensor is not None and (tensor.ndim != 2 or tensor.dtype != dtype):
+            raise AssertionError(f"expected a [batch, classes] {dtype} tensor, got {tensor}")
+    results = [
+        [
+            (
+                None if classes is None else classes[row, column].decode(),
+                None if scores is None else float(scores[row, column]),
+            )
+            for column in range((classes if classes is not None else scores).shape[1])
+        ]
+        for row in range(len(examples))
+    ]
+    return Classification("OK", results, answer.method_name)
+
+
+def _feature(name, values):
+    """A JSON feature value (one value or a list) -> tf.train.Feature, by json_tensor.cc's
+    rules: {"b64": ...} and strings are bytes, integers int64, decimals float."""
+    values = values if isinstance(values, list) else [values]
+    kinds = set()
+    feature = tf.train.Feature()
+    for value in values:
+        if isinstance(value, dict):
+            if set(value) != {"b64"}:
+                raise ValueError(f"Feature: {name} has element with unexpected JSON type: object")
+            kinds.add("bytes")
+            feature.bytes_list.value.append(base64.b64decode(value["b64"]))
+        elif isinstance(value, str):
+            kinds.add("bytes")
+            feature.bytes_list.value.append(value.encode())
+        elif isinstance(value, (bool, int)):
+            kinds.add("int64")
+            feature.int64_list.value.append(int(value))
+        elif isinstance(value, float):
+            kinds.add("float")
+            feature.float_list.value.append(value)
+        else:
+            raise ValueError(f"Feature: {name} has element with unexpected JSON type")
+    if len(kinds) > 1:
+        raise ValueError(f"Unexpected element type in feature: {name}")
+    return feature
+
+
+def _example(features):
+    if not isinstance(features, dict):
+        raise ValueError("Example must be JSON object")
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={name: _feature(name, value) for name, value in features.items()}
+        )
+    )
+
+
+def rest_classify_request(body, model_name):
+    """A `ClassificationRequest` from a REST `:classify` body (a dict)."""
+    from tensorflow_serving.apis import classification_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = body.get("signature_name", "")
+    examples = body.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise ValueError("When method is classify, key 'examples' is expected and was not found")
+    if "context" in body:
+        listed = request.input.example_list_with_context
+        listed.context.CopyFrom(_example(body["context"]))
+    else:
+        listed = request.input.example_list
+    listed.examples.extend(_example(features) for features in examples)
+    return request
+
+
+def rest_classify_response(results):
+    """The REST `:classify` answer: {"results": [[[label, score], ...] per example]}."""
+    return {"results": [[[label, score] for label, score in classes] for classes in results]}
