@@ -916,6 +916,34 @@ def test_client_prints_fc7_from_the_features_signature(
     )
 
 
+def test_client_classify_prints_the_top5_through_the_classify_api(
+    stand_in_server, image_files, model_file, python, repo_root
+):
+    paths = [image_files["photo.jpg"], image_files["drawing.png"]]
+    result = subprocess.run(
+        [python, "export/client.py", "--server", stand_in_server, "--classify", *map(str, paths)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    probabilities, top5 = keras_reference(model_file, [path.read_bytes() for path in paths])
+    blocks = result.stdout.split(f"{paths[1]}:")
+    assert len(blocks) == 2
+    for block, classes, row in zip(blocks, top5, probabilities):
+        printed = re.findall(r"^\s+([\d.]+)%\s+(.+)$", block, re.M)
+        assert [label for _, label in printed] == [LABELS[index] for index in classes]
+        np.testing.assert_allclose(
+            [float(score) / 100 for score, _ in printed], row[classes], atol=1e-4
+        )
+    # The client's body is docs/serving.md's Classify body.
+    client = load_client(repo_root)
+    assert client.classify_body([paths[0]]) == readme_rest_body(
+        repo_root, paths[0], signature="classify"
+    )
+
+
 def test_client_names_the_problem_when_the_server_refuses_or_is_away(
     stand_in_server, tmp_path, python, repo_root
 ):
@@ -991,12 +1019,17 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
 def test_readme_grpc_snippet_gets_an_answer(
     export_dir, model_file, image_files, runner, tmp_path, python, repo_root
 ):
-    """docs/serving.md's gRPC snippet against a stand-in PredictionService that answers through the
-    C++ loader (only the port differs from the snippet)."""
+    """docs/serving.md's gRPC snippets (Predict, then Classify), run in one process against a
+    stand-in PredictionService that answers through the C++ loader (only the port differs from
+    the snippets)."""
     from concurrent import futures
 
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     class StandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
@@ -1010,13 +1043,26 @@ def test_readme_grpc_snippet_gets_an_answer(
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
             return response
 
+        def Classify(self, request, context):  # noqa: N802 (gRPC's naming)
+            classification = classify_request(runner, export_dir, request)
+            if not classification.ok:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, classification.status)
+            response = classification_pb2.ClassificationResponse()
+            for classes in classification.results:
+                answered = response.result.classifications.add()
+                for label, score in classes:
+                    answered.classes.add(label=label, score=score)
+            return response
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandIn(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         readme = (repo_root / "docs" / "serving.md").read_text()
-        snippet = re.search(r"```python\n(import grpc.*?)```", readme, re.S).group(1)
+        snippets = re.findall(r"```python\n(import grpc.*?)```", readme, re.S)
+        assert len(snippets) == 2 and "stub.Classify(" in snippets[1]
+        snippet = "\n".join(snippets)
         (tmp_path / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
         result = subprocess.run(
             [python, "-c", snippet.replace("localhost:8500", f"127.0.0.1:{port}")],
@@ -1028,6 +1074,12 @@ def test_readme_grpc_snippet_gets_an_answer(
     finally:
         server.stop(grace=None)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
+    probabilities, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
+    predicted, classified = result.stdout.rsplit("]\n", 1)  # Predict's arrays, then Classify's
     for index in top5[0]:
-        assert repr(LABELS[index].encode()) in result.stdout
+        assert repr(LABELS[index].encode()) in predicted
+    printed = [line.rsplit(" ", 1) for line in classified.splitlines()]
+    assert [label for label, _ in printed] == [LABELS[index] for index in top5[0]]
+    np.testing.assert_allclose(
+        [float(score) for _, score in printed], probabilities[0][top5[0]], atol=1e-5
+    )
