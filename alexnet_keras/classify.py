@@ -52,6 +52,8 @@ def set_classify_method_name(export_dir):
     path = pathlib.Path(export_dir) / ExportBase.SAVED_MODEL
     saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
     for meta_graph in saved_model.meta_graphs:
+        if CLASSIFY not in meta_graph.signature_def:  # indexing would add an empty one
+            raise ValueError(f"{path} has no {CLASSIFY} signature")
         meta_graph.signature_def[CLASSIFY].method_name = METHOD_NAME
     path.write_bytes(saved_model.SerializeToString(deterministic=True))
     fingerprinting_utils.write_fingerprint(str(export_dir))
