@@ -26,12 +26,15 @@ from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 from alexnet_keras_cli import export_model
 from commands import run_main
 from tf_serving_standin import (
+    classification,
+    classify_inputs,
     classify_request,
     rest_body_to_tensors,
     rest_classify_request,
     rest_classify_response,
     rest_response,
     run_signature,
+    run_signatures,
 )
 
 NUM_CLASSES = 10
@@ -304,18 +307,26 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     path = export_dir / ExportBase.EXTRA / ExportBase.WARMUP
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
     assert 1 <= len(records) <= 1000  # TF Serving reads at most 1,000
+    logs = [prediction_log_pb2.PredictionLog.FromString(record) for record in records]
+    requests = [
+        classify_inputs(log.classify_log.request)
+        if log.HasField("classify_log")
+        else (
+            log.predict_log.request.model_spec.signature_name,
+            dict(log.predict_log.request.inputs),
+        )
+        for log in logs
+    ]
+    # As TF Serving runs them when it loads the version: one after another, in one process.
     answered = []
-    for record in records:
-        log = prediction_log_pb2.PredictionLog.FromString(record)
+    for log, (signature, _), answer in zip(
+        logs, requests, run_signatures(runner, export_dir, requests)
+    ):
         if log.HasField("classify_log"):
-            request = log.classify_log.request
-            classification = classify_request(runner, export_dir, request)
-            assert classification.ok, classification.status
-            answered.append((request.model_spec.signature_name, len(classification.results)))
+            classified = classification(answer)
+            assert classified.ok, classified.status
+            answered.append((signature, len(classified.results)))
             continue
-        request = log.predict_log.request
-        signature = request.model_spec.signature_name
-        answer = run_signature(runner, export_dir, signature, dict(request.inputs))
         assert answer.ok, answer.status
         answered.append((signature, len(answer.outputs["top_k_classes"])))
         if signature == serving.FEATURES:
@@ -743,49 +754,51 @@ def classification_request(examples, signature="classify"):
 
 def test_classify_answers_our_records_like_serving_default(export_dir, synthetic_records, runner):
     examples = record_examples(synthetic_records, 4)
-    classification = classify_request(runner, export_dir, classification_request(examples))
-    # TF Serving's Classify API refuses any signature of another method.
-    assert classification.method_name == "tensorflow/serving/classify"
-    assert classification.ok, classification.status
     images = [example.features.feature[Feature.ENCODED].bytes_list.value[0] for example in examples]
-    default = run_signature(
+    classify_answer, default = run_signatures(
         runner,
         export_dir,
-        "serving_default",
-        {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)},
+        [
+            classify_inputs(classification_request(examples)),
+            ("serving_default", {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}),
+        ],
     )
+    classified = classification(classify_answer)
+    # TF Serving's Classify API refuses any signature of another method.
+    assert classified.method_name == "tensorflow/serving/classify"
+    assert classified.ok, classified.status
     assert default.ok, default.status
-    assert len(classification.results) == len(examples)
+    assert len(classified.results) == len(examples)
     for classes, labels, scores in zip(
-        classification.results, default.outputs["top_k_labels"], default.outputs["top_k_scores"]
+        classified.results, default.outputs["top_k_labels"], default.outputs["top_k_scores"]
     ):
         assert [label for label, _ in classes] == [label.decode() for label in labels]
         np.testing.assert_allclose([score for _, score in classes], scores, rtol=1e-6)
         assert len(classes) == 5
 
 
-@pytest.mark.parametrize(
-    "case,message",
-    [
-        ("without_the_image_key", f"Feature: {Feature.ENCODED} (data type: string) is required"),
-        ("not_an_image", "not a JPEG, PNG, GIF, BMP or WebP image"),
-    ],
-)
-def test_classify_refuses_bad_examples_with_invalid_argument(
-    case, message, export_dir, synthetic_records, runner
-):
+def test_classify_refuses_bad_examples_with_invalid_argument(export_dir, synthetic_records, runner):
     (good,) = record_examples(synthetic_records, 1)
-    bad = tf.train.Example()
-    bad.CopyFrom(good)
-    if case == "without_the_image_key":
-        del bad.features.feature[Feature.ENCODED]
-    else:
-        bad.features.feature[Feature.ENCODED].bytes_list.value[0] = b"GIF? no"
-    request = classification_request([good, bad])
-    classification = classify_request(runner, export_dir, request)
-    assert classification.status.startswith("INVALID_ARGUMENT: "), classification.status
-    assert message in classification.status
-    assert classification.results == []
+    without_the_image_key, not_an_image = tf.train.Example(), tf.train.Example()
+    without_the_image_key.CopyFrom(good)
+    del without_the_image_key.features.feature[Feature.ENCODED]
+    not_an_image.CopyFrom(good)
+    not_an_image.features.feature[Feature.ENCODED].bytes_list.value[0] = b"GIF? no"
+    cases = {
+        f"Feature: {Feature.ENCODED} (data type: string) is required": without_the_image_key,
+        "not a JPEG, PNG, GIF, BMP or WebP image": not_an_image,
+    }
+    # Each bad Example beside a good one: one bad Example fails its whole request.
+    answers = run_signatures(
+        runner,
+        export_dir,
+        [classify_inputs(classification_request([good, bad])) for bad in cases.values()],
+    )
+    for message, answer in zip(cases, answers):
+        classified = classification(answer)
+        assert classified.status.startswith("INVALID_ARGUMENT: "), classified.status
+        assert message in classified.status
+        assert classified.results == []
 
 
 # === The REST client, against a stand-in server that answers through the C++ loader ===

@@ -2,8 +2,9 @@
 
 - `build_runner` compiles `serving_runner.cc` against the `tensorflow` wheel's headers and
   `libtensorflow_cc.so.2`: it loads an export with `tensorflow::LoadSavedModel` and the tag
-  "serve", as the server does, and runs one signature in its own process (so each request's
-  peak memory can be read).
+  "serve", as the server does, and runs signatures in a process of its own: one request a
+  process with `run_signature` (so each request's peak memory can be read), several in one
+  process, the export loaded once, with `run_signatures`.
 - `rest_body_to_tensors` turns a REST predict body into input tensors by TF Serving's rules
   (tensorflow_serving/util/json_tensor.cc): `{"b64": ...}` objects are bytes, `instances`
   rows are stacked along the batch, `inputs` is columnar.
@@ -21,6 +22,7 @@ import base64
 import dataclasses
 import os
 import pathlib
+import re
 import subprocess
 import tempfile
 
@@ -81,46 +83,65 @@ class Answer:
 def run_signature(runner, export_dir, signature, inputs, timeout=300):
     """Runs `signature` of the export in a new loader process. `inputs` maps input names to
     TensorProtos or values that `tf.make_tensor_proto` takes."""
+    (answer,) = run_signatures(runner, export_dir, [(signature, inputs)], timeout)
+    return answer
+
+
+def run_signatures(runner, export_dir, requests, timeout=300):
+    """Runs each (signature, inputs) of `requests`, in order, in one new loader process that
+    loads the export once; their Answers, which share the process's peak memory."""
     with tempfile.TemporaryDirectory(prefix="serving-request-") as folder:
         folder = pathlib.Path(folder)
-        arguments = []
-        for name, value in inputs.items():
-            proto = (
-                value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
-            )
-            path = folder / f"input-{name}.pb"
-            path.write_bytes(proto.SerializeToString())
-            arguments.append(f"{name}={path}")
-        output_dir = folder / "outputs"
-        output_dir.mkdir()
+        arguments, output_dirs = [], []
+        for index, (signature, inputs) in enumerate(requests):
+            output_dirs.append(folder / f"outputs-{index}")
+            output_dirs[-1].mkdir()
+            arguments += ["--"] * bool(index) + [signature, str(output_dirs[-1])]
+            for name, value in inputs.items():
+                proto = (
+                    value
+                    if isinstance(value, tensor_pb2.TensorProto)
+                    else tf.make_tensor_proto(value)
+                )
+                path = folder / f"input-{index}-{name}.pb"
+                path.write_bytes(proto.SerializeToString())
+                arguments.append(f"{name}={path}")
         result = subprocess.run(
-            [str(runner), str(export_dir), signature, str(output_dir), *arguments],
+            [str(runner), str(export_dir), *arguments],
             capture_output=True,
             text=True,
             timeout=timeout,
             env=SERVING_ENVIRONMENT,
         )
-        status = peak = method_name = None
-        for line in result.stdout.splitlines():
-            if line.startswith("method_name: ") and status is None:
-                method_name = line[len("method_name: ") :]
-            elif line.startswith("status: "):
-                status = line[len("status: ") :]
-            elif line.startswith("peak_rss_kb: "):
-                peak = int(line.split()[1]) * 1024
-        if status is None:
+        text, found, peak = result.stdout.rpartition("peak_rss_kb: ")
+        # One block per request; an export that did not load answers them all with one status.
+        blocks = [block for block in text.split("end_of_request\n") if "status: " in block]
+        if len(blocks) == 1 and "end_of_request" not in text:
+            blocks *= len(requests)
+        if not found or len(blocks) != len(requests):
             raise RuntimeError(
-                f"the runner printed no status (exit {result.returncode}):\n"
+                f"the runner printed no status for each request (exit {result.returncode}):\n"
                 f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
             )
-        # The status message spans lines (TF appends the failing node).
-        if not status == "OK":
-            status = result.stdout.split("status: ", 1)[1].rsplit("\npeak_rss_kb", 1)[0]
-        outputs = {
-            path.stem: tf.make_ndarray(tensor_pb2.TensorProto.FromString(path.read_bytes()))
-            for path in output_dir.glob("*.pb")
-        }
-        return Answer(status, outputs, peak, result.returncode, method_name)
+        answers = []
+        for block, output_dir in zip(blocks, output_dirs):
+            head, _, status = block.partition("status: ")
+            method_name = re.search(r"^method_name: (.*)$", head, re.M)
+            outputs = {
+                path.stem: tf.make_ndarray(tensor_pb2.TensorProto.FromString(path.read_bytes()))
+                for path in output_dir.glob("*.pb")
+            }
+            answers.append(
+                Answer(
+                    # The status message spans lines (TF appends the failing node).
+                    status.rstrip("\n"),
+                    outputs,
+                    int(peak.split()[0]) * 1024,
+                    result.returncode,
+                    method_name and method_name.group(1),
+                )
+            )
+        return answers
 
 
 def _decode_b64(value):
@@ -210,19 +231,18 @@ def _serialized_examples(request):
     return [example.SerializeToString() for example in examples]
 
 
-def classify_request(runner, export_dir, request, timeout=300):
-    """TF Serving's Classify on a `ClassificationRequest`, through the C++ loader."""
-    examples = _serialized_examples(request)
-    if not examples:
-        return Classification("INVALID_ARGUMENT: Input is empty.", [], None)
+def classify_inputs(request):
+    """(signature, inputs) that TF Serving's Classify runs for a `ClassificationRequest`."""
     signature = request.model_spec.signature_name or "serving_default"
-    answer = run_signature(
-        runner,
-        export_dir,
-        signature,
-        {tf.saved_model.CLASSIFY_INPUTS: tf.make_tensor_proto(examples, dtype=tf.string)},
-        timeout,
-    )
+    examples = _serialized_examples(request)
+    return signature, {
+        tf.saved_model.CLASSIFY_INPUTS: tf.make_tensor_proto(examples, dtype=tf.string)
+    }
+
+
+def classification(answer):
+    """TF Serving's Classification from the Answer of a signature run by `classify_inputs`:
+    refused unless the signature is of the Classify method, with `classes` and/or `scores`."""
     if answer.method_name is not None and answer.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
         status = (
             f"INVALID_ARGUMENT: Expected classification signature method_name to be "
@@ -239,17 +259,26 @@ def classify_request(runner, export_dir, request, timeout=300):
     for tensor, dtype in ((classes, object), (scores, np.float32)):
         if tensor is not None and (tensor.ndim != 2 or tensor.dtype != dtype):
             raise AssertionError(f"expected a [batch, classes] {dtype} tensor, got {tensor}")
+    shape = (classes if classes is not None else scores).shape
     results = [
         [
             (
                 None if classes is None else classes[row, column].decode(),
                 None if scores is None else float(scores[row, column]),
             )
-            for column in range((classes if classes is not None else scores).shape[1])
+            for column in range(shape[1])
         ]
-        for row in range(len(examples))
+        for row in range(shape[0])
     ]
     return Classification("OK", results, answer.method_name)
+
+
+def classify_request(runner, export_dir, request, timeout=300):
+    """TF Serving's Classify on a `ClassificationRequest`, through the C++ loader."""
+    if not _serialized_examples(request):
+        return Classification("INVALID_ARGUMENT: Input is empty.", [], None)
+    signature, inputs = classify_inputs(request)
+    return classification(run_signature(runner, export_dir, signature, inputs, timeout))
 
 
 def _feature(name, values):
