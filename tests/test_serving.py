@@ -220,7 +220,9 @@ def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
 ):
     images = [path.read_bytes() for path in image_files.values()]
     request = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
-    features = run_signature(runner, export_dir, "features", request)
+    features, default = run_signatures(
+        runner, export_dir, [("features", request), ("serving_default", request)]
+    )
     assert features.ok, features.status
     expected = fc7_reference(model_file, images)
     # Zeros and positive values in every row (after the ReLU), and rows that differ: a
@@ -232,7 +234,6 @@ def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
     assert fc7.shape == (len(images), alexnet_keras.model.layer_widths(0.125)["fc7"])
     np.testing.assert_allclose(fc7, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
-    default = run_signature(runner, export_dir, "serving_default", request)
     assert default.ok, default.status
     assert set(features.outputs) == set(default.outputs) | {"fc7"}
     for name, value in default.outputs.items():
@@ -259,8 +260,9 @@ def test_bad_images_fail_the_features_signature_like_serving_default(
         else [request.getfixturevalue("oversize_jpeg").read_bytes()]
     )
     inputs = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
-    for signature in ("features", "serving_default"):
-        answer = run_signature(runner, export_dir, signature, inputs)
+    signatures = ("features", "serving_default")
+    answers = run_signatures(runner, export_dir, [(name, inputs) for name in signatures])
+    for signature, answer in zip(signatures, answers):
         assert answer.code == "INVALID_ARGUMENT", (signature, answer.status)
         assert message in answer.status, signature
         assert answer.outputs == {}
@@ -384,18 +386,13 @@ def test_non_finite_pixels_are_invalid_argument(export_dir, runner):
 
 
 def test_an_empty_batch_gets_empty_outputs(export_dir, runner):
-    answer = run_signature(
-        runner,
-        export_dir,
-        "serving_default",
-        {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)},
+    empty = {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)}
+    answer, features = run_signatures(
+        runner, export_dir, [("serving_default", empty), ("features", empty)]
     )
     assert answer.ok, answer.status
     assert answer.outputs["probabilities"].shape == (0, NUM_CLASSES)
     assert answer.outputs["top_k_labels"].shape == (0, 5)
-    features = run_signature(
-        runner, export_dir, "features", {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)}
-    )
     assert features.ok, features.status
     assert features.outputs["fc7"].shape == (0, alexnet_keras.model.layer_widths(0.125)["fc7"])
     assert features.outputs["probabilities"].shape == (0, NUM_CLASSES)
