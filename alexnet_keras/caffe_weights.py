@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
+from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths, values_bytes
 from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
     NPY_MAGIC,
     POOL_METHODS,
@@ -447,6 +447,6 @@ def import_weights(
                 mapping.close()
             except BufferError:  # an array still views it: the mapping closes when freed
                 pass
-    with files.replaced_atomically(output_path) as temporary:
+    with files.replaced_atomically(output_path, values_bytes(model.weights)) as temporary:
         model.save(temporary)
     return source, model
