@@ -36,6 +36,7 @@ from alexnet_keras_base.disk_full import writing
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import process_alive
 from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_base.quiet import DISK_FULL_LOGS, native_stderr_without
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
@@ -300,7 +301,7 @@ def export_model(
     # A full disk names the version being written; the finally removes the hidden folder.
     target = base / str(version if version is not None else _next_version(base))
     try:
-        with writing(target):
+        with writing(target), native_stderr_without(DISK_FULL_LOGS):
             archive, functions = build_export_archive(model, labels, max_pixels)
             archive.write_out(str(temporary), verbose=False)
             marked = xla_must_compile_functions(temporary)

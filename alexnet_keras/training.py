@@ -33,7 +33,11 @@ from alexnet_keras_base.disk_full import new_entries_removed_on_disk_full, rerun
 from alexnet_keras_base.errors import PeerLost, Preempted, TrainingDiverged, UsageError
 from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras_base.layout import DataDir, RunDir
-from alexnet_keras_base.quiet import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
+from alexnet_keras_base.quiet import (
+    DISK_FULL_LOGS,
+    DISTRIBUTED_ITERATOR_NOTE,
+    native_stderr_without,
+)
 
 __all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 
@@ -232,6 +236,7 @@ class TrainingLoop:
         with (
             new_entries_removed_on_disk_full(self.manager.directory),
             writing(f"{self.manager.directory}/ckpt-{number}", needed),
+            native_stderr_without(DISK_FULL_LOGS),
         ):
             return self.manager.save()
 
