@@ -542,7 +542,8 @@ class RowsOutput:
             complete += len(line)
         self._journal.truncate(complete)
         self._journal.seek(0, 2)
-        self.settings_path.write_text(json.dumps(settings, indent=2))
+        with writing(self.settings_path):
+            self.settings_path.write_text(json.dumps(settings, indent=2))
         return done, answered, bool(done)
 
     def add(self, rows):

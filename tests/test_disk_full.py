@@ -70,7 +70,7 @@ def temporaries(folder):
     return [
         path
         for path in pathlib.Path(folder).rglob("*")
-        if any(n in path.name for n in TEMPORARY_NAMES)
+        if any(marker in path.name for marker in TEMPORARY_NAMES)
     ]
 
 
