@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 
 from alexnet_keras.layers import LRN_CAFFE
-from alexnet_keras.model import GROUPS, build_alexnet, layer_widths
+from alexnet_keras.model import GROUPS, build_alexnet, layer_widths, values_bytes
 from alexnet_keras.weight_files import (
     CAFFE_CURRENT,
     CAFFE_LEGACY,
@@ -429,6 +429,6 @@ def import_weights(
             caffe_weights, bgr_mean, class_names, width_multiplier, release_source=release
         )
         del caffe_weights
-    with files.replaced_atomically(output_path) as temporary:
+    with files.replaced_atomically(output_path, values_bytes(model.weights)) as temporary:
         model.save(temporary)
     return source, model

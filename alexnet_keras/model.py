@@ -5,7 +5,10 @@ Contract: the input is a batch of RGB images, float pixel values in [0, 255], sh
 dtype policy. Callers apply the softmax (the serving signature does).
 """
 
+import math
+
 import keras
+import numpy as np
 
 from alexnet_keras.input_pipeline import CROP_SIZE
 from alexnet_keras.layers import (
@@ -174,3 +177,13 @@ def mean_layer(model):
         if isinstance(layer, MeanSubtraction):
             return layer
     raise ValueError(f"model {model.name!r} has no MeanSubtraction layer")
+
+
+def values_bytes(variables):
+    """The bytes of the variables' values: about what a checkpoint or a `.keras` file of
+    them takes on disk."""
+    return sum(
+        math.prod(variable.shape)
+        * np.dtype(keras.backend.standardize_dtype(variable.dtype)).itemsize
+        for variable in variables
+    )

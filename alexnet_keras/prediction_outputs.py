@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 
 from alexnet_keras.prediction_inputs import RECORD_SEPARATOR, without_scheme
+from alexnet_keras_base.disk_full import is_disk_full, writing
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import replaced_atomically
 
@@ -35,7 +36,7 @@ class RowsOutput:
                 f"(remove it, choose another --output, or pass --overwrite)"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.journal_path = self.path.with_name(f".{self.path.name}.partial")
+        self.journal_path = journal_path(self.path)
         self.settings_path = self.path.with_name(f".{self.path.name}.partial.json")
         self._journal = open(self.journal_path, "a+b")
         try:
@@ -70,12 +71,14 @@ class RowsOutput:
             complete += len(line)
         self._journal.truncate(complete)
         self._journal.seek(0, 2)
-        self.settings_path.write_text(json.dumps(settings, indent=2))
+        with writing(self.settings_path):
+            self.settings_path.write_text(json.dumps(settings, indent=2))
         return done, answered, bool(done)
 
     def add(self, rows):
-        self._journal.write(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
-        self._journal.flush()
+        with writing(self.journal_path):  # a row cut by a full disk goes, as one cut by a kill
+            self._journal.write(b"".join(json.dumps(row).encode() + b"\n" for row in rows))
+            self._journal.flush()
         self.rows_done.update(row["path"] for row in rows)
         self.answered_paths += [row["path"] for row in rows if row["error"] is None]
 
@@ -105,7 +108,17 @@ class RowsOutput:
         self.close()
 
     def close(self):
-        self._journal.close()
+        try:
+            self._journal.close()
+        except OSError as error:  # the rows a full disk kept back: a rerun answers them
+            if not is_disk_full(error):
+                raise
+
+
+def journal_path(output):
+    """The journal of the rows of `output` answered so far."""
+    output = pathlib.Path(output)
+    return output.with_name(f".{output.name}.partial")
 
 
 def _differences(previous, settings):
@@ -185,7 +198,7 @@ class FeatureShards:
         while len(features):
             shard, filled = divmod(self.rows, FEATURES_PER_SHARD)
             part = features[: FEATURES_PER_SHARD - filled]
-            with open(self._partial(shard), "ab") as handle:
+            with writing(self._partial(shard)), open(self._partial(shard), "ab") as handle:
                 handle.write(part.tobytes())
             self.rows += len(part)
             features = features[len(part) :]

@@ -35,9 +35,11 @@ from alexnet_keras import classify, input_pipeline
 from alexnet_keras.image_headers import checked_image_bytes
 from alexnet_keras_base.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_base.config import TOP_K
+from alexnet_keras_base.disk_full import writing
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import process_alive
 from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
+from alexnet_keras_base.quiet import DISK_FULL_LOGS, native_stderr_without
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
@@ -303,34 +305,37 @@ def export_model(
         tempfile.mkdtemp(prefix=f".{base.name}.tmp-{os.getpid()}-", dir=base.parent)
     )
     functions = None
+    # A full disk names the version being written; the finally removes the hidden folder.
+    target = base / str(version if version is not None else _next_version(base))
     try:
-        archive, functions = build_export_archive(model, labels, max_pixels)
-        archive.write_out(str(temporary), verbose=False)
-        classify.set_classify_method_name(temporary)
-        marked = xla_must_compile_functions(temporary)
-        if marked:
-            raise UsageError(
-                f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
-                f"which TF Serving refuses unless started with XLA: the model uses a layer "
-                f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)"
-            )
-        extra = temporary / ExportBase.EXTRA
-        extra.mkdir()
-        with tf.io.TFRecordWriter(str(extra / ExportBase.WARMUP)) as writer:
-            for record in warmup_records(model_name):
-                writer.write(record)
-        info = {
-            "model": str(source) if source else None,
-            "labels": len(labels),
-            "max_pixels": functions.max_pixels,
-            "top_k": functions.top_k,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES, classify.CLASSIFY],
-        }
-        (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
-        _fsync_tree(temporary)
-        return _rename_into_place(temporary, base, version)
+        with writing(target), native_stderr_without(DISK_FULL_LOGS):
+            archive, functions = build_export_archive(model, labels, max_pixels)
+            archive.write_out(str(temporary), verbose=False)
+            classify.set_classify_method_name(temporary)
+            marked = xla_must_compile_functions(temporary)
+            if marked:
+                raise UsageError(
+                    f"the exported graph has functions that only run under XLA ({marked[0]}, ...), "
+                    f"which TF Serving refuses unless started with XLA: the model uses a layer "
+                    f"compiled with jit_compile (e.g. keras.layers.Conv2D with groups > 1)"
+                )
+            extra = temporary / ExportBase.EXTRA
+            extra.mkdir()
+            with tf.io.TFRecordWriter(str(extra / ExportBase.WARMUP)) as writer:
+                for record in warmup_records(model_name):
+                    writer.write(record)
+            info = {
+                "model": str(source) if source else None,
+                "labels": len(labels),
+                "max_pixels": functions.max_pixels,
+                "top_k": functions.top_k,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES, classify.CLASSIFY],
+            }
+            (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
+            _fsync_tree(temporary)
+            return _rename_into_place(temporary, base, version)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
         if functions is not None:
@@ -341,7 +346,7 @@ def _rename_into_place(temporary, base, version):
     """Renames the finished folder to the next free version (or `version`); a rename onto
     an existing, non-empty folder fails, so two concurrent exports cannot share a number."""
     while True:
-        number = version if version is not None else max(ExportBase(base).versions(), default=0) + 1
+        number = version if version is not None else _next_version(base)
         target = base / str(number)
         try:
             os.rename(temporary, target)
@@ -350,6 +355,10 @@ def _rename_into_place(temporary, base, version):
             if version is not None or not target.exists():
                 raise
             # Another export took this number meanwhile: take the next one.
+
+
+def _next_version(base):
+    return max(ExportBase(base).versions(), default=0) + 1
 
 
 def _fsync_tree(root):

@@ -25,15 +25,20 @@ import tensorflow as tf
 from alexnet_keras import finetune, history, input_pipeline, kernel_figure
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.layers import LRN_PAPER
-from alexnet_keras.model import build_alexnet, mean_layer
+from alexnet_keras.model import build_alexnet, mean_layer, values_bytes
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
+from alexnet_keras_base.disk_full import new_entries_removed_on_disk_full, rerun_keeps, writing
 from alexnet_keras_base.errors import Preempted, TrainingDiverged, UsageError
 from alexnet_keras_base.files import replaced_atomically
 from alexnet_keras_base.layout import TRAIN, VALIDATION, DataDir, RunDir
-from alexnet_keras_base.quiet import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
+from alexnet_keras_base.quiet import (
+    DISK_FULL_LOGS,
+    DISTRIBUTED_ITERATOR_NOTE,
+    native_stderr_without,
+)
 
 # Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
 # while the loss still looks finite (a huge update can silence every ReLU and leave a constant
@@ -116,8 +121,16 @@ def _check_workers_agree(strategy, start_step, model_dir):
 
 
 def _save_model(model, path):
-    with replaced_atomically(path) as temporary:
+    with replaced_atomically(path, needed_bytes=values_bytes(model.weights)) as temporary:
         model.save(temporary)
+
+
+def _kept_checkpoint(model_dir):
+    """What a rerun after a full disk resumes from."""
+    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
+    if latest is None:
+        return "no checkpoint was written yet: free space and run the same command again"
+    return f"the last checkpoint, {latest}, is kept: free space and run the same command to resume"
 
 
 # === The loop ===
@@ -196,7 +209,15 @@ class TrainingLoop:
             self.model, int(self.state.step.numpy()), self.manager, learning_rate
         )
         self.state.keep_running_sums(sums, seconds)
-        return self.manager.save()
+        # A full disk leaves the checkpoint before as the latest, and no part of this one.
+        number = int(self.manager.checkpoint.save_counter.numpy()) + 1
+        needed = values_bytes(self.model.weights + self.optimizer.variables)
+        with (
+            new_entries_removed_on_disk_full(self.manager.directory),
+            writing(f"{self.manager.directory}/ckpt-{number}", needed),
+            native_stderr_without(DISK_FULL_LOGS),
+        ):
+            return self.manager.save()
 
     def preempted(self, sums, seconds, learning_rate, during):
         self.save(sums, seconds, learning_rate)
@@ -411,22 +432,23 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
-            return _train(
-                config,
-                architecture,
-                (keep_fc8, why_fresh),
-                info,
-                data_dir,
-                model_dir,
-                output_dir,
-                strategy,
-                chief,
-                multi_worker,
-                steps_per_epoch,
-                sigterm,
-                log,
-                progress,
-            )
+            with rerun_keeps(lambda: _kept_checkpoint(model_dir)):
+                return _train(
+                    config,
+                    architecture,
+                    (keep_fc8, why_fresh),
+                    info,
+                    data_dir,
+                    model_dir,
+                    output_dir,
+                    strategy,
+                    chief,
+                    multi_worker,
+                    steps_per_epoch,
+                    sigterm,
+                    log,
+                    progress,
+                )
         except tf.errors.UnavailableError as error:  # a peer lost before the first step
             if not multi_worker:
                 raise

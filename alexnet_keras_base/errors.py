@@ -6,6 +6,9 @@ other exception is a bug, and keeps its traceback. Standard library only: the va
 environment raises them too.
 """
 
+import pathlib
+import shutil
+
 
 class CommandError(Exception):
     """The base: a message for the user, and the command's exit status."""
@@ -48,3 +51,48 @@ class PeerLost(CommandError):
     "killed by a signal"."""
 
     exit_code = 200
+
+
+class DiskFull(CommandError):
+    """A write found no space left on its file system (alexnet_keras_base.disk_full
+    recognises it). Permanent for a job controller, as a restart meets the same full disk: 5,
+    below 128. The message names the file, what it needed when known, the space free once the
+    command's temporaries are gone, and what a rerun keeps (`keeps`, filled in by the code
+    that knows it)."""
+
+    exit_code = 5
+
+    def __init__(self, path, needed_bytes=None, keeps=None):
+        super().__init__(path)
+        self.path, self.needed_bytes, self.keeps = path, needed_bytes, keeps
+
+    def __str__(self):
+        # Built when printed, after the command removed its temporaries: the free space is
+        # what a rerun finds.
+        sizes = []
+        if self.needed_bytes:
+            sizes.append(f"it needs about {_megabytes(self.needed_bytes)}")
+        free = _free_bytes(self.path) if self.path else None
+        if free is not None:
+            sizes.append(f"{_megabytes(free)} free there")
+        return (
+            f"the disk is full: no space left writing {self.path or 'the output'}"
+            + (f" ({', '.join(sizes)})" if sizes else "")
+            + f"; {self.keeps or 'free space and run the command again'}"
+        )
+
+
+def _megabytes(count):
+    return f"{count / 1e6:.1f} MB"
+
+
+def _free_bytes(path):
+    """The space free on the file system that holds `path` (or its nearest existing
+    folder); None when it cannot be asked."""
+    folder = pathlib.Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None

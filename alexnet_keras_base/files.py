@@ -5,18 +5,22 @@ import contextlib
 import os
 import pathlib
 
+from alexnet_keras_base.disk_full import writing
+
 
 @contextlib.contextmanager
-def replaced_atomically(path):
+def replaced_atomically(path, needed_bytes=None):
     """Yields a temporary path beside `path`, with the same extension (Keras and matplotlib
     infer the format from it); renames it to `path` when the block ends without error, and
-    removes it when the block fails."""
+    removes it when the block fails. A full disk becomes DiskFull naming `path` (and
+    `needed_bytes`, its expected size, when the caller knows it)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        yield temporary
-        os.replace(temporary, path)
+        with writing(path, needed_bytes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield temporary
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 

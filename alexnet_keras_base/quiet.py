@@ -9,6 +9,8 @@ import re
 import sys
 import tempfile
 
+from alexnet_keras_base.disk_full import NO_SPACE
+
 # What TensorFlow prints while it starts, on every run, that is not about the run: CUDA
 # probing on machines without a GPU, CPU-instruction notes, oneDNN notes, factory
 # registrations. Matched line by line; anything else is printed as it came.
@@ -27,6 +29,10 @@ DISTRIBUTED_ITERATOR_NOTE = re.compile(
     r"dataset\.cc:\d+\] Input of GeneratorDatasetOp::Dataset will not be optimized because "
     r"the dataset does not implement the AsGraphDefInternal\(\) method"
 )
+
+# What TensorFlow's C++ code logs when an op (SaveV2, of a checkpoint or an export) finds the
+# disk full, before the error that a DiskFull then reports in one line.
+DISK_FULL_LOGS = re.compile(rf"(op_kernel|local_rendezvous)\.cc:\d+\].*{NO_SPACE}")
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ an exit status.
 import functools
 import sys
 
+from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
 from alexnet_keras_base.errors import CommandError
 
 
@@ -22,19 +23,24 @@ def command(*also):
     """Decorates a command's `main(argv) -> status`: a CommandError (alexnet_keras_base.errors)
     is printed without a traceback and its exit_code returned; so is an error of the types in
     `also` (e.g. OSError for a command whose output could not be written), with status 2.
-    Anything else is a bug and keeps its traceback."""
+    A full disk, in any of its forms, is a DiskFull (status 5) even where the code that
+    wrote did not say so. Anything else is a bug and keeps its traceback."""
 
     def decorate(main):
         @functools.wraps(main)
         def run(argv=None):
             try:
                 return main(argv)
-            except CommandError as error:
-                print(f"{error.prefix}{error}", file=sys.stderr)
-                return error.exit_code
-            except also as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
+            except Exception as error:
+                if is_disk_full(error):
+                    error = as_disk_full(error)
+                if isinstance(error, CommandError):
+                    print(f"{error.prefix}{error}", file=sys.stderr)
+                    return error.exit_code
+                if isinstance(error, also):
+                    print(f"error: {error}", file=sys.stderr)
+                    return 2
+                raise
 
         return run
 

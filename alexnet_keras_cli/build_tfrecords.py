@@ -28,6 +28,7 @@ import sys
 import time
 
 from alexnet_keras_base.config import CONVERTER_MAX_PIXELS
+from alexnet_keras_base.disk_full import rerun_keeps
 from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_cli import command, progress_bar_factory
 
@@ -129,7 +130,11 @@ def main(argv=None):
         },
         class_names_file=args.class_names,
     )
-    dataset = convert(args.input_dir, args.output_dir, options, progress=progress)
+    with rerun_keeps(
+        f"the finished shards in {args.output_dir} are kept and a rerun reuses them: free "
+        f"space and run the same command again"
+    ):
+        dataset = convert(args.input_dir, args.output_dir, options, progress=progress)
     if dataset is None:
         return 0
     seconds = time.perf_counter() - start

@@ -31,6 +31,7 @@ import pathlib
 import sys
 
 from alexnet_keras_base.config import DEMO_MODEL_DIR, DEMO_RECORDS_DIR
+from alexnet_keras_base.disk_full import rerun_keeps
 from alexnet_keras_base.layout import RunDir
 from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_cli import command, progress_bar_factory
@@ -94,6 +95,14 @@ def default_data_dir(model_path):
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
+    with rerun_keeps(
+        "the model is untouched, and each report file is whole or absent (earlier ones "
+        "stay until replaced): free space and run the same command again"
+    ):
+        return _evaluate(args)
+
+
+def _evaluate(args):
     from alexnet_keras import evaluation, evaluation_report
 
     progress = progress_bar_factory("img", enabled=not args.no_progress)

@@ -19,6 +19,7 @@ import pathlib
 import sys
 
 from alexnet_keras_base.config import SERVING_MAX_PIXELS
+from alexnet_keras_base.disk_full import rerun_keeps
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_cli import command
@@ -83,15 +84,19 @@ def main(argv=None):
             f"{len(labels)} labels{' in ' + args.labels if args.labels else ''} but "
             f"{model_path} predicts {num_classes} classes"
         )
-    path = serving.export_model(
-        model,
-        args.export_base,
-        labels,
-        version=args.version,
-        max_pixels=args.max_pixels,
-        model_name=args.model_name,
-        source=model_path,
-    )
+    with rerun_keeps(
+        f"the versions already in {args.export_base} are untouched and this export left "
+        f"nothing behind: free space and export again"
+    ):
+        path = serving.export_model(
+            model,
+            args.export_base,
+            labels,
+            version=args.version,
+            max_pixels=args.max_pixels,
+            model_name=args.model_name,
+            source=model_path,
+        )
     print(f"exported {model_path} ({num_classes} classes) to {path}")
     return 0
 

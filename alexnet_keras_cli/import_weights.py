@@ -23,6 +23,7 @@ import math
 import sys
 import time
 
+from alexnet_keras_base.disk_full import rerun_keeps
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.quiet import import_tensorflow_quietly
 from alexnet_keras_cli import command
@@ -85,9 +86,13 @@ def main(argv=None):
     if args.class_names:
         class_names = means_and_names.read_class_names(args.class_names, caffe_weights.NUM_CLASSES)
     try:
-        source, model = caffe_weights.import_weights(
-            args.weights, args.output, bgr_mean, class_names
-        )
+        with rerun_keeps(
+            f"{args.output} is as it was (no part of the new model was kept): free space and "
+            f"run the same command again"
+        ):
+            source, model = caffe_weights.import_weights(
+                args.weights, args.output, bgr_mean, class_names
+            )
     except (UsageError, OSError) as error:  # named after the file it is about
         raise UsageError(f"{args.weights}: {error}") from None
     weights = sum(math.prod(weight.shape) for weight in model.trainable_weights)

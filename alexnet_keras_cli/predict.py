@@ -34,7 +34,8 @@ finished output is never overwritten unless --overwrite is given.
 
 Exit status: 0 every image answered; 4 the output is complete but some images could not be
 answered (their rows have an error); 2 a usage error (bad flag, model or input; nothing
-written); 143 stopped by SIGTERM (rerun to resume).
+written); 5 the disk is full (the rows answered so far are kept: free space and rerun to
+answer the rest); 143 stopped by SIGTERM (rerun to resume).
 """
 
 import argparse
@@ -44,6 +45,7 @@ import sys
 
 from alexnet_keras_base import layout
 from alexnet_keras_base.config import SERVING_MAX_PIXELS, TOP_K
+from alexnet_keras_base.disk_full import rerun_keeps
 from alexnet_keras_base.quiet import (
     beam_imported_quietly,
     import_tensorflow_quietly,
@@ -181,7 +183,7 @@ def main(argv=None):
     import_tensorflow_quietly()
     if args.runner:
         return _run_on_beam(args)
-    from alexnet_keras import prediction, prediction_inputs, predictors
+    from alexnet_keras import prediction, prediction_inputs, prediction_outputs, predictors
 
     predictor = predictors.load_predictor(
         args.model, args.labels, args.max_pixels, features=args.features_dir is not None
@@ -198,7 +200,15 @@ def main(argv=None):
     }
     # The bar writes to the terminal itself; TensorFlow's logs of each bad image are kept
     # back and printed at the end without those lines.
-    with os.fdopen(os.dup(2), "w") as terminal, native_stderr_without(BAD_IMAGE_LOGS):
+    kept = (
+        f"the rows answered so far are kept in {prediction_outputs.journal_path(args.output)}: free "
+        f"space and run the same command to answer the rest"
+    )
+    with (
+        os.fdopen(os.dup(2), "w") as terminal,
+        native_stderr_without(BAD_IMAGE_LOGS),
+        rerun_keeps(kept),
+    ):
         summary = prediction.predict(
             sources,
             predictor,

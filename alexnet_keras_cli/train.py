@@ -13,6 +13,8 @@ Running the same command again with the same --model_dir resumes from the last c
 SIGTERM (to any worker) saves a checkpoint of the whole run and exits with status 143.
 A worker whose peer vanished mid-run (killed, lost machine) says which and exits with status
 200; rerunning every worker resumes from the last checkpoint. Both are retryable (128-255).
+A full disk stops it with status 5, permanent until space is freed: the last checkpoint stays
+the one a rerun resumes from.
 Outputs in --model_dir: alexnet.keras, alexnet_best.keras, checkpoints/, logs/ (TensorBoard),
 history.csv, training_curves.png, config.json (the config the run started with) and run.json
 (dataset, replicas, checkpointed settings, the --init_from source, and each resume with its

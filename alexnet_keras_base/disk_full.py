@@ -1,0 +1,90 @@
+"""A full disk, recognised in one place, in each of the forms it takes (Python's OSError
+ENOSPC, numpy's short write, TensorFlow's ResourceExhaustedError "No space left on device"),
+and turned into `DiskFull`, which names the file being written. Standard library only: the
+TensorFlow error is recognised by its class name and message, and TensorFlow's other
+ResourceExhaustedError, out of memory, keeps its own meaning."""
+
+import contextlib
+import errno
+import os
+import pathlib
+import re
+import shutil
+
+from alexnet_keras_base.errors import DiskFull
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", also in TensorFlow's message
+# numpy's ndarray.tofile (np.save to a path) reports a short write without an errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+# TensorFlow's file errors read "PATH; No space left on device".
+_TENSORFLOW_PATH = re.compile(rf"(\S+); {NO_SPACE}")
+
+
+def is_disk_full(error):
+    """Whether `error` says that the disk is full."""
+    if isinstance(error, DiskFull):
+        return True
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC or (
+            error.errno is None and bool(_SHORT_WRITE.match(str(error)))
+        )
+    return type(error).__name__ == "ResourceExhaustedError" and NO_SPACE in str(error)
+
+
+def as_disk_full(error, path=None, needed_bytes=None):
+    """The DiskFull for a disk-full `error`, naming `path` or, without it, the file that
+    the error names."""
+    if isinstance(error, DiskFull):
+        return error
+    if path is None:
+        path = getattr(error, "filename", None)
+        found = _TENSORFLOW_PATH.search(str(error))
+        path = path or (found[1] if found else None)
+    return DiskFull(path, needed_bytes)
+
+
+@contextlib.contextmanager
+def writing(path, needed_bytes=None):
+    """Turns a full disk in the block, which writes `path`, into DiskFull naming it (a
+    DiskFull from inside the block, naming its own file, passes as it is)."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error) or isinstance(error, DiskFull):
+            raise
+        raise as_disk_full(error, path, needed_bytes) from error
+
+
+@contextlib.contextmanager
+def rerun_keeps(keeps):
+    """Adds what a rerun keeps (a sentence, or a function that returns it when the disk
+    filled) to a DiskFull that the block raises without one."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        full = as_disk_full(error)
+        if full.keeps is None:
+            full.keeps = keeps() if callable(keeps) else keeps
+        if full is error:
+            raise
+        raise full from error
+
+
+@contextlib.contextmanager
+def new_entries_removed_on_disk_full(folder):
+    """Removes what the block added to `folder` when the disk fills: TensorFlow's checkpoint
+    writer leaves its `ckpt-N_temp` folder and half-written files behind."""
+    folder = pathlib.Path(folder)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    try:
+        yield
+    except Exception as error:
+        if is_disk_full(error) and folder.is_dir():
+            for entry in set(folder.iterdir()) - before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
