@@ -59,7 +59,7 @@ def arguments(argv):
             batch_size=4,
             width_multiplier=SMOKE_WIDTH,
             num_classes=SMOKE_CLASSES,
-            rounds=1,
+            rounds=0,
         ),
     )
 
@@ -122,7 +122,8 @@ def main(argv=None):
                 record.append(elapsed)
                 if command == "beam" and size == "all":
                     batches.append(int(re.search(r"\bbatches (\d+)", printed)[1]))
-        median = {key: statistics.median(values[1:]) for key, values in times.items()}
+        # --smoke's rounds 0: the warm-up round alone, counted.
+        median = {key: statistics.median(values[1:] or values) for key, values in times.items()}
         slope = {
             command: (median[command, "all"] - median[command, "few"]) / (args.images - args.few)
             for command in commands

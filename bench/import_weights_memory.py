@@ -83,7 +83,7 @@ def main(argv=None):
         smoke=dict(
             width_multiplier=SMOKE_WIDTH,
             num_classes=SMOKE_CLASSES,
-            formats=["caffemodel (layer)", "npy"],  # each of the script's two writers
+            formats=["caffemodel (layer)"],
         ),
     )
     command = [sys.executable, "import_weights.py"]

@@ -66,7 +66,7 @@ class BatchClock:
         return sum(self.counts[1:]) / (self.times[-1] - self.times[0])
 
 
-def main(argv=None):
+def arguments(argv):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -75,7 +75,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=640, help="JPEGs in the folder")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parse_args(
+    return parse_args(
         parser,
         argv,
         smoke=dict(
@@ -87,6 +87,9 @@ def main(argv=None):
         ),
     )
 
+
+def main(argv=None):
+    args = arguments(argv)
     model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
     labels = [f"class_{index}" for index in range(args.num_classes)]
     predictor = prediction.KerasPredictor(model, labels)
