@@ -6,8 +6,8 @@ rounds. Its figures mean nothing; tests/test_bench.py runs this.
     python bench/smoke.py lrn_gradient_speed train_speed
 
 Each script is imported as a module and its `main(["--smoke"])` called. A script that fails
-(an exception, or an exit status other than 0) has its traceback printed, and the next one
-runs. The last line is JSON, {script: seconds, or null where it failed}; the exit status is
+(an exception, or an exit status other than 0) has its traceback printed on stdout, and the
+next one runs. The last line is JSON, {script: seconds, or null where it failed}; the exit status is
 1 when a script failed.
 """
 
@@ -58,7 +58,7 @@ def run(name):
     except SystemExit as exit:
         status = exit.code
     except Exception:
-        traceback.print_exc()
+        traceback.print_exc(file=sys.stdout)  # in the script's part of the output
         status = "an exception"
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     sys.stdout.flush()

@@ -68,7 +68,7 @@ def script_output(output, script):
     stdout, _, stderr = output.partition("\n--- stderr ---\n")
     start = stdout.find(f"=== {script} --smoke\n")
     end = stdout.find(f"=== {script} --smoke ", start + 1)
-    return stdout[start:end] + "\n--- stderr (tail) ---\n" + stderr[-6000:]
+    return stdout[start:end] + "\n--- stderr of the group (tail) ---\n" + stderr[-3000:]
 
 
 def pytest_generate_tests(metafunc):
