@@ -2,6 +2,7 @@
 default CPU allocator, on our training step and inference, in one run.
 
     python bench/allocator_speed.py [--rounds 4] [--training_batch 32]
+    python bench/allocator_speed.py --smoke         # seconds: that it runs
 
 The allocator is chosen by TF_CPU_ALLOCATOR_USE_BFC when TensorFlow first allocates, so each
 setting runs in its own bench/tf_speed.py process, alternately (BFC first in odd rounds, the
@@ -17,17 +18,21 @@ import sys
 
 from peer_speed import cpu_name, run_worker
 
+from common import parse_args
+
 SETTINGS = {"bfc": "true", "default": "false"}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--training_batch", type=int, default=32)
     parser.add_argument("--inference_batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process")
-    args = parser.parse_args()
+    args = parse_args(
+        parser, argv, smoke=dict(rounds=1, training_batch=2, inference_batch=2, repeats=1)
+    )
     rounds = []
     for round_index in range(args.rounds):
         order = list(SETTINGS) if round_index % 2 == 0 else list(SETTINGS)[::-1]

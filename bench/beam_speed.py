@@ -3,6 +3,7 @@ JPEGs, the same export and batch size, in one process, alternating.
 
     python bench/beam_speed.py                          # paper network, 1000 classes
     python bench/beam_speed.py --images 128 --width_multiplier 0.25
+    python bench/beam_speed.py --smoke                  # seconds: that it runs
 
 Each round runs both commands as a user runs them (`predict.py ...` and `predict.py --runner
 DirectRunner ...`: model load, listing, reading, the export's serving_default, writing the
@@ -28,13 +29,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from serving_speed import photo_jpeg
 
-from common import print_results  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    parse_args,
+    print_results,
+)
 
 from alexnet_keras import build_alexnet, predictors, serving
 from alexnet_keras_cli import predict
 
 
-def parse_args():
+def arguments(argv):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,7 +50,18 @@ def parse_args():
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
-    return parser.parse_args()
+    return parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            images=8,
+            few=4,
+            batch_size=4,
+            width_multiplier=SMOKE_WIDTH,
+            num_classes=SMOKE_CLASSES,
+            rounds=0,
+        ),
+    )
 
 
 def seconds(arguments, output):
@@ -73,8 +90,8 @@ def signature_seconds(export, folder, batch_size):
     return time.perf_counter() - start
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = arguments(argv)
     work = pathlib.Path(tempfile.mkdtemp(prefix="beam-speed-"))
     try:
         model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
@@ -105,7 +122,8 @@ def main():
                 record.append(elapsed)
                 if command == "beam" and size == "all":
                     batches.append(int(re.search(r"\bbatches (\d+)", printed)[1]))
-        median = {key: statistics.median(values[1:]) for key, values in times.items()}
+        # --smoke's rounds 0: the warm-up round alone, counted.
+        median = {key: statistics.median(values[1:] or values) for key, values in times.items()}
         slope = {
             command: (median[command, "all"] - median[command, "few"]) / (args.images - args.few)
             for command in commands

@@ -13,15 +13,43 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # module before any op is enough; bench/allocator_speed.py compares both allocators.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
+# The network of every script's --smoke run: the tests' tiny variant.
+SMOKE_WIDTH = 0.125
+SMOKE_CLASSES = 10
+
+
+def parse_args(parser, argv, smoke):
+    """The script's arguments from `argv` (None: the command line). `--smoke` replaces the
+    sizes by those of `smoke` (a tiny network, a few images and rounds): the whole script
+    runs in seconds through the same code, to show that it runs; its figures mean nothing.
+    Sizes that are no flag of the script are `parser.set_defaults` of it."""
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes ("
+        + ", ".join(f"{name} {value}" for name, value in smoke.items())
+        + "): checks in seconds that the script runs",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for name, value in smoke.items():
+            setattr(args, name, value)
+    return args
+
+
+SYNTHETIC_CLASSES = 10  # of synthetic_records
+
 
 def synthetic_records(folder, images_per_class, num_shards):
-    """Converts synthetic images (10 classes) into TFRecords under `folder`; returns the
-    records folder and its dataset.json."""
+    """Converts synthetic images (SYNTHETIC_CLASSES classes) into TFRecords under `folder`;
+    returns the records folder and its dataset.json."""
     from alexnet_keras import input_pipeline
     from alexnet_keras.synthetic import make_synthetic_dataset
     from alexnet_keras.tfrecords import ConvertOptions, convert
 
-    make_synthetic_dataset(folder / "images", num_classes=10, images_per_class=images_per_class)
+    make_synthetic_dataset(
+        folder / "images", num_classes=SYNTHETIC_CLASSES, images_per_class=images_per_class
+    )
     convert(
         folder / "images",
         folder / "records",
@@ -65,11 +93,23 @@ def print_results(results):
 
 def set_threads(intra_op, inter_op):
     """TensorFlow's thread pools, before it starts: `intra_op` threads inside one op (the
-    convolutions and matmuls), `inter_op` ops running side by side."""
+    convolutions and matmuls), `inter_op` ops running side by side. Where TensorFlow runs
+    already with other pools (bench/smoke.py runs several scripts in one process), says so
+    on stderr and keeps them."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    threading = tf.config.threading
+    try:
+        threading.set_intra_op_parallelism_threads(intra_op)
+        threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # "cannot be modified after initialization"
+        print(
+            f"note: TensorFlow runs already in this process, with "
+            f"{threading.get_intra_op_parallelism_threads()} intra-op and "
+            f"{threading.get_inter_op_parallelism_threads()} inter-op threads (0: its "
+            f"default); {intra_op} and {inter_op} are not set",
+            file=sys.stderr,
+        )
 
 
 def call_times(function, repeats):

@@ -4,6 +4,7 @@ Dense gets), at fc6's and fc7's shapes, then the whole training step of the pape
 with each, alternately in one process.
 
     python bench/dense_gradient_speed.py [--batch 32] [--rounds 11]
+    python bench/dense_gradient_speed.py --smoke    # seconds: that it runs
 
 Prints the median times, the largest relative difference of the two input gradients, and
 the ratios TensorFlow's / ours (above 1: ours is faster).
@@ -18,18 +19,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    alternate,
+    parse_args,
+    set_threads,
+    training_batch,
+)
 
-from alexnet_keras import FullyConnected, training
+from alexnet_keras import FullyConnected, steps, training
 from alexnet_keras_base.config import PRESETS
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000)  # the paper network
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(batch=2, rounds=1, width_multiplier=SMOKE_WIDTH, num_classes=SMOKE_CLASSES),
+    )
     set_threads(args.threads, 1)
 
     for name, (inputs, units) in (("fc6", (9216, 4096)), ("fc7", (4096, 4096))):
@@ -47,12 +60,14 @@ def main():
             f"max relative difference {float(difference):.1e}"
         )
 
-    config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
+    config = PRESETS["paper"].replace(
+        global_batch_size=args.batch, learning_rate=1e-3, width_multiplier=args.width_multiplier
+    )
     strategy = tf.distribute.get_strategy()
-    batch = training_batch(args.batch)
-    steps = {}
+    batch = training_batch(args.batch, args.num_classes)
+    step_functions = {}
     for name in ("ours", "keras_dense"):
-        model = training.build_model(config, num_classes=1000)
+        model = training.build_model(config, num_classes=args.num_classes)
         if name == "keras_dense":  # this model's fully connected layers are Keras' Dense
             for layer in model.layers:
                 if isinstance(layer, FullyConnected):
@@ -60,8 +75,8 @@ def main():
         step, _ = steps.make_step_functions(
             strategy, model, steps.build_optimizer(config, model), config
         )
-        steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
-    medians, ratios = alternate(steps, args.rounds)
+        step_functions[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
+    medians, ratios = alternate(step_functions, args.rounds)
     print(
         f"training step, batch {args.batch}: ours {medians['ours'] * 1e3:.0f} ms, with Keras' "
         f"Dense {medians['keras_dense'] * 1e3:.0f} ms; speed-up {ratios['keras_dense']:.3f}x"

@@ -4,6 +4,7 @@ scratch, over several seeds; the figures of docs/finetuning.md and the bar of
 tests/test_finetune.py.
 
     python bench/finetune_transfer.py [--seeds 0 1 2 3 4] [--learning_rates 0.001 0.003]
+    python bench/finetune_transfer.py --smoke   # seconds: that it runs
 
 The source is the `demo` recipe at --width on SOURCE_CLASSES (--source_images per class, a
 fifth held out), trained once per --work_dir. Each target dataset holds TARGET_CLASSES,
@@ -16,6 +17,7 @@ difference. The defaults are the setting of tests/test_finetune.py's transfer te
 """
 
 import argparse
+import contextlib
 import json
 import pathlib
 import shutil
@@ -24,7 +26,7 @@ import tempfile
 
 from peer_speed import cpu_name
 
-import common  # noqa: F401  (puts the checkout on sys.path)
+from common import parse_args  # also puts the checkout on sys.path
 
 SOURCE_CLASSES = ("circle", "triangle", "stripes", "ring", "dots")
 TARGET_CLASSES = ("square", "star", "cross", "checkerboard", "crescent")
@@ -46,7 +48,7 @@ def make_records(folder, classes, train_per_class, val_per_class, seed):
     return folder / "records"
 
 
-def main():
+def arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--source_images", type=int, default=150)
@@ -83,20 +85,34 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip_scratch", action="store_true", help="fine-tuned runs only")
     parser.add_argument("--work_dir", type=pathlib.Path, default=None)
-    args = parser.parse_args()
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            source_images=5,
+            source_epochs=1,
+            source_batch_size=4,
+            target_train=1,
+            target_val=1,
+            epochs=1,
+            global_batch_size=5,
+            seeds=[0],
+        ),
+    )
+    return args
 
+
+def train_source(args, work):
+    """The source network of --source_classes, trained once per work folder; its path."""
     from alexnet_keras import training
     from alexnet_keras_base.config import PRESETS
 
-    source_classes, target_classes = args.source_classes, args.target_classes
-    work = args.work_dir or pathlib.Path(tempfile.mkdtemp(prefix="finetune-transfer-"))
-    print(f"CPU: {cpu_name()}; work folder {work}")
     source_dir = work / "source"
     source_model = source_dir / "model" / "alexnet.keras"
     if not source_model.exists():
         records = make_records(
             source_dir,
-            source_classes,
+            args.source_classes,
             args.source_images * 4 // 5,
             args.source_images // 5,
             seed=100,
@@ -113,6 +129,13 @@ def main():
             f"source: validation accuracy {1 - results[-1].val_top1_error:.3f} after "
             f"{args.source_epochs} epochs"
         )
+    return source_model
+
+
+def compare(args, work, source_model):
+    """Fine-tuned against from scratch, for each seed and learning rate; prints the figures."""
+    from alexnet_keras import training
+    from alexnet_keras_base.config import PRESETS
 
     recipe = PRESETS["finetune"].replace(deterministic=True)
     overrides = {
@@ -130,7 +153,11 @@ def main():
     accuracies = {(rate, kind): [] for rate in rates for kind in ("finetuned", "scratch")}
     for seed in args.seeds:
         records = make_records(
-            work / f"target_{seed}", target_classes, args.target_train, args.target_val, seed=seed
+            work / f"target_{seed}",
+            args.target_classes,
+            args.target_train,
+            args.target_val,
+            seed=seed,
         )
         for rate in rates:
             finetuned = recipe.replace(
@@ -180,6 +207,19 @@ def main():
                 f"{max(scratch):.3f}); difference min {min(differences[rate]):.3f}"
             )
         print(summary)
+
+
+def main(argv=None):
+    args = arguments(argv)
+    with contextlib.ExitStack() as stack:
+        if args.work_dir:
+            work = args.work_dir
+        elif args.smoke:  # a smoke run leaves nothing behind
+            work = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        else:
+            work = pathlib.Path(tempfile.mkdtemp(prefix="finetune-transfer-"))
+        print(f"CPU: {cpu_name()}; work folder {work}")
+        compare(args, work, train_source(args, work))
 
 
 if __name__ == "__main__":

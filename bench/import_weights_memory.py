@@ -3,6 +3,7 @@ making (random weights, 60,965,224 of them: the size of the published files).
 
     python bench/import_weights_memory.py              # the three formats, one run each
     python bench/import_weights_memory.py --rounds 3   # the median of three
+    python bench/import_weights_memory.py --smoke      # seconds: that it runs
 
 For each format (.caffemodel current encoding, legacy V1 encoding, caffe-tensorflow .npy),
 writes the file with tests/caffe_files.py, then runs `import_weights.py` in a fresh process and
@@ -22,7 +23,12 @@ import sys
 import tempfile
 import time
 
-from common import cpu_name  # also makes alexnet_keras importable
+from common import (  # also makes alexnet_keras importable
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    cpu_name,
+    parse_args,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -30,6 +36,14 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 from caffe_files import random_weights, write_caffemodel, write_npy
 
 FORMATS = {"caffemodel (layer)": "layer", "caffemodel (V1 layers)": "layers", "npy": "npy"}
+# --smoke's child: import_weights.py's main, the library's call made at the tiny width (the
+# command takes bvlc_alexnet's full size only, files of 0.24 GB).
+SMOKE_COMMAND = (
+    "import functools, sys; from alexnet_keras import caffe_weights; "
+    "caffe_weights.import_weights = functools.partial(caffe_weights.import_weights, "
+    "width_multiplier={width_multiplier}, num_classes={num_classes}); "
+    "from alexnet_keras_cli import import_weights; sys.exit(import_weights.main(sys.argv[1:]))"
+)
 BASELINE = (
     "from alexnet_keras_base.quiet import import_tensorflow_quietly; "
     "import_tensorflow_quietly(); import keras, alexnet_keras; "
@@ -53,7 +67,7 @@ def measure(command):
         return seconds, usage.ru_maxrss * 1024, stdout.read().decode()
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -62,9 +76,21 @@ def main():
         "--work_dir",
         help="where to write the files (default: a temporary folder; needs about 0.5 GB)",
     )
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000, formats=list(FORMATS))
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            width_multiplier=SMOKE_WIDTH,
+            num_classes=SMOKE_CLASSES,
+            formats=["caffemodel (layer)"],
+        ),
+    )
+    command = [sys.executable, "import_weights.py"]
+    if args.smoke:
+        command = [sys.executable, "-c", SMOKE_COMMAND.format(**vars(args))]
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores")
-    weights = random_weights(seed=0)
+    weights = random_weights(args.width_multiplier, args.num_classes, seed=0)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
         folder = pathlib.Path(folder)
         baseline = statistics.median(
@@ -75,7 +101,8 @@ def main():
             f"{'format':24s}{'file MB':>9s}{'import s':>10s}{'command s':>11s}"
             f"{'peak MB':>9s}{'peak/file':>11s}{'(peak-TF)/file':>16s}"
         )
-        for label, kind in FORMATS.items():
+        for label in args.formats:
+            kind = FORMATS[label]
             path = folder / ("bvlc_alexnet.npy" if kind == "npy" else f"{kind}.caffemodel")
             if kind == "npy":
                 write_npy(path, weights)
@@ -87,8 +114,7 @@ def main():
                 output = folder / "out.keras"
                 seconds, peak, stdout = measure(
                     [
-                        sys.executable,
-                        "import_weights.py",
+                        *command,
                         "--weights",
                         str(path),
                         "--output",

@@ -1,6 +1,7 @@
 """Training input pipeline speed against bare JPEG decoding of the same records, in one run.
 
     python bench/input_speed.py [--images 3000]
+    python bench/input_speed.py --smoke         # seconds: that it runs
 
 Converts synthetic images to TFRecords, then times on the same cores: (1) read + parse +
 `tf.io.decode_jpeg` alone, parallel map, the floor any JPEG pipeline pays; (2) the full
@@ -21,11 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    parse_args,
+    print_results,
+    synthetic_records,
+)
 
 from alexnet_keras import input_pipeline
-
-BATCH = 128
 
 
 def images_per_second(dataset, images):
@@ -40,7 +43,7 @@ def images_per_second(dataset, images):
     return seen / (time.perf_counter() - start)
 
 
-def bare_decode(pattern, dct_method, to_float=False):
+def bare_decode(pattern, batch_size, dct_method, to_float=False):
     files = tf.data.Dataset.list_files(pattern, shuffle=False)
     dataset = files.interleave(tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -48,7 +51,7 @@ def bare_decode(pattern, dct_method, to_float=False):
         image_bytes, label = input_pipeline.parse_example(record)
         return tf.io.decode_jpeg(image_bytes, channels=3, dct_method=dct_method), label
 
-    dataset = dataset.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH)
+    dataset = dataset.repeat().map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     if to_float:
         dataset = dataset.map(
             lambda images, labels: (tf.cast(images, tf.float32), labels),
@@ -57,25 +60,30 @@ def bare_decode(pattern, dct_method, to_float=False):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=3000)
-    args = parser.parse_args()
+    parser.set_defaults(batch=128, images_per_class=100)
+    args = parse_args(parser, argv, smoke=dict(images=16, batch=4, images_per_class=11))
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        records, info = synthetic_records(scratch, images_per_class=100, num_shards=8)
+        records, info = synthetic_records(
+            scratch, images_per_class=args.images_per_class, num_shards=8
+        )
         pattern = str(records / "train-*")
         pca = input_pipeline.PCALighting.from_dataset_info(info)
-        training = input_pipeline.make_train_dataset(pattern, BATCH, pca=pca, shuffle_buffer=2000)
+        training = input_pipeline.make_train_dataset(
+            pattern, args.batch, pca=pca, shuffle_buffer=2000
+        )
         results = {
             "bare_decode_accurate_dct_images_per_s": images_per_second(
-                bare_decode(pattern, "INTEGER_ACCURATE"), args.images
+                bare_decode(pattern, args.batch, "INTEGER_ACCURATE"), args.images
             ),
             "bare_decode_default_dct_images_per_s": images_per_second(
-                bare_decode(pattern, ""), args.images
+                bare_decode(pattern, args.batch, ""), args.images
             ),
             "bare_decode_to_float32_images_per_s": images_per_second(
-                bare_decode(pattern, "INTEGER_ACCURATE", to_float=True), args.images
+                bare_decode(pattern, args.batch, "INTEGER_ACCURATE", to_float=True), args.images
             ),
             "training_pipeline_images_per_s": images_per_second(training, args.images),
         }

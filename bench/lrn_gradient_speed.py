@@ -3,6 +3,7 @@ gradient written as element-wise ops from the input (the `tf.custom_gradient` ca
 issue 12), compiled by XLA into one pass and without XLA, at the shapes of norm1 and norm2.
 
     python bench/lrn_gradient_speed.py [--batch 32] [--rounds 7]
+    python bench/lrn_gradient_speed.py --smoke      # seconds: that it runs
 
 Prints the largest relative difference to LRNGrad and the median times, timed alternately,
 and the kernel's time over each candidate's (above 1: the candidate is faster). Then the
@@ -18,10 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from common import alternate, set_threads  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    alternate,
+    parse_args,
+    set_threads,
+)
+
+from alexnet_keras.layers import LRN_PAPER
 
 # The paper's LRN, as LocalResponseNormalization's defaults.
-DEPTH_RADIUS, BIAS, ALPHA, BETA = 2, 2.0, 1e-4, 0.75
+DEPTH_RADIUS, BIAS, ALPHA, BETA = (
+    LRN_PAPER[name] for name in ("depth_radius", "bias", "alpha", "beta")
+)
 
 
 def window_sum(values):
@@ -86,20 +97,22 @@ def kernel_gradient(inputs, outputs, upstream):
     )
 
 
-def whole_step_ratio(batch_size, rounds):
+def whole_step_ratio(batch_size, rounds, width_multiplier, num_classes):
     """Median step seconds with the XLA LRN gradient ("fused") and with LRNGrad, and the
     median of the per-round ratios LRNGrad / fused."""
     from common import training_batch
 
-    from alexnet_keras import LocalResponseNormalization, training
+    from alexnet_keras import LocalResponseNormalization, steps, training
     from alexnet_keras_base.config import PRESETS
 
-    config = PRESETS["paper"].replace(global_batch_size=batch_size, learning_rate=1e-3)
+    config = PRESETS["paper"].replace(
+        global_batch_size=batch_size, learning_rate=1e-3, width_multiplier=width_multiplier
+    )
     strategy = tf.distribute.get_strategy()
-    batch = training_batch(batch_size)
-    steps = {}
+    batch = training_batch(batch_size, num_classes)
+    step_functions = {}
     for name in ("fused", "LRNGrad"):
-        model = training.build_model(config, num_classes=1000)
+        model = training.build_model(config, num_classes=num_classes)
         if name == "fused":  # this model's LRN layers take the XLA gradient
             for layer in model.layers:
                 if isinstance(layer, LocalResponseNormalization):
@@ -107,17 +120,22 @@ def whole_step_ratio(batch_size, rounds):
         step, _ = steps.make_step_functions(
             strategy, model, steps.build_optimizer(config, model), config
         )
-        steps[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
-    medians, ratios = alternate(steps, rounds)
+        step_functions[name] = lambda step=step: step(batch, tf.constant(0.0))["loss"].numpy()
+    medians, ratios = alternate(step_functions, rounds)
     return medians, ratios["LRNGrad"]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000)  # the paper network
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(batch=2, rounds=1, width_multiplier=SMOKE_WIDTH, num_classes=SMOKE_CLASSES),
+    )
     set_threads(args.threads, 1)
     for name, shape in (("norm1", (55, 55, 96)), ("norm2", (27, 27, 256))):
         inputs = tf.nn.relu(tf.random.normal((args.batch, *shape))) * 30
@@ -145,7 +163,9 @@ def main():
                 f"  {key}: {medians[key] * 1e3:.1f} ms, LRNGrad / it {1 / ratios[key]:.2f}x, "
                 f"max relative difference {float(difference):.1e}"
             )
-    medians, ratio = whole_step_ratio(args.batch, args.rounds)
+    medians, ratio = whole_step_ratio(
+        args.batch, args.rounds, args.width_multiplier, args.num_classes
+    )
     print(
         f"training step, batch {args.batch}: fused {medians['fused'] * 1e3:.0f} ms, "
         f"LRNGrad {medians['LRNGrad'] * 1e3:.0f} ms; speed-up {ratio:.3f}x"

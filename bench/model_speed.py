@@ -2,6 +2,7 @@
 
     python bench/model_speed.py            # paper network, fp32, CPU or first GPU
     python bench/model_speed.py --compare_keras_groups
+    python bench/model_speed.py --smoke        # seconds: that it runs (groups compared too)
 
 Measures in one run: the FLOP/s of a large float32 matmul (the practical ceiling of the
 device), inference images/s at batch 64 and training-step images/s at batch 32 (forward,
@@ -21,7 +22,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import call_times, print_results  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    call_times,
+    parse_args,
+    print_results,
+)
 
 from alexnet_keras import GroupedConv2D, build_alexnet
 
@@ -98,9 +105,9 @@ def training_speed(model, batch_size, repeats, steps_per_repeat=3):
     return batch_size * steps_per_repeat / seconds
 
 
-def keras_groups_alexnet():
+def keras_groups_alexnet(**network):
     """The same network with Keras' own Conv2D(groups=2) (XLA-compiled on TensorFlow)."""
-    config = build_alexnet().get_config()
+    config = build_alexnet(**network).get_config()
     for layer_config in config["layers"]:
         if layer_config["class_name"] == "GroupedConv2D":
             layer_config["class_name"] = "Conv2D"
@@ -109,7 +116,7 @@ def keras_groups_alexnet():
     return keras.Model.from_config(config)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inference_batch", type=int, default=64)
     parser.add_argument("--training_batch", type=int, default=32)
@@ -119,12 +126,26 @@ def main():
         action="store_true",
         help="also time the network built with keras.layers.Conv2D(groups=2)",
     )
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000, matmul_size=4096)
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            inference_batch=2,
+            training_batch=2,
+            repeats=1,
+            compare_keras_groups=True,
+            width_multiplier=SMOKE_WIDTH,
+            num_classes=SMOKE_CLASSES,
+            matmul_size=256,
+        ),
+    )
 
-    model = build_alexnet()
+    network = dict(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
+    model = build_alexnet(**network)
     flops = forward_flops(model)
     step_flops = training_flops(model)
-    ceiling_before = matmul_ceiling()
+    ceiling_before = matmul_ceiling(args.matmul_size)
     results = {
         "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "forward_gflop_per_image": flops / 1e9,
@@ -134,12 +155,14 @@ def main():
     training = training_speed(model, args.training_batch, args.repeats)
     if args.compare_keras_groups:
         # Timed exactly as ours: same repeats, same steps per repeat, best of them.
-        keras_training = training_speed(keras_groups_alexnet(), args.training_batch, args.repeats)
+        keras_training = training_speed(
+            keras_groups_alexnet(**network), args.training_batch, args.repeats
+        )
         results["keras_groups_training_images_per_s"] = keras_training
         results["grouped_conv2d_speedup_over_keras_groups"] = training / keras_training
     # The ceiling drifts on a shared machine: it is measured before and after, and the
     # fractions divide by the higher, the best this machine showed during the run.
-    ceiling_after = matmul_ceiling()
+    ceiling_after = matmul_ceiling(args.matmul_size)
     ceiling = max(ceiling_before, ceiling_after)
     results["matmul_ceiling_gflops_before"] = ceiling_before / 1e9
     results["matmul_ceiling_gflops_after"] = ceiling_after / 1e9

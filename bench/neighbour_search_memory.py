@@ -2,6 +2,7 @@
 
     python bench/neighbour_search_memory.py                      # 1,281,167 x 4096: a 10.5 GB file
     python bench/neighbour_search_memory.py --dimension 512      # smaller file, same rows
+    python bench/neighbour_search_memory.py --smoke              # seconds: that it runs
 
 Writes a float16 (rows, dimension) .npy as evaluate.py --figures does (open_memmap for the
 header, rows appended through a plain file), then searches it for 6 queries and reports the
@@ -27,14 +28,14 @@ def resident_megabytes(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_281_167, help="training images")
     parser.add_argument("--dimension", type=int, default=4096, help="features per image")
     parser.add_argument("--folder", help="where to write the file (default: a temporary folder)")
-    args = parser.parse_args()
+    args = common.parse_args(parser, argv, smoke=dict(rows=20_000, dimension=64))
 
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         path = pathlib.Path(folder) / feature_cache.FEATURES_FILE

@@ -2,6 +2,7 @@
 
     make bench-peer                       # creates .venv-peer, then runs this
     .venv/bin/python bench/peer_speed.py --rounds 3 --training_batch 32
+    .venv/bin/python bench/peer_speed.py --smoke    # seconds: that it runs
 
 Runs bench/tf_speed.py (with this Python) and bench/torch_peer.py (with the peer
 environment's) as alternating subprocesses, TF first in odd rounds and PyTorch first in even
@@ -19,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-from common import cpu_name
+from common import cpu_name, parse_args
 
 BENCH = pathlib.Path(__file__).resolve().parent
 CHECKOUT = BENCH.parent
@@ -27,7 +28,7 @@ CHECKOUT = BENCH.parent
 
 def run_worker(python, script, args, environment=None):
     """Runs one benchmark process (with `environment` added to this one's); returns the JSON
-    line it printed last."""
+    line it printed last. With `args.smoke`, the process runs its own --smoke sizes."""
     command = [
         str(python),
         str(BENCH / script),
@@ -39,6 +40,7 @@ def run_worker(python, script, args, environment=None):
         str(args.inference_batch),
         "--repeats",
         str(args.repeats),
+        *(["--smoke"] if args.smoke else []),
     ]
     environment = dict(
         os.environ,
@@ -52,7 +54,7 @@ def run_worker(python, script, args, environment=None):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--peer_python",
@@ -64,7 +66,9 @@ def main():
     parser.add_argument("--training_batch", type=int, default=32)
     parser.add_argument("--inference_batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process")
-    args = parser.parse_args()
+    args = parse_args(
+        parser, argv, smoke=dict(rounds=1, training_batch=2, inference_batch=2, repeats=1)
+    )
     if not pathlib.Path(args.peer_python).exists():
         sys.exit(f"no {args.peer_python}: create the peer environment with `make bench-peer`")
 

@@ -29,7 +29,13 @@ import numpy as np
 import tensorflow as tf
 from serving_speed import photo_jpeg
 
-from common import cpu_name, print_results  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    cpu_name,
+    parse_args,
+    print_results,
+)
 
 from alexnet_keras import build_alexnet, prediction, prediction_inputs, predictors
 
@@ -60,7 +66,7 @@ class BatchClock:
         return sum(self.counts[1:]) / (self.times[-1] - self.times[0])
 
 
-def main():
+def arguments(argv):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -69,16 +75,21 @@ def main():
     parser.add_argument("--images", type=int, default=640, help="JPEGs in the folder")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a tiny network, 16 images, one round: checks that it runs",
+    return parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            width_multiplier=SMOKE_WIDTH,
+            num_classes=SMOKE_CLASSES,
+            images=16,
+            batch_size=8,
+            rounds=1,
+        ),
     )
-    args = parser.parse_args()
-    if args.smoke:
-        args.width_multiplier, args.num_classes, args.images = 0.125, 10, 16
-        args.batch_size, args.rounds = 8, 1
 
+
+def main(argv=None):
+    args = arguments(argv)
     model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
     labels = [f"class_{index}" for index in range(args.num_classes)]
     predictor = predictors.KerasPredictor(model, labels)

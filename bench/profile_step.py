@@ -1,6 +1,7 @@
 """Where the training step's time goes, layer by layer (issue 12).
 
     python bench/profile_step.py [--batch 32] [--repeats 5] [--threads 2]
+    python bench/profile_step.py --smoke        # seconds: that it runs
 
 Times each layer of the paper network alone, in tf.functions, at the shapes it has inside
 the step: the forward pass (training=True), then forward + input gradient and forward +
@@ -22,7 +23,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    median_seconds,
+    parse_args,
+    set_threads,
+    training_batch,
+)
 
 from alexnet_keras import GroupedConv2D, steps, training
 from alexnet_keras_base.config import PRESETS
@@ -87,24 +95,31 @@ def parameter_update_seconds(model, optimizer, repeats):
     return median_seconds(lambda: update(gradients), repeats)
 
 
-def whole_step_seconds(model, optimizer, config, repeats):
+def whole_step_seconds(model, optimizer, config, repeats, num_classes):
     strategy = tf.distribute.get_strategy()
     train_step, _ = steps.make_step_functions(strategy, model, optimizer, config)
     batch_size = config.global_batch_size
-    batch = training_batch(batch_size)
+    batch = training_batch(batch_size, num_classes)
     no_stop = tf.constant(0.0)
     return median_seconds(lambda: train_step(batch, no_stop)["loss"].numpy(), repeats)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000)  # the paper network
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(batch=2, repeats=1, width_multiplier=SMOKE_WIDTH, num_classes=SMOKE_CLASSES),
+    )
     set_threads(args.threads, 1)
-    config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
-    model = training.build_model(config, num_classes=1000)
+    config = PRESETS["paper"].replace(
+        global_batch_size=args.batch, learning_rate=1e-3, width_multiplier=args.width_multiplier
+    )
+    model = training.build_model(config, num_classes=args.num_classes)
     optimizer = steps.build_optimizer(config, model)
 
     rows = []  # (name, forward, input gradient, weight gradient) in seconds
@@ -116,7 +131,7 @@ def main():
     update = parameter_update_seconds(model, optimizer, args.repeats)
     rows.append(("weight decay + SGD-momentum update (PaperSGD, fused)", 0.0, 0.0, update))
     total = sum(sum(row[1:]) for row in rows)
-    step = whole_step_seconds(model, optimizer, config, args.repeats)
+    step = whole_step_seconds(model, optimizer, config, args.repeats, args.num_classes)
 
     print(
         f"batch {args.batch}, {args.threads} threads, TensorFlow {tf.__version__}, "

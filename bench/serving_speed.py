@@ -2,6 +2,7 @@
 
     python bench/serving_speed.py                      # paper network, 1000 classes
     python bench/serving_speed.py --width_multiplier 0.25
+    python bench/serving_speed.py --smoke                # seconds: that it runs
 
 Exports the network with `export_model` (the real SavedModel TF Serving loads), reloads it,
 and times in one process, alternating the two so that a drifting machine affects both alike:
@@ -23,7 +24,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from common import print_results  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    cpu_name,
+    parse_args,
+    print_results,
+)
 
 from alexnet_keras import build_alexnet, preprocess_for_eval, serving
 
@@ -51,25 +58,35 @@ def alternating_medians(first, second, repeats):
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+    parser.set_defaults(throughput_batch=32)
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(
+            width_multiplier=SMOKE_WIDTH,
+            num_classes=SMOKE_CLASSES,
+            repeats=1,
+            throughput_batch=2,
+        ),
+    )
 
     model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
     labels = [f"class_{index}" for index in range(args.num_classes)]
     bare_model = tf.function(lambda images: model(images, training=False))
-    results = {"cpu": _cpu_name(), "network_width": args.width_multiplier}
+    results = {"cpu": cpu_name(), "network_width": args.width_multiplier}
     with tempfile.TemporaryDirectory() as folder:
         export = serving.export_model(
             model, pathlib.Path(folder) / "alexnet", labels, log=lambda message: None
         )
         serve = tf.saved_model.load(str(export)).signatures[serving.SERVING_DEFAULT]
-        for batch_size, repeats in ((1, args.repeats * 4), (32, args.repeats)):
+        for batch_size, repeats in ((1, args.repeats * 4), (args.throughput_batch, args.repeats)):
             jpegs = tf.constant([photo_jpeg(seed) for seed in range(batch_size)])
             pixels = tf.stack([preprocess_for_eval(image) for image in jpegs])
             served, bare = alternating_medians(
@@ -82,13 +99,6 @@ def main():
             results[f"batch {batch_size}: serving_default images/s"] = batch_size / served
             results[f"batch {batch_size}: overhead of decoding + preprocessing"] = served / bare - 1
     print_results(results)
-
-
-def _cpu_name():
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

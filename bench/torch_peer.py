@@ -1,6 +1,7 @@
 """The same AlexNet in PyTorch, timed as bench/tf_speed.py times ours: the peer of issue 12.
 
     .venv-peer/bin/python bench/torch_peer.py --threads 2 --training_batch 32
+    .venv-peer/bin/python bench/torch_peer.py --smoke   # seconds: that it runs
 
 Runs in its own environment (`make bench-peer` creates `.venv-peer` from
 requirements-peer.txt); bench/peer_speed.py runs it alternately with bench/tf_speed.py and
@@ -19,7 +20,7 @@ import json
 import torch
 from torch import nn
 
-from common import median_seconds
+from common import median_seconds, parse_args
 
 IMAGE_SIZE = 227
 
@@ -88,13 +89,13 @@ def inference_speed(model, batch_size, repeats):
     return batch_size / median_seconds(predict, repeats)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--training_batch", type=int, default=32)
     parser.add_argument("--inference_batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(parser, argv, smoke=dict(training_batch=2, inference_batch=2, repeats=1))
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Training speed through the real input pipeline, against in-memory tensors, in one run.
 
     python bench/train_speed.py [--width_multiplier 1.0] [--steps 8]
+    python bench/train_speed.py --smoke         # seconds: that it runs
 
 Times the project's distributed training step (alexnet_keras.steps) on the CPU, batch 32:
 (1) fed by the real TFRecord pipeline (decode, crop, flip, lighting noise); (2) fed by one
@@ -25,20 +26,26 @@ tf.config.set_logical_device_configuration(
 
 import keras
 
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_WIDTH,
+    SYNTHETIC_CLASSES,
+    parse_args,
+    print_results,
+    synthetic_records,
+)
 
 from alexnet_keras import input_pipeline
 from alexnet_keras.model import build_alexnet
 from alexnet_keras.steps import make_step_functions
 from alexnet_keras_base.config import PRESETS
 
-BATCH = 32
-
 
 def images_per_second(devices, config, make_dataset, steps):
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     with strategy.scope():
-        model = build_alexnet(num_classes=10, width_multiplier=config.width_multiplier)
+        model = build_alexnet(
+            num_classes=SYNTHETIC_CLASSES, width_multiplier=config.width_multiplier
+        )
         optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
         optimizer.build(model.trainable_variables)
     train_step, _ = make_step_functions(strategy, model, optimizer, config)
@@ -53,34 +60,48 @@ def images_per_second(devices, config, make_dataset, steps):
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * config.global_batch_size / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=8)
-    args = parser.parse_args()
+    parser.set_defaults(batch=32, images_per_class=40)
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(width_multiplier=SMOKE_WIDTH, steps=1, batch=4, images_per_class=11),
+    )
+    batch_size = args.batch
     config = PRESETS["paper"].replace(
-        width_multiplier=args.width_multiplier, global_batch_size=BATCH
+        width_multiplier=args.width_multiplier, global_batch_size=batch_size
     )
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        records, info = synthetic_records(scratch, images_per_class=40, num_shards=4)
+        records, info = synthetic_records(
+            scratch, images_per_class=args.images_per_class, num_shards=4
+        )
         pca = input_pipeline.PCALighting.from_dataset_info(info)
         pattern = str(records / "train-*")
 
         def from_records(context):
             return input_pipeline.make_train_dataset(
-                pattern, BATCH, input_context=context, pca=pca, shuffle_buffer=500
+                pattern,
+                batch_size,
+                input_context=context,
+                pca=pca,
+                shuffle_buffer=500,
             )
 
         held = next(
-            iter(input_pipeline.make_train_dataset(pattern, BATCH, pca=pca, shuffle_buffer=500))
+            iter(
+                input_pipeline.make_train_dataset(pattern, batch_size, pca=pca, shuffle_buffer=500)
+            )
         )
 
         def in_memory(context):
-            per_replica = context.get_per_replica_batch_size(BATCH)
+            per_replica = context.get_per_replica_batch_size(batch_size)
             (pixels, rgb_shift), labels = held
             images = (pixels[:per_replica], rgb_shift[:per_replica])
             return tf.data.Dataset.from_tensors((images, labels[:per_replica])).repeat()

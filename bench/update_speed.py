@@ -2,6 +2,7 @@
 the two formulations it replaced, in one process (issue 12).
 
     python bench/update_speed.py [--batch 32] [--rounds 10]
+    python bench/update_speed.py --smoke        # seconds: that it runs
 
 Three training steps of the paper network, each on its own copy, alternately (one step each
 per round, the order reversed every other round), so that a shared machine's drift falls on
@@ -26,7 +27,10 @@ import keras
 import tensorflow as tf
 
 from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
     alternate,
+    parse_args,
     print_results,
     set_threads,
     training_batch,
@@ -51,9 +55,9 @@ def with_decay(config, model, gradients):
     ]
 
 
-def keras_sgd_step(config, l2_on_the_tape):
+def keras_sgd_step(config, num_classes, l2_on_the_tape):
     """A step with Keras' SGD and the decay either on the tape or in the gradients."""
-    model = training.build_model(config, num_classes=1000)
+    model = training.build_model(config, num_classes=num_classes)
     optimizer = keras_sgd(config, model)
     kernels = [weight for weight in model.trainable_variables if is_decayed(weight)]
 
@@ -80,9 +84,9 @@ def keras_sgd_step(config, l2_on_the_tape):
     return step
 
 
-def update_only(config, fused):
+def update_only(config, num_classes, fused):
     """The update alone, on gradients given: PaperSGD, or Keras' SGD after the decay."""
-    model = training.build_model(config, num_classes=1000)
+    model = training.build_model(config, num_classes=num_classes)
     optimizer = steps.build_optimizer(config, model) if fused else keras_sgd(config, model)
     gradients = [
         tf.random.normal(weight.shape, stddev=1e-4) for weight in model.trainable_variables
@@ -97,25 +101,33 @@ def update_only(config, fused):
     return lambda: update(gradients)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
+    parser.set_defaults(width_multiplier=1.0, num_classes=1000)  # the paper network
+    args = parse_args(
+        parser,
+        argv,
+        smoke=dict(batch=2, rounds=1, width_multiplier=SMOKE_WIDTH, num_classes=SMOKE_CLASSES),
+    )
     set_threads(args.threads, 1)
-    config = PRESETS["paper"].replace(global_batch_size=args.batch, learning_rate=1e-3)
+    config = PRESETS["paper"].replace(
+        global_batch_size=args.batch, learning_rate=1e-3, width_multiplier=args.width_multiplier
+    )
+    num_classes = args.num_classes
     strategy = tf.distribute.get_strategy()
-    batch = training_batch(args.batch)
+    batch = training_batch(args.batch, num_classes)
     (pixels, rgb_shift), labels = batch
     images = input_pipeline.add_lighting(pixels, rgb_shift)  # what the step computes first
 
-    model = training.build_model(config, num_classes=1000)
+    model = training.build_model(config, num_classes=num_classes)
     fused_step, _ = steps.make_step_functions(
         strategy, model, steps.build_optimizer(config, model), config
     )
-    decay_in_gradient = keras_sgd_step(config, l2_on_the_tape=False)
-    l2_on_the_tape = keras_sgd_step(config, l2_on_the_tape=True)
+    decay_in_gradient = keras_sgd_step(config, num_classes, l2_on_the_tape=False)
+    l2_on_the_tape = keras_sgd_step(config, num_classes, l2_on_the_tape=True)
     step_medians, step_ratios = alternate(
         {
             "fused": lambda: fused_step(batch, tf.constant(0.0))["loss"].numpy(),
@@ -126,8 +138,8 @@ def main():
     )
     update_medians, update_ratios = alternate(
         {
-            "fused": update_only(config, fused=True),
-            "keras_sgd_after_decay": update_only(config, fused=False),
+            "fused": update_only(config, num_classes, fused=True),
+            "keras_sgd_after_decay": update_only(config, num_classes, fused=False),
         },
         args.rounds,
     )

@@ -1,6 +1,7 @@
 """TFDV statistics speed against the floor of reading the same records, in one run.
 
     .venv-validate/bin/python bench/validate_speed.py [--data_dir datasets/synthetic/records]
+    .venv-validate/bin/python bench/validate_speed.py --smoke --data_dir RECORDS  # that it runs
 
 Runs in the validation environment (`make bench-validate` builds the demo records first).
 Times on the same TFRecords: (1) a plain loop that reads every record and parses it into a
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from common import cpu_name, print_results  # also puts the checkout on sys.path
+from common import cpu_name, parse_args, print_results  # also puts the checkout on sys.path
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data_dir",
@@ -57,7 +58,7 @@ def main():
         help="converted records (default: the demo's)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
-    args = parser.parse_args()
+    args = parse_args(parser, argv, smoke=dict(repeats=1))
     files = sorted(str(path) for path in pathlib.Path(args.data_dir).glob("*.tfrecord"))
     if not files:
         print(

@@ -289,3 +289,17 @@ def test_the_command_prints_its_report_without_the_libraries_start_up_chatter(
     assert "72 examples" in result.stdout
     for chatter in ("Unable to register", "TF-TRT", "python-snappy", "FutureWarning"):
         assert chatter not in result.stderr, result.stderr[-3000:]
+
+
+def test_the_benchmark_runs_on_these_records(converted_records, capsys):
+    """bench/validate_speed.py --smoke (one run of each timing), in this process, where TFDV
+    has started already: that the benchmark runs."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        import validate_speed
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
+    assert validate_speed.main(["--smoke", "--data_dir", str(converted_records)]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["images"] == 72 + 24
+    assert results["tfdv_direct_runner_images_per_s"] > 0
