@@ -544,7 +544,7 @@ def test_class_names_file_missing_a_class_is_refused(tmp_path):
 
 
 def test_max_pixels_above_pillows_default_takes_effect(tmp_path):
-    from alexnet_keras.tfrecords import DEFAULT_MAX_PIXELS, load_and_crop
+    from alexnet_keras.source_images import DEFAULT_MAX_PIXELS, load_and_crop
 
     # 10,000 x 10,000 is above Pillow's default limit (about 89.5 million pixels). The header
     # is real, the pixel data is not: once the limit is raised, decoding is tried and fails.
