@@ -11,6 +11,7 @@ import re
 import tempfile
 import warnings
 
+import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -33,6 +34,7 @@ from alexnet_keras_base.quiet import native_stderr_without
 # int8 calibration: a few hundred images cover the range of each layer's activations.
 CALIBRATION_IMAGES = 300
 LRN_OPERATOR = "LOCAL_RESPONSE_NORMALIZATION"
+_FILE_IDENTIFIER = b"TFL3"  # the LiteRT schema's file_identifier
 # What the converter and the interpreter print on every use, to no purpose.
 _CHATTER = re.compile(
     r"Ignored (output_format|drop_control_dependency)|XNNPACK delegate for CPU|fully_quantize: "
@@ -113,7 +115,10 @@ def with_metadata(content, name, value):
     entry.name = name
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
-    return flatbuffer_utils.convert_object_to_bytearray(model)
+    # Sized for the whole file at once: grown from 1 kB, it is copied at every doubling.
+    builder = flatbuffers.Builder(len(content) + len(value) + 2**20)
+    builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 def read_labels(content):

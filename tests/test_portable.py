@@ -326,3 +326,16 @@ def test_a_bad_model_is_refused_and_nothing_is_written(tmp_path):
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("error:") == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.keras"]
+
+
+def test_a_file_that_cannot_be_renamed_into_place_leaves_nothing(model_file, tmp_path):
+    """The file is written under a temporary name beside the output and renamed: when the
+    rename fails (here a folder holds the name), the temporary file is gone too."""
+    (tmp_path / "alexnet.onnx").mkdir()
+    result = run_main(
+        export_model.main, "--model", model_file, "--output", tmp_path / "alexnet.onnx"
+    )
+    assert result.returncode == 2 and result.stderr.count("error:") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["alexnet.onnx"]
+    assert list((tmp_path / "alexnet.onnx").iterdir()) == []
