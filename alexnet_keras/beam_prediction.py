@@ -16,16 +16,21 @@ import csv
 import io
 import json
 import logging
-import pathlib
 import uuid
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import prediction, serving
+from alexnet_keras import prediction, prediction_inputs, prediction_outputs, predictors, serving
+from alexnet_keras.beam_inputs import (
+    ReadImage,
+    is_answered_file,
+    plan_inputs,
+    record_image,
+)
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.layout import DataDir, ExportBase, Feature
+from alexnet_keras_base.layout import SPLITS, ExportBase
 from alexnet_keras_base.quiet import beam_imported_quietly
 
 with beam_imported_quietly():
@@ -57,14 +62,6 @@ COUNTERS = (ANSWERED, REFUSED, BATCHES, MODELS_LOADED)
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"  # OUT-00000-of-00004.jsonl, as Beam names its shards
 
 
-class Image(NamedTuple):
-    """An image to answer: its row's path, its true label or None, its encoded bytes."""
-
-    path: str
-    true_label: str | None
-    image_bytes: bytes
-
-
 # === The model ===
 
 
@@ -73,7 +70,7 @@ class ExportModelHandler(ModelHandler):
     between the worker's threads and bundles), `run_inference` on each batch of `Image`s ->
     one (row, fc7 or None) per image."""
 
-    def __init__(self, export_dir, batch_size=64, top_k=prediction.DEFAULT_TOP_K, features=False):
+    def __init__(self, export_dir, batch_size=64, top_k=TOP_K, features=False):
         super().__init__()
         self._export_dir = str(export_dir)
         self._batch_size = int(batch_size)
@@ -81,7 +78,7 @@ class ExportModelHandler(ModelHandler):
         self._features = features
 
     def load_model(self):
-        return prediction.ExportPredictor(self._export_dir, self._features)
+        return predictors.ExportPredictor(self._export_dir, self._features)
 
     def run_inference(self, batch, model, inference_args=None):
         if not getattr(model, "counted", False):
@@ -111,110 +108,6 @@ class ExportModelHandler(ModelHandler):
         return NAMESPACE
 
 
-# === The inputs ===
-
-
-def read_error_message(error):
-    """The local command's message for a file it cannot read (prediction.error_message of
-    TensorFlow's NotFound or PermissionDenied): the system's reason after the path."""
-    return f"cannot read the file: {getattr(error, 'strerror', None) or error}"
-
-
-class ReadImage(beam.DoFn):
-    """A matched file -> an Image, or the error row of a file that cannot be read."""
-
-    def __init__(self, labels):
-        self._classes = frozenset(labels)
-
-    def process(self, readable_file):
-        path = readable_file.metadata.path
-        true_label = prediction.true_label_for(path, self._classes)
-        try:
-            yield Image(path, true_label, readable_file.read())
-        except OSError as error:
-            yield beam.pvalue.TaggedOutput(
-                "unreadable", prediction.error_row(path, read_error_message(error), true_label)
-            )
-
-
-def _is_answered_file(folder, path):
-    """Whether a file under `folder` is one the local command answers: an image name, no
-    hidden folder on the way."""
-    relative = path[len(folder) :].lstrip("/")
-    return prediction.is_image_name(path) and not any(
-        part.startswith(".") for part in relative.split("/")[:-1]
-    )
-
-
-def _record_image(class_names):
-    features = tf.train.Example
-
-    def parse(filename_and_record):
-        filename, record = filename_and_record
-        feature = features.FromString(record).features.feature
-        source = feature[Feature.FILENAME].bytes_list.value
-        source = source[0].decode(errors="replace") if source else ""
-        label = feature[Feature.LABEL].int64_list.value[0]
-        return Image(
-            f"{filename}{prediction.RECORD_SEPARATOR}{source}",
-            class_names[label],
-            feature[Feature.ENCODED].bytes_list.value[0],
-        )
-
-    return parse
-
-
-class Plan(NamedTuple):
-    """What the launcher found: file patterns (pattern, folder or None), records folders
-    (shard patterns, class names), and explicit inputs that cannot be read (error rows)."""
-
-    patterns: list
-    records: list
-    unreadable: list
-
-
-def plan_inputs(inputs, labels, splits):
-    """The launcher's look at INPUT: as the local command, image files, folders (searched
-    recursively) and records folders (recognised by their dataset.json), through Beam's
-    file systems (local, gs://, s3://, ...). Only the records folders' small files are read
-    here; the workers match and read the rest."""
-    patterns, records, unreadable = [], [], []
-    for item in map(str, inputs):
-        if FileSystems.exists(prediction.join_path(item, DataDir.DATASET)):
-            shard_patterns = [
-                prediction.join_path(item, DataDir.shard_glob(split)) for split in splits
-            ]
-            if not any(result.metadata_list for result in FileSystems.match(shard_patterns)):
-                raise UsageError(f"records folder {item} has no shards of {', '.join(splits)}")
-            with FileSystems.open(prediction.join_path(item, DataDir.LABELS)) as handle:
-                class_names = handle.read().decode().splitlines()
-            records.append((shard_patterns, class_names))
-        elif _is_file(item):
-            patterns.append((item, None))
-        elif FileSystems.match([prediction.join_path(item, "**")])[0].metadata_list:
-            patterns.append((prediction.join_path(item, "**"), item))
-        elif _is_local_symlink(item):  # dangling: the local command gives it an error row
-            try:
-                open(item, "rb").close()
-            except OSError as error:
-                true_label = prediction.true_label_for(item, frozenset(labels))
-                unreadable.append(prediction.error_row(item, read_error_message(error), true_label))
-            else:  # its target appeared since
-                patterns.append((item, None))
-        else:
-            raise UsageError(f"input {item} does not exist or holds no files")
-    return Plan(patterns, records, unreadable)
-
-
-def _is_file(path):
-    matched = FileSystems.match([path])[0].metadata_list
-    return bool(matched) and not tf.io.gfile.isdir(path)
-
-
-def _is_local_symlink(path):
-    return not prediction.is_remote(path) and pathlib.Path(path).is_symlink()
-
-
 def build(
     pipeline,
     plan,
@@ -223,7 +116,7 @@ def build(
     output_prefix,
     output_suffix,
     features_dir=None,
-    top_k=prediction.DEFAULT_TOP_K,
+    top_k=TOP_K,
 ):
     """The job's transforms on `pipeline`: rows to OUT-SSSSS-of-NNNNN.SUFFIX, fc7 (when the
     handler answers it) to features_dir."""
@@ -232,7 +125,7 @@ def build(
         matched = pipeline | f"Match {index}" >> fileio.MatchFiles(pattern)
         if folder is not None:
             matched = matched | f"Images of {index}" >> beam.Filter(
-                lambda metadata, folder=folder: _is_answered_file(folder, metadata.path)
+                lambda metadata, folder=folder: is_answered_file(folder, metadata.path)
             )
         read = (
             matched
@@ -247,7 +140,7 @@ def build(
             pipeline
             | f"Shards {index}" >> beam.Create(shard_patterns)
             | f"ReadRecords {index}" >> ReadAllFromTFRecord(with_filename=True)
-            | f"Parse {index}" >> beam.Map(_record_image(class_names))
+            | f"Parse {index}" >> beam.Map(record_image(class_names))
         )
     if plan.unreadable:
         errors.append(pipeline | "Unreadable inputs" >> beam.Create(plan.unreadable))
@@ -262,7 +155,7 @@ def build(
     )
     if output_suffix.lower() == ".csv":
         lines = rows | "Format" >> beam.Map(_csv_line, top_k)
-        header = ",".join(prediction.csv_header(top_k))
+        header = ",".join(prediction_outputs.csv_header(top_k))
     else:
         lines, header = rows | "Format" >> beam.Map(json.dumps), None
     lines | "Write" >> beam.io.WriteToText(
@@ -282,7 +175,7 @@ def build(
             | "Index lines" >> beam.Map(_csv_text)
             | "Write index"
             >> beam.io.WriteToText(
-                prediction.join_path(features_dir, prediction.FEATURES_INDEX),
+                prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX),
                 shard_name_template="",
                 num_shards=1,
                 header="path,file,row",
@@ -302,7 +195,7 @@ def _csv_text(values):
 
 
 def _csv_line(row, top_k):
-    return _csv_text(prediction.csv_row(row, top_k))
+    return _csv_text(prediction_outputs.csv_row(row, top_k))
 
 
 class WriteFeatureShards(beam.DoFn):
@@ -322,7 +215,7 @@ class WriteFeatureShards(beam.DoFn):
         row, fc7 = answer
         self._paths.append(row["path"])
         self._features.append(fc7)
-        if len(self._paths) == prediction.FEATURES_PER_SHARD:
+        if len(self._paths) == prediction_outputs.FEATURES_PER_SHARD:
             yield from self._write()
 
     def finish_bundle(self):
@@ -335,10 +228,10 @@ class WriteFeatureShards(beam.DoFn):
         name = f"features-{uuid.uuid4().hex[:16]}.npy"
         buffer = io.BytesIO()
         np.save(buffer, np.stack(self._features).astype(np.float32))
-        temporary = prediction.join_path(self._folder, f".{name}.partial")
+        temporary = prediction_inputs.join_path(self._folder, f".{name}.partial")
         with FileSystems.create(temporary) as handle:
             handle.write(buffer.getvalue())
-        FileSystems.rename([temporary], [prediction.join_path(self._folder, name)])
+        FileSystems.rename([temporary], [prediction_inputs.join_path(self._folder, name)])
         paths, self._paths, self._features = self._paths, [], []
         for row, path in enumerate(paths):
             yield path, name, row
@@ -353,7 +246,7 @@ def resolve_export(model):
     from tensorflow.python.saved_model import loader_impl
 
     model = str(model)
-    if not prediction.is_remote(model):
+    if not prediction_inputs.is_remote(model):
         from alexnet_keras.evaluation import resolve_model_path
 
         path = resolve_model_path(model)
@@ -378,12 +271,16 @@ def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrit
         for result in FileSystems.match([f"{output_prefix}-*-of-*{output_suffix}"])
         for metadata in result.metadata_list
     ]
-    index = prediction.join_path(features_dir, prediction.FEATURES_INDEX) if features_dir else None
+    index = (
+        prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX)
+        if features_dir
+        else None
+    )
     if index and FileSystems.exists(index):
         old += [index] + [
             metadata.path
             for metadata in FileSystems.match(
-                [prediction.join_path(features_dir, "features-*.npy")]
+                [prediction_inputs.join_path(features_dir, "features-*.npy")]
             )[0].metadata_list
         ]
     if old and not overwrite:
@@ -401,8 +298,8 @@ def run(
     output,
     inputs,
     batch_size=64,
-    top_k=prediction.DEFAULT_TOP_K,
-    splits=("train", "validation"),
+    top_k=TOP_K,
+    splits=SPLITS,
     features_dir=None,
     overwrite=False,
     log=print,
@@ -414,7 +311,11 @@ def run(
         raise UsageError(f"--top_k must be >= 1, got {top_k}")
     output = str(output)
     suffix = next(
-        (suffix for suffix in prediction.RowsOutput.FORMATS if output.lower().endswith(suffix)),
+        (
+            suffix
+            for suffix in prediction_outputs.RowsOutput.FORMATS
+            if output.lower().endswith(suffix)
+        ),
         None,
     )
     if suffix is None:
@@ -428,7 +329,7 @@ def run(
             f"with export/export_model.py"
         )
     with tf.io.gfile.GFile(
-        prediction.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")
+        prediction_inputs.join_path(export_dir, f"assets/{ExportBase.LABELS_ASSET}")
     ) as handle:
         labels = handle.read().splitlines()
     plan = plan_inputs(inputs, labels, splits)

@@ -10,19 +10,18 @@ subtracted inside the model and fc6's kernel is reordered from Caffe's C,H,W fla
 our H,W,C.
 """
 
-import mmap
-import pathlib
+import contextlib
 
 import numpy as np
 
-from alexnet_keras.model import GROUPS, LRN_CAFFE, build_alexnet, layer_widths
-from alexnet_keras.weight_files import (  # noqa: F401  (read_* re-exported for the command)
-    NPY_MAGIC,
+from alexnet_keras.layers import LRN_CAFFE
+from alexnet_keras.model import GROUPS, build_alexnet, layer_widths
+from alexnet_keras.weight_files import (
+    CAFFE_CURRENT,
+    CAFFE_LEGACY,
+    NPY,
     POOL_METHODS,
-    read_caffemodel,
-    read_class_names,
-    read_mean_file,
-    read_npy_weights,
+    read_weights_file,
 )
 from alexnet_keras_base import files
 from alexnet_keras_base.errors import UsageError
@@ -390,17 +389,25 @@ def build_imported_model(
     return model
 
 
-def describe_weights_file(path):
-    """'caffemodel' or 'npy', from the file's first bytes; UsageError if neither."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise UsageError("the file does not exist")
-    size = path.stat().st_size
-    if size == 0:
-        raise UsageError("the file is empty")
-    with open(path, "rb") as handle:
-        head = handle.read(len(NPY_MAGIC))
-    return "npy" if head == NPY_MAGIC else "caffemodel"
+SOURCES = {  # what read_weights_file found, in words
+    NPY: "caffe-tensorflow .npy",
+    CAFFE_CURRENT: "Caffe .caffemodel, current (layer) encoding",
+    CAFFE_LEGACY: "Caffe .caffemodel, legacy V1 (layers) encoding",
+}
+
+
+@contextlib.contextmanager
+def checked_weights(weights_path, width_multiplier=1.0, num_classes=NUM_CLASSES):
+    """Reads a bvlc_alexnet file (opened once) and checks it: yields (what was read, in
+    words; {layer: (weights, biases)} in Caffe's layouts; release), release as
+    weight_files.read_weights_file's. UsageError for a file that is not bvlc_alexnet."""
+    with read_weights_file(weights_path) as (kind, contents, release):
+        if kind == NPY:
+            caffe_weights = check_npy_layers(contents, width_multiplier, num_classes)
+        else:
+            caffe_weights = check_caffe_layers(contents, width_multiplier, num_classes)
+        del contents
+        yield SOURCES[kind], caffe_weights, release
 
 
 def import_weights(
@@ -413,40 +420,15 @@ def import_weights(
 ):
     """Reads, checks and converts a bvlc_alexnet file; writes the model to `output_path`
     (a .keras file, atomically). Returns (what was read, in words; the model)."""
-    weights_path = pathlib.Path(weights_path)
-    kind = describe_weights_file(weights_path)
-    if kind == "npy":
-        caffe_weights = check_npy_layers(
-            read_npy_weights(weights_path), width_multiplier, num_classes
+    with checked_weights(weights_path, width_multiplier, num_classes) as checked:
+        source, caffe_weights, release = checked
+        del checked
+        # A .caffemodel's pages read so far count in the process's memory until released;
+        # the file stays in the page cache, so releasing them costs nothing.
+        model = build_imported_model(
+            caffe_weights, bgr_mean, class_names, width_multiplier, release_source=release
         )
-        source = "caffe-tensorflow .npy"
-        model = build_imported_model(caffe_weights, bgr_mean, class_names, width_multiplier)
-    else:
-        with open(weights_path, "rb") as handle:
-            # A read-only mapping: the blobs are views of the file, no copy of 233 MB.
-            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            layers, encoding = read_caffemodel(mapping)
-            caffe_weights = check_caffe_layers(layers, width_multiplier, num_classes)
-            del layers
-            source = "Caffe .caffemodel, " + (
-                "current (layer) encoding" if encoding == "layer" else "legacy V1 (layers) encoding"
-            )
-            # Pages of the mapping read so far count in the process's memory until dropped;
-            # the file stays in the page cache, so dropping them costs nothing.
-            model = build_imported_model(
-                caffe_weights,
-                bgr_mean,
-                class_names,
-                width_multiplier,
-                release_source=lambda: mapping.madvise(mmap.MADV_DONTNEED),
-            )
-            del caffe_weights
-        finally:
-            try:
-                mapping.close()
-            except BufferError:  # an array still views it: the mapping closes when freed
-                pass
+        del caffe_weights
     with files.replaced_atomically(output_path) as temporary:
         model.save(temporary)
     return source, model

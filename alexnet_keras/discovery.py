@@ -16,10 +16,9 @@ import pathlib
 import random
 
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.layout import DataDir
+from alexnet_keras_base.layout import SPLITS, DataDir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-SPLIT_NAMES = ("train", "validation")
 EXAMPLES_PER_SHARD = 1024
 
 
@@ -264,7 +263,7 @@ def plan_shards(splits, num_shards=None, seed=0):
     shards = []
     train_count = len(splits["train"])
     train_shards = num_shards or _default_shard_count(train_count, minimum=4)
-    for split in SPLIT_NAMES:
+    for split in SPLITS:
         items = sorted(splits[split], key=lambda item: item.relative_path)
         if not items:
             continue

@@ -17,7 +17,8 @@ import zipfile
 
 import keras
 
-from alexnet_keras.model import LRN_PAPER, PAPER_WIDTHS, mean_layer
+from alexnet_keras.layers import LRN_PAPER
+from alexnet_keras.model import PAPER_WIDTHS, mean_layer
 from alexnet_keras.serving import labels_for_model
 from alexnet_keras_base.config import WEIGHT_LAYERS
 from alexnet_keras_base.errors import UsageError

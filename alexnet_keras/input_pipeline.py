@@ -1,4 +1,4 @@
-"""tf.data input pipeline: parse -> preprocess (train / eval / ten-crop) -> make_dataset.
+"""tf.data input pipeline: parse -> preprocess (train / eval / ten-crop) -> make_train_dataset / make_eval_dataset.
 
 Evaluation and serving images leave the pipeline as RGB float32 pixel values in [0, 255]; the
 model's first layer subtracts the training-set mean. Training batches leave it as uint8 pixels
@@ -199,91 +199,107 @@ def list_shards(file_pattern):
     return files
 
 
-def make_dataset(
+def make_train_dataset(
     file_pattern,
     global_batch_size,
-    training,
     input_context=None,
     pca=None,
     shuffle_buffer=10_000,
     seed=0,
     deterministic=False,
-    num_examples=None,
-    ten_crops=False,
 ):
-    """Batched (images, labels) from TFRecord shards.
-
-    Training: endless (repeat), shuffled, augmented, `drop_remainder`, so every replica of
-    every worker sees the same number of steps; its images are a pair (uint8 crops
-    (batch, 227, 227, 3), RGB lighting shifts (batch, 3)) that `add_lighting` turns into
-    float32 pixels (the training step does, on the device). Evaluation: one pass in file order; when
-    `num_examples` is given the last batch is completed with images labelled PADDING_LABEL,
-    so every replica has a full batch (needed under MultiWorkerMirroredStrategy); drop them
-    with `labels != PADDING_LABEL`. `ten_crops` gives (batch, 10, 227, 227, 3) images.
+    """Training batches from TFRecord shards: endless (repeat), shuffled, augmented,
+    `drop_remainder`, so every replica of every worker sees the same number of steps. The
+    images are a pair (uint8 crops (batch, 227, 227, 3), RGB lighting shifts (batch, 3)) that
+    `add_lighting` turns into float32 pixels (the training step does, on the device).
 
     Under tf.distribute, pass the `tf.distribute.InputContext`: the batch is then the
     per-replica batch and the data is sharded among the input pipelines, by file when there
     are at least as many files as pipelines, else by example.
     """
     files = list_shards(file_pattern)
-    num_pipelines, pipeline_index = 1, 0
-    batch_size = global_batch_size
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_index = input_context.input_pipeline_id
-        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-
-    by_file = training and len(files) >= num_pipelines
+    num_pipelines, pipeline_index, batch_size = _pipeline_slot(input_context, global_batch_size)
+    by_file = len(files) >= num_pipelines
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if by_file and num_pipelines > 1:
         dataset = dataset.shard(num_pipelines, pipeline_index)
-    if training:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-    dataset = dataset.interleave(
-        _read_records,
-        cycle_length=min(len(files), 16),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic or not training,
-    )
-    if not by_file and num_pipelines > 1 and training:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = _interleaved_records(dataset, len(files), deterministic)
+    if not by_file and num_pipelines > 1:
         dataset = dataset.shard(num_pipelines, pipeline_index)
 
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        # One independent stateless seed per example: reproducible in deterministic mode.
-        # Each input pipeline (one per worker) draws its own stream, so workers do not crop,
-        # flip and light their images alike; the file order above stays common to all, so
-        # sharding by example still splits one sequence.
-        augmentation_seed = seed + pipeline_index * 2**32
-        seeds = tf.data.Dataset.random(seed=augmentation_seed).batch(2, drop_remainder=True)
-        dataset = tf.data.Dataset.zip((dataset, seeds))
-        dataset = dataset.map(
-            _train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
-        )
-        # The images stay uint8 to the device (a quarter of the bytes of float32 to copy
-        # and hand over); only each image's lighting shift (3 floats) is computed here.
-        dataset = dataset.batch(batch_size, drop_remainder=True)
-        dataset = dataset.map(
-            lambda images, alphas, labels: ((images, lighting_shift(alphas, pca)), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-    else:
-        preprocess = ten_crop if ten_crops else preprocess_for_eval
-        dataset = dataset.map(
-            lambda record: _eval_example(record, preprocess),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        if num_examples is not None:
-            dataset = _pad_to_full_batches(dataset, num_examples, global_batch_size, ten_crops)
-            if num_pipelines > 1:
-                dataset = dataset.shard(num_pipelines, pipeline_index)
-        dataset = dataset.batch(batch_size, drop_remainder=num_examples is not None)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # One independent stateless seed per example: reproducible in deterministic mode. Each
+    # input pipeline (one per worker) draws its own stream, so workers do not crop, flip and
+    # light their images alike; the file order above stays common to all, so sharding by
+    # example still splits one sequence.
+    augmentation_seed = seed + pipeline_index * 2**32
+    seeds = tf.data.Dataset.random(seed=augmentation_seed).batch(2, drop_remainder=True)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+    dataset = dataset.map(
+        _train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
+    # The images stay uint8 to the device (a quarter of the bytes of float32 to copy and hand
+    # over); only each image's lighting shift (3 floats) is computed here.
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(
+        lambda images, alphas, labels: ((images, lighting_shift(alphas, pca)), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    return _finished(dataset, deterministic)
 
+
+def make_eval_dataset(
+    file_pattern, global_batch_size, input_context=None, num_examples=None, ten_crops=False
+):
+    """Evaluation batches from TFRecord shards: one pass in file order, the central crop (or
+    with `ten_crops`, (batch, 10, 227, 227, 3) images). When `num_examples` is given the last
+    batch is completed with images labelled PADDING_LABEL, so every replica has a full batch
+    (needed under MultiWorkerMirroredStrategy); drop them with `labels != PADDING_LABEL`.
+    Under tf.distribute, pass the `tf.distribute.InputContext` (see make_train_dataset)."""
+    files = list_shards(file_pattern)
+    num_pipelines, pipeline_index, batch_size = _pipeline_slot(input_context, global_batch_size)
+    dataset = _interleaved_records(tf.data.Dataset.from_tensor_slices(files), len(files), True)
+    preprocess = ten_crop if ten_crops else preprocess_for_eval
+    dataset = dataset.map(
+        lambda record: _eval_example(record, preprocess),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if num_examples is not None:
+        dataset = _pad_to_full_batches(dataset, num_examples, global_batch_size, ten_crops)
+        if num_pipelines > 1:
+            dataset = dataset.shard(num_pipelines, pipeline_index)
+    dataset = dataset.batch(batch_size, drop_remainder=num_examples is not None)
+    return _finished(dataset, deterministic=True)
+
+
+def _pipeline_slot(input_context, global_batch_size):
+    """(input pipelines, this pipeline's index, its batch size) under tf.distribute, or one
+    pipeline with the whole batch without it."""
+    if input_context is None:
+        return 1, 0, global_batch_size
+    return (
+        input_context.num_input_pipelines,
+        input_context.input_pipeline_id,
+        input_context.get_per_replica_batch_size(global_batch_size),
+    )
+
+
+def _interleaved_records(files, num_files, deterministic):
+    """The records of a dataset of shard names, up to 16 shards read in parallel."""
+    return files.interleave(
+        _read_records,
+        cycle_length=min(num_files, 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def _finished(dataset, deterministic):
     options = tf.data.Options()
-    options.deterministic = deterministic or not training
+    options.deterministic = deterministic
     # Sharding is done above; tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -14,13 +14,21 @@ PACKAGE = "alexnet_keras"
 IMAGENET_RGB_MEAN = (123.68, 116.779, 103.939)
 
 
+# Local response normalization constants in TensorFlow's terms (alpha not divided by the
+# window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
+# alpha 1e-4 divided by the window, beta 0.75, k 1.
+LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
+LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LocalResponseNormalization(keras.layers.Layer):
     """Local response normalization across channels (paper section 3.3).
 
     b = a / (bias + alpha * sum(a_j ** 2 over 2 * depth_radius + 1 channels)) ** beta
 
-    The defaults are the paper's: n = 5 (depth_radius 2), k = 2, alpha = 1e-4, beta = 0.75.
+    The defaults are the paper's (`LRN_PAPER`): n = 5 (depth_radius 2), k = 2, alpha = 1e-4,
+    beta = 0.75.
     TensorFlow does not divide alpha by the window size; Caffe's LRN layer and PyTorch's
     `LocalResponseNorm(size, alpha, beta, k)` do. To reproduce one of those, pass
     `depth_radius=(size - 1) // 2` and `alpha=alpha_there / size`: Caffe's bvlc_alexnet
@@ -32,7 +40,14 @@ class LocalResponseNormalization(keras.layers.Layer):
     dtype.
     """
 
-    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, **kwargs):
+    def __init__(
+        self,
+        depth_radius=LRN_PAPER["depth_radius"],
+        bias=LRN_PAPER["bias"],
+        alpha=LRN_PAPER["alpha"],
+        beta=LRN_PAPER["beta"],
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if int(depth_radius) != depth_radius or depth_radius < 0:
             raise ValueError(f"depth_radius must be a non-negative integer, got {depth_radius!r}")

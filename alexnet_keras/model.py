@@ -7,8 +7,10 @@ dtype policy. Callers apply the softmax (the serving signature does).
 
 import keras
 
+from alexnet_keras.input_pipeline import CROP_SIZE
 from alexnet_keras.layers import (
     IMAGENET_RGB_MEAN,
+    LRN_PAPER,
     FullyConnected,
     GroupedConv2D,
     LocalResponseNormalization,
@@ -16,16 +18,13 @@ from alexnet_keras.layers import (
 )
 from alexnet_keras_base import config
 
-# The paper's input is 227x227 (its figure says 224). Smaller inputs cannot reach the
-# 6x6 map that pool5 hands to fc6.
-IMAGE_SIZE = 227
+# The paper's input is 227x227 (its figure says 224): input_pipeline.CROP_SIZE. Smaller
+# inputs cannot reach the 6x6 map that pool5 hands to fc6.
+IMAGE_SIZE = CROP_SIZE
 MIN_IMAGE_SIZE = 227
 GROUPS = 2  # the paper's two-GPU split of conv2, conv4 and conv5
 # "zeros" builds a network that the weight import fills (it draws no random numbers).
 KERNEL_INITIALIZERS = (*config.KERNEL_INITIALIZERS, "zeros")
-# Local response normalization constants in TensorFlow's terms (alpha not divided by the
-# window). The paper: n 5, k 2, alpha 1e-4, beta 0.75. Caffe's bvlc_alexnet: local_size 5,
-# alpha 1e-4 divided by the window, beta 0.75, k 1.
 # The paper's channels per layer (fc8's are the classes'); width_multiplier scales them.
 PAPER_WIDTHS = {
     "conv1": 96,
@@ -36,8 +35,6 @@ PAPER_WIDTHS = {
     "fc6": 4096,
     "fc7": 4096,
 }
-LRN_PAPER = {"depth_radius": 2, "bias": 2.0, "alpha": 1e-4, "beta": 0.75}
-LRN_CAFFE = {"depth_radius": 2, "bias": 1.0, "alpha": 2e-5, "beta": 0.75}
 
 
 def build_alexnet(
@@ -73,6 +70,56 @@ def build_alexnet(
         `LRN_PAPER` (default) or `LRN_CAFFE` (the published bvlc_alexnet weights).
       name: the model's name.
     """
+    _check_arguments(num_classes, image_size, dropout_rate, kernel_init, lrn, input_scale)
+    widths = layer_widths(width_multiplier)
+
+    def conv(layer_name, filters, kernel_size, bias, strides=1, padding="same", groups=1):
+        return GroupedConv2D(
+            filters,
+            kernel_size,
+            groups=groups,
+            strides=strides,
+            padding=padding,
+            activation="relu",
+            kernel_initializer=_kernel_initializer(kernel_init),
+            bias_initializer=keras.initializers.Constant(bias),
+            name=layer_name,
+        )
+
+    def dense(layer_name, units, bias, activation=None, dtype=None):
+        return FullyConnected(
+            units,
+            activation=activation,
+            kernel_initializer=_kernel_initializer(kernel_init),
+            bias_initializer=keras.initializers.Constant(bias),
+            name=layer_name,
+            dtype=dtype,
+        )
+
+    # === Functional Model ===
+    images = keras.Input(shape=(image_size, image_size, 3), name="images")
+    x = MeanSubtraction(initial_mean=rgb_mean, scale=input_scale, name="mean_subtraction")(images)
+    x = conv("conv1", widths["conv1"], 11, 0.0, strides=4, padding="valid")(x)
+    x = LocalResponseNormalization(**lrn, name="norm1")(x)  # (batch, 55, 55, 96)
+    x = _pool("pool1")(x)  # (batch, 27, 27, 96)
+    x = conv("conv2", widths["conv2"], 5, bias_init, groups=GROUPS)(x)
+    x = LocalResponseNormalization(**lrn, name="norm2")(x)  # (batch, 27, 27, 256)
+    x = _pool("pool2")(x)  # (batch, 13, 13, 256)
+    x = conv("conv3", widths["conv3"], 3, 0.0)(x)  # (batch, 13, 13, 384)
+    x = conv("conv4", widths["conv4"], 3, bias_init, groups=GROUPS)(x)
+    x = conv("conv5", widths["conv5"], 3, bias_init, groups=GROUPS)(x)
+    x = _pool("pool5")(x)  # (batch, 6, 6, 256)
+    x = keras.layers.Flatten(name="flatten")(x)  # (batch, 9216)
+    x = dense("fc6", widths["fc6"], bias_init, activation="relu")(x)
+    x = keras.layers.Dropout(dropout_rate, name="dropout6")(x)
+    x = dense("fc7", widths["fc7"], bias_init, activation="relu")(x)
+    x = keras.layers.Dropout(dropout_rate, name="dropout7")(x)
+    # Logits in float32 even under mixed precision, for a stable softmax and loss.
+    logits = dense("fc8", num_classes, 0.0, dtype="float32")(x)  # (batch, num_classes)
+    return keras.Model(images, logits, name=name)
+
+
+def _check_arguments(num_classes, image_size, dropout_rate, kernel_init, lrn, input_scale):
     if int(num_classes) != num_classes or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if int(image_size) != image_size or image_size < MIN_IMAGE_SIZE:
@@ -84,68 +131,24 @@ def build_alexnet(
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     if kernel_init not in KERNEL_INITIALIZERS:
         raise ValueError(f"kernel_init must be one of {KERNEL_INITIALIZERS}, got {kernel_init!r}")
-    widths = layer_widths(width_multiplier)
     unknown = set(lrn) - set(LRN_PAPER)
     if unknown:
         raise ValueError(f"lrn takes {sorted(LRN_PAPER)}, got {sorted(unknown)}")
-
-    def kernel_initializer():
-        if kernel_init == "paper":
-            return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
-        if kernel_init == "zeros":
-            return keras.initializers.Zeros()
-        return keras.initializers.HeNormal()
-
-    def conv(layer_name, filters, kernel_size, bias, strides=1, padding="same", groups=1):
-        return GroupedConv2D(
-            filters,
-            kernel_size,
-            groups=groups,
-            strides=strides,
-            padding=padding,
-            activation="relu",
-            kernel_initializer=kernel_initializer(),
-            bias_initializer=keras.initializers.Constant(bias),
-            name=layer_name,
-        )
-
-    def pool(layer_name):
-        # Overlapping pooling: 3x3 windows, stride 2.
-        return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)
-
-    def dense(layer_name, units, bias, activation=None, dtype=None):
-        return FullyConnected(
-            units,
-            activation=activation,
-            kernel_initializer=kernel_initializer(),
-            bias_initializer=keras.initializers.Constant(bias),
-            name=layer_name,
-            dtype=dtype,
-        )
-
-    # === Functional Model ===
-    images = keras.Input(shape=(image_size, image_size, 3), name="images")
     if not input_scale > 0:
         raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
-    x = MeanSubtraction(initial_mean=rgb_mean, scale=input_scale, name="mean_subtraction")(images)
-    x = conv("conv1", widths["conv1"], 11, 0.0, strides=4, padding="valid")(x)
-    x = LocalResponseNormalization(**lrn, name="norm1")(x)  # (batch, 55, 55, 96)
-    x = pool("pool1")(x)  # (batch, 27, 27, 96)
-    x = conv("conv2", widths["conv2"], 5, bias_init, groups=GROUPS)(x)
-    x = LocalResponseNormalization(**lrn, name="norm2")(x)  # (batch, 27, 27, 256)
-    x = pool("pool2")(x)  # (batch, 13, 13, 256)
-    x = conv("conv3", widths["conv3"], 3, 0.0)(x)  # (batch, 13, 13, 384)
-    x = conv("conv4", widths["conv4"], 3, bias_init, groups=GROUPS)(x)
-    x = conv("conv5", widths["conv5"], 3, bias_init, groups=GROUPS)(x)
-    x = pool("pool5")(x)  # (batch, 6, 6, 256)
-    x = keras.layers.Flatten(name="flatten")(x)  # (batch, 9216)
-    x = dense("fc6", widths["fc6"], bias_init, activation="relu")(x)
-    x = keras.layers.Dropout(dropout_rate, name="dropout6")(x)
-    x = dense("fc7", widths["fc7"], bias_init, activation="relu")(x)
-    x = keras.layers.Dropout(dropout_rate, name="dropout7")(x)
-    # Logits in float32 even under mixed precision, for a stable softmax and loss.
-    logits = dense("fc8", num_classes, 0.0, dtype="float32")(x)  # (batch, num_classes)
-    return keras.Model(images, logits, name=name)
+
+
+def _kernel_initializer(kernel_init):
+    if kernel_init == "paper":
+        return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
+    if kernel_init == "zeros":
+        return keras.initializers.Zeros()
+    return keras.initializers.HeNormal()
+
+
+def _pool(layer_name):
+    # Overlapping pooling: 3x3 windows, stride 2.
+    return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=layer_name)
 
 
 def layer_widths(width_multiplier):

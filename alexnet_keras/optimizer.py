@@ -18,6 +18,8 @@ either load into the other.
 import keras
 import tensorflow as tf
 
+from alexnet_keras.layers import PACKAGE
+
 
 def is_decayed(weight):
     """Weight decay applies to the kernels only, as in Caffe's reference model (decay_mult 0
@@ -50,7 +52,7 @@ def _component_beside(variable, weight):
     raise ValueError(f"no copy of {variable.name} on {weight.device}")
 
 
-@keras.saving.register_keras_serializable(package="alexnet_keras")
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class PaperSGD(keras.optimizers.SGD):
     """SGD with momentum and the paper's weight decay on the kernels (`is_decayed`), the decay
     inside the momentum as in the paper (not Keras' decoupled `weight_decay`, which shrinks the

@@ -24,7 +24,7 @@ from alexnet_keras import input_pipeline
 from alexnet_keras.serving import PIXELS
 from alexnet_keras_base import files
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.layout import DataDir
+from alexnet_keras_base.layout import TRAIN, VALIDATION, DataDir
 
 LITERT_SUFFIX = ".tflite"
 ONNX_SUFFIX = ".onnx"
@@ -58,21 +58,20 @@ def format_of(output, quantize=None, calibration_data=None):
     if quantize == QUANTIZE_INT8:
         if calibration_data is None:
             raise UsageError("--quantize int8 needs --calibration_data (a records folder)")
-        calibration_shards(calibration_data)
+        calibration_pattern(calibration_data)
     elif calibration_data is not None:
         raise UsageError("--calibration_data is only read by --quantize int8")
     return suffix
 
 
-def calibration_shards(data_dir):
-    """The shards that int8 calibration reads: the training split, else the validation one."""
+def calibration_pattern(data_dir):
+    """The shards that int8 calibration reads: the training split's, else the validation's."""
     folder = DataDir(data_dir)
     if not folder.path.is_dir():
         raise UsageError(f"--calibration_data {folder.path} is not a folder")
-    for split in ("train", "validation"):
-        shards = sorted(tf.io.gfile.glob(folder.shard_pattern(split)))
-        if shards:
-            return shards
+    for split in (TRAIN, VALIDATION):
+        if tf.io.gfile.glob(folder.shard_pattern(split)):
+            return folder.shard_pattern(split)
     raise UsageError(
         f"--calibration_data {folder.path} holds no TFRecord shards (a records folder "
         f"written by data/build_tfrecords.py)"
@@ -82,13 +81,8 @@ def calibration_shards(data_dir):
 def calibration_images(data_dir, count):
     """Up to `count` images of a records folder, preprocessed as for evaluation: float32
     [227, 227, 3] pixels in [0, 255], one at a time."""
-    dataset = tf.data.TFRecordDataset(calibration_shards(data_dir))
-    dataset = dataset.map(input_pipeline.parse_example, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(
-        lambda image_bytes, label: input_pipeline.preprocess_for_eval(image_bytes),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return dataset.take(count).as_numpy_iterator()
+    dataset = input_pipeline.make_eval_dataset(calibration_pattern(data_dir), 1).unbatch()
+    return (images for images, _ in dataset.take(count).as_numpy_iterator())
 
 
 def pixels_spec():

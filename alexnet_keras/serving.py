@@ -7,9 +7,11 @@ Signatures (TF Serving calls them by name):
   serving_default  image_bytes: string [batch], encoded JPEG / PNG / GIF / BMP / WebP images
   predict_pixels   images: float32 [batch, 227, 227, 3], RGB in [0, 255]
   features         image_bytes, as serving_default
-All three answer probabilities [batch, classes], top_k_classes, top_k_labels, top_k_scores
-[batch, min(5, classes)]; `features` also answers fc7 float32 [batch, fc7 width] (4096 at
-the paper's width; after its ReLU), from the same pass of the network as the classes.
+  classify         inputs: string [batch], serialized tf.train.Examples (classify.py)
+The first three answer probabilities [batch, classes], top_k_classes, top_k_labels,
+top_k_scores [batch, min(5, classes)]; `features` also answers fc7 float32 [batch, fc7
+width] (4096 at the paper's width; after its ReLU), from the same pass of the network as the
+classes. `classify` answers TF Serving's Classify API: classes (the top-k labels) and scores.
 
 A request that cannot be answered (empty bytes, bytes that are not an image, a truncated
 image, an image above the pixel limit, non-finite pixels) fails with InvalidArgument, which
@@ -29,9 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline
+from alexnet_keras import classify, input_pipeline
 from alexnet_keras.image_headers import checked_image_bytes
 from alexnet_keras_base.config import SERVING_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from alexnet_keras_base.config import TOP_K
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import process_alive
 from alexnet_keras_base.layout import DataDir, ExportBase, RunDir
@@ -42,10 +45,10 @@ FEATURES = "features"
 IMAGE_BYTES = "image_bytes"
 PIXELS = "images"
 FC7 = "fc7"  # the layer whose activations `features` answers, and the output's name
-TOP_K = 5
 WARMUP_BATCH_SIZES = (1, 32)
 # TF Serving warms only the signatures it is given records for. The two on image bytes get
-# them; predict_pixels' would carry 0.6 MB of float pixels an image in every export.
+# PredictRequests and `classify` ClassificationRequests of the same JPEGs (a few kB each);
+# predict_pixels' would carry 0.6 MB of float pixels an image in every export.
 WARMUP_SIGNATURES = (SERVING_DEFAULT, FEATURES)
 
 
@@ -93,6 +96,12 @@ class ServingFunctions:
         """string [batch] of encoded images -> the outputs dict and fc7."""
         logits, fc7 = self._network(self._decode(image_bytes), with_fc7=True)
         return {**self._answer(logits), FC7: fc7}
+
+    def classify_examples(self, serialized):
+        """string [batch] of serialized Examples -> classes and scores [batch, top-k]."""
+        return classify.classification(
+            self.predict_image_bytes(classify.image_bytes_of_examples(serialized))
+        )
 
     def predict_pixels(self, images):
         """float32 [batch, 227, 227, 3] RGB pixels in [0, 255] -> the outputs dict."""
@@ -155,7 +164,7 @@ def _write_labels(labels):
 
 
 def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
-    """A `keras.export.ExportArchive` with the three signatures (serving_default first, so
+    """A `keras.export.ExportArchive` with the four signatures (serving_default first, so
     it stays the default)."""
     functions = ServingFunctions(model, labels, max_pixels)
     archive = keras.export.ExportArchive()
@@ -177,6 +186,9 @@ def build_export_archive(model, labels, max_pixels=DEFAULT_MAX_PIXELS):
         functions.predict_features,
         input_signature=[tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)],
     )
+    archive.add_endpoint(
+        classify.CLASSIFY, functions.classify_examples, input_signature=classify.INPUT_SIGNATURE
+    )
     return archive, functions
 
 
@@ -192,7 +204,8 @@ def warmup_image(size=256, seed=0):
 
 
 def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES, signatures=WARMUP_SIGNATURES):
-    """Serialized `PredictionLog`s asking each of `signatures` for each batch size."""
+    """Serialized `PredictionLog`s asking each of `signatures` for each batch size, then the
+    `classify` signature for each batch size (a ClassificationRequest)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     images = [warmup_image(seed=index) for index in range(max(batch_sizes))]
@@ -209,18 +222,12 @@ def warmup_records(model_name, batch_sizes=WARMUP_BATCH_SIZES, signatures=WARMUP
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )
             records.append(log.SerializeToString())
-    return records
+    return records + classify.warmup_records(model_name, images, batch_sizes)
 
 
 # === Export folder ===
 
 _TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<pid>\d+)-")
-
-
-def export_version_dir(path):
-    """`path` if it is an export version (it holds saved_model.pb), the highest version if
-    it is an export base, else None."""
-    return ExportBase.resolve(path)
 
 
 def remove_stale_temporaries(export_base):
@@ -299,6 +306,7 @@ def export_model(
     try:
         archive, functions = build_export_archive(model, labels, max_pixels)
         archive.write_out(str(temporary), verbose=False)
+        classify.set_classify_method_name(temporary)
         marked = xla_must_compile_functions(temporary)
         if marked:
             raise UsageError(
@@ -318,7 +326,7 @@ def export_model(
             "top_k": functions.top_k,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
-            "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES],
+            "signatures": [SERVING_DEFAULT, PREDICT_PIXELS, FEATURES, classify.CLASSIFY],
         }
         (extra / ExportBase.INFO).write_text(json.dumps(info, indent=2))
         _fsync_tree(temporary)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import input_pipeline
-from alexnet_keras.optimizer import PaperSGD, is_decayed  # noqa: F401  (is_decayed: part of the API)
+from alexnet_keras.optimizer import PaperSGD
 
 
 def build_optimizer(config, model):
@@ -100,7 +100,7 @@ def make_step_functions(strategy, model, optimizer, config):
         )
 
     def train_replica(images, labels, stop_request):
-        pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_dataset)
+        pixels, rgb_shift = images  # uint8 crops and their lighting shifts (make_train_dataset)
         images = pixels_on_device(pixels, rgb_shift)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)

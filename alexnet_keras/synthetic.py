@@ -75,6 +75,21 @@ def draw_image_with_box(class_name, rng):
     rotation = float(rng.uniform(0, 2 * math.pi))
     box = (center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius)
 
+    _draw_shape(image, class_name, center, radius, rotation, (foreground, background), rng)
+
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels += float(rng.uniform(2.0, 12.0)) * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), box
+
+
+def _draw_shape(image, class_name, center, radius, rotation, colours, rng):
+    """Draws the class's shape into `image`, centred at `center` within `radius`."""
+    foreground, background = colours
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    box = (center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius)
     if class_name == "circle":
         draw.ellipse(box, fill=foreground)
     elif class_name == "square":
@@ -134,12 +149,6 @@ def draw_image_with_box(class_name, rng):
             draw.ellipse((x - dot, y - dot, x + dot, y + dot), fill=foreground)
     else:
         raise ValueError(f"unknown class {class_name!r}; known: {', '.join(CLASS_NAMES)}")
-
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
-    pixels = np.asarray(image, dtype=np.float32)
-    pixels += float(rng.uniform(2.0, 12.0)) * rng.standard_normal(pixels.shape, dtype=np.float32)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), box
 
 
 def make_synthetic_dataset(output_dir, num_classes=10, images_per_class=150, seed=0, classes=None):

@@ -21,12 +21,12 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from alexnet_keras.discovery import SPLIT_NAMES, discover, plan_shards, read_class_names
+from alexnet_keras.discovery import discover, plan_shards, read_class_names
 from alexnet_keras.progress import progress_bar
 from alexnet_keras_base.config import CONVERTER_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from alexnet_keras_base.errors import UsageError, WorkerDied
 from alexnet_keras_base.files import replaced_atomically, write_text_atomically
-from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
+from alexnet_keras_base.layout import SPLITS, STORED_FORMAT, STORED_SIZE, DataDir, Feature
 
 MIN_SHORTER_SIDE = 16
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -233,7 +233,7 @@ def _remove_stale_files(output_dir, shards):
         name = path.name
         # Temporary files of killed runs are hidden copies of a shard's name (files.py).
         ours = (
-            name.lstrip(".").startswith(tuple(f"{split}-" for split in SPLIT_NAMES))
+            name.lstrip(".").startswith(tuple(f"{split}-" for split in SPLITS))
             and ".tfrecord" in name
         )
         if ours and name not in expected:
@@ -439,9 +439,9 @@ def _results_in_order(pool, tasks, in_flight, chunk_size=32):
 
 
 def _dataset_summary(shards, summaries, class_names, ignored, arguments):
-    counts = {split: 0 for split in SPLIT_NAMES}
-    class_counts = {split: [0] * len(class_names) for split in SPLIT_NAMES}
-    shard_counts = {split: 0 for split in SPLIT_NAMES}
+    counts = {split: 0 for split in SPLITS}
+    class_counts = {split: [0] * len(class_names) for split in SPLITS}
+    shard_counts = {split: 0 for split in SPLITS}
     skipped = []
     pixel_sum, pixel_outer, pixel_count = np.zeros(3), np.zeros((3, 3)), 0
     for shard in shards:
@@ -462,9 +462,7 @@ def _dataset_summary(shards, summaries, class_names, ignored, arguments):
         "image_size": STORED_SIZE,
         "num_examples": counts,
         "num_shards": shard_counts,
-        "class_counts": {
-            split: dict(zip(class_names, class_counts[split])) for split in SPLIT_NAMES
-        },
+        "class_counts": {split: dict(zip(class_names, class_counts[split])) for split in SPLITS},
         **pixel_statistics(pixel_sum, pixel_outer, pixel_count),
         "skipped": sorted(skipped, key=lambda entry: entry["file"]),
         "ignored_files": len(ignored),

@@ -22,19 +22,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import figures, finetune, history, input_pipeline
+from alexnet_keras import finetune, history, input_pipeline, kernel_figure
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
-from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
+from alexnet_keras.layers import LRN_PAPER
+from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
-from alexnet_keras_base.errors import PeerLost, Preempted, TrainingDiverged, UsageError
+from alexnet_keras_base.errors import Preempted, TrainingDiverged, UsageError
 from alexnet_keras_base.files import replaced_atomically
-from alexnet_keras_base.layout import DataDir, RunDir
+from alexnet_keras_base.layout import TRAIN, VALIDATION, DataDir, RunDir
 from alexnet_keras_base.quiet import DISTRIBUTED_ITERATOR_NOTE, native_stderr_without
-
-__all__ = ["UsageError", "TrainingDiverged", "Preempted", "PeerLost", "train"]
 
 # Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
 # while the loss still looks finite (a huge update can silence every ReLU and leave a constant
@@ -49,27 +48,7 @@ def check_data_dir(data_dir):
     """Validates the converter's output folder; returns dataset.json's contents."""
     if not data_dir:
         raise UsageError("--data_dir is required (or omit it to train the demo)")
-    data_dir = pathlib.Path(data_dir)
-    if not data_dir.is_dir():
-        raise UsageError(f"--data_dir {data_dir} does not exist")
-    if not any(data_dir.iterdir()):
-        raise UsageError(
-            f"--data_dir {data_dir} is empty: convert images into it with data/build_tfrecords.py"
-        )
-    records = DataDir(data_dir)
-    missing = [name for name in (DataDir.LABELS, DataDir.DATASET) if not (data_dir / name).exists()]
-    if missing:
-        raise UsageError(
-            f"--data_dir {data_dir} has no {' or '.join(missing)}: is it the "
-            f"output folder of data/build_tfrecords.py?"
-        )
-    for split in ("train", "validation"):
-        if not list(data_dir.glob(DataDir.shard_glob(split))):
-            raise UsageError(f"--data_dir {data_dir} has no {DataDir.shard_glob(split)} files")
-    info = records.read_info()
-    if len([label for label in records.read_labels() if label]) != info["num_classes"]:
-        raise UsageError(f"{records.labels_file} and {DataDir.DATASET} disagree on the classes")
-    return info
+    return DataDir(data_dir).checked()
 
 
 # === Model and steps ===
@@ -392,10 +371,10 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
                 f"--global_batch_size {config.global_batch_size} is not divisible "
                 f"by the {replicas} replicas"
             )
-        steps_per_epoch = info["num_examples"]["train"] // config.global_batch_size
+        steps_per_epoch = info["num_examples"][TRAIN] // config.global_batch_size
         if steps_per_epoch < 1:
             raise UsageError(
-                f"the training split has {info['num_examples']['train']} images, "
+                f"the training split has {info['num_examples'][TRAIN]} images, "
                 f"fewer than one global batch of {config.global_batch_size}"
             )
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -538,14 +517,13 @@ def _train(
         if config.pca_noise_std > 0
         else None
     )
-    train_pattern = DataDir(data_dir).shard_pattern("train")
+    train_pattern = DataDir(data_dir).shard_pattern(TRAIN)
 
     def train_dataset(context):
         # A resumed run reshuffles with a new seed instead of replaying the first batches.
-        return input_pipeline.make_dataset(
+        return input_pipeline.make_train_dataset(
             train_pattern,
             config.global_batch_size,
-            training=True,
             input_context=context,
             pca=pca,
             shuffle_buffer=config.shuffle_buffer,
@@ -553,16 +531,15 @@ def _train(
             deterministic=config.deterministic,
         )
 
-    val_count = info["num_examples"]["validation"]
+    val_count = info["num_examples"][VALIDATION]
 
     def val_dataset(context):
         # Repeated, and read val_batches at a time: each epoch's pass is the same full batches
         # (padded) from one iterator, made once, where a new iterator per epoch made
         # TensorFlow's input code log a warning every few epochs.
-        return input_pipeline.make_dataset(
-            DataDir(data_dir).shard_pattern("validation"),
+        return input_pipeline.make_eval_dataset(
+            DataDir(data_dir).shard_pattern(VALIDATION),
             config.global_batch_size,
-            training=False,
             input_context=context,
             num_examples=val_count,
         ).repeat()
@@ -602,7 +579,7 @@ def _train(
         raise peer_lost(error, int(step.numpy()), model_dir) from None
     if chief:
         _save_model(model, RunDir(model_dir).model_file())
-        figures.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
+        kernel_figure.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
     log(f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}")
     return results
 

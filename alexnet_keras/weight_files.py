@@ -1,28 +1,29 @@
-"""What a bvlc_alexnet weights file says, read without running anything it contains: Caffe's
-binary `NetParameter` (`.caffemodel`, both layer encodings) by a protobuf wire-format reader of
-our own, caffe-tensorflow's pickled `.npy` by an unpickler that builds numpy arrays and
-nothing else, Caffe's mean files, and class-name lists. alexnet_keras/caffe_weights.py checks
-and converts what these return.
+"""What a bvlc_alexnet weights file says, read without running anything it contains: the
+file opened once and its format read from its first bytes, Caffe's binary `NetParameter`
+(`.caffemodel`, both layer encodings) by a protobuf wire-format reader of our own,
+caffe-tensorflow's pickled `.npy` by alexnet_keras/npy_weights.py. alexnet_keras/caffe_weights.py
+checks and converts what these return; alexnet_keras/means_and_names.py reads the other
+files of an import.
 
+Every length and count the file states is checked against the file before it is used: a
+damaged file is refused with a UsageError, and costs no more memory than its own size.
 Field numbers are those of BVLC/caffe's `src/caffe/proto/caffe.proto`.
 """
 
-import io
+import contextlib
+import math
+import mmap
+import os
 import pathlib
-import pickle
 import struct
 
 import numpy as np
 
+from alexnet_keras.npy_weights import MAX_AXES, NPY_MAGIC, read_npy_weights
 from alexnet_keras_base.errors import UsageError
 
-try:  # numpy 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1
-    from numpy.core.multiarray import _reconstruct
-
-
-NPY_MAGIC = b"\x93NUMPY"
+# What read_weights_file yields as the kind of file: the .npy, or a .caffemodel's encoding.
+NPY, CAFFE_CURRENT, CAFFE_LEGACY = "npy", "layer", "layers"
 
 
 # === The protobuf wire format ===
@@ -115,16 +116,27 @@ def _string(data, span):
         raise UsageError("a layer name or type that is not text: not a Caffe model") from None
 
 
-def _packed_varints(data, wire_type, value):
-    if wire_type == 0:
-        return [value]
-    if wire_type != 2:
+def _integer(wire_type, value):
+    # Caffe writes its single integers as varints; packed form is for repeated fields.
+    if wire_type != 0:
         raise UsageError("a malformed integer field: not a Caffe model")
-    position, end = value
-    numbers = []
-    while position < end:
-        number, position = _varint(data, position, end)
-        numbers.append(number)
+    return value
+
+
+def _extend_varints(numbers, data, wire_type, value):
+    """Appends a repeated integer field's values (one, or packed) to `numbers`: at most
+    MAX_AXES in all, so that a damaged length cannot make a list of millions."""
+    if wire_type == 0:
+        numbers.append(value)
+    elif wire_type == 2:
+        position, end = value
+        while position < end and len(numbers) <= MAX_AXES:
+            number, position = _varint(data, position, end)
+            numbers.append(number)
+    else:
+        raise UsageError("a malformed integer field: not a Caffe model")
+    if len(numbers) > MAX_AXES:
+        raise UsageError(f"a field of more than {MAX_AXES} integers: not a Caffe model")
     return numbers
 
 
@@ -145,9 +157,9 @@ def _message(data, span, fields):
         if kind == "float":
             parsed[name] = _float(wire_type, value)
         elif kind == "ints":
-            parsed.setdefault(name, []).extend(_packed_varints(data, wire_type, value))
+            _extend_varints(parsed.setdefault(name, []), data, wire_type, value)
         else:
-            parsed[name] = _packed_varints(data, wire_type, value)[-1]
+            parsed[name] = _integer(wire_type, value)
     return parsed
 
 
@@ -231,7 +243,7 @@ _PARAMETER_FIELDS = {
 }
 
 
-def _blob(data, span, layer_name):
+def read_blob(data, span, layer_name):
     """A BlobProto as a float32 array viewing `data` (no copy), in its stated shape."""
     shape, legacy, values = None, {}, None
     for number, wire_type, value in _fields(data, *span):
@@ -239,9 +251,9 @@ def _blob(data, span, layer_name):
             shape = []
             for dim_number, dim_type, dim_value in _fields(data, *value):
                 if dim_number == 1:
-                    shape.extend(_packed_varints(data, dim_type, dim_value))
+                    _extend_varints(shape, data, dim_type, dim_value)
         elif number in (1, 2, 3, 4):  # num, channels, height, width
-            legacy[number] = _packed_varints(data, wire_type, value)[-1]
+            legacy[number] = _integer(wire_type, value)
         elif number in (5, 8):  # data (packed float), double_data (packed double)
             if wire_type != 2:
                 raise UsageError(
@@ -259,7 +271,7 @@ def _blob(data, span, layer_name):
         shape = [legacy.get(number, 1) for number in (1, 2, 3, 4)] if legacy else []
     if values is None:
         values = np.zeros(0, np.float32)
-    if int(np.prod(shape, dtype=np.int64)) != values.size:
+    if math.prod(shape) != values.size or any(size > len(data) for size in shape):
         raise UsageError(
             f"layer {layer_name}: a blob of shape {tuple(shape)} holds "
             f"{values.size} values: the file is truncated or damaged"
@@ -298,7 +310,7 @@ def _layer(data, span, fields):
                         raise UsageError("a malformed layer parameter: not a Caffe model")
                     parameter_spans[parameter] = value
     name = name or "(unnamed)"
-    blobs = [_blob(data, blob_span, name) for blob_span in blob_spans]
+    blobs = [read_blob(data, blob_span, name) for blob_span in blob_spans]
     for parameter, parameter_span in parameter_spans.items():
         parameters = _message(data, parameter_span, _PARAMETER_FIELDS[parameter])
     return {
@@ -328,144 +340,42 @@ def read_caffemodel(data):
     if not current and not legacy:
         raise UsageError("no layers found: not a Caffe .caffemodel (a binary NetParameter)")
     fields, spans = (_CURRENT, current) if current else (_LEGACY, legacy)
-    return [_layer(data, span, fields) for span in spans], ("layer" if current else "layers")
+    encoding = CAFFE_CURRENT if current else CAFFE_LEGACY
+    return [_layer(data, span, fields) for span in spans], encoding
 
 
-# === caffe-tensorflow's .npy ===
+# === Either file, opened once ===
 
 
-def _reconstruct_array(*arguments):
-    return _reconstruct(*arguments)
-
-
-def _encode_latin1(text, encoding="latin1"):
-    # Python 3's protocol-2 pickles write bytes as _codecs.encode(text, "latin1").
-    if encoding not in ("latin1", "latin-1"):
-        raise UsageError(f"the pickle encodes bytes as {encoding!r}: not a numpy pickle")
-    return text.encode("latin1")
-
-
-class _WeightsUnpickler(pickle.Unpickler):
-    """Builds numpy arrays and dtypes (with the dicts, lists, tuples and strings around them)
-    and refuses every other callable a pickle may name: unpickling runs whatever it names."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _encode_latin1,
-    }
-
-    def find_class(self, module, name):
-        allowed = self.ALLOWED.get((module, name))
-        if allowed is None:
-            raise UsageError(
-                f"the pickle calls {module}.{name}, which a weights file has no "
-                f"need of: refused, nothing was run"
-            )
-        return allowed
-
-
-def read_npy_weights(path):
-    """caffe-tensorflow's .npy: {layer: [weights, biases]} (or {layer: {"weights", "biases"}}),
-    unpickled without running any code the file names."""
-    with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-        except ValueError as error:
-            raise UsageError(f"not a readable .npy file: {error}") from None
-        if dtype != np.dtype(object) or shape != ():
-            raise UsageError(
-                f"a .npy array of {dtype} {shape}, not the pickled dict of bvlc_alexnet.npy"
-            )
-        try:
-            # Python 2 str (the arrays' data, the keys) as bytes: numpy then wraps the
-            # data without copying it, and the unpickler's memo holds no second copy.
-            loaded = _WeightsUnpickler(handle, encoding="bytes").load()
-        except UsageError:
-            raise
-        except Exception as error:  # a damaged pickle fails in many ways
-            raise UsageError(
-                f"the pickle in the .npy file cannot be read ({error}): truncated or damaged"
-            ) from None
-    if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
-        loaded = loaded.item()
-    if not isinstance(loaded, dict):
-        raise UsageError(
-            f"the .npy file holds a {type(loaded).__name__}, not bvlc_alexnet's dict of layers"
-        )
-    weights = {}
-    for name, value in loaded.items():
-        name = name.decode("latin1") if isinstance(name, bytes) else str(name)
-        if isinstance(value, dict):
-            value = [value.get("weights"), value.get("biases")]
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != 2
-            or not all(isinstance(item, np.ndarray) for item in value)
-        ):
-            raise UsageError(f"layer {name}: not a pair of arrays (weights, biases)")
-        weights[name] = tuple(value)
-    return weights
-
-
-# === Means and class names ===
-
-
-def read_mean_file(path):
-    """A B,G,R mean from Caffe's ilsvrc_2012_mean.npy (read without pickle) or a
-    .binaryproto (a BlobProto): per-pixel means (3 x H x W) averaged per channel."""
+@contextlib.contextmanager
+def read_weights_file(path):
+    """Opens a weights file once, reads its format from its first bytes and reads it:
+    yields (kind, contents, release). kind NPY: contents {layer: (weights, biases)} as
+    caffe-tensorflow wrote them. kind CAFFE_CURRENT or CAFFE_LEGACY (the .caffemodel's
+    encoding): contents read_caffemodel's layers, whose blobs view a read-only mapping of the
+    file (no copy of 233 MB) that stays open until the block ends; release() drops the pages
+    of it read so far from the process's memory (they stay in the page cache)."""
     path = pathlib.Path(path)
-    data = _read_bytes(path, "--mean_file")
-    if data.startswith(NPY_MAGIC):
-        try:
-            mean = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as error:
-            raise UsageError(f"--mean_file {path}: not a numeric .npy array ({error})") from None
-    else:
-        mean = _blob(data, (0, len(data)), "mean")
-    mean = np.asarray(mean, np.float64)
-    while mean.ndim > 1 and mean.shape[0] == 1:
-        mean = mean[0]
-    if mean.ndim == 1 and mean.shape == (3,):
-        values = mean
-    elif mean.ndim == 3 and mean.shape[0] == 3:
-        values = mean.mean(axis=(1, 2))
-    else:
-        raise UsageError(
-            f"--mean_file {path}: a mean of shape {mean.shape}; expected 3 "
-            f"values or Caffe's 3 x H x W per-pixel mean (B, G, R)"
-        )
-    if not np.all(np.isfinite(values)):
-        raise UsageError(f"--mean_file {path}: the mean is not finite")
-    return tuple(float(value) for value in values)
-
-
-def read_class_names(path, num_classes):
-    """One name per line, in the order of the model's outputs (ILSVRC's synset_words.txt:
-    `n01440764 tench, Tinca tinca`)."""
-    path = pathlib.Path(path)
-    try:
-        names = [
-            line.strip()
-            for line in _read_bytes(path, "--class_names").decode().splitlines()
-            if line.strip()
-        ]
-    except UnicodeDecodeError:
-        raise UsageError(f"--class_names {path} is not UTF-8 text") from None
-    if len(names) != num_classes:
-        raise UsageError(
-            f"--class_names {path} has {len(names)} names, the model has {num_classes} classes"
-        )
-    return names
-
-
-def _read_bytes(path, flag):
+    if not path.exists():
+        raise UsageError("the file does not exist")
     if not path.is_file():
-        raise UsageError(f"{flag} {path} does not exist")
-    return path.read_bytes()
+        raise UsageError("not a file")
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise UsageError("the file is empty")
+        head = handle.read(len(NPY_MAGIC))
+        handle.seek(0)
+        if head == NPY_MAGIC:
+            yield NPY, read_npy_weights(handle), lambda: None
+            return
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    layers = None
+    try:
+        layers, encoding = read_caffemodel(mapping)
+        yield encoding, layers, lambda: mapping.madvise(mmap.MADV_DONTNEED)
+    finally:
+        layers = None  # its blobs view the mapping
+        try:
+            mapping.close()
+        except BufferError:  # an array still views it: the mapping closes when freed
+            pass

@@ -32,6 +32,8 @@ ALL_LAYERS = "all"
 # decoded. Serving refuses larger requests before it decodes them.
 CONVERTER_MAX_PIXELS = 89_478_485
 SERVING_MAX_PIXELS = 50_000_000
+# The paper's top-5: evaluation's top-5 error, the export's answers, predict.py's rows.
+TOP_K = 5
 
 
 def _canonical_train_layers(text):

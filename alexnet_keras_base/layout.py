@@ -21,6 +21,9 @@ from alexnet_keras_base.files import write_text_atomically
 # (paper section 2), JPEG-encoded.
 STORED_SIZE = 256
 STORED_FORMAT = "JPEG"
+# The splits of a records folder, in the converter's order.
+TRAIN, VALIDATION = "train", "validation"
+SPLITS = (TRAIN, VALIDATION)
 
 
 class Feature:
@@ -100,6 +103,34 @@ class DataDir:
     @staticmethod
     def labels_text(class_names):
         return "".join(f"{name}\n" for name in class_names)
+
+    def checked(self, splits=SPLITS):
+        """dataset.json's contents, once the folder is known to be the converter's output
+        with records of every split in `splits`; else a UsageError that says what is missing
+        (every command names its records folder --data_dir)."""
+        name = f"--data_dir {self.path}"
+        if not self.path.is_dir():
+            raise UsageError(f"{name} does not exist")
+        if not any(self.path.iterdir()):
+            raise UsageError(
+                f"{name} is empty: convert images into it with data/build_tfrecords.py"
+            )
+        missing = [file for file in (self.LABELS, self.DATASET) if not (self.path / file).exists()]
+        if missing:
+            raise UsageError(
+                f"{name} has no {' or '.join(missing)}: is it the output folder of "
+                f"data/build_tfrecords.py?"
+            )
+        info = self.read_info()
+        for split in splits:
+            if not info["num_examples"].get(split):
+                present = ", ".join(split for split, count in info["num_examples"].items() if count)
+                raise UsageError(f"{name} has no {split!r} split (it has: {present or 'none'})")
+            if not any(self.path.glob(self.shard_glob(split))):
+                raise UsageError(f"{name} has no {self.shard_glob(split)} files")
+        if len([label for label in self.read_labels() if label]) != info["num_classes"]:
+            raise UsageError(f"{self.labels_file} and {self.DATASET} disagree on the classes")
+        return info
 
 
 class RunDir:

@@ -11,9 +11,8 @@ import json
 import os
 
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.layout import DataDir
+from alexnet_keras_base.layout import SPLITS, DataDir
 
-TRAINING_SPLITS = ("train", "validation")
 COMMAND = ".venv-validate/bin/python data/validate_data.py"
 
 
@@ -50,7 +49,7 @@ def _rerun(data_dir, split):
     return f"`{COMMAND} validate --data_dir {data_dir} --split {split}`"
 
 
-def check_validated(data_dir, splits=TRAINING_SPLITS):
+def check_validated(data_dir, splits=SPLITS):
     """Raises UsageError unless every split in `splits` has a passing report that
     covers the records now in `data_dir` (same files, same sizes) and the current schema."""
     schema_path = os.path.join(str(data_dir), DataDir.SCHEMA)

@@ -94,7 +94,7 @@ def default_data_dir(model_path):
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
-    from alexnet_keras import evaluation
+    from alexnet_keras import evaluation, evaluation_report
 
     progress = progress_bar_factory("img", enabled=not args.no_progress)
     data_dir = args.data_dir or default_data_dir(args.model)
@@ -105,18 +105,18 @@ def main(argv=None):
     report = evaluation.evaluate_model(
         args.model, data_dir, args.split, args.batch_size, args.ten_crops, args.best, progress
     )
-    print(evaluation.summary(report))
+    print(evaluation_report.summary(report))
     if args.report:
-        evaluation.write_report(report, args.report)
+        evaluation_report.write_report(report, args.report)
         print(f"report: {args.report}")
     else:
         output_dir = args.output_dir or evaluation.default_output_dir(
             args.model, args.split, args.ten_crops, args.best
         )
-        evaluation.write_report_folder(report, output_dir)
-        print(f"report: {output_dir}/ ({', '.join(evaluation.report_files(report))})")
+        evaluation_report.write_report_folder(report, output_dir)
+        print(f"report: {output_dir}/ ({', '.join(evaluation_report.report_files(report))})")
         if report["model"]["kind"] != "keras":
-            print(evaluation.NO_GRADCAM_NOTE)
+            print(evaluation_report.NO_GRADCAM_NOTE)
         if args.figures:
             from alexnet_keras import figures
 

@@ -133,8 +133,6 @@ def load_model(model_path):
 
     import keras
 
-    import alexnet_keras  # noqa: F401  (registers the custom layers)
-
     if not model_path.is_file():
         raise UsageError(f"--model {model_path} does not exist")
     try:

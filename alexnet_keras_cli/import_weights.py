@@ -75,15 +75,15 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
-    from alexnet_keras import caffe_weights
+    from alexnet_keras import caffe_weights, means_and_names
 
     start = time.perf_counter()
     bgr_mean = args.mean or caffe_weights.ILSVRC_2012_BGR_MEAN
     if args.mean_file:
-        bgr_mean = caffe_weights.read_mean_file(args.mean_file)
+        bgr_mean = means_and_names.read_mean_file(args.mean_file)
     class_names = None
     if args.class_names:
-        class_names = caffe_weights.read_class_names(args.class_names, caffe_weights.NUM_CLASSES)
+        class_names = means_and_names.read_class_names(args.class_names, caffe_weights.NUM_CLASSES)
     try:
         source, model = caffe_weights.import_weights(
             args.weights, args.output, bgr_mean, class_names

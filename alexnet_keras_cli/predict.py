@@ -42,7 +42,8 @@ import os
 import re
 import sys
 
-from alexnet_keras_base.config import SERVING_MAX_PIXELS
+from alexnet_keras_base import layout
+from alexnet_keras_base.config import SERVING_MAX_PIXELS, TOP_K
 from alexnet_keras_base.quiet import (
     beam_imported_quietly,
     import_tensorflow_quietly,
@@ -57,7 +58,7 @@ BAD_IMAGE_LOGS = re.compile(
     r"OP_REQUIRES failed at|local_rendezvous\.cc.*is aborting with status|jpeg_mem\.cc|"
     r"^\s*\[\[\{\{(function_)?node |gif_io\.cc|png_io\.cc|Invalid (PNG|GIF|BMP|JPEG) data"
 )
-SPLITS = {"all": ("train", "validation"), "train": ("train",), "validation": ("validation",)}
+SPLITS = {"all": layout.SPLITS, **{split: (split,) for split in layout.SPLITS}}
 
 
 def parse_args(argv=None):
@@ -79,7 +80,7 @@ def parse_args(argv=None):
         "--output", required=True, help="the rows: a .jsonl (JSON lines) or .csv file"
     )
     parser.add_argument(
-        "--top_k", type=int, default=5, help="classes per row, best first (default %(default)s)"
+        "--top_k", type=int, default=TOP_K, help="classes per row, best first (default %(default)s)"
     )
     parser.add_argument(
         "--batch_size", type=int, default=64, help="images per batch (default %(default)s)"
@@ -180,12 +181,12 @@ def main(argv=None):
     import_tensorflow_quietly()
     if args.runner:
         return _run_on_beam(args)
-    from alexnet_keras import prediction
+    from alexnet_keras import prediction, prediction_inputs, predictors
 
-    predictor = prediction.load_predictor(
+    predictor = predictors.load_predictor(
         args.model, args.labels, args.max_pixels, features=args.features_dir is not None
     )
-    sources = prediction.list_inputs(args.inputs, SPLITS[args.split])
+    sources = prediction_inputs.list_inputs(args.inputs, SPLITS[args.split])
     settings = {
         "model": str(args.model),
         "inputs": [str(item) for item in args.inputs],

@@ -28,9 +28,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from serving_speed import photo_jpeg
 
-from alexnet_keras import build_alexnet, prediction, serving
-from alexnet_keras_cli import predict
 from common import print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import build_alexnet, predictors, serving
+from alexnet_keras_cli import predict
 
 
 def parse_args():
@@ -63,7 +64,7 @@ def seconds(arguments, output):
 def signature_seconds(export, folder, batch_size):
     """Seconds of the export's serving_default alone on the folder's bytes, in batches: what
     both commands must spend."""
-    predictor = prediction.ExportPredictor(export)
+    predictor = predictors.ExportPredictor(export)
     images = [path.read_bytes() for path in sorted(folder.iterdir())]
     predictor.answer(images[:batch_size])  # traced and warm
     start = time.perf_counter()

@@ -20,8 +20,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from alexnet_keras.tfrecords import ConvertOptions, convert
 from common import print_results  # also puts the checkout on sys.path
+
+from alexnet_keras.tfrecords import ConvertOptions, convert
 
 
 def make_photos(folder, count, seed=0):

@@ -18,9 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
+
 from alexnet_keras import FullyConnected, training
 from alexnet_keras_base.config import PRESETS
-from common import alternate, set_threads, training_batch  # also puts the checkout on sys.path
 
 
 def main():

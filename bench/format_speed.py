@@ -24,9 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import build_alexnet, input_pipeline, litert, onnx_format, portable, serving
-from alexnet_keras_base.layout import DataDir
 from common import alternate, cpu_name, print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import build_alexnet, input_pipeline, litert, onnx_format, portable, serving
+from alexnet_keras_base.layout import VALIDATION, DataDir
 
 SAVED_MODEL = "SavedModel predict_pixels"
 FILES = {
@@ -37,9 +38,7 @@ FILES = {
 
 
 def validation_images(data_dir, limit):
-    dataset = input_pipeline.make_dataset(
-        DataDir(data_dir).shard_pattern("validation"), 64, training=False
-    )
+    dataset = input_pipeline.make_eval_dataset(DataDir(data_dir).shard_pattern(VALIDATION), 64)
     return np.concatenate([images.numpy() for images, _ in dataset])[:limit]
 
 

@@ -4,7 +4,7 @@
 
 Converts synthetic images to TFRecords, then times on the same cores: (1) read + parse +
 `tf.io.decode_jpeg` alone, parallel map, the floor any JPEG pipeline pays; (2) the full
-training pipeline (`make_dataset(training=True)`: shuffle, decode-and-crop, flip, PCA
+training pipeline (`make_train_dataset(training=True)`: shuffle, decode-and-crop, flip, PCA
 lighting noise shifts, batching; uint8 out, made float32 on the device by the training step).
 Prints images/s and (2) as a ratio of (1): with the same accurate DCT as the pipeline, with
 TensorFlow's default (fast) DCT, and with the batch converted to float32 in the pipeline (what
@@ -21,8 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline
 from common import print_results, synthetic_records  # also puts the checkout on sys.path
+
+from alexnet_keras import input_pipeline
 
 BATCH = 128
 
@@ -65,9 +66,7 @@ def main():
         records, info = synthetic_records(scratch, images_per_class=100, num_shards=8)
         pattern = str(records / "train-*")
         pca = input_pipeline.PCALighting.from_dataset_info(info)
-        training = input_pipeline.make_dataset(
-            pattern, BATCH, training=True, pca=pca, shuffle_buffer=2000
-        )
+        training = input_pipeline.make_train_dataset(pattern, BATCH, pca=pca, shuffle_buffer=2000)
         results = {
             "bare_decode_accurate_dct_images_per_s": images_per_second(
                 bare_decode(pattern, "INTEGER_ACCURATE"), args.images

@@ -89,9 +89,10 @@ def kernel_gradient(inputs, outputs, upstream):
 def whole_step_ratio(batch_size, rounds):
     """Median step seconds with the XLA LRN gradient ("fused") and with LRNGrad, and the
     median of the per-round ratios LRNGrad / fused."""
+    from common import training_batch
+
     from alexnet_keras import LocalResponseNormalization, training
     from alexnet_keras_base.config import PRESETS
-    from common import training_batch
 
     config = PRESETS["paper"].replace(global_batch_size=batch_size, learning_rate=1e-3)
     strategy = tf.distribute.get_strategy()

@@ -21,8 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import GroupedConv2D, build_alexnet
 from common import call_times, print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import GroupedConv2D, build_alexnet
 
 
 def training_flops(model):

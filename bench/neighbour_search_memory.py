@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 import common  # makes alexnet_keras importable
-from alexnet_keras import figures
+
+from alexnet_keras import feature_cache, neighbour_figure
 
 
 def resident_megabytes(field):
@@ -36,7 +37,7 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-        path = pathlib.Path(folder) / figures.FEATURES_FILE
+        path = pathlib.Path(folder) / feature_cache.FEATURES_FILE
         header = np.lib.format.open_memmap(
             path, mode="w+", dtype=np.float16, shape=(args.rows, args.dimension)
         )
@@ -52,17 +53,17 @@ def main():
                 # fc7 is non-negative (after ReLU); a shifted pattern keeps rows distinct.
                 handle.write((pattern[:count] + np.float16(first % 7)).tobytes())
         write_seconds = time.perf_counter() - start
-        queries = rng.random((figures.NUM_QUERIES, args.dimension), np.float32)
+        queries = rng.random((neighbour_figure.NUM_QUERIES, args.dimension), np.float32)
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
         before = resident_megabytes("VmRSS")
         start = time.perf_counter()
-        figures.nearest_neighbours(queries.astype(np.float16), path)
+        neighbour_figure.nearest_neighbours(queries.astype(np.float16), path)
         search_seconds = time.perf_counter() - start
         results = {
             "rows": args.rows,
             "dimension": args.dimension,
             "file_gb": path.stat().st_size / 1e9,
-            "block_rows": figures.SEARCH_BLOCK_ROWS,
+            "block_rows": neighbour_figure.SEARCH_BLOCK_ROWS,
             "write_seconds": write_seconds,
             "search_seconds": search_seconds,
             "resident_before_mb": before,

@@ -29,8 +29,9 @@ import numpy as np
 import tensorflow as tf
 from serving_speed import photo_jpeg
 
-from alexnet_keras import build_alexnet, prediction
 from common import cpu_name, print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import build_alexnet, prediction, prediction_inputs, predictors
 
 
 class BatchClock:
@@ -80,7 +81,7 @@ def main():
 
     model = build_alexnet(num_classes=args.num_classes, width_multiplier=args.width_multiplier)
     labels = [f"class_{index}" for index in range(args.num_classes)]
-    predictor = prediction.KerasPredictor(model, labels)
+    predictor = predictors.KerasPredictor(model, labels)
     with tempfile.TemporaryDirectory() as folder:
         folder = pathlib.Path(folder)
         images = folder / "images"
@@ -99,7 +100,7 @@ def main():
             start = time.perf_counter()
             clock = BatchClock()
             prediction.predict(
-                prediction.list_inputs([images]),
+                prediction_inputs.list_inputs([images]),
                 predictor,
                 output,
                 args.batch_size,

@@ -22,9 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
+
 from alexnet_keras import GroupedConv2D, steps, training
 from alexnet_keras_base.config import PRESETS
-from common import median_seconds, set_threads, training_batch  # also puts the checkout on sys.path
 
 
 def layer_times(layer, batch_size, repeats, needs_input_gradient):

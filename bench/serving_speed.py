@@ -23,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import build_alexnet, preprocess_for_eval, serving
 from common import print_results  # also puts the checkout on sys.path
+
+from alexnet_keras import build_alexnet, preprocess_for_eval, serving
 
 
 def photo_jpeg(seed, width=500, height=375):

@@ -25,11 +25,12 @@ tf.config.set_logical_device_configuration(
 
 import keras
 
+from common import print_results, synthetic_records  # also puts the checkout on sys.path
+
 from alexnet_keras import input_pipeline
 from alexnet_keras.model import build_alexnet
 from alexnet_keras.steps import make_step_functions
 from alexnet_keras_base.config import PRESETS
-from common import print_results, synthetic_records  # also puts the checkout on sys.path
 
 BATCH = 32
 
@@ -70,16 +71,12 @@ def main():
         pattern = str(records / "train-*")
 
         def from_records(context):
-            return input_pipeline.make_dataset(
-                pattern, BATCH, training=True, input_context=context, pca=pca, shuffle_buffer=500
+            return input_pipeline.make_train_dataset(
+                pattern, BATCH, input_context=context, pca=pca, shuffle_buffer=500
             )
 
         held = next(
-            iter(
-                input_pipeline.make_dataset(
-                    pattern, BATCH, training=True, pca=pca, shuffle_buffer=500
-                )
-            )
+            iter(input_pipeline.make_train_dataset(pattern, BATCH, pca=pca, shuffle_buffer=500))
         )
 
         def in_memory(context):

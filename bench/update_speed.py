@@ -25,14 +25,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
-from alexnet_keras import input_pipeline, steps, training
-from alexnet_keras_base.config import PRESETS
 from common import (  # also puts the checkout on sys.path
     alternate,
     print_results,
     set_threads,
     training_batch,
 )
+
+from alexnet_keras import input_pipeline, steps, training
+from alexnet_keras.optimizer import is_decayed
+from alexnet_keras_base.config import PRESETS
 
 
 def keras_sgd(config, model):
@@ -44,7 +46,7 @@ def keras_sgd(config, model):
 def with_decay(config, model, gradients):
     """`weight_decay * kernel` added to the kernels' gradients."""
     return [
-        gradient + config.weight_decay * weight if steps.is_decayed(weight) else gradient
+        gradient + config.weight_decay * weight if is_decayed(weight) else gradient
         for gradient, weight in zip(gradients, model.trainable_variables)
     ]
 
@@ -53,7 +55,7 @@ def keras_sgd_step(config, l2_on_the_tape):
     """A step with Keras' SGD and the decay either on the tape or in the gradients."""
     model = training.build_model(config, num_classes=1000)
     optimizer = keras_sgd(config, model)
-    kernels = [weight for weight in model.trainable_variables if steps.is_decayed(weight)]
+    kernels = [weight for weight in model.trainable_variables if is_decayed(weight)]
 
     @tf.function
     def step(images, labels):

@@ -326,6 +326,8 @@ def _py2_dtype(descr, byte_order, flags):
 
 
 def _py2_array(shape, dtype_pickle, state):
+    """`dtype_pickle` and `state` are called where their bytes go: cPickle numbers its memo
+    (LONG_BINPUT) in the order the stream is written."""
     return (
         b"cnumpy.core.multiarray\n_reconstruct\n"
         + _py2_tuple([b"cnumpy\nndarray\n", _py2_tuple([_py2_int(0)]), _py2_string(b"b")])
@@ -334,9 +336,9 @@ def _py2_array(shape, dtype_pickle, state):
             [
                 _py2_int(1),
                 _py2_tuple([_py2_int(size) for size in shape]),
-                dtype_pickle,
+                dtype_pickle(),
                 b"\x89",
-                state,
+                state(),
             ]
         )
         + b"b"
@@ -356,7 +358,11 @@ def _py2_pickle(value):
         return _py2_string(value.encode())
     if isinstance(value, np.ndarray):
         array = np.ascontiguousarray(value, "<f4")
-        return _py2_array(array.shape, _py2_dtype(b"f4", b"<", 0), _py2_string(array.tobytes()))
+        return _py2_array(
+            array.shape,
+            lambda: _py2_dtype(b"f4", b"<", 0),
+            lambda: _py2_string(array.tobytes()),
+        )
     raise TypeError(type(value))
 
 
@@ -364,12 +370,16 @@ def write_npy(path, weights, layout=True):
     """Writes caffe-tensorflow's bvlc_alexnet.npy as Python 2's numpy.save did: a 0-d object
     array holding {layer: [weights, biases]}, pickled with protocol 2 (str for bytes).
     `weights` in Caffe's layouts (converted) or, with layout=False, as given."""
+    global _memo
+    _memo = itertools.count()  # as cPickle, each pickle numbers its memo from 0
     content = npy_layout(weights) if layout else weights
     header = np.lib.format.header_data_from_array_1_0(np.empty((), object))
     with open(path, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, header)
         object_array = _py2_array(
-            (), _py2_dtype(b"O8", b"|", 63), b"](" + _py2_pickle(content) + b"e"
+            (),
+            lambda: _py2_dtype(b"O8", b"|", 63),
+            lambda: b"](" + _py2_pickle(content) + b"e",
         )
         handle.write(b"\x80\x02" + object_array + b".")
     return path

@@ -1,13 +1,18 @@
 // The tests' stand-in for TensorFlow Serving: loads a SavedModel the way the server does
-// (tensorflow::LoadSavedModel with the "serve" tag), runs one signature by name on inputs
-// given as serialized TensorProto files, and writes each output as a TensorProto file.
+// (tensorflow::LoadSavedModel with the "serve" tag), runs signatures by name on inputs given
+// as serialized TensorProto files, and writes each output as a TensorProto file.
 //
 //   serving_runner EXPORT_DIR SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...]
+//                  [-- SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...] ...]
 //
-// Prints "status: OK" or "status: <CODE>: <message>", then "peak_rss_kb: N" (the process's
-// high-water resident memory). Exit status: 0 answered, 1 the request failed, 2 the
+// Each request ("--" separates them; the export is loaded once for all) prints
+// "method_name: <the signature's method_name>" once its signature is found (TF Serving's
+// Classify API takes only "tensorflow/serving/classify"), then "status: OK" or
+// "status: <CODE>: <message>", then "end_of_request". Then "peak_rss_kb: N" (the process's
+// high-water resident memory). Exit status: 0 all answered, 1 a request failed, 2 the
 // export could not be loaded or the arguments are wrong.
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -48,45 +53,43 @@ bool ReadFile(const std::string& path, std::string* contents) {
   return true;
 }
 
-}  // namespace
+struct Outcome {
+  absl::Status status;
+  int failure_code;  // the exit status when `status` is not OK
+};
 
-int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: " << argv[0]
-              << " EXPORT_DIR SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...]\n";
-    return 2;
+// One request: SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...].
+Outcome RunRequest(tensorflow::SavedModelBundle& bundle, const std::vector<std::string>& request) {
+  if (request.size() < 2) {
+    return {absl::InvalidArgumentError("a request needs SIGNATURE OUTPUT_DIR"), 2};
   }
-  const std::string export_dir = argv[1], signature_name = argv[2], output_dir = argv[3];
-
-  tensorflow::SavedModelBundle bundle;
-  absl::Status status = tensorflow::LoadSavedModel(
-      tensorflow::SessionOptions(), tensorflow::RunOptions(), export_dir, {"serve"}, &bundle);
-  if (!status.ok()) return Finish(status, 2);
-
+  const std::string& signature_name = request[0];
+  const std::string& output_dir = request[1];
   const auto& signatures = bundle.meta_graph_def.signature_def();
   const auto signature = signatures.find(signature_name);
   if (signature == signatures.end()) {
-    return Finish(absl::NotFoundError("no signature named " + signature_name), 2);
+    return {absl::NotFoundError("no signature named " + signature_name), 2};
   }
+  std::cout << "method_name: " << signature->second.method_name() << "\n";
 
   std::vector<std::pair<std::string, tensorflow::Tensor>> feeds;
-  for (int index = 4; index < argc; ++index) {
-    const std::string argument = argv[index];
+  for (size_t index = 2; index < request.size(); ++index) {
+    const std::string& argument = request[index];
     const size_t equals = argument.find('=');
     if (equals == std::string::npos) {
-      return Finish(absl::InvalidArgumentError("expected NAME=FILE, got " + argument), 2);
+      return {absl::InvalidArgumentError("expected NAME=FILE, got " + argument), 2};
     }
     const std::string name = argument.substr(0, equals);
     const auto input = signature->second.inputs().find(name);
     if (input == signature->second.inputs().end()) {
-      return Finish(absl::InvalidArgumentError("signature has no input named " + name), 1);
+      return {absl::InvalidArgumentError("signature has no input named " + name), 1};
     }
     std::string serialized;
     tensorflow::TensorProto proto;
     tensorflow::Tensor tensor;
     if (!ReadFile(argument.substr(equals + 1), &serialized) ||
         !proto.ParseFromString(serialized) || !tensor.FromProto(proto)) {
-      return Finish(absl::InvalidArgumentError("unreadable TensorProto for " + name), 2);
+      return {absl::InvalidArgumentError("unreadable TensorProto for " + name), 2};
     }
     feeds.emplace_back(input->second.name(), tensor);
   }
@@ -97,16 +100,49 @@ int main(int argc, char** argv) {
     fetches.push_back(output.second.name());
   }
   std::vector<tensorflow::Tensor> outputs;
-  status = bundle.session->Run(feeds, fetches, {}, &outputs);
-  if (!status.ok()) return Finish(status, 1);
+  absl::Status status = bundle.session->Run(feeds, fetches, {}, &outputs);
+  if (!status.ok()) return {status, 1};
 
   for (size_t index = 0; index < outputs.size(); ++index) {
     tensorflow::TensorProto proto;
     outputs[index].AsProtoField(&proto);
     std::ofstream file(output_dir + "/" + output_keys[index] + ".pb", std::ios::binary);
     if (!proto.SerializeToOstream(&file)) {
-      return Finish(absl::InternalError("cannot write " + output_keys[index]), 2);
+      return {absl::InternalError("cannot write " + output_keys[index]), 2};
     }
   }
-  return Finish(status, 1);
+  return {status, 0};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::cerr << "usage: " << argv[0]
+              << " EXPORT_DIR SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...]"
+                 " [-- SIGNATURE OUTPUT_DIR [INPUT_NAME=TENSOR_PROTO_FILE ...] ...]\n";
+    return 2;
+  }
+  tensorflow::SavedModelBundle bundle;
+  const absl::Status status = tensorflow::LoadSavedModel(
+      tensorflow::SessionOptions(), tensorflow::RunOptions(), argv[1], {"serve"}, &bundle);
+  if (!status.ok()) return Finish(status, 2);
+
+  std::vector<std::vector<std::string>> requests(1);
+  for (int index = 2; index < argc; ++index) {
+    if (std::string(argv[index]) == "--") {
+      requests.emplace_back();
+    } else {
+      requests.back().push_back(argv[index]);
+    }
+  }
+  int exit_code = 0;
+  for (const auto& request : requests) {
+    const Outcome outcome = RunRequest(bundle, request);
+    std::cout << "status: " << (outcome.status.ok() ? "OK" : outcome.status.ToString())
+              << "\nend_of_request" << std::endl;
+    if (!outcome.status.ok()) exit_code = std::max(exit_code, outcome.failure_code);
+  }
+  std::cout << "peak_rss_kb: " << PeakRssKb() << std::endl;
+  return exit_code;
 }

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from test_serving import LABELS, encoded, save_model
 
-from alexnet_keras import beam_prediction, prediction, serving
+from alexnet_keras import beam_inputs, beam_prediction, prediction, prediction_outputs, serving
 from alexnet_keras_base.layout import Feature
 from alexnet_keras_cli import predict
 from commands import run_main
@@ -189,7 +189,7 @@ def test_the_job_writes_the_local_commands_features(export_dir, inputs, tmp_path
     assert_same_rows(beam, without_dangling_symlink(sorted(local, key=lambda row: row["path"])))
 
     def features(folder):
-        with open(folder / prediction.FEATURES_INDEX, newline="") as handle:
+        with open(folder / prediction_outputs.FEATURES_INDEX, newline="") as handle:
             index = list(csv.DictReader(handle))
         shards = {name: np.load(folder / name) for name in {row["file"] for row in index}}
         assert all(shard.dtype == np.float32 for shard in shards.values())
@@ -213,7 +213,7 @@ def test_the_handler_answers_a_batch_with_a_bad_image_as_the_local_command(expor
     model = handler.load_model()
     good, bad = encoded("JPEG", seed=1), b"not an image"
     answers = handler.run_inference(
-        [beam_prediction.Image("a.jpg", "circle", good), beam_prediction.Image("b.jpg", None, bad)],
+        [beam_inputs.Image("a.jpg", "circle", good), beam_inputs.Image("b.jpg", None, bad)],
         model,
     )
     (first, fc7), (second, no_fc7) = answers

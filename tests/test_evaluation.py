@@ -16,6 +16,7 @@ from PIL import Image
 from alexnet_keras import (
     build_alexnet,
     evaluation,
+    evaluation_report,
     gradcam,
     input_pipeline,
     mean_layer,
@@ -233,8 +234,8 @@ def test_the_heatmap_of_many_classes_shows_the_most_confused(tmp_path):
     confused = [(3, 140), (77, 12), (149, 0)]
     for true, predicted in confused:
         confusion[true, predicted] = 5
-    shown = evaluation.heatmap_classes(confusion)
-    assert len(shown) == evaluation.HEATMAP_SUBSET
+    shown = evaluation_report.heatmap_classes(confusion)
+    assert len(shown) == evaluation_report.HEATMAP_SUBSET
     assert {3, 140, 77, 12, 149, 0} <= set(shown)
     sums = evaluation.EvaluationSums(classes)
     sums.confusion = confusion
@@ -244,7 +245,7 @@ def test_the_heatmap_of_many_classes_shows_the_most_confused(tmp_path):
         "data": {"split": "validation"},
         "crop": "central crop",
     }
-    evaluation.plot_confusion_matrix(report, tmp_path / "confusion.png")
+    evaluation_report.plot_confusion_matrix(report, tmp_path / "confusion.png")
     with Image.open(tmp_path / "confusion.png") as image:
         assert image.format == "PNG" and image.size[0] >= 600
 
@@ -297,7 +298,7 @@ def test_bad_usage_gets_a_message_and_no_traceback(
         (["--model", five_classes], "predicts 5 classes but"),
         (["--model", model_file, "--split", "test"], "has no 'test' split"),
         (["--model", tmp_path], "holds neither alexnet.keras"),
-        (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "dataset.json not found"),
+        (["--model", model_file, "--data_dir", tmp_path / "nowhere"], "nowhere does not exist"),
     ]
     for index, (arguments, message) in enumerate(cases):
         if "--data_dir" not in arguments:
@@ -318,19 +319,21 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
     predicted one; each panel of most_confused_images.png is that image's Grad-CAM overlay.
     An export gets no such file (no gradients)."""
     report = evaluation.evaluate_model(model_file, synthetic_records)
-    output = evaluation.write_report_folder(report, tmp_path / "report")
-    assert evaluation.report_files(report) == (
-        *evaluation.REPORT_FILES,
-        evaluation.CONFUSED_IMAGES_FILE,
+    output = evaluation_report.write_report_folder(report, tmp_path / "report")
+    assert evaluation_report.report_files(report) == (
+        *evaluation_report.REPORT_FILES,
+        evaluation_report.CONFUSED_IMAGES_FILE,
     )
-    assert sorted(path.name for path in output.iterdir()) == sorted(evaluation.report_files(report))
+    assert sorted(path.name for path in output.iterdir()) == sorted(
+        evaluation_report.report_files(report)
+    )
 
     # Every image of the split, in reading order, and the model's answers.
     pattern = str(synthetic_records / "validation-*.tfrecord")
     images, labels = zip(
         *(
             (images.numpy(), labels.numpy())
-            for images, labels in input_pipeline.make_dataset(pattern, 16, training=False)
+            for images, labels in input_pipeline.make_eval_dataset(pattern, 16)
         )
     )
     images, labels = np.concatenate(images), np.concatenate(labels)
@@ -346,13 +349,13 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
         assert len(confused) == pair["count"]
         assert pair["positions"] == confused[: evaluation.IMAGES_PER_PAIR].tolist()
 
-    with Image.open(output / evaluation.CONFUSED_IMAGES_FILE) as sheet:
+    with Image.open(output / evaluation_report.CONFUSED_IMAGES_FILE) as sheet:
         assert sheet.format == "PNG"
         pixels = np.asarray(sheet.convert("RGB"))
     columns = max(len(pair["positions"]) for pair in pairs)
-    assert pixels.shape[1] == evaluation.panel_origin(0, columns)[0]
+    assert pixels.shape[1] == evaluation_report.panel_origin(0, columns)[0]
     assert pixels.shape[0] == (
-        evaluation.panel_origin(len(pairs), 0)[1] - evaluation.ROW_TITLE_HEIGHT
+        evaluation_report.panel_origin(len(pairs), 0)[1] - evaluation_report.ROW_TITLE_HEIGHT
     )
     explainer = gradcam.GradCam(model)
     names = report["class_names"]
@@ -364,7 +367,7 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
         for column, (crop, heatmap, top1, score) in enumerate(
             zip(crops, heatmaps, classes, scores)
         ):
-            left, top = evaluation.panel_origin(row, column)
+            left, top = evaluation_report.panel_origin(row, column)
             expected = gradcam.overlay(crop.astype(np.uint8), heatmap, f"{names[top1]} {score:.2f}")
             # Batches of other sizes may round a heatmap's last bits differently.
             np.testing.assert_allclose(
@@ -391,7 +394,7 @@ def test_the_report_folder_shows_the_most_confused_images_with_their_heatmaps(
         tmp_path / "export_report",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert evaluation.NO_GRADCAM_NOTE in result.stdout
+    assert evaluation_report.NO_GRADCAM_NOTE in result.stdout
     assert sorted(path.name for path in (tmp_path / "export_report").iterdir()) == sorted(
-        evaluation.REPORT_FILES
+        evaluation_report.REPORT_FILES
     )

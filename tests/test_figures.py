@@ -13,7 +13,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_keras import build_alexnet, figures, input_pipeline, mean_layer, serving
+from alexnet_keras import (
+    build_alexnet,
+    feature_cache,
+    input_pipeline,
+    kernel_figure,
+    mean_layer,
+    neighbour_figure,
+    serving,
+)
 from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset
 from alexnet_keras_cli import evaluate
 from commands import run_main
@@ -65,21 +73,23 @@ def test_the_kernel_grid_shows_every_kernel_in_channel_order_split_by_conv2_grou
 ):
     model = build_alexnet(num_classes=4, width_multiplier=width_multiplier)
     mark_kernels(model)
-    grid = figures.write_kernel_figure(model, tmp_path / figures.KERNELS_FILE)
+    grid = kernel_figure.write_kernel_figure(model, tmp_path / kernel_figure.KERNELS_FILE)
     assert len(grid.tile_origins) == tiles
     size = grid.tile_size
     assert size >= 33
-    with Image.open(tmp_path / figures.KERNELS_FILE) as image:
+    with Image.open(tmp_path / kernel_figure.KERNELS_FILE) as image:
         assert image.format == "PNG"
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[0] > grid.image.shape[0] + 40  # room for the caption
     assert pixels.shape[1] >= grid.image.shape[1]
     # The tiles, read from the PNG in reading order (top to bottom, left to right), name the
     # channels 0, 1, 2, ...
-    origins = [(top + figures.MARGIN, left + figures.MARGIN) for top, left in grid.tile_origins]
+    origins = [
+        (top + kernel_figure.MARGIN, left + kernel_figure.MARGIN) for top, left in grid.tile_origins
+    ]
     reading_order = sorted(range(tiles), key=lambda channel: origins[channel])
     assert [
-        read_tile(pixels[top : top + size, left : left + size], figures.KERNEL_TILE_SCALE)
+        read_tile(pixels[top : top + size, left : left + size], kernel_figure.KERNEL_TILE_SCALE)
         for top, left in (origins[channel] for channel in reading_order)
     ] == list(range(tiles))
     # Tiles do not overlap: distinct rows are at least a tile apart, and so are columns.
@@ -96,9 +106,9 @@ def test_the_kernel_grid_shows_every_kernel_in_channel_order_split_by_conv2_grou
         assert len(reading) and set(reading) <= set(expected_group), (channel, reading)
     first_bottom = max(top for top, _ in origins[:half]) + size
     second_top = min(top for top, _ in origins[half:])
-    assert second_top - first_bottom >= figures.GROUP_GAP
+    assert second_top - first_bottom >= kernel_figure.GROUP_GAP
     band = pixels[first_bottom:second_top]
-    assert (band == figures.BACKGROUND).all()
+    assert (band == kernel_figure.BACKGROUND).all()
     if tiles == 96:  # the paper's layout: 3 rows of 16 per group
         assert len({top for top, _ in origins[:half]}) == 3
         assert len({left for _, left in origins}) == 16
@@ -111,7 +121,7 @@ def test_colour_share_separates_grey_from_colour_kernels():
     kernel[..., 0] = pattern[..., None]  # the same pattern in R, G and B
     kernel[..., 1] = np.stack([pattern, -pattern, 0 * pattern], axis=-1)  # red against green
     kernel[..., 2] = rng.normal(size=(11, 11, 3))
-    shares = figures.colour_share(kernel)
+    shares = kernel_figure.colour_share(kernel)
     assert shares[0] == pytest.approx(0.0, abs=1e-12)
     assert shares[1] == pytest.approx(1.0)
     assert 0.4 < shares[2] < 0.9  # independent channels: about 2/3 of the variance
@@ -120,7 +130,7 @@ def test_colour_share_separates_grey_from_colour_kernels():
 def test_the_tensorboard_image_is_the_kernel_grid(tmp_path):
     model = tiny_model()
     writer = tf.summary.create_file_writer(str(tmp_path))
-    grid = figures.log_conv1_kernels(model, writer, step=7)
+    grid = kernel_figure.log_conv1_kernels(model, writer, step=7)
     (event_file,) = tmp_path.glob("events.out.tfevents.*")
     logged = []
     for event in tf.compat.v1.train.summary_iterator(str(event_file)):
@@ -160,7 +170,9 @@ def test_the_blocked_search_equals_brute_force(tmp_path, block_rows):
     queries[2] = features[30] + np.float16(0.01)
     path = tmp_path / "features.npy"
     np.save(path, features)
-    indices, distances = figures.nearest_neighbours(queries, path, count=6, block_rows=block_rows)
+    indices, distances = neighbour_figure.nearest_neighbours(
+        queries, path, count=6, block_rows=block_rows
+    )
     expected_indices, expected_distances = brute_force(queries, features, 6)
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-9)
@@ -183,7 +195,7 @@ def test_the_search_holds_one_block_not_the_file(tmp_path, python, repo_root):
     file_megabytes = path.stat().st_size / 2**20
     script = textwrap.dedent(f"""
         import json, pathlib, numpy as np
-        from alexnet_keras import figures
+        from alexnet_keras import neighbour_figure
 
         def resident(field):
             for line in pathlib.Path("/proc/self/status").read_text().splitlines():
@@ -191,10 +203,10 @@ def test_the_search_holds_one_block_not_the_file(tmp_path, python, repo_root):
                     return int(line.split()[1]) / 1024
 
         queries = np.ones((6, {dimension}), np.float16)
-        figures.nearest_neighbours(queries, {str(path)!r}, block_rows=1024)  # warm up
+        neighbour_figure.nearest_neighbours(queries, {str(path)!r}, block_rows=1024)  # warm up
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM)
         before = resident("VmRSS")
-        indices, _ = figures.nearest_neighbours(queries, {str(path)!r})
+        indices, _ = neighbour_figure.nearest_neighbours(queries, {str(path)!r})
         print(json.dumps({{"growth": resident("VmHWM") - before, "rows": int(indices.max())}}))
     """)
     result = subprocess.run(
@@ -202,7 +214,7 @@ def test_the_search_holds_one_block_not_the_file(tmp_path, python, repo_root):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.splitlines()[-1])
-    block_megabytes = figures.SEARCH_BLOCK_ROWS * dimension * (2 + 8 + 8) / 2**20
+    block_megabytes = neighbour_figure.SEARCH_BLOCK_ROWS * dimension * (2 + 8 + 8) / 2**20
     assert file_megabytes > 150
     assert measured["growth"] < 3 * block_megabytes + 16, (measured, block_megabytes)
 
@@ -280,14 +292,14 @@ def test_evaluate_figures_finds_the_duplicates(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "figures:" in result.stdout
     info = input_pipeline.load_dataset_info(duplicated_records)
-    report = json.loads((output / figures.NEIGHBOURS_JSON).read_text())
+    report = json.loads((output / neighbour_figure.NEIGHBOURS_JSON).read_text())
     queries = report["queries"]
-    assert len(queries) == figures.NUM_QUERIES
+    assert len(queries) == neighbour_figure.NUM_QUERIES
     assert {query["class"] for query in queries} == set(info["class_names"])
     duplicated = 0
     for query in queries:
         neighbours = query["neighbours"]
-        assert len(neighbours) == figures.NUM_NEIGHBOURS
+        assert len(neighbours) == neighbour_figure.NUM_NEIGHBOURS
         assert all(neighbour["split"] == "train" for neighbour in neighbours)
         distances = [neighbour["distance"] for neighbour in neighbours]
         assert distances == sorted(distances)
@@ -313,15 +325,15 @@ def test_evaluate_figures_finds_the_duplicates(
     fc7 = extractor(images, training=False).numpy().astype(np.float16).astype(np.float64)
     assert np.linalg.norm(fc7[0] - fc7[1]) == pytest.approx(neighbour["distance"], rel=1e-6)
     # The cache: one float16 row per training image.
-    features = np.load(output / figures.FEATURES_FILE, mmap_mode="r")
+    features = np.load(output / feature_cache.FEATURES_FILE, mmap_mode="r")
     assert features.dtype == np.float16
     assert features.shape == (info["num_examples"]["train"], model.get_layer("fc7").units)
     # The PNGs.
-    with Image.open(output / figures.NEIGHBOURS_FILE) as image:
+    with Image.open(output / neighbour_figure.NEIGHBOURS_FILE) as image:
         image.verify()
         assert image.format == "PNG"
-        assert image.size == figures.neighbour_figure_size(figures.NUM_QUERIES)
-    with Image.open(output / figures.KERNELS_FILE) as image:
+        assert image.size == neighbour_figure.neighbour_figure_size(neighbour_figure.NUM_QUERIES)
+    with Image.open(output / kernel_figure.KERNELS_FILE) as image:
         assert image.format == "PNG"
         assert image.size[0] >= 6 * 33 and image.size[1] >= 2 * 33
 
@@ -329,22 +341,30 @@ def test_evaluate_figures_finds_the_duplicates(
 def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_records, tmp_path):
     messages = []
     model = tiny_model(seed=4)
-    path, first = figures.train_features(model, duplicated_records, tmp_path, log=messages.append)
+    path, first = feature_cache.train_features(
+        model, duplicated_records, tmp_path, log=messages.append
+    )
     written = path.stat().st_mtime_ns
     original = np.load(path)
-    _, again = figures.train_features(model, duplicated_records, tmp_path, log=messages.append)
+    _, again = feature_cache.train_features(
+        model, duplicated_records, tmp_path, log=messages.append
+    )
     assert messages[-1].startswith("reusing") and path.stat().st_mtime_ns == written
     np.testing.assert_array_equal(again.labels, first.labels)
     # Another model: computed again, different features.
-    figures.train_features(tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append)
+    feature_cache.train_features(
+        tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append
+    )
     assert messages[-1].startswith("computing")
     assert not np.array_equal(np.load(path), original)
     # A cache whose info file is missing (a crash before it was written) is not reused, and
     # the temporary file of a killed run (its process gone) is removed.
-    (tmp_path / figures.FEATURES_INFO_FILE).unlink()
+    (tmp_path / feature_cache.FEATURES_INFO_FILE).unlink()
     abandoned = tmp_path / ".fc7_train.tmp-999999999.npy"
     abandoned.write_bytes(b"half a file")
-    figures.train_features(tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append)
+    feature_cache.train_features(
+        tiny_model(seed=5), duplicated_records, tmp_path, log=messages.append
+    )
     assert messages[-1].startswith("computing")
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
     # Rows follow the records: row i's label is the i-th training record's.
@@ -362,13 +382,13 @@ def test_the_fc7_cache_is_reused_only_for_the_same_model_and_data(duplicated_rec
 
 def test_queries_cover_the_classes_and_depend_on_the_seed():
     labels = np.repeat(np.arange(4), 10)
-    chosen = figures.choose_queries(labels, seed=1)
+    chosen = neighbour_figure.choose_queries(labels, seed=1)
     assert len(set(chosen)) == 6 and set(labels[chosen]) == {0, 1, 2, 3}
-    assert figures.choose_queries(labels, seed=1) == chosen
+    assert neighbour_figure.choose_queries(labels, seed=1) == chosen
     many = np.repeat(np.arange(1000), 3)
-    picked = figures.choose_queries(many, seed=2)
+    picked = neighbour_figure.choose_queries(many, seed=2)
     assert len(set(many[picked])) == 6  # six different classes
-    assert picked != figures.choose_queries(many, seed=3)
+    assert picked != neighbour_figure.choose_queries(many, seed=3)
 
 
 def test_bad_usage_gets_a_message_and_no_traceback(tiny_model_file, duplicated_records, tmp_path):

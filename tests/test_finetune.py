@@ -18,9 +18,9 @@ from test_training import (
     run_train,
 )
 
-import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import build_alexnet, steps, training
-from alexnet_keras.model import LRN_CAFFE
+from alexnet_keras.layers import LRN_CAFFE
+from alexnet_keras_base import errors
 from alexnet_keras_base.config import PRESETS
 
 # ILSVRC-2012's per-channel mean, R, G, B: what an imported bvlc_alexnet subtracts.
@@ -200,7 +200,7 @@ def test_kill_9_then_rerun_resumes_from_the_checkpoint_not_the_source(
         json.dumps({**config, "epochs": 3, "train_layers": "fc8"})
     )
     with pytest.raises(
-        training.UsageError,
+        errors.UsageError,
         match="holds a checkpoint made with --train_layers fc7,fc8 but this run has fc8",
     ):
         training.train(config, synthetic_records, model_dir, log=lambda message: None)

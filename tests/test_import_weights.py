@@ -18,9 +18,9 @@ import tensorflow as tf
 from test_serving import encoded, keras_reference
 
 import alexnet_keras
-from alexnet_keras import caffe_weights, serving
+from alexnet_keras import caffe_weights, means_and_names, serving
 from alexnet_keras.caffe_weights import ILSVRC_2012_BGR_MEAN
-from alexnet_keras.model import LRN_PAPER
+from alexnet_keras.layers import LRN_PAPER
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_cli import evaluate as evaluate_cli
 from alexnet_keras_cli import export_model as export_cli
@@ -226,7 +226,7 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
     per_pixel = np.random.default_rng(1).uniform(90, 130, (3, 16, 16)).astype(np.float32)
     expected = tuple(per_pixel.astype(np.float64).mean(axis=(1, 2)))
     np.save(tmp_path / "mean.npy", per_pixel)
-    np.testing.assert_allclose(caffe_weights.read_mean_file(tmp_path / "mean.npy"), expected)
+    np.testing.assert_allclose(means_and_names.read_mean_file(tmp_path / "mean.npy"), expected)
     # .binaryproto: a BlobProto with num 1, channels 3, height, width (fields 1-4), data 5.
     blob = b"".join(
         bytes([number << 3]) + bytes([value])
@@ -236,7 +236,7 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
     blob += bytes([5 << 3 | 2]) + bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
     (tmp_path / "mean.binaryproto").write_bytes(blob + payload)
     np.testing.assert_allclose(
-        caffe_weights.read_mean_file(tmp_path / "mean.binaryproto"), expected, rtol=1e-6
+        means_and_names.read_mean_file(tmp_path / "mean.binaryproto"), expected, rtol=1e-6
     )
     # The mean goes into the model and changes what it computes, as in Caffe's forward pass.
     caffe_weights.import_weights(
@@ -251,7 +251,7 @@ def test_mean_flags_and_files(weights, weight_files, images, tmp_path):
     assert relative_difference(logits, caffe_forward(weights, images)) > 1e-3
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(UsageError, match="not a numeric .npy"):
-        caffe_weights.read_mean_file(tmp_path / "pickled.npy")
+        means_and_names.read_mean_file(tmp_path / "pickled.npy")
 
 
 # === Refusals ===

@@ -122,13 +122,13 @@ def test_ten_crop_corners_centre_and_mirrors():
     np.testing.assert_array_equal(in_graph.numpy(), crops.numpy())
 
 
-def test_make_dataset_training_batches_are_deterministic_when_asked(synthetic_records):
+def test_make_train_dataset_batches_are_deterministic_when_asked(synthetic_records):
     info = ip.load_dataset_info(synthetic_records)
     pca = ip.PCALighting.from_dataset_info(info)
     pattern = str(synthetic_records / "train-*")
 
     def first_batches():
-        dataset = ip.make_dataset(pattern, 8, training=True, pca=pca, seed=3, deterministic=True)
+        dataset = ip.make_train_dataset(pattern, 8, pca=pca, seed=3, deterministic=True)
         return [
             (ip.add_lighting(*images).numpy(), labels.numpy()) for images, labels in dataset.take(3)
         ]
@@ -142,11 +142,11 @@ def test_make_dataset_training_batches_are_deterministic_when_asked(synthetic_re
     assert len(set(first[0][1].tolist())) > 1
 
 
-def test_make_dataset_eval_pads_the_last_batch_and_covers_every_example(synthetic_records):
+def test_make_eval_dataset_pads_the_last_batch_and_covers_every_example(synthetic_records):
     info = ip.load_dataset_info(synthetic_records)
     count = info["num_examples"]["validation"]
     pattern = str(synthetic_records / "validation-*")
-    batches = list(ip.make_dataset(pattern, 5, training=False, num_examples=count))
+    batches = list(ip.make_eval_dataset(pattern, 5, num_examples=count))
     labels = np.concatenate([labels.numpy() for _, labels in batches])
     assert all(images.shape[0] == 5 for images, _ in batches)
     assert len(labels) == count + (-count) % 5
@@ -155,7 +155,7 @@ def test_make_dataset_eval_pads_the_last_batch_and_covers_every_example(syntheti
     assert real_counts.tolist() == list(info["class_counts"]["validation"].values())
 
 
-def test_make_dataset_shards_between_input_pipelines(synthetic_records):
+def test_make_eval_dataset_shards_between_input_pipelines(synthetic_records):
     info = ip.load_dataset_info(synthetic_records)
     count = info["num_examples"]["validation"]
     pattern = str(synthetic_records / "validation-*")
@@ -164,9 +164,7 @@ def test_make_dataset_shards_between_input_pipelines(synthetic_records):
         context = tf.distribute.InputContext(
             num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
         )
-        dataset = ip.make_dataset(
-            pattern, 4, training=False, input_context=context, num_examples=count
-        )
+        dataset = ip.make_eval_dataset(pattern, 4, input_context=context, num_examples=count)
         pipeline_images = []
         for images, labels in dataset:
             assert images.shape[0] == 2  # per-replica batch
@@ -182,12 +180,12 @@ def test_make_dataset_shards_between_input_pipelines(synthetic_records):
 
 def test_missing_files_and_corrupt_records_are_named(tmp_path, synthetic_records):
     with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
-        ip.make_dataset(str(tmp_path / "nothing-*"), 4, training=True)
+        ip.make_train_dataset(str(tmp_path / "nothing-*"), 4)
     shard = sorted(synthetic_records.glob("validation-*.tfrecord"))[0]
     good = shard.read_bytes()
     bad = tmp_path / shard.name
     bad.write_bytes(good[:100] + b"\x00garbage" + good[108:])
-    dataset = ip.make_dataset(str(bad), 4, training=False)
+    dataset = ip.make_eval_dataset(str(bad), 4)
     with pytest.raises(tf.errors.DataLossError):
         for _ in dataset:
             pass

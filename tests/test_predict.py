@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 import alexnet_keras
-from alexnet_keras import prediction, serving
+from alexnet_keras import prediction, prediction_outputs, serving
 from alexnet_keras.synthetic import make_synthetic_dataset
 from alexnet_keras_base.layout import DataDir
 from alexnet_keras_cli import evaluate as evaluate_command
@@ -289,7 +289,7 @@ def test_fc7_features_equal_the_models_fc7(
         collection,
     )
     assert result.returncode == predict_command.SOME_FAILED, result.stderr
-    with open(features_dir / prediction.FEATURES_INDEX, newline="") as handle:
+    with open(features_dir / prediction_outputs.FEATURES_INDEX, newline="") as handle:
         index = list(csv.DictReader(handle))
     answered = [row["path"] for row in keras_rows[1] if row["error"] is None]
     assert [entry["path"] for entry in index] == answered
@@ -329,7 +329,7 @@ def test_explain_writes_a_heatmap_of_every_answered_image(
     rows = keras_rows[1]
     written = sorted(path.relative_to(heatmaps) for path in heatmaps.rglob("*.png"))
     expected = sorted(
-        prediction.explanation_path(heatmaps, row["path"]).relative_to(heatmaps)
+        prediction_outputs.explanation_path(heatmaps, row["path"]).relative_to(heatmaps)
         for row in rows
         if row["error"] is None
     )
@@ -337,7 +337,7 @@ def test_explain_writes_a_heatmap_of_every_answered_image(
     # Each picture: the 227 x 227 crop, tinted by the heatmap of its top-1 class, which is
     # the row's first label.
     row = next(row for row in rows if row["error"] is None)
-    picture = np.asarray(Image.open(prediction.explanation_path(heatmaps, row["path"])))
+    picture = np.asarray(Image.open(prediction_outputs.explanation_path(heatmaps, row["path"])))
     assert picture.shape == (227, 227, 3)
     crop = alexnet_keras.preprocess_for_eval(tf.io.read_file(row["path"]))
     assert np.abs(picture.astype(float) - crop.numpy()).mean() > 5  # not the bare crop
@@ -366,9 +366,9 @@ def test_an_exports_features_signature_gives_the_same_features(
             collection,
         )
         assert result.returncode == predict_command.SOME_FAILED, result.stderr
-        shards[name] = np.load(folder / prediction.features_shard_name(0))
-        assert (folder / prediction.FEATURES_INDEX).read_text() == (
-            tmp_path / "keras" / prediction.FEATURES_INDEX
+        shards[name] = np.load(folder / prediction_outputs.features_shard_name(0))
+        assert (folder / prediction_outputs.FEATURES_INDEX).read_text() == (
+            tmp_path / "keras" / prediction_outputs.FEATURES_INDEX
         ).read_text()
     assert shards["export"].shape == shards["keras"].shape == (15, 512)
     np.testing.assert_allclose(
@@ -378,21 +378,21 @@ def test_an_exports_features_signature_gives_the_same_features(
 
 def test_feature_shards_resume_and_publish_whole(tmp_path, monkeypatch):
     """A shard is a whole .npy or absent; a rerun keeps exactly the rows the journal has."""
-    monkeypatch.setattr(prediction, "FEATURES_PER_SHARD", 4)
+    monkeypatch.setattr(prediction_outputs, "FEATURES_PER_SHARD", 4)
     rows = np.arange(11 * 3, dtype=np.float32).reshape(11, 3)
-    shards = prediction.FeatureShards(tmp_path, 3, 0)
+    shards = prediction_outputs.FeatureShards(tmp_path, 3, 0)
     shards.add(rows[:6])  # one full shard published, 2 rows in the next
     assert np.array_equal(np.load(tmp_path / "features-00000.npy"), rows[:4])
     assert not (tmp_path / "features-00001.npy").exists()
     shards.add(rows[6:9])  # shard 1 published with rows 4-7; row 8 pending
     # A kill after these features but before their rows reached the journal: the journal
     # holds 5 answered rows, so the rerun keeps 5 and drops the rest, even those published.
-    shards = prediction.FeatureShards(tmp_path, 3, 5)
+    shards = prediction_outputs.FeatureShards(tmp_path, 3, 5)
     assert not (tmp_path / "features-00001.npy").exists()
     shards.add(rows[5:11])
     shards.finish([f"image{index}" for index in range(11)])
     stacked = np.concatenate(
-        [np.load(tmp_path / prediction.features_shard_name(index)) for index in range(3)]
+        [np.load(tmp_path / prediction_outputs.features_shard_name(index)) for index in range(3)]
     )
     assert np.array_equal(stacked, rows)
     assert not list(tmp_path.glob(".*"))  # no partial shard left
@@ -558,7 +558,7 @@ def test_a_stopped_run_resumes_with_every_image_once(
     assert len(set(paths)) == len(paths)
     assert not journal.exists()
     # The features of the resumed runs are those of an uninterrupted one, row for row.
-    with open(tmp_path / "features" / prediction.FEATURES_INDEX, newline="") as handle:
+    with open(tmp_path / "features" / prediction_outputs.FEATURES_INDEX, newline="") as handle:
         index = list(csv.DictReader(handle))
     assert [entry["path"] for entry in index] == paths
     features = np.load(tmp_path / "features" / "features-00000.npy")

@@ -22,10 +22,20 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import alexnet_keras
 from alexnet_keras import image_headers, serving
-from alexnet_keras_base.layout import ExportBase
+from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 from alexnet_keras_cli import export_model
 from commands import run_main
-from tf_serving_standin import rest_body_to_tensors, rest_response, run_signature
+from tf_serving_standin import (
+    classification,
+    classify_inputs,
+    classify_request,
+    rest_body_to_tensors,
+    rest_classify_request,
+    rest_classify_response,
+    rest_response,
+    run_signature,
+    run_signatures,
+)
 
 NUM_CLASSES = 10
 LABELS = [
@@ -210,7 +220,9 @@ def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
 ):
     images = [path.read_bytes() for path in image_files.values()]
     request = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
-    features = run_signature(runner, export_dir, "features", request)
+    features, default = run_signatures(
+        runner, export_dir, [("features", request), ("serving_default", request)]
+    )
     assert features.ok, features.status
     expected = fc7_reference(model_file, images)
     # Zeros and positive values in every row (after the ReLU), and rows that differ: a
@@ -222,7 +234,6 @@ def test_the_features_signature_answers_fc7_and_the_classes_of_serving_default(
     assert fc7.shape == (len(images), alexnet_keras.model.layer_widths(0.125)["fc7"])
     np.testing.assert_allclose(fc7, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
-    default = run_signature(runner, export_dir, "serving_default", request)
     assert default.ok, default.status
     assert set(features.outputs) == set(default.outputs) | {"fc7"}
     for name, value in default.outputs.items():
@@ -249,8 +260,9 @@ def test_bad_images_fail_the_features_signature_like_serving_default(
         else [request.getfixturevalue("oversize_jpeg").read_bytes()]
     )
     inputs = {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}
-    for signature in ("features", "serving_default"):
-        answer = run_signature(runner, export_dir, signature, inputs)
+    signatures = ("features", "serving_default")
+    answers = run_signatures(runner, export_dir, [(name, inputs) for name in signatures])
+    for signature, answer in zip(signatures, answers):
         assert answer.code == "INVALID_ARGUMENT", (signature, answer.status)
         assert message in answer.status, signature
         assert answer.outputs == {}
@@ -267,7 +279,14 @@ def test_the_export_info_lists_the_signatures_of_the_saved_model(export_dir):
     signatures = {name for name in meta_graph.signature_def if not name.startswith("__")}
     info = json.loads((export_dir / ExportBase.EXTRA / ExportBase.INFO).read_text())
     assert sorted(info["signatures"]) == sorted(signatures)
-    assert {"serving_default", "predict_pixels", "features"} <= signatures
+    assert {"serving_default", "predict_pixels", "features", "classify"} <= signatures
+    # TF Serving's Classify API takes a signature of this method, input and outputs only.
+    classify_signature = meta_graph.signature_def["classify"]
+    assert classify_signature.method_name == "tensorflow/serving/classify"
+    assert set(classify_signature.inputs) == {"inputs"}
+    assert set(classify_signature.outputs) == {"classes", "scores"}
+    for name in signatures - {"classify"}:
+        assert meta_graph.signature_def[name].method_name == "tensorflow/serving/predict"
     features = meta_graph.signature_def["features"]
     assert set(features.inputs) == {"image_bytes"}
     assert set(features.outputs) == {
@@ -290,11 +309,26 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     path = export_dir / ExportBase.EXTRA / ExportBase.WARMUP
     records = list(tf.data.TFRecordDataset(str(path)).as_numpy_iterator())
     assert 1 <= len(records) <= 1000  # TF Serving reads at most 1,000
+    logs = [prediction_log_pb2.PredictionLog.FromString(record) for record in records]
+    requests = [
+        classify_inputs(log.classify_log.request)
+        if log.HasField("classify_log")
+        else (
+            log.predict_log.request.model_spec.signature_name,
+            dict(log.predict_log.request.inputs),
+        )
+        for log in logs
+    ]
+    # As TF Serving runs them when it loads the version: one after another, in one process.
     answered = []
-    for record in records:
-        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-        signature = request.model_spec.signature_name
-        answer = run_signature(runner, export_dir, signature, dict(request.inputs))
+    for log, (signature, _), answer in zip(
+        logs, requests, run_signatures(runner, export_dir, requests)
+    ):
+        if log.HasField("classify_log"):
+            classified = classification(answer)
+            assert classified.ok, classified.status
+            answered.append((signature, len(classified.results)))
+            continue
         assert answer.ok, answer.status
         answered.append((signature, len(answer.outputs["top_k_classes"])))
         if signature == serving.FEATURES:
@@ -303,7 +337,7 @@ def test_every_warmup_record_runs_through_its_signature(export_dir, runner):
     # records must fail this test.
     assert answered == [
         (signature, batch_size)
-        for signature in (serving.SERVING_DEFAULT, serving.FEATURES)
+        for signature in (serving.SERVING_DEFAULT, serving.FEATURES, "classify")
         for batch_size in serving.WARMUP_BATCH_SIZES
     ]
 
@@ -352,18 +386,13 @@ def test_non_finite_pixels_are_invalid_argument(export_dir, runner):
 
 
 def test_an_empty_batch_gets_empty_outputs(export_dir, runner):
-    answer = run_signature(
-        runner,
-        export_dir,
-        "serving_default",
-        {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)},
+    empty = {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)}
+    answer, features = run_signatures(
+        runner, export_dir, [("serving_default", empty), ("features", empty)]
     )
     assert answer.ok, answer.status
     assert answer.outputs["probabilities"].shape == (0, NUM_CLASSES)
     assert answer.outputs["top_k_labels"].shape == (0, 5)
-    features = run_signature(
-        runner, export_dir, "features", {"image_bytes": tf.make_tensor_proto([], dtype=tf.string)}
-    )
     assert features.ok, features.status
     assert features.outputs["fc7"].shape == (0, alexnet_keras.model.layer_widths(0.125)["fc7"])
     assert features.outputs["probabilities"].shape == (0, NUM_CLASSES)
@@ -699,6 +728,76 @@ def test_tfsmlayer_answers_from_the_export(export_dir, model_file, image_files):
     assert outputs["top_k_classes"].numpy().tolist() == top5.tolist()
 
 
+# === The Classify API: tf.Examples in, (label, score) pairs out ===
+
+
+def record_examples(synthetic_records, count):
+    """The first `count` Examples of the records' validation split, as the converter wrote
+    them (every feature of a record, not only the image)."""
+    paths = sorted(tf.io.gfile.glob(DataDir(synthetic_records).shard_pattern("validation")))
+    dataset = tf.data.TFRecordDataset(paths).take(count)
+    return [tf.train.Example.FromString(record) for record in dataset.as_numpy_iterator()]
+
+
+def classification_request(examples, signature="classify"):
+    from tensorflow_serving.apis import classification_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "alexnet"
+    request.model_spec.signature_name = signature
+    request.input.example_list.examples.extend(examples)
+    return request
+
+
+def test_classify_answers_our_records_like_serving_default(export_dir, synthetic_records, runner):
+    examples = record_examples(synthetic_records, 4)
+    images = [example.features.feature[Feature.ENCODED].bytes_list.value[0] for example in examples]
+    classify_answer, default = run_signatures(
+        runner,
+        export_dir,
+        [
+            classify_inputs(classification_request(examples)),
+            ("serving_default", {"image_bytes": tf.make_tensor_proto(images, dtype=tf.string)}),
+        ],
+    )
+    classified = classification(classify_answer)
+    # TF Serving's Classify API refuses any signature of another method.
+    assert classified.method_name == "tensorflow/serving/classify"
+    assert classified.ok, classified.status
+    assert default.ok, default.status
+    assert len(classified.results) == len(examples)
+    for classes, labels, scores in zip(
+        classified.results, default.outputs["top_k_labels"], default.outputs["top_k_scores"]
+    ):
+        assert [label for label, _ in classes] == [label.decode() for label in labels]
+        np.testing.assert_allclose([score for _, score in classes], scores, rtol=1e-6)
+        assert len(classes) == 5
+
+
+def test_classify_refuses_bad_examples_with_invalid_argument(export_dir, synthetic_records, runner):
+    (good,) = record_examples(synthetic_records, 1)
+    without_the_image_key, not_an_image = tf.train.Example(), tf.train.Example()
+    without_the_image_key.CopyFrom(good)
+    del without_the_image_key.features.feature[Feature.ENCODED]
+    not_an_image.CopyFrom(good)
+    not_an_image.features.feature[Feature.ENCODED].bytes_list.value[0] = b"GIF? no"
+    cases = {
+        f"Feature: {Feature.ENCODED} (data type: string) is required": without_the_image_key,
+        "not a JPEG, PNG, GIF, BMP or WebP image": not_an_image,
+    }
+    # Each bad Example beside a good one: one bad Example fails its whole request.
+    answers = run_signatures(
+        runner,
+        export_dir,
+        [classify_inputs(classification_request([good, bad])) for bad in cases.values()],
+    )
+    for message, answer in zip(cases, answers):
+        classified = classification(answer)
+        assert classified.status.startswith("INVALID_ARGUMENT: "), classified.status
+        assert message in classified.status
+        assert classified.results == []
+
+
 # === The REST client, against a stand-in server that answers through the C++ loader ===
 
 
@@ -706,14 +805,20 @@ class _StandInServer(http.server.BaseHTTPRequestHandler):
     runner = export_dir = None
 
     def do_POST(self):
-        if self.path != "/v1/models/alexnet:predict":
+        if self.path not in ("/v1/models/alexnet:predict", "/v1/models/alexnet:classify"):
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        signature, inputs = rest_body_to_tensors(body, {"image_bytes": tf.string})
-        answer = run_signature(self.runner, self.export_dir, signature, inputs)
+        if self.path.endswith(":classify"):
+            request = rest_classify_request(body, "alexnet")
+            answer = classify_request(self.runner, self.export_dir, request)
+            response = rest_classify_response(answer.results) if answer.ok else None
+        else:
+            signature, inputs = rest_body_to_tensors(body, {"image_bytes": tf.string})
+            answer = run_signature(self.runner, self.export_dir, signature, inputs)
+            response = rest_response(answer.outputs) if answer.ok else None
         if not answer.ok:
             return self._reply(400, {"error": answer.status.split(": ", 1)[1]})
-        self._reply(200, rest_response(answer.outputs))
+        self._reply(200, response)
 
     def _reply(self, code, payload):
         data = json.dumps(payload).encode()
@@ -821,6 +926,34 @@ def test_client_prints_fc7_from_the_features_signature(
     )
 
 
+def test_client_classify_prints_the_top5_through_the_classify_api(
+    stand_in_server, image_files, model_file, python, repo_root
+):
+    paths = [image_files["photo.jpg"], image_files["drawing.png"]]
+    result = subprocess.run(
+        [python, "export/client.py", "--server", stand_in_server, "--classify", *map(str, paths)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    probabilities, top5 = keras_reference(model_file, [path.read_bytes() for path in paths])
+    blocks = result.stdout.split(f"{paths[1]}:")
+    assert len(blocks) == 2
+    for block, classes, row in zip(blocks, top5, probabilities):
+        printed = re.findall(r"^\s+([\d.]+)%\s+(.+)$", block, re.M)
+        assert [label for _, label in printed] == [LABELS[index] for index in classes]
+        np.testing.assert_allclose(
+            [float(score) / 100 for score, _ in printed], row[classes], atol=1e-4
+        )
+    # The client's body is docs/serving.md's Classify body.
+    client = load_client(repo_root)
+    assert client.classify_body([paths[0]]) == readme_rest_body(
+        repo_root, paths[0], signature="classify"
+    )
+
+
 def test_client_names_the_problem_when_the_server_refuses_or_is_away(
     stand_in_server, tmp_path, python, repo_root
 ):
@@ -896,12 +1029,17 @@ def test_serving_configuration_files_agree_with_the_export(repo_root):
 def test_readme_grpc_snippet_gets_an_answer(
     export_dir, model_file, image_files, runner, tmp_path, python, repo_root
 ):
-    """docs/serving.md's gRPC snippet against a stand-in PredictionService that answers through the
-    C++ loader (only the port differs from the snippet)."""
+    """docs/serving.md's gRPC snippets (Predict, then Classify), run in one process against a
+    stand-in PredictionService that answers through the C++ loader (only the port differs from
+    the snippets)."""
     from concurrent import futures
 
     import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
 
     class StandIn(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
@@ -915,13 +1053,26 @@ def test_readme_grpc_snippet_gets_an_answer(
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
             return response
 
+        def Classify(self, request, context):  # noqa: N802 (gRPC's naming)
+            classification = classify_request(runner, export_dir, request)
+            if not classification.ok:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, classification.status)
+            response = classification_pb2.ClassificationResponse()
+            for classes in classification.results:
+                answered = response.result.classifications.add()
+                for label, score in classes:
+                    answered.classes.add(label=label, score=score)
+            return response
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandIn(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         readme = (repo_root / "docs" / "serving.md").read_text()
-        snippet = re.search(r"```python\n(import grpc.*?)```", readme, re.S).group(1)
+        snippets = re.findall(r"```python\n(import grpc.*?)```", readme, re.S)
+        assert len(snippets) == 2 and "stub.Classify(" in snippets[1]
+        snippet = "\n".join(snippets)
         (tmp_path / "cat.jpg").write_bytes(image_files["photo.jpg"].read_bytes())
         result = subprocess.run(
             [python, "-c", snippet.replace("localhost:8500", f"127.0.0.1:{port}")],
@@ -933,6 +1084,12 @@ def test_readme_grpc_snippet_gets_an_answer(
     finally:
         server.stop(grace=None)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
+    probabilities, top5 = keras_reference(model_file, [image_files["photo.jpg"].read_bytes()])
+    predicted, classified = result.stdout.rsplit("]\n", 1)  # Predict's arrays, then Classify's
     for index in top5[0]:
-        assert repr(LABELS[index].encode()) in result.stdout
+        assert repr(LABELS[index].encode()) in predicted
+    printed = [line.rsplit(" ", 1) for line in classified.splitlines()]
+    assert [label for label, _ in printed] == [LABELS[index] for index in top5[0]]
+    np.testing.assert_allclose(
+        [float(score) for _, score in printed], probabilities[0][top5[0]], atol=1e-5
+    )

@@ -474,7 +474,7 @@ def test_no_validation_split_is_refused_by_the_converter(tmp_path):
 
 
 def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
-    from alexnet_keras import evaluation, input_pipeline, serving, training
+    from alexnet_keras import evaluation, evaluation_report, input_pipeline, serving, training
     from alexnet_keras_base.config import PRESETS
     from alexnet_keras_base.layout import RunDir
 
@@ -520,7 +520,7 @@ def test_readable_class_names_reach_dataset_json_reports_and_exports(tmp_path):
     model.save(model_dir / "alexnet.keras")
     report = evaluation.evaluate_model(model_dir / "alexnet.keras", tmp_path / "out", batch_size=4)
     assert report["class_names"] == readable and report["class_ids"] == list(SYNSETS)
-    evaluation.write_report_folder(report, tmp_path / "report")
+    evaluation_report.write_report_folder(report, tmp_path / "report")
     rows = (tmp_path / "report" / "per_class.csv").read_text().splitlines()
     assert "tench, Tinca tinca" in rows[1] and "goldfish" in rows[2]
 

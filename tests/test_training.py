@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import alexnet_keras  # noqa: F401  (registers the layers for load_model)
 from alexnet_keras import distribute, schedules, steps, training
+from alexnet_keras.optimizer import is_decayed
+from alexnet_keras_base import errors
 from alexnet_keras_base.config import PRESETS
 
 # A small network and schedule that still has every layer of the paper's.
@@ -227,7 +228,7 @@ def lose_worker_1(python, repo_root, arguments, temporary_dir, when, timeout):
     finally:
         stop_cluster(workers)
     survivor = workers[0].output
-    assert survivor_code == training.PeerLost.exit_code, survivor[-3000:]
+    assert survivor_code == errors.PeerLost.exit_code, survivor[-3000:]
     assert "Traceback" not in survivor, survivor[-3000:]
     (message,) = [line for line in survivor.splitlines() if line.startswith("error: lost")]
     return message, survivor, workers[1].address
@@ -293,7 +294,7 @@ def test_two_local_workers_resume_together_after_kill_9_and_sigterm(
     finally:
         stop_cluster(workers)
     outputs = [worker.output for worker in workers]
-    assert codes == [training.Preempted.exit_code] * 2, [output[-2000:] for output in outputs]
+    assert codes == [errors.Preempted.exit_code] * 2, [output[-2000:] for output in outputs]
     first_resume = resumed_step(outputs[0])
     assert first_resume > 0 and resumed_step(outputs[1]) == first_resume
     assert first_resume == checkpoint_value(latest, "step")
@@ -352,7 +353,7 @@ def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryab
 def test_a_worker_failing_on_its_own_error_fails_permanently(
     synthetic_records, tmp_path, python, repo_root
 ):
-    """Not a lost peer: the training shards that only the chief reads (make_dataset gives
+    """Not a lost peer: the training shards that only the chief reads (make_train_dataset gives
     worker i every other file from i) hold labels outside the classes. The chief stops on
     TensorFlow's own error with a permanent status (below 128), so a job controller does not
     restart the job; worker 1 reports the chief lost, which is what it sees."""
@@ -377,7 +378,7 @@ def test_a_worker_failing_on_its_own_error_fails_permanently(
     assert 0 < codes[0] < 128, chief[-3000:]
     assert "InvalidArgumentError" in chief and "label value of 9" in chief, chief[-3000:]
     assert "error: lost" not in chief
-    assert codes[1] == training.PeerLost.exit_code, other[-3000:]
+    assert codes[1] == errors.PeerLost.exit_code, other[-3000:]
     assert f"error: lost worker 0 ({workers[0].address})" in other, other[-3000:]
 
 
@@ -442,7 +443,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(synthetic_records, tmp_path, pytho
     wait_for_checkpoint(model_dir, process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == training.Preempted.exit_code, stderr[-3000:]
+    assert process.returncode == errors.Preempted.exit_code, stderr[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in stderr
     saved_step = int(stderr.split("checkpoint at step ")[1].split()[0])
     assert checkpoint_value(latest_checkpoint(model_dir), "step") == saved_step
@@ -568,7 +569,7 @@ def test_interrupted_epoch_end_is_done_exactly_once_on_resume(
     assert steps_per_epoch(synthetic_records, config.global_batch_size) == 9
 
     messages = []
-    expected = training.Preempted if how == "sigterm" else SimulatedCrash
+    expected = errors.Preempted if how == "sigterm" else SimulatedCrash
     with pytest.raises(expected):
         training.train(
             config,
@@ -609,7 +610,7 @@ def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
     training.train(first, synthetic_records, model_dir, log=lambda m: None)
     # float16 wraps the optimizer in a LossScaleOptimizer: refused before anything is built.
     with pytest.raises(
-        training.UsageError,
+        errors.UsageError,
         match="trained with --mixed_precision off, and "
         "--mixed_precision float16 adds the loss scaling optimizer",
     ):
@@ -622,7 +623,7 @@ def test_resume_keeps_config_json_records_resumes_and_refuses_other_precision(
     # Without run.json's record of the settings, the verified restore still refuses it.
     run = json.loads((model_dir / "run.json").read_text())
     (model_dir / "run.json").write_text(json.dumps({"num_classes": run["num_classes"]}))
-    with pytest.raises(training.UsageError, match="does not match this model, optimizer"):
+    with pytest.raises(errors.UsageError, match="does not match this model, optimizer"):
         training.train(
             first.replace(epochs=2, mixed_precision="float16"),
             synthetic_records,
@@ -679,7 +680,7 @@ def test_only_data_errors_search_for_a_corrupt_record(synthetic_records, tmp_pat
 
     bad_images = copy_records(synthetic_records, tmp_path / "bad_images", corrupt)
     with pytest.raises(
-        training.UsageError,
+        errors.UsageError,
         match=r"unreadable training data: .*train-\d+-of-"
         r"\d+\.tfrecord: record 0",
     ):
@@ -702,7 +703,7 @@ def test_an_internal_error_is_not_reported_as_a_usage_error(synthetic_records, t
         train_script.main(
             ["--data_dir", str(data_dir), "--model_dir", str(tmp_path / "model"), *tiny_flags()]
         )
-    assert not isinstance(raised.value, training.UsageError)
+    assert not isinstance(raised.value, errors.UsageError)
 
 
 @pytest.mark.parametrize(
@@ -892,7 +893,7 @@ def _weights_after_two_steps(config, initial_weights, images, labels, l2_on_the_
         )
     for _ in range(2):
         if l2_on_the_tape:
-            kernels = [w for w in model.trainable_variables if steps.is_decayed(w)]
+            kernels = [w for w in model.trainable_variables if is_decayed(w)]
             with tf.GradientTape() as tape:
                 logits = model(tf.cast(images, tf.float32), training=True)
                 loss = tf.reduce_mean(

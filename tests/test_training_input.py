@@ -1,4 +1,4 @@
-"""The input that training runs: what `make_dataset(training=True)` gives each worker."""
+"""The input that training runs: what `make_train_dataset(training=True)` gives each worker."""
 
 import json
 
@@ -26,8 +26,8 @@ def test_training_batches_are_preprocess_for_train_of_each_record(synthetic_reco
     pca = ip.PCALighting.from_dataset_info(info)
     seed = 5
     # One file and a shuffle buffer of 1 keep the file order; the seeds are the pipeline's.
-    dataset = ip.make_dataset(
-        str(shard), 6, training=True, pca=pca, shuffle_buffer=1, seed=seed, deterministic=True
+    dataset = ip.make_train_dataset(
+        str(shard), 6, pca=pca, shuffle_buffer=1, seed=seed, deterministic=True
     )
     (pixels, rgb_shifts), labels = next(iter(dataset))
     assert pixels.dtype == tf.uint8 and rgb_shifts.shape == (6, 3)
@@ -39,9 +39,7 @@ def test_training_batches_are_preprocess_for_train_of_each_record(synthetic_reco
         assert int(labels[index]) == int(label)
         np.testing.assert_allclose(images[index].numpy(), expected.numpy(), atol=1e-3)
     # Without lighting noise the batches are the crops themselves.
-    plain = ip.make_dataset(
-        str(shard), 6, training=True, shuffle_buffer=1, seed=seed, deterministic=True
-    )
+    plain = ip.make_train_dataset(str(shard), 6, shuffle_buffer=1, seed=seed, deterministic=True)
     (pixels, rgb_shifts), _ = next(iter(plain))
     np.testing.assert_array_equal(rgb_shifts.numpy(), np.zeros((6, 3)))
     for index, (record, example_seed) in enumerate(zip(records, seeds)):
@@ -64,10 +62,9 @@ def test_each_worker_draws_its_own_augmentation(synthetic_records, tmp_path):
         context = tf.distribute.InputContext(
             num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2
         )
-        dataset = ip.make_dataset(
+        dataset = ip.make_train_dataset(
             str(shard),
             8,
-            training=True,
             input_context=context,
             shuffle_buffer=4,
             seed=3,
