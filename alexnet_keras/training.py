@@ -1,8 +1,9 @@
-"""The training job: the run folder's checkpoints and record, and the loop that trains, validates
-and ends each epoch, under MirroredStrategy or MultiWorkerMirroredStrategy, surviving
-preemption. The strategy and cluster are in `distribute.py`, the learning-rate schedules and
-the validation tracker in `schedules.py`, the step functions and their metric sums in
-`steps.py` (the weight decay is applied inside the optimizer's update, `PaperSGD`).
+"""The training job: a run settled before its first step (`_Run`), its network, checkpoints and
+record, under MirroredStrategy or MultiWorkerMirroredStrategy, surviving preemption. The loop
+that trains, validates and ends each epoch is `training_loop.py`; the strategy and cluster are
+in `distribute.py`, the learning-rate schedules and the validation tracker in `schedules.py`,
+the step functions and their metric sums in `steps.py` (the weight decay is applied inside the
+optimizer's update, `PaperSGD`).
 
 What a restart relies on: every worker restores the chief's latest checkpoint from
 `model_dir`; the checkpoint holds the step, the epoch ends done so far and the running sums of
@@ -16,35 +17,31 @@ import math
 import pathlib
 import shutil
 import tempfile
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import finetune, history, input_pipeline, kernel_figure
+from alexnet_keras import finetune, input_pipeline, kernel_figure
 from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
 from alexnet_keras.layers import LRN_PAPER
-from alexnet_keras.model import build_alexnet, mean_layer, values_bytes
-from alexnet_keras.progress import progress_bar
-from alexnet_keras.schedules import ValidationTracker, learning_rate_at
+from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.signals import SigtermFlag
-from alexnet_keras.steps import StepSums, build_optimizer, make_step_functions, weights_fingerprint
-from alexnet_keras_base.disk_full import new_entries_removed_on_disk_full, rerun_keeps, writing
-from alexnet_keras_base.errors import Preempted, TrainingDiverged, UsageError
-from alexnet_keras_base.files import replaced_atomically
+from alexnet_keras.steps import build_optimizer, make_step_functions, weights_fingerprint
+from alexnet_keras.training_loop import (
+    EpochData,
+    LoopState,
+    Outputs,
+    TrainingLoop,
+    run_epochs,
+    save_model,
+)
+from alexnet_keras_base.disk_full import rerun_keeps
+from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import TRAIN, VALIDATION, DataDir, RunDir
 from alexnet_keras_base.quiet import (
-    DISK_FULL_LOGS,
     DISTRIBUTED_ITERATOR_NOTE,
     native_stderr_without,
 )
-
-# Trained AlexNet weights are of order 0.01 to 1. A weight beyond this bound has blown up even
-# while the loss still looks finite (a huge update can silence every ReLU and leave a constant
-# loss), so a checkpoint holding one is not a "good" checkpoint to resume from.
-MAX_ABS_WEIGHT = 1e4
-
 
 # === Data folder ===
 
@@ -120,11 +117,6 @@ def _check_workers_agree(strategy, start_step, model_dir):
         )
 
 
-def _save_model(model, path):
-    with replaced_atomically(path, needed_bytes=values_bytes(model.weights)) as temporary:
-        model.save(temporary)
-
-
 def _kept_checkpoint(model_dir):
     """What a rerun after a full disk resumes from."""
     latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
@@ -133,244 +125,28 @@ def _kept_checkpoint(model_dir):
     return f"the last checkpoint, {latest}, is kept: free space and run the same command to resume"
 
 
-# === The loop ===
-
-
-class LoopState:
-    """The loop's state that a restart needs, besides the model and the optimizer: the steps
-    done, the epochs whose end is done, the running sums of the epoch in progress and the
-    validation tracker. Variables, created in the strategy's scope, and checkpointed under the
-    keys of `checkpoint_items`, which existing checkpoints use: keep them."""
-
-    def __init__(self, config):
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # training steps done
-        # Epochs whose end (validation, schedule, history, best model) is done.
-        self.epochs_ended = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.epoch_sums = {
-            field.name: tf.Variable(0.0, dtype=tf.float64, trainable=False)
-            for field in dataclasses.fields(StepSums)
-        }
-        self.epoch_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.tracker = ValidationTracker(config)
-
-    def checkpoint_items(self):
-        return {
-            "step": self.step,
-            "epochs_ended": self.epochs_ended,
-            "epoch_seconds": self.epoch_seconds,
-            **self.tracker.checkpoint_items(),
-            **{f"epoch_{name}": variable for name, variable in self.epoch_sums.items()},
-        }
-
-    def running_sums(self):
-        """The training sums of the epoch in progress, as of the last checkpoint or step."""
-        return StepSums(
-            **{name: float(variable.numpy()) for name, variable in self.epoch_sums.items()}
-        )
-
-    def keep_running_sums(self, sums, seconds):
-        for name, value in dataclasses.asdict(sums).items():
-            self.epoch_sums[name].assign(value)
-        self.epoch_seconds.assign(seconds)
-
-
-@dataclasses.dataclass
-class TrainingLoop:
-    """What the loop carries from step to step. Everything a restart needs is in `manager`'s
-    checkpoint: the model, the optimizer and `state`."""
-
-    config: object
-    model: keras.Model
-    optimizer: object
-    train_step: object
-    eval_step: object
-    manager: tf.train.CheckpointManager
-    state: LoopState
-    steps_per_epoch: int
-    multi_worker: bool
-    sigterm: SigtermFlag
-    progress: object = None
-    log: object = print
-
-    def stop_request(self):
-        return tf.constant(1.0 if self.sigterm.raised else 0.0)
-
-    def stop_agreed(self, outputs):
-        """True when the run must save and exit. Across workers, only the count summed within
-        the step is the same everywhere; on one machine the flag itself is."""
-        if self.multi_worker:
-            return float(outputs["stop_requests"]) > 0
-        return self.sigterm.raised
-
-    def save(self, sums, seconds, learning_rate):
-        """Checkpoints the loop, with the epoch's running `sums` and `seconds`, unless the
-        weights blew up."""
-        _check_weights_before_saving(
-            self.model, int(self.state.step.numpy()), self.manager, learning_rate
-        )
-        self.state.keep_running_sums(sums, seconds)
-        # A full disk leaves the checkpoint before as the latest, and no part of this one.
-        number = int(self.manager.checkpoint.save_counter.numpy()) + 1
-        needed = values_bytes(self.model.weights + self.optimizer.variables)
-        with (
-            new_entries_removed_on_disk_full(self.manager.directory),
-            writing(f"{self.manager.directory}/ckpt-{number}", needed),
-            native_stderr_without(DISK_FULL_LOGS),
-        ):
-            return self.manager.save()
-
-    def preempted(self, sums, seconds, learning_rate, during):
-        self.save(sums, seconds, learning_rate)
-        return Preempted(
-            f"SIGTERM: saved a checkpoint at step {int(self.state.step.numpy())} "
-            f"{during} in {self.manager.directory}; run the same command to resume"
-        )
-
-
-def _check_weights_before_saving(model, step, manager, learning_rate):
-    """Raises TrainingDiverged, so nothing is saved, when a weight is non-finite or absurd."""
-    # `abs(w) <= bound` is False for NaN as well as for infinities and huge values.
-    if all(
-        bool(tf.reduce_all(tf.abs(weight.value) <= MAX_ABS_WEIGHT))
-        for weight in model.trainable_weights
-    ):
-        return
-    raise TrainingDiverged(
-        f"the weights became non-finite or larger than {MAX_ABS_WEIGHT:g} by step {step}; "
-        f"stopped without saving, so the last good checkpoint in {manager.directory} is kept. "
-        f"Lower --learning_rate (now {learning_rate:g}) or check the data."
-    )
-
-
-def _train_to_epoch_end(loop, epoch, train_iterator, train_pattern):
-    """Runs the steps left in `epoch`; returns the epoch's training sums and seconds, both
-    including the part done before a restart."""
-    config = loop.config
-    epoch_end = (epoch + 1) * loop.steps_per_epoch
-    # The step and the plateau rate are read from their variables once per epoch: reading a
-    # variable each step would be a device-to-host copy on GPUs.
-    current = int(loop.state.step.numpy())
-    plateau_rate = float(loop.state.tracker.rate.numpy())
-    sums, seconds = loop.state.running_sums(), float(loop.state.epoch_seconds.numpy())
-    start = time.perf_counter() - seconds
-    with progress_bar(loop.progress, epoch_end - current, f"epoch {epoch + 1}") as bar:
-        while current < epoch_end:
-            rate = learning_rate_at(config, current, loop.steps_per_epoch, plateau_rate)
-            loop.optimizer.learning_rate = rate
-            try:
-                batch = next(train_iterator)
-            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-                raise _describe_data_error(error, train_pattern) from None
-            outputs = loop.train_step(batch, loop.stop_request())
-            step_sums = StepSums.of_step(outputs)
-            if not np.isfinite(step_sums.loss):
-                raise TrainingDiverged(
-                    f"the loss became {step_sums.loss} at step {current + 1}; stopped without "
-                    f"saving, so the last good checkpoint in {loop.manager.directory} is kept. "
-                    f"Lower --learning_rate (now {rate:g}) or check the data."
-                )
-            current += 1
-            loop.state.step.assign(current)
-            sums += step_sums
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{sums.mean_loss:.3f}", top1=f"{1 - sums.top1_error:.3f}", lr=f"{rate:.2g}"
-            )
-            if loop.stop_agreed(outputs):
-                raise loop.preempted(sums, time.perf_counter() - start, rate, "during training")
-            if current % config.checkpoint_every_steps == 0:
-                loop.save(sums, time.perf_counter() - start, rate)
-    return sums, time.perf_counter() - start
-
-
-def _validate(loop, epoch, validation, val_batches, train_sums, train_seconds, learning_rate):
-    """Validation sums of `epoch`. A SIGTERM here saves the training state at the epoch's
-    last step; the resumed run validates the epoch again."""
-    sums = StepSums()
-    with progress_bar(loop.progress, val_batches, f"validation {epoch + 1}") as bar:
-        for _ in range(val_batches):
-            outputs = loop.eval_step(next(validation), loop.stop_request())
-            sums += StepSums.of_step(outputs)
-            bar.update(1)
-            if loop.stop_agreed(outputs):
-                raise loop.preempted(train_sums, train_seconds, learning_rate, "during validation")
-    return sums
-
-
-def _run_epochs(loop, data, outputs):
-    """Trains and ends every epoch not yet ended; returns their EpochResults."""
-    config, results = loop.config, []
-    total_steps = config.epochs * loop.steps_per_epoch
-    rows = history.read_history(outputs.model_dir, int(loop.state.epochs_ended.numpy()))
-    while (epoch := int(loop.state.epochs_ended.numpy())) < config.epochs:
-        train_sums, seconds = _train_to_epoch_end(
-            loop, epoch, data.train_iterator, data.train_pattern
-        )
-        # The rate of the epoch's last step, also when a restart left only the epoch end.
-        learning_rate = learning_rate_at(
-            config,
-            (epoch + 1) * loop.steps_per_epoch - 1,
-            loop.steps_per_epoch,
-            float(loop.state.tracker.rate.numpy()),
-        )
-        val_sums = _validate(
-            loop, epoch, data.validation, data.val_batches, train_sums, seconds, learning_rate
-        )
-        verdict = loop.state.tracker.end_epoch(val_sums.top1_error)
-        result = history.EpochResult(
-            epoch=epoch,
-            train_loss=train_sums.mean_loss,
-            train_top1_error=train_sums.top1_error,
-            train_top5_error=train_sums.top5_error,
-            val_loss=val_sums.mean_loss,
-            val_top1_error=val_sums.top1_error,
-            val_top5_error=val_sums.top5_error,
-            learning_rate=learning_rate,
-            images_per_second=train_sums.examples / seconds,
-            seconds=seconds,
-        )
-        # The outputs come before the checkpoint that marks the epoch as ended: a restart
-        # between the two redoes the epoch end, which rewrites the same row and best model.
-        if outputs.chief:
-            rows = [row for row in rows if int(row["epoch"]) < epoch]
-            rows.append(dataclasses.asdict(result))
-            history.write_history(outputs.model_dir, rows)
-            history.plot_training_curves(rows, RunDir(outputs.model_dir).curves_file)
-            if verdict.improved:
-                _save_model(loop.model, RunDir(outputs.model_dir).model_file(best=True))
-        with outputs.summary_writer.as_default(step=int(loop.state.step.numpy())):
-            for name, value in dataclasses.asdict(result).items():
-                if name not in ("epoch", "seconds"):
-                    tf.summary.scalar(name, value)
-        loop.state.epochs_ended.assign(epoch + 1)
-        loop.save(StepSums(), 0.0, learning_rate)
-        if verdict.rate_reduced:
-            loop.log(
-                f"validation top-1 error has not improved for {config.plateau_patience} "
-                f"epochs: learning rate divided by {1 / config.plateau_factor:g}"
-            )
-        remaining = (total_steps - int(loop.state.step.numpy())) / loop.steps_per_epoch
-        loop.log(history.describe_epoch(result, config.epochs, eta_seconds=remaining * seconds))
-        results.append(result)
-    return results
-
-
-@dataclasses.dataclass
-class _Data:
-    train_iterator: object
-    train_pattern: str
-    validation: object  # an iterator over the validation split, repeated
-    val_batches: int  # one pass
-
-
-@dataclasses.dataclass
-class _Outputs:
-    model_dir: pathlib.Path
-    chief: bool
-    summary_writer: object
-
-
 # === The job ===
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What a run is, settled before its first step: its settings and data, its folders,
+    the strategy and this worker's part in it, and how it reports."""
+
+    config: object  # the Config, with the architecture a resume or --init_from imposes
+    architecture: object  # finetune's Architecture of the network
+    fc8_plan: tuple  # (keep fc8, why it is fresh), for --init_from
+    info: dict  # the records' dataset.json
+    records: DataDir
+    run_dir: RunDir  # --model_dir
+    output_dir: RunDir  # where this worker writes: run_dir, or a scratch folder of its own
+    strategy: object
+    chief: bool
+    multi_worker: bool
+    steps_per_epoch: int
+    sigterm: SigtermFlag
+    log: object
+    progress: object
 
 
 def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
@@ -380,75 +156,52 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     `progress(total, description)`, if given, returns a progress bar (tqdm's interface:
     `update`, `set_postfix`, `close`) for each epoch's training and validation."""
     info = check_data_dir(data_dir)
-    data_dir, model_dir = pathlib.Path(data_dir), pathlib.Path(model_dir)
-    num_classes = info["num_classes"]
+    model_dir = pathlib.Path(model_dir)
     strategy = select_strategy(devices)
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
     with SigtermFlag() as sigterm:
-        replicas = strategy.num_replicas_in_sync
-        if config.global_batch_size % replicas:
-            raise UsageError(
-                f"--global_batch_size {config.global_batch_size} is not divisible "
-                f"by the {replicas} replicas"
-            )
-        steps_per_epoch = info["num_examples"][TRAIN] // config.global_batch_size
-        if steps_per_epoch < 1:
-            raise UsageError(
-                f"the training split has {info['num_examples'][TRAIN]} images, "
-                f"fewer than one global batch of {config.global_batch_size}"
-            )
+        steps_per_epoch = _steps_per_epoch(config, info, strategy.num_replicas_in_sync)
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         chief = is_chief(strategy)
         recorded = _recorded_source(model_dir)
         config, architecture = finetune.run_architecture(
             config, recorded["architecture"] if recorded else None, log
         )
-        keep_fc8, why_fresh = (
-            finetune.keeps_fc8(
-                config.init_from,
-                architecture.num_classes,
-                input_pipeline.readable_class_names(info),
-            )
-            if config.init_from and recorded is None
-            else (True, None)
-        )
-        if not keep_fc8 and "fc8" not in config.trained_layers:
-            raise UsageError(
-                f"fc8 will be a fresh layer for the data's {num_classes} classes, "
-                f"{why_fresh}: --train_layers must include fc8"
-            )
-        RunDir(model_dir).check_resume(config, num_classes)
+        fc8_plan = _fc8_plan(config, architecture, info, resumed=recorded is not None)
+        RunDir(model_dir).check_resume(config, info["num_classes"])
         # Every worker takes part in saving checkpoints, but only the chief's land in
         # model_dir; the others write to a folder of their own that is removed at the end.
         scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="alexnet-worker-"))
         output_dir = model_dir if chief else scratch
         output_dir.mkdir(parents=True, exist_ok=True)
+        replicas = strategy.num_replicas_in_sync
         log(
             f"strategy: {'MultiWorkerMirroredStrategy' if multi_worker else type(strategy).__name__}"
             f" with {replicas} replica(s), {config.global_batch_size // replicas} images per "
             f"replica per step"
         )
+        run = _Run(
+            config=config,
+            architecture=architecture,
+            fc8_plan=fc8_plan,
+            info=info,
+            records=DataDir(data_dir),
+            run_dir=RunDir(model_dir),
+            output_dir=RunDir(output_dir),
+            strategy=strategy,
+            chief=chief,
+            multi_worker=multi_worker,
+            steps_per_epoch=steps_per_epoch,
+            sigterm=sigterm,
+            log=log,
+            progress=progress,
+        )
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
             with rerun_keeps(lambda: _kept_checkpoint(model_dir)):
-                return _train(
-                    config,
-                    architecture,
-                    (keep_fc8, why_fresh),
-                    info,
-                    data_dir,
-                    model_dir,
-                    output_dir,
-                    strategy,
-                    chief,
-                    multi_worker,
-                    steps_per_epoch,
-                    sigterm,
-                    log,
-                    progress,
-                )
+                return _train(run)
         except tf.errors.UnavailableError as error:  # a peer lost before the first step
             if not multi_worker:
                 raise
@@ -459,39 +212,97 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(
-    config,
-    architecture,
-    fc8_plan,
-    info,
-    data_dir,
-    model_dir,
-    output_dir,
-    strategy,
-    chief,
-    multi_worker,
-    steps_per_epoch,
-    sigterm,
-    log,
-    progress,
-):
-    num_classes = info["num_classes"]
+def _steps_per_epoch(config, info, replicas):
+    if config.global_batch_size % replicas:
+        raise UsageError(
+            f"--global_batch_size {config.global_batch_size} is not divisible "
+            f"by the {replicas} replicas"
+        )
+    steps_per_epoch = info["num_examples"][TRAIN] // config.global_batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"the training split has {info['num_examples'][TRAIN]} images, "
+            f"fewer than one global batch of {config.global_batch_size}"
+        )
+    return steps_per_epoch
+
+
+def _fc8_plan(config, architecture, info, resumed):
+    """(keep fc8, why it is fresh) for a run that starts from --init_from."""
+    if not config.init_from or resumed:
+        return True, None
+    keep_fc8, why_fresh = finetune.keeps_fc8(
+        config.init_from, architecture.num_classes, input_pipeline.readable_class_names(info)
+    )
+    if not keep_fc8 and "fc8" not in config.trained_layers:
+        raise UsageError(
+            f"fc8 will be a fresh layer for the data's {info['num_classes']} classes, "
+            f"{why_fresh}: --train_layers must include fc8"
+        )
+    return keep_fc8, why_fresh
+
+
+def _train(run):
+    model, optimizer, state, source_record = _build(run)
+    step = state.step
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.checkpoint_items())
+    start_step = _restore_and_record(run, checkpoint, state, source_record)
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(run.output_dir.checkpoints_dir), max_to_keep=run.config.keep_checkpoints
+    )
+    train_step, eval_step = make_step_functions(run.strategy, model, optimizer, run.config)
+    loop = TrainingLoop(
+        config=run.config,
+        model=model,
+        optimizer=optimizer,
+        train_step=train_step,
+        eval_step=eval_step,
+        manager=manager,
+        state=state,
+        steps_per_epoch=run.steps_per_epoch,
+        multi_worker=run.multi_worker,
+        sigterm=run.sigterm,
+        progress=run.progress,
+        log=run.log,
+    )
+    outputs = Outputs(
+        model_dir=run.run_dir.path,
+        chief=run.chief,
+        summary_writer=tf.summary.create_file_writer(str(run.output_dir.logs_dir)),
+    )
+    try:
+        results = run_epochs(loop, _input(run, start_step), outputs)
+    except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
+        if not run.multi_worker:
+            raise
+        raise peer_lost(error, int(step.numpy()), run.run_dir.path) from None
+    if run.chief:
+        save_model(model, run.run_dir.model_file())
+        kernel_figure.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
+    run.log(
+        f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}"
+    )
+    return results
+
+
+def _build(run):
+    """The run's network (the source's weights copied in for --init_from, the data's mean
+    otherwise), optimizer and loop state, in the strategy's scope; -> (model, optimizer,
+    state, the source's record for run.json or None)."""
+    config, num_classes, log = run.config, run.info["num_classes"], run.log
     # Once checkpoints exist they win over --init_from: the source is not read again.
     source, source_record = None, None
-    if (
-        config.init_from
-        and tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir)) is None
-    ):
+    if config.init_from and tf.train.latest_checkpoint(str(run.run_dir.checkpoints_dir)) is None:
         source = finetune.load_source(config.init_from)
         source_record = {
             "path": str(config.init_from),
             "weights_fingerprint": weights_fingerprint(source),
-            "architecture": dataclasses.asdict(architecture),
+            "architecture": dataclasses.asdict(run.architecture),
         }
-    with strategy.scope():
-        model = build_model(config, num_classes, lrn=architecture.lrn)
+    with run.strategy.scope():
+        model = build_model(config, num_classes, lrn=run.architecture.lrn)
         if source is not None:
-            keep_fc8, why_fresh = fc8_plan
+            keep_fc8, why_fresh = run.fc8_plan
             finetune.copy_weights(source, model, keep_fc8, log)
             log(
                 f"fc8: kept (the source's {num_classes} classes)"
@@ -501,45 +312,51 @@ def _train(
             source_record["fc8"] = "kept" if keep_fc8 else "fresh"
             del source
         else:
-            mean_layer(model).set_mean(info["rgb_mean"])
+            mean_layer(model).set_mean(run.info["rgb_mean"])
         finetune.freeze(model, config.trained_layers)
         optimizer = build_optimizer(config, model)
         state = LoopState(config)
-    step, epochs_ended = state.step, state.epochs_ended
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.checkpoint_items())
-    # Every worker restores the chief's checkpoint (model_dir is shared storage).
-    restored = _restore_latest(checkpoint, RunDir(model_dir).checkpoints_dir)
-    start_step = int(step.numpy())
-    if multi_worker:
-        _check_workers_agree(strategy, start_step, model_dir)
-    if chief:
+    return model, optimizer, state, source_record
+
+
+def _restore_and_record(run, checkpoint, state, source_record):
+    """Restores the latest checkpoint (every worker: the chief's, in the shared --model_dir)
+    and writes the run's record (the chief); -> the step the run starts from."""
+    restored = _restore_latest(checkpoint, run.run_dir.checkpoints_dir)
+    start_step = int(state.step.numpy())
+    if run.multi_worker:
+        _check_workers_agree(run.strategy, start_step, run.run_dir.path)
+    if run.chief:
         # Readable names when the converter was given them: exports label their outputs so.
-        RunDir(model_dir).record_run(
-            config,
-            input_pipeline.readable_class_names(info),
-            data_dir,
-            strategy.num_replicas_in_sync,
+        run.run_dir.record_run(
+            run.config,
+            input_pipeline.readable_class_names(run.info),
+            run.records.path,
+            run.strategy.num_replicas_in_sync,
             start_step if restored else None,
             source=source_record,
         )
     if restored:
-        log(
+        run.log(
             f"resumed from {restored} at step {start_step} "
-            f"(epoch {int(epochs_ended.numpy()) + 1})"
-            + (", not from --init_from" if config.init_from else "")
+            f"(epoch {int(state.epochs_ended.numpy()) + 1})"
+            + (", not from --init_from" if run.config.init_from else "")
         )
-    if config.train_layers != "all":
-        log(f"training {config.train_layers}; the other layers stay as loaded")
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(RunDir(output_dir).checkpoints_dir), max_to_keep=config.keep_checkpoints
-    )
+    if run.config.train_layers != "all":
+        run.log(f"training {run.config.train_layers}; the other layers stay as loaded")
+    return start_step
 
+
+def _input(run, start_step):
+    """The distributed training and validation iterators of the run."""
+    config, info = run.config, run.info
     pca = (
         input_pipeline.PCALighting.from_dataset_info(info, config.pca_noise_std)
         if config.pca_noise_std > 0
         else None
     )
-    train_pattern = DataDir(data_dir).shard_pattern(TRAIN)
+    train_pattern = run.records.shard_pattern(TRAIN)
+    val_count = info["num_examples"][VALIDATION]
 
     def train_dataset(context):
         # A resumed run reshuffles with a new seed instead of replaying the first batches.
@@ -553,64 +370,21 @@ def _train(
             deterministic=config.deterministic,
         )
 
-    val_count = info["num_examples"][VALIDATION]
-
     def val_dataset(context):
         # Repeated, and read val_batches at a time: each epoch's pass is the same full batches
         # (padded) from one iterator, made once, where a new iterator per epoch made
         # TensorFlow's input code log a warning every few epochs.
         return input_pipeline.make_eval_dataset(
-            DataDir(data_dir).shard_pattern(VALIDATION),
+            run.records.shard_pattern(VALIDATION),
             config.global_batch_size,
             input_context=context,
             num_examples=val_count,
         ).repeat()
 
     with native_stderr_without(DISTRIBUTED_ITERATOR_NOTE):
-        data = _Data(
-            train_iterator=iter(strategy.distribute_datasets_from_function(train_dataset)),
+        return EpochData(
+            train_iterator=iter(run.strategy.distribute_datasets_from_function(train_dataset)),
             train_pattern=train_pattern,
-            validation=iter(strategy.distribute_datasets_from_function(val_dataset)),
+            validation=iter(run.strategy.distribute_datasets_from_function(val_dataset)),
             val_batches=math.ceil(val_count / config.global_batch_size),
         )
-    train_step, eval_step = make_step_functions(strategy, model, optimizer, config)
-    loop = TrainingLoop(
-        config=config,
-        model=model,
-        optimizer=optimizer,
-        train_step=train_step,
-        eval_step=eval_step,
-        manager=manager,
-        state=state,
-        steps_per_epoch=steps_per_epoch,
-        multi_worker=multi_worker,
-        sigterm=sigterm,
-        progress=progress,
-        log=log,
-    )
-    outputs = _Outputs(
-        model_dir=model_dir,
-        chief=chief,
-        summary_writer=tf.summary.create_file_writer(str(RunDir(output_dir).logs_dir)),
-    )
-    try:
-        results = _run_epochs(loop, data, outputs)
-    except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
-        if not multi_worker:
-            raise
-        raise peer_lost(error, int(step.numpy()), model_dir) from None
-    if chief:
-        _save_model(model, RunDir(model_dir).model_file())
-        kernel_figure.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
-    log(f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}")
-    return results
-
-
-def _describe_data_error(error, train_pattern):
-    """tf.data's error does not say which file is bad: find it. Only called for errors
-    raised while reading the next batch, never for the step's own errors."""
-    culprit = input_pipeline.find_corrupt_record(train_pattern)
-    detail = culprit or error.message.splitlines()[0]
-    return UsageError(
-        f"unreadable training data: {detail}. Convert the images again with data/build_tfrecords.py"
-    )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_keras import distribute, schedules, steps, training
+from alexnet_keras import distribute, schedules, steps, training, training_loop
 from alexnet_keras.optimizer import is_decayed
 from alexnet_keras_base import errors
 from alexnet_keras_base.config import PRESETS
@@ -954,7 +954,7 @@ def test_the_loop_state_restores_checkpoints_written_with_todays_keys(tmp_path):
         **{key: tf.Variable(value, dtype=tf.float64) for key, value in floats.items()},
     }
     path = tf.train.Checkpoint(**saved).save(str(tmp_path / "ckpt"))
-    state = training.LoopState(PRESETS["demo"])
+    state = training_loop.LoopState(PRESETS["demo"])
     items = state.checkpoint_items()
     assert sorted(items) == sorted(saved)
     tf.train.Checkpoint(**items).restore(path).assert_consumed()
