@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import figures, finetune, history, input_pipeline
-from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
+from alexnet_keras.distribute import PEER_ERRORS, is_chief, peer_lost, select_strategy
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
@@ -382,7 +382,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     info = check_data_dir(data_dir)
     data_dir, model_dir = pathlib.Path(data_dir), pathlib.Path(model_dir)
     num_classes = info["num_classes"]
-    strategy = select_strategy(devices)
+    strategy = select_strategy(devices, config.heartbeat_timeout_seconds)
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
     with SigtermFlag() as sigterm:
@@ -448,7 +448,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
                 log,
                 progress,
             )
-        except tf.errors.UnavailableError as error:  # a peer lost before the first step
+        except PEER_ERRORS as error:  # a peer lost before the first step
             if not multi_worker:
                 raise
             raise peer_lost(error, None, model_dir) from None
@@ -596,7 +596,7 @@ def _train(
     )
     try:
         results = _run_epochs(loop, data, outputs)
-    except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
+    except PEER_ERRORS as error:  # a collective of a step could not reach a peer
         if not multi_worker:
             raise
         raise peer_lost(error, int(step.numpy()), model_dir) from None
