@@ -5,6 +5,7 @@ the network does. Whatever its side, every worker must exit with PeerLost's stat
 message naming what it lost and what a rerun resumes from, and none may hang. Needs root
 (`ip netns`): skipped, with the reason, where it cannot make namespaces."""
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+import tensorflow as tf
 from test_training import (
     TINY,
     Worker,
@@ -21,7 +23,8 @@ from test_training import (
     tiny_flags,
 )
 
-from alexnet_keras import training
+from alexnet_keras import distribute, training
+from alexnet_keras_base.errors import UsageError
 
 # Short, so that each side notices the partition within seconds (TensorFlow's default is 10 s).
 HEARTBEAT_TIMEOUT_SECONDS = 4
@@ -240,3 +243,62 @@ def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_sta
             f"error: lost worker 0 ({trio.address(0)}) {service_lost} start-up {heartbeat}; "
             f"{no_checkpoint}"
         ), trio.message(index)
+
+
+# What each side of a partition raised, as TensorFlow worded it (the test above makes them).
+CUT_OFF_SIDE = (
+    "Graph execution error:\n\nDetected at node paper_sgd/CollectiveReduceV2 defined at ...\n\n"
+    "Collective ops is aborted by: Deadline Exceeded\n\n"
+    "RPC: /tensorflow.CoordinationService/Heartbeat\n"
+    "The error could be from a previous operation. Restart your program to reset.\n"
+    "\t [[{{node paper_sgd/CollectiveReduceV2}}]] [Op:__inference_train_step_2118]"
+)
+CHIEF_SIDE = (
+    "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks "
+    "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks "
+    "have crashed. Check the task logs for an earlier error, or scheduler events (e.g. "
+    "preemption, eviction) to debug further."
+)
+
+
+@pytest.mark.parametrize(
+    "cluster, own, error, lost",
+    [
+        (
+            {"worker": ["h0:1", "h1:1"]},
+            ("worker", 1),
+            tf.errors.DeadlineExceededError(None, None, CUT_OFF_SIDE),
+            "lost worker 0 (h0:1) of the cluster, the host of its coordination service, "
+            "during step 5 (heartbeat to the coordination service: Deadline Exceeded)",
+        ),
+        (  # a chief of its own hosts the service, not worker 0
+            {"chief": ["c:1"], "worker": ["h0:1"]},
+            ("worker", 0),
+            tf.errors.DeadlineExceededError(None, None, CUT_OFF_SIDE),
+            "lost chief 0 (c:1) of the cluster, the host of its coordination service, "
+            "during step 5 (heartbeat to the coordination service: Deadline Exceeded)",
+        ),
+        (
+            {"worker": ["h0:1", "h1:1"]},
+            ("worker", 0),
+            tf.errors.UnavailableError(None, None, CHIEF_SIDE),
+            "lost worker 1 (h1:1) of the cluster during step 5 (Error reported from "
+            "/job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats))",
+        ),
+    ],
+)
+def test_a_lost_peer_or_coordination_service_is_named(
+    cluster, own, error, lost, tmp_path, monkeypatch
+):
+    """The messages of the partition test, for each side, and for a cluster with a chief."""
+    task = {"type": own[0], "index": own[1]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert isinstance(error, distribute.PEER_ERRORS)
+    message = str(distribute.peer_lost(error, 4, tmp_path))
+    assert message == f"{lost}; no checkpoint was saved yet: rerunning every worker starts over"
+
+
+def test_a_heartbeat_timeout_below_a_second_is_refused():
+    """Below a second is a mistake (milliseconds meant?): each heartbeat would wait < 0.5 s."""
+    with pytest.raises(UsageError, match="heartbeat_timeout_seconds must be >= 1, got 0.5"):
+        TINY.replace(heartbeat_timeout_seconds=0.5)
