@@ -2,9 +2,11 @@
 MultiWorkerMirroredStrategy when TF_CONFIG names several workers; which worker is the chief;
 and what a worker that lost a peer says."""
 
+import contextlib
 import json
 import os
 import re
+import threading
 
 import tensorflow as tf
 
@@ -103,6 +105,69 @@ def _configure_coordination_service(tf_config, heartbeat_timeout_seconds):
     )
 
 
+class PeerWatch:
+    """While open, asks every other task of the cluster at once, every half heartbeat timeout,
+    whether it is alive, and aborts this worker's collectives when some do not answer within
+    the timeout. The coordination service's heartbeats only tell whether each worker reaches the
+    chief: two workers cut off from each other but not from the chief would otherwise wait
+    for each other in a collective forever. The abort names the peer, as PeerLost does."""
+
+    def __init__(self, tf_config, heartbeat_timeout_seconds):
+        own = tf_config.get("task", {})
+        self.peers = [
+            f"/job:{job}/replica:0/task:{index}"
+            for job in COORDINATED_JOBS
+            for index in range(len(tf_config.get("cluster", {}).get(job, [])))
+            if (job, index) != (own.get("type"), own.get("index"))
+        ]
+        self.timeout_seconds = heartbeat_timeout_seconds
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="PeerWatch", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exception):
+        self.stopped.set()  # not joined: a question in flight ends on its own timeout
+
+    def _watch(self):
+        while not self.stopped.wait(self.timeout_seconds / 2):
+            silent = {}  # peer -> the first line of its error
+            askers = [
+                threading.Thread(target=self._ask, args=(peer, silent), daemon=True)
+                for peer in self.peers
+            ]
+            for asker in askers:
+                asker.start()
+            for asker in askers:
+                asker.join()
+            if silent and not self.stopped.is_set():
+                context.context().abort_collective_ops(
+                    tf.errors.UNAVAILABLE,
+                    " and ".join(sorted(silent))
+                    + f" did not answer a health check within {self.timeout_seconds:g} s: "
+                    + next(iter(silent.values())),
+                )
+                return
+
+    def _ask(self, peer, silent):
+        """Asks `peer` whether it is alive; notes it in `silent` when it does not answer."""
+        try:
+            context.context().check_collective_ops_peer_health(
+                peer, timeout_in_ms=int(self.timeout_seconds * 1000)
+            )
+        except tf.errors.OpError as error:
+            silent[peer] = (error.message.strip().splitlines() or [""])[0]
+
+
+def watch_peers(strategy, heartbeat_timeout_seconds):
+    """A PeerWatch for a MultiWorkerMirroredStrategy's cluster; nothing for other strategies."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return contextlib.nullcontext()
+    return PeerWatch(cluster_spec_from_environment(), heartbeat_timeout_seconds)
+
+
 def _canonical_device(name):
     """'/job:localhost/replica:0/task:0/device:GPU:0' and 'gpu:0' -> '/gpu:0'."""
     name = name.lower().replace("/job:localhost/replica:0/task:0", "").replace("device:", "")
@@ -126,7 +191,8 @@ def peer_lost(error, steps_done, model_dir):
     coordination service, in a step (after `steps_done` steps) or, with steps_done None,
     while the workers start (the variables' first values, the checkpoint check). Names it
     from the error's task (/job:worker/replica:0/task:1) or address, both looked up in
-    TF_CONFIG's cluster; an unanswered call to the coordination service names its host."""
+    TF_CONFIG's cluster; an unanswered call to the coordination service names its host, and
+    the message says which lost worker hosted the service."""
     tf_config = cluster_spec_from_environment() or {}
     own = tf_config.get("task", {})
     own = (own.get("type"), own.get("index"))
@@ -138,9 +204,8 @@ def peer_lost(error, steps_done, model_dir):
     }
     service_call = re.search(re.escape(COORDINATION_SERVICE_RPC) + r"(\w+)", error.message)
     leader = coordination_leader(tf_config)
-    service_lost = service_call is not None and not named - {own} and leader != own
-    if service_lost:
-        named.add(leader)
+    if service_call is not None and not named - {own}:
+        named.add(leader)  # its host did not answer
     lost = [
         f"{task_type} {index} ({address})"
         for task_type, addresses in tf_config.get("cluster", {}).items()
@@ -149,7 +214,7 @@ def peer_lost(error, steps_done, model_dir):
     ]
     reason = next(
         (
-            line.split("aborted by:", 1)[1].strip(" :")
+            line.rsplit("aborted by:", 1)[1].strip(" :")
             for line in error.message.splitlines()
             if "aborted by:" in line
         ),
@@ -164,7 +229,13 @@ def peer_lost(error, steps_done, model_dir):
         if latest
         else "no checkpoint was saved yet: rerunning every worker starts over"
     )
-    host = ", the host of its coordination service," if service_lost else ""
+    host = ""
+    if leader != own and leader in named and lost:
+        host = (
+            ", the host of its coordination service,"
+            if len(lost) == 1
+            else f", {leader[0]} {leader[1]} the host of its coordination service,"
+        )
     when = "start-up" if steps_done is None else f"step {steps_done + 1}"
     return PeerLost(
         f"lost {' and '.join(lost) or 'a worker'} of the cluster{host} during {when} ({reason}); "

@@ -23,7 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import figures, finetune, history, input_pipeline
-from alexnet_keras.distribute import PEER_ERRORS, is_chief, peer_lost, select_strategy
+from alexnet_keras.distribute import (
+    PEER_ERRORS,
+    is_chief,
+    peer_lost,
+    select_strategy,
+    watch_peers,
+)
 from alexnet_keras.model import LRN_PAPER, build_alexnet, mean_layer
 from alexnet_keras.progress import progress_bar
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
@@ -432,22 +438,23 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
-            return _train(
-                config,
-                architecture,
-                (keep_fc8, why_fresh),
-                info,
-                data_dir,
-                model_dir,
-                output_dir,
-                strategy,
-                chief,
-                multi_worker,
-                steps_per_epoch,
-                sigterm,
-                log,
-                progress,
-            )
+            with watch_peers(strategy, config.heartbeat_timeout_seconds):
+                return _train(
+                    config,
+                    architecture,
+                    (keep_fc8, why_fresh),
+                    info,
+                    data_dir,
+                    model_dir,
+                    output_dir,
+                    strategy,
+                    chief,
+                    multi_worker,
+                    steps_per_epoch,
+                    sigterm,
+                    log,
+                    progress,
+                )
         except PEER_ERRORS as error:  # a peer lost before the first step
             if not multi_worker:
                 raise

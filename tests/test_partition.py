@@ -47,6 +47,8 @@ def namespaces_allowed():
     """Skips unless this process may make network namespaces."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2's `ip` to make network namespaces")
+    if shutil.which("iptables") is None:
+        pytest.skip("needs iptables to cut two workers off from each other only")
     if os.geteuid() != 0:
         pytest.skip("needs root to make network namespaces (`ip netns add`)")
     probe = f"alexnet-probe-{os.getpid()}"
@@ -97,16 +99,35 @@ class Network:
         """Worker `index` off the network: its bridge port down, not a packet more."""
         ip("-n", self.bridge, "link", "set", f"port{index}", "down")
 
+    def separate(self, first, second):
+        """Workers `first` and `second` cut off from each other only: each drops the other's
+        packets, and both still reach the rest."""
+        for index, other in ((first, second), (second, first)):
+            for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+                address = self.addresses[other]
+                ip(
+                    "netns",
+                    "exec",
+                    self.workers[index],
+                    "iptables",
+                    "-A",
+                    chain,
+                    side,
+                    address,
+                    "-j",
+                    "DROP",
+                )
+
     def __exit__(self, *exception):
         for namespace in (*self.workers, self.bridge):
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
 class Cluster:
-    """train.py on each worker of a Network; `cut` worker cut off once `ready()` is true."""
+    """train.py on each worker of a Network, which `cut(network)` cuts (cut_and_wait)."""
 
     def __init__(self, network, cut, arguments, temporary_dir, python, repo_root):
-        self.network, self.cut_index = network, cut
+        self.network, self.cut_network = network, cut
         cluster = {"worker": [f"{address}:{PORT}" for address in network.addresses]}
         temporary_dir.mkdir(parents=True)
         self.workers = [
@@ -119,7 +140,7 @@ class Cluster:
         self.ended_after = {}  # worker index -> seconds from the cut to its exit
 
     def cut(self):
-        self.network.cut(self.cut_index)
+        self.cut_network(self.network)
         self.cut_at = time.monotonic()
 
     def note_exits(self):
@@ -174,26 +195,40 @@ def step_and_resume(message):
     return int(match.group(1)), match.group(2)
 
 
+def resume_of(model_dir):
+    latest = latest_checkpoint(model_dir)
+    return latest, f"{latest} (step {checkpoint_value(latest, 'step')})"
+
+
 @pytest.mark.slow
 def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_status(
     namespaces_allowed, synthetic_records, tmp_path, python, repo_root
 ):
-    """Two clusters at once, to overlap their waits. Two workers, worker 1 cut off after the
-    first checkpoint: the chief names it, and worker 1, whose heartbeats went unanswered,
-    names the chief as the coordination service's host. Three workers, the chief cut off as
-    the strategy is made, before the first step, so that the side left with the chief is the
-    small one: it names both others, and both name the chief."""
+    """Three clusters at once, to overlap their waits. Two workers, worker 1 cut off after
+    the first checkpoint: the chief names it, and worker 1 names the chief, the coordination
+    service's host. Three workers, the chief cut off as the strategy is made, before the
+    first step, so that the side left with the chief is the small one: it names both others,
+    and both name the chief. Three workers, 1 and 2 cut off from each other only, as the
+    strategy is made: the heartbeats to the chief go on, and each names the other."""
     # Epochs enough that the training never ends before the cut; 4 images per replica.
     config = TINY.replace(epochs=30, checkpoint_every_steps=1)
-    model_dirs = {name: tmp_path / name / "model" for name in ("training", "startup")}
-    with Network(2, subnet=1) as pair, Network(3, subnet=2) as trio:
+    model_dirs = {name: tmp_path / name / "model" for name in ("training", "startup", "between")}
+    with (
+        Network(2, subnet=1) as pair,
+        Network(3, subnet=2) as trio,
+        Network(3, subnet=3) as split_trio,
+    ):
+        plans = {
+            "training": (pair, lambda network: network.cut(1), "checkpoint"),
+            "startup": (trio, lambda network: network.cut(0), "strategy: MultiWorker"),
+            "between": (split_trio, lambda network: network.separate(1, 2), "strategy: Multi"),
+        }
         clusters = {}
         try:
-            for name, network, cut in (("training", pair, 1), ("startup", trio, 0)):
-                replicas = len(network.addresses)
+            for name, (network, cut, _) in plans.items():
                 arguments = [
                     *("--data_dir", synthetic_records, "--model_dir", model_dirs[name]),
-                    *tiny_flags(config.replace(global_batch_size=4 * replicas)),
+                    *tiny_flags(config.replace(global_batch_size=4 * len(network.addresses))),
                     *("--heartbeat_timeout_seconds", HEARTBEAT_TIMEOUT_SECONDS),
                 ]
                 clusters[name] = Cluster(
@@ -201,11 +236,15 @@ def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_sta
                 )
             cut_and_wait(
                 [
-                    (clusters["training"], lambda _: latest_checkpoint(model_dirs["training"])),
                     (
-                        clusters["startup"],
-                        lambda cluster: "strategy: MultiWorker" in cluster.workers[0].output,
-                    ),
+                        clusters[name],
+                        lambda cluster, name=name, moment=moment: (
+                            latest_checkpoint(model_dirs[name])
+                            if moment == "checkpoint"
+                            else moment in cluster.workers[0].output
+                        ),
+                    )
+                    for name, (_, _, moment) in plans.items()
                 ]
             )
         finally:
@@ -216,15 +255,19 @@ def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_sta
         {name: cluster.ended_after for name, cluster in clusters.items()},
     )
     service_lost = "of the cluster, the host of its coordination service, during"
-    heartbeat = "(heartbeat to the coordination service: Deadline Exceeded)"
+    # Whichever comes first: the heartbeat to the chief's coordination service, or the
+    # worker's own health check of the chief (PeerWatch).
+    chief_silent = (
+        r" \((heartbeat to the coordination service: Deadline Exceeded|/job:worker/replica:0/"
+        rf"task:0 did not answer a health check within {HEARTBEAT_TIMEOUT_SECONDS} s: .*)\); "
+    )
 
     pair = clusters["training"]
-    latest = latest_checkpoint(model_dirs["training"])
-    resume = f"{latest} (step {checkpoint_value(latest, 'step')})"
+    latest, resume = resume_of(model_dirs["training"])
     chief, cut_off = pair.message(0), pair.message(1)
     assert chief.startswith(f"error: lost worker 1 ({pair.address(1)}) of the cluster during step ")
     assert cut_off.startswith(f"error: lost worker 0 ({pair.address(0)}) {service_lost} step ")
-    assert heartbeat in cut_off, cut_off
+    assert re.search(chief_silent, cut_off), cut_off
     for message in (chief, cut_off):
         step, resumed_from = step_and_resume(message)
         assert step > checkpoint_value(latest, "step") >= 1, message
@@ -233,16 +276,32 @@ def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_sta
     trio = clusters["startup"]
     no_checkpoint = "no checkpoint was saved yet: rerunning every worker starts over"
     chief = trio.message(0)
-    assert chief.startswith(
-        f"error: lost worker 1 ({trio.address(1)}) and worker 2 ({trio.address(2)}) of the "
-        f"cluster during start-up ("
+    # Both or the first it noticed: the heartbeats of each, and the answers, come apart.
+    others = [f"worker {index} ({trio.address(index)})" for index in (1, 2)]
+    assert any(
+        chief.startswith(f"error: lost {lost} of the cluster during start-up (")
+        for lost in (*others, " and ".join(others))
     ), chief
     assert chief.endswith(no_checkpoint), chief
     for index in (1, 2):
-        assert trio.message(index) == (
-            f"error: lost worker 0 ({trio.address(0)}) {service_lost} start-up {heartbeat}; "
-            f"{no_checkpoint}"
-        ), trio.message(index)
+        message = trio.message(index)
+        assert message.startswith(
+            f"error: lost worker 0 ({trio.address(0)}) {service_lost} start-up ("
+        ), message
+        assert re.search(chief_silent + re.escape(no_checkpoint) + "$", message), message
+
+    split = clusters["between"]
+    for index, other in ((1, 2), (2, 1)):
+        message = split.message(index)
+        assert message.startswith(
+            f"error: lost worker {other} ({split.address(other)}) of the cluster during "
+            f"start-up (/job:worker/replica:0/task:{other} did not answer a health check "
+            f"within {HEARTBEAT_TIMEOUT_SECONDS} s: "
+        ), message
+        assert message.endswith(no_checkpoint), message
+    # The chief reached both: it learns of the split from them, and names them.
+    assert re.match(r"error: lost worker [12] \(", split.message(0)), split.message(0)
+    assert split.message(0).endswith(no_checkpoint), split.message(0)
 
 
 # What each side of a partition raised, as TensorFlow worded it (the test above makes them).
@@ -258,6 +317,11 @@ CHIEF_SIDE = (
     "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks "
     "have crashed. Check the task logs for an earlier error, or scheduler events (e.g. "
     "preemption, eviction) to debug further."
+)
+
+UNANSWERED = (
+    "Collective ops is aborted by: /job:worker/replica:0/task:{} did not answer a health "
+    "check within 4 s: Deadline Exceeded\nThe error could be from a previous operation."
 )
 
 
@@ -277,6 +341,21 @@ CHIEF_SIDE = (
             tf.errors.DeadlineExceededError(None, None, CUT_OFF_SIDE),
             "lost chief 0 (c:1) of the cluster, the host of its coordination service, "
             "during step 5 (heartbeat to the coordination service: Deadline Exceeded)",
+        ),
+        (  # the chief silent to a worker's own health check
+            {"worker": ["h0:1", "h1:1", "h2:1"]},
+            ("worker", 1),
+            tf.errors.UnavailableError(None, None, UNANSWERED.format(0)),
+            "lost worker 0 (h0:1) of the cluster, the host of its coordination service, during "
+            "step 5 (/job:worker/replica:0/task:0 did not answer a health check within 4 s: "
+            "Deadline Exceeded)",
+        ),
+        (  # two workers that lost each other, not the chief
+            {"worker": ["h0:1", "h1:1", "h2:1"]},
+            ("worker", 1),
+            tf.errors.UnavailableError(None, None, UNANSWERED.format(2)),
+            "lost worker 2 (h2:1) of the cluster during step 5 (/job:worker/replica:0/task:2 did "
+            "not answer a health check within 4 s: Deadline Exceeded)",
         ),
         (
             {"worker": ["h0:1", "h1:1"]},
