@@ -91,7 +91,7 @@ def _configure_coordination_service(tf_config, heartbeat_timeout_seconds):
     """What MultiWorkerMirroredStrategy would configure, with our heartbeat timeout."""
     cluster = tf_config.get("cluster", {})
     if tf_config.get("task", {}).get("type") not in COORDINATED_JOBS:
-        return  # the strategy starts no service agent on other tasks (an evaluator)
+        return  # the strategy configures no coordination service on other tasks (an evaluator)
     leader_type, leader_index = coordination_leader(tf_config)
     context.context().configure_coordination_service(
         service_type="standalone",

@@ -28,9 +28,9 @@ from alexnet_keras_base.errors import UsageError
 
 # Short, so that each side notices the partition within seconds (TensorFlow's default is 10 s).
 HEARTBEAT_TIMEOUT_SECONDS = 4
-# A worker notices within the heartbeat timeout and a second (docs/troubleshooting.md); the
+# A worker notices within one and a half heartbeat timeouts (docs/troubleshooting.md); the
 # rest of this bound is the process ending, slow on a loaded machine. A worker blocked for
-# good in a collective would overrun it.
+# good in a collective overruns it.
 EXIT_WITHIN_SECONDS = 60
 START_WITHIN_SECONDS = 300
 PORT = 23456
@@ -104,19 +104,8 @@ class Network:
         packets, and both still reach the rest."""
         for index, other in ((first, second), (second, first)):
             for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
-                address = self.addresses[other]
-                ip(
-                    "netns",
-                    "exec",
-                    self.workers[index],
-                    "iptables",
-                    "-A",
-                    chain,
-                    side,
-                    address,
-                    "-j",
-                    "DROP",
-                )
+                rule = ("-A", chain, side, self.addresses[other], "-j", "DROP")
+                ip("netns", "exec", self.workers[index], "iptables", *rule)
 
     def __exit__(self, *exception):
         for namespace in (*self.workers, self.bridge):
