@@ -22,7 +22,13 @@ import keras
 import tensorflow as tf
 
 from alexnet_keras import finetune, input_pipeline, kernel_figure
-from alexnet_keras.distribute import is_chief, peer_lost, select_strategy
+from alexnet_keras.distribute import (
+    PEER_ERRORS,
+    is_chief,
+    peer_lost,
+    select_strategy,
+    watch_peers,
+)
 from alexnet_keras.layers import LRN_PAPER
 from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.signals import SigtermFlag
@@ -157,7 +163,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     `update`, `set_postfix`, `close`) for each epoch's training and validation."""
     info = check_data_dir(data_dir)
     model_dir = pathlib.Path(model_dir)
-    strategy = select_strategy(devices)
+    strategy = select_strategy(devices, config.heartbeat_timeout_seconds)
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
     with SigtermFlag() as sigterm:
@@ -200,9 +206,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
-            with rerun_keeps(lambda: _kept_checkpoint(model_dir)):
+            with (
+                rerun_keeps(lambda: _kept_checkpoint(model_dir)),
+                watch_peers(strategy, config.heartbeat_timeout_seconds),
+            ):
                 return _train(run)
-        except tf.errors.UnavailableError as error:  # a peer lost before the first step
+        except PEER_ERRORS as error:  # a peer lost before the first step
             if not multi_worker:
                 raise
             raise peer_lost(error, None, model_dir) from None
@@ -272,7 +281,7 @@ def _train(run):
     )
     try:
         results = run_epochs(loop, _input(run, start_step), outputs)
-    except tf.errors.UnavailableError as error:  # a collective of a step could not reach a peer
+    except PEER_ERRORS as error:  # a collective of a step could not reach a peer
         if not run.multi_worker:
             raise
         raise peer_lost(error, int(step.numpy()), run.run_dir.path) from None

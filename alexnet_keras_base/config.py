@@ -19,6 +19,13 @@ DEMO_DATASET_DIR = "datasets/synthetic"
 DEMO_RECORDS_DIR = "datasets/synthetic/records"
 DEMO_MODEL_DIR = "runs/demo"
 
+# The heartbeat timeout of the coordination service that MultiWorkerMirroredStrategy starts
+# on the chief; 10 s is TensorFlow's own default. Each worker sends a heartbeat every half of
+# it and counts the service lost when one goes unanswered for that half; the service counts
+# a worker lost when none came for the whole timeout (distribute.py, troubleshooting.md).
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 10.0
+MIN_HEARTBEAT_TIMEOUT_SECONDS = 1.0
+
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 KERNEL_INITIALIZERS = ("paper", "he_normal")  # a run's choices (model.py adds "zeros")
@@ -137,6 +144,11 @@ class Config:
     keep_checkpoints: int = _setting(3, "how many checkpoints to keep")
     seed: int = _setting(0, "random seed")
     deterministic: bool = _setting(False, "reproducible input order and augmentation (slower)")
+    heartbeat_timeout_seconds: float = _setting(
+        DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+        "multi-worker: seconds without a heartbeat before a worker, or the coordination "
+        "service on the chief, counts as lost (TensorFlow's default: 10)",
+    )
 
     def __post_init__(self):
         checks = [
@@ -176,6 +188,11 @@ class Config:
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.pca_noise_std >= 0, f"pca_noise_std must be >= 0, got {self.pca_noise_std}"),
             (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),
+            (
+                self.heartbeat_timeout_seconds >= MIN_HEARTBEAT_TIMEOUT_SECONDS,
+                f"heartbeat_timeout_seconds must be >= {MIN_HEARTBEAT_TIMEOUT_SECONDS:g}, "
+                f"got {self.heartbeat_timeout_seconds}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -149,13 +149,14 @@ def free_port():
 
 
 class Worker:
-    """A train.py process of a local two-worker cluster, its output collected as it comes."""
+    """A train.py process of a local cluster, its output collected as it comes. `launcher`
+    comes before the command (`ip netns exec NS` runs it in a network namespace)."""
 
-    def __init__(self, python, repo_root, arguments, cluster, index, temporary_dir):
+    def __init__(self, python, repo_root, arguments, cluster, index, temporary_dir, launcher=()):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         self.address = cluster["worker"][index]
         self.process = subprocess.Popen(
-            [python, "train.py", *map(str, arguments)],
+            [*launcher, python, "train.py", *map(str, arguments)],
             cwd=repo_root,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
