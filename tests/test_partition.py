@@ -23,8 +23,8 @@ from test_training import (
     tiny_flags,
 )
 
-from alexnet_keras import distribute, training
-from alexnet_keras_base.errors import UsageError
+from alexnet_keras import distribute
+from alexnet_keras_base.errors import PeerLost, UsageError
 
 # Short, so that each side notices the partition within seconds (TensorFlow's default is 10 s).
 HEARTBEAT_TIMEOUT_SECONDS = 4
@@ -141,7 +141,7 @@ class Cluster:
         """Worker `index`'s one 'error: lost' line, after checking its status and output."""
         worker = self.workers[index]
         output = worker.output
-        assert worker.process.returncode == training.PeerLost.exit_code, output[-3000:]
+        assert worker.process.returncode == PeerLost.exit_code, output[-3000:]
         assert "Traceback" not in output, output[-3000:]
         (message,) = [line for line in output.splitlines() if line.startswith("error: lost")]
         return message
