@@ -46,7 +46,9 @@ def _example(encoded, item, class_names):
         Feature.CLASS_TEXT: bytes_feature(class_names[item.label].encode()),
         Feature.FILENAME: bytes_feature(item.relative_path.encode()),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+        deterministic=True  # map keys sorted: the same shard bytes in every process
+    )
 
 
 def _write_shard(shard, results, output_dir, class_names, fingerprint):

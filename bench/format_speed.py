@@ -24,7 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import alternate, cpu_name, print_results  # also puts the checkout on sys.path
+from common import (  # also puts the checkout on sys.path
+    SMOKE_CLASSES,
+    SMOKE_WIDTH,
+    alternate,
+    cpu_name,
+    parse_args,
+    print_results,
+)
 
 from alexnet_keras import build_alexnet, input_pipeline, litert, onnx_format, portable, serving
 from alexnet_keras_base.layout import VALIDATION, DataDir
@@ -42,7 +49,7 @@ def validation_images(data_dir, limit):
     return np.concatenate([images.numpy() for images, _ in dataset])[:limit]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,12 +58,16 @@ def main():
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--data_dir", help="records: the top-1 agreement on their validation split")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument(
-        "--smoke", action="store_true", help="a tiny network, two rounds: checks that it runs"
+    args = parse_args(
+        parser,
+        argv,
+        smoke={
+            "model": None,
+            "width_multiplier": SMOKE_WIDTH,
+            "num_classes": SMOKE_CLASSES,
+            "rounds": 2,
+        },
     )
-    args = parser.parse_args()
-    if args.smoke:
-        args.model, args.width_multiplier, args.num_classes, args.rounds = None, 0.125, 10, 2
     if args.model:
         model = keras.models.load_model(args.model)
     else:
