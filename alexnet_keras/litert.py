@@ -18,7 +18,7 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
-from alexnet_keras.portable import (
+from alexnet_keras.portable_contract import (
     LABELS_KEY,
     PROBABILITIES,
     QUANTIZE_INT8,

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf2onnx
 
 from alexnet_keras.layers import LocalResponseNormalization
-from alexnet_keras.portable import LABELS_KEY, PROBABILITIES, pixels_spec
+from alexnet_keras.portable_contract import LABELS_KEY, PROBABILITIES, pixels_spec
 from alexnet_keras.serving import PIXELS
 
 # The newest opset tf2onnx 1.17 writes (ONNX IR 8); ONNX Runtime reads newer ones too.

@@ -33,13 +33,21 @@ from common import (  # also puts the checkout on sys.path
     print_results,
 )
 
-from alexnet_keras import build_alexnet, input_pipeline, litert, onnx_format, portable, serving
+from alexnet_keras import (
+    build_alexnet,
+    input_pipeline,
+    litert,
+    onnx_format,
+    portable,
+    portable_contract,
+    serving,
+)
 from alexnet_keras_base.layout import VALIDATION, DataDir
 
 SAVED_MODEL = "SavedModel predict_pixels"
 FILES = {
     "LiteRT float": ("alexnet.tflite", None, litert),
-    "LiteRT weights": ("alexnet_weights.tflite", portable.QUANTIZE_WEIGHTS, litert),
+    "LiteRT weights": ("alexnet_weights.tflite", portable_contract.QUANTIZE_WEIGHTS, litert),
     "ONNX Runtime": ("alexnet.onnx", None, onnx_format),
 }
 
@@ -89,7 +97,7 @@ def main(argv=None):
             results[f"{name}: file MB"] = len(content) / 1e6
             runners[name] = module.runner(content, num_threads=threads)
         for batch_size in (1, 32):
-            pixels = portable.check_images(seed=1, count=batch_size)
+            pixels = portable_contract.check_images(seed=1, count=batch_size)
             medians, ratios = alternate(
                 {name: (lambda run=run: run(pixels)) for name, run in runners.items()},
                 args.rounds,

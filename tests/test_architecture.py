@@ -1,6 +1,7 @@
 """The module graph: docs/architecture.md's picture of the imports against the code's own (an
-`ast` walk, both ways), and the rule that layers point one way: the foundation imports
-neither the library nor the commands, the library never imports the commands. Reads files
+`ast` walk, both ways), and the rules that layers point one way (the foundation imports
+neither the library nor the commands, the library never imports the commands) and that no
+import loops back. Reads files
 only (no TensorFlow)."""
 
 import ast
@@ -148,6 +149,35 @@ def test_layers_point_one_way():
             if PACKAGES.index(package_of[target]) > level
         ]
     assert upward == []
+
+
+def circles(graph):
+    """The import loops of the graph (at the top or inside a function), each as the list of
+    modules around it, starting from its first module in sorted order."""
+    found, state = set(), {}
+
+    def visit(name, path):
+        state[name] = "open"
+        for target in sorted(set().union(*graph[name])):
+            if state.get(target) == "open":
+                loop = path[path.index(target) :]
+                start = loop.index(min(loop))
+                found.add(tuple(loop[start:] + loop[:start]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return sorted(list(loop) for loop in found)
+
+
+def test_no_module_imports_itself_through_others():
+    graph = code_graph(REPO_ROOT)
+    assert circles(graph) == []
+    graph["layers"] = (graph["layers"][0], graph["layers"][1] | {"model"})  # model -> layers
+    assert circles(graph) == [["layers", "model"]]
 
 
 def render(graph, repo_root=REPO_ROOT):

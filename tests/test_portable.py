@@ -13,7 +13,13 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 import alexnet_keras
-from alexnet_keras import caffe_weights, input_pipeline, litert, onnx_format, portable
+from alexnet_keras import (
+    caffe_weights,
+    input_pipeline,
+    litert,
+    onnx_format,
+    portable_contract,
+)
 from alexnet_keras_base.layout import VALIDATION, DataDir
 from alexnet_keras_cli import export_model
 from caffe_files import CAFFE_LRN, random_weights
@@ -21,7 +27,7 @@ from commands import run_main
 
 NUM_CLASSES = 4  # as the synthetic_records fixture
 LABELS = ["circle", "crème brûlée", "star", "ring"]
-TOLERANCE = portable.FLOAT_TOLERANCE  # absolute, on probabilities
+TOLERANCE = portable_contract.FLOAT_TOLERANCE  # absolute, on probabilities
 # The paper's LRN (the tiny model's) as ONNX states it: alpha multiplied by the window.
 PAPER_LRN_ONNX = {"size": 5, "alpha": 5e-4, "beta": 0.75, "bias": 2.0}
 BUILT_IN_NETWORK_OPERATORS = {
@@ -250,7 +256,7 @@ def test_a_full_width_bvlc_alexnet_converts_to_both_with_caffes_numbers(
     images = validation_images[:4]
     model = caffe_weights.build_imported_model(random_weights(seed=1))
     expected = tf.nn.softmax(model(images, training=False)).numpy()
-    labels = portable.labels_text([f"class {index}" for index in range(1000)])
+    labels = portable_contract.labels_text([f"class {index}" for index in range(1000)])
     # The converters themselves, without write_portable's own check (the tests above hold
     # it): at this size each run of a runtime costs seconds.
     converted = {
