@@ -49,8 +49,14 @@ TEST_WORKERS ?= 3
 test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	$(RUFF) check .
 	$(RUFF) format --check .
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope
-	$(PY_VALIDATE) -m pytest tests_validate
+	@# The validation suite (one process, mostly waiting on Beam) runs beside the main one; its
+	@# report is printed when both are done, and either failing fails the target.
+	@log=$$(mktemp); $(PY_VALIDATE) -m pytest tests_validate >$$log 2>&1 & validate=$$!; \
+	echo "$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope"; \
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope; main=$$?; \
+	wait $$validate; validated=$$?; \
+	echo "$(PY_VALIDATE) -m pytest tests_validate"; cat $$log; rm -f $$log; \
+	test $$main -eq 0 -a $$validated -eq 0
 
 # Under 2 minutes: everything but in-process training and the tests that start processes
 # (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.
