@@ -22,7 +22,7 @@ LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 # Quieter TensorFlow start-up logs; errors still print.
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: demo demo-run test test-fast test-main test-validate bench env env-validate lock clean
+.PHONY: demo demo-run test test-fast test-large test-main test-validate bench env env-validate lock clean
 
 DEMO_RECORDS := datasets/synthetic/records
 DEMO_IMAGES := datasets/synthetic/images
@@ -52,11 +52,17 @@ test: $(VENV)/.installed $(VENV_VALIDATE)/.installed
 	@# The validation suite (one process, mostly waiting on Beam) runs beside the main one; its
 	@# report is printed when both are done, and either failing fails the target.
 	@log=$$(mktemp); $(PY_VALIDATE) -m pytest tests_validate >$$log 2>&1 & validate=$$!; \
-	echo "$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope"; \
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadscope; main=$$?; \
+	echo "$(PY) -m pytest tests -m 'not large' -n $(TEST_WORKERS) --dist loadscope"; \
+	$(PY) -m pytest tests -m "not large" -n $(TEST_WORKERS) --dist loadscope; main=$$?; \
 	wait $$validate; validated=$$?; \
 	echo "$(PY_VALIDATE) -m pytest tests_validate"; cat $$log; rm -f $$log; \
 	test $$main -eq 0 -a $$validated -eq 0
+
+# The statistical checks that a recipe learns (marked large: the demo recipe on two shapes,
+# fine-tuning's transfer, Grad-CAM on a trained model; about 5 minutes of CPU), as keras-hub
+# keeps its large tests: run when the recipe, the model or the training loop changes.
+test-large: $(VENV)/.installed
+	$(PY) -m pytest tests -m large -n $(TEST_WORKERS) --dist loadscope
 
 # Under 2 minutes: everything but in-process training and the tests that start processes
 # (scripts, workers, kill -9, the serving stand-in, TFDV), which are marked slow.

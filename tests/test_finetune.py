@@ -331,6 +331,7 @@ def source_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_fine_tuning_transfers_what_the_source_learned(source_run, tmp_path):
     """Measured by bench/finetune_transfer.py with this setting (the source, deterministic,
     ends at 0.82 validation accuracy on its five classes, with the same weights in every

@@ -303,6 +303,7 @@ def measured_on_shapes():
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_a_trained_model_looks_at_the_shape(measured_on_shapes):
     measured = measured_on_shapes
     assert measured["accuracy"] >= MIN_ACCURACY, measured
@@ -310,6 +311,7 @@ def test_a_trained_model_looks_at_the_shape(measured_on_shapes):
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_random_channel_weights_do_not_pass_the_bar(measured_on_shapes):
     """The same conv5 maps, weighted at random instead of by the gradients, stay below the
     bar, and below Grad-CAM by a margin: the gradients' weighting finds the shape."""

@@ -73,6 +73,7 @@ def test_one_and_two_replicas_end_with_the_same_weights(synthetic_records, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.large
 def test_demo_config_learns_the_synthetic_shapes(tmp_path):
     """The demo recipe, 20 epochs on two synthetic classes that differ clearly (a filled
     circle, a striped square; 150 training and 50 validation images each).
