@@ -283,14 +283,13 @@ def test_every_worker_on_either_side_of_a_partition_exits_with_the_retryable_sta
     split = clusters["between"]
     latest, resume = resume_of(model_dirs["between"])
     for index, other in ((1, 2), (2, 1)):
+        # Each names the other. On a loaded machine the chief, busy aborting, may also miss
+        # one health check of 4 s and be named beside it (seen once in a clean-clone run).
         message = split.message(index)
-        assert message.startswith(
-            f"error: lost worker {other} ({split.address(other)}) of the cluster during step "
-        ), message
-        assert (
-            f"(/job:worker/replica:0/task:{other} did not answer a health check within "
-            f"{HEARTBEAT_TIMEOUT_SECONDS} s: "
-        ) in message, message
+        lost = message.partition(" of the cluster")[0]
+        assert message.startswith("error: lost worker "), message
+        assert f"worker {other} ({split.address(other)})" in lost, message
+        assert f"did not answer a health check within {HEARTBEAT_TIMEOUT_SECONDS} s: " in message
     # The chief reached both: it learns of the split from them, and names them.
     assert re.match(r"error: lost worker [12] \(", split.message(0)), split.message(0)
     for index in range(3):
