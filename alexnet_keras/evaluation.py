@@ -274,8 +274,9 @@ def evaluate_model(
     """Loads a model (see `resolve_model_path`) and evaluates it on a split of the
     converter's output folder; -> the full report dict."""
     data_dir = pathlib.Path(data_dir)
-    info = DataDir(data_dir).checked(splits=(split,))
-    pattern = DataDir(data_dir).shard_pattern(split)
+    records = DataDir(data_dir)
+    info = records.checked(splits=(split,))
+    pattern = records.shard_pattern(split)
     model = load_model(model_path, best)
     if model.num_classes != info["num_classes"]:
         raise UsageError(

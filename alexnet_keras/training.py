@@ -80,9 +80,9 @@ def build_model(config, num_classes, lrn=LRN_PAPER):
 # === Checkpoints and the run's record ===
 
 
-def _recorded_source(model_dir):
-    """run.json's `init_from` record when `model_dir` holds checkpoints to resume, else None."""
-    run_dir = RunDir(model_dir)
+def _recorded_source(run_dir):
+    """run.json's `init_from` record when the run folder holds checkpoints to resume, else
+    None."""
     run = run_dir.read_run()
     if run is None or tf.train.latest_checkpoint(str(run_dir.checkpoints_dir)) is None:
         return None
@@ -123,9 +123,9 @@ def _check_workers_agree(strategy, start_step, model_dir):
         )
 
 
-def _kept_checkpoint(model_dir):
+def _kept_checkpoint(run_dir):
     """What a rerun after a full disk resumes from."""
-    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
+    latest = tf.train.latest_checkpoint(str(run_dir.checkpoints_dir))
     if latest is None:
         return "no checkpoint was written yet: free space and run the same command again"
     return f"the last checkpoint, {latest}, is kept: free space and run the same command to resume"
@@ -163,6 +163,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     `update`, `set_postfix`, `close`) for each epoch's training and validation."""
     info = check_data_dir(data_dir)
     model_dir = pathlib.Path(model_dir)
+    run_dir = RunDir(model_dir)
     strategy = select_strategy(devices, config.heartbeat_timeout_seconds)
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
@@ -170,12 +171,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         steps_per_epoch = _steps_per_epoch(config, info, strategy.num_replicas_in_sync)
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         chief = is_chief(strategy)
-        recorded = _recorded_source(model_dir)
+        recorded = _recorded_source(run_dir)
         config, architecture = finetune.run_architecture(
             config, recorded["architecture"] if recorded else None, log
         )
         fc8_plan = _fc8_plan(config, architecture, info, resumed=recorded is not None)
-        RunDir(model_dir).check_resume(config, info["num_classes"])
+        run_dir.check_resume(config, info["num_classes"])
         # Every worker takes part in saving checkpoints, but only the chief's land in
         # model_dir; the others write to a folder of their own that is removed at the end.
         scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="alexnet-worker-"))
@@ -193,7 +194,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
             fc8_plan=fc8_plan,
             info=info,
             records=DataDir(data_dir),
-            run_dir=RunDir(model_dir),
+            run_dir=run_dir,
             output_dir=RunDir(output_dir),
             strategy=strategy,
             chief=chief,
@@ -207,7 +208,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
             with (
-                rerun_keeps(lambda: _kept_checkpoint(model_dir)),
+                rerun_keeps(lambda: _kept_checkpoint(run_dir)),
                 watch_peers(strategy, config.heartbeat_timeout_seconds),
             ):
                 return _train(run)
