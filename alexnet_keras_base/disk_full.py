@@ -1,5 +1,6 @@
 """A full disk, recognised in one place, in each of the forms it takes (Python's OSError
 ENOSPC, numpy's short write, TensorFlow's ResourceExhaustedError "No space left on device"),
+and a used-up disk quota in the same forms (EDQUOT, "Disk quota exceeded"),
 and turned into `DiskFull`, which names the file being written. Standard library only: the
 TensorFlow error is recognised by its class name and message, and TensorFlow's other
 ResourceExhaustedError, out of memory, keeps its own meaning."""
@@ -16,8 +17,9 @@ from alexnet_keras_base.errors import DiskFull
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", also in TensorFlow's message
 # numpy's ndarray.tofile (np.save to a path) reports a short write without an errno.
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
-# TensorFlow's file errors read "PATH; No space left on device".
-_TENSORFLOW_PATH = re.compile(rf"(\S+); {NO_SPACE}")
+QUOTA_USED_UP = os.strerror(errno.EDQUOT)  # "Disk quota exceeded"
+# TensorFlow's file errors read "PATH; No space left on device" (or "; Disk quota exceeded").
+_TENSORFLOW_PATH = re.compile(rf"(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})")
 
 
 def is_disk_full(error):
@@ -25,10 +27,18 @@ def is_disk_full(error):
     if isinstance(error, DiskFull):
         return True
     if isinstance(error, OSError):
-        return error.errno == errno.ENOSPC or (
+        return error.errno in (errno.ENOSPC, errno.EDQUOT) or (
             error.errno is None and bool(_SHORT_WRITE.match(str(error)))
         )
-    return type(error).__name__ == "ResourceExhaustedError" and NO_SPACE in str(error)
+    return type(error).__name__ == "ResourceExhaustedError" and (
+        NO_SPACE in str(error) or QUOTA_USED_UP in str(error)
+    )
+
+
+def _is_quota(error):
+    if isinstance(error, OSError):
+        return error.errno == errno.EDQUOT
+    return QUOTA_USED_UP in str(error)
 
 
 def as_disk_full(error, path=None, needed_bytes=None):
@@ -40,7 +50,7 @@ def as_disk_full(error, path=None, needed_bytes=None):
         path = getattr(error, "filename", None)
         found = _TENSORFLOW_PATH.search(str(error))
         path = path or (found[1] if found else None)
-    return DiskFull(path, needed_bytes)
+    return DiskFull(path, needed_bytes, quota=_is_quota(error))
 
 
 @contextlib.contextmanager

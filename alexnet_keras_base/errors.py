@@ -58,13 +58,15 @@ class DiskFull(CommandError):
     recognises it). Permanent for a job controller, as a restart meets the same full disk: 5,
     below 128. The message names the file, what it needed when known, the space free once the
     command's temporaries are gone, and what a rerun keeps (`keeps`, filled in by the code
-    that knows it)."""
+    that knows it). `quota`: the user's disk quota is used up (EDQUOT), not the disk; the
+    disk's free space then says nothing and is left out."""
 
     exit_code = 5
 
-    def __init__(self, path, needed_bytes=None, keeps=None):
+    def __init__(self, path, needed_bytes=None, keeps=None, quota=False):
         super().__init__(path)
         self.path, self.needed_bytes, self.keeps = path, needed_bytes, keeps
+        self.quota = quota
 
     def __str__(self):
         # Built when printed, after the command removed its temporaries: the free space is
@@ -72,11 +74,12 @@ class DiskFull(CommandError):
         sizes = []
         if self.needed_bytes:
             sizes.append(f"it needs about {_megabytes(self.needed_bytes)}")
-        free = _free_bytes(self.path) if self.path else None
+        free = _free_bytes(self.path) if self.path and not self.quota else None
         if free is not None:
             sizes.append(f"{_megabytes(free)} free there")
+        full = "your disk quota is used up" if self.quota else "the disk is full"
         return (
-            f"the disk is full: no space left writing {self.path or 'the output'}"
+            f"{full}: no space left writing {self.path or 'the output'}"
             + (f" ({', '.join(sizes)})" if sizes else "")
             + f"; {self.keeps or 'free space and run the command again'}"
         )

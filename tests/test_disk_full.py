@@ -128,6 +128,19 @@ def test_every_form_of_a_full_disk_and_only_those():
     result = run_main(failing(OSError(errno.ENOSPC, "No space left on device", "/d/y.csv")))
     assert_disk_full(result, "/d/y.csv", "run the command again")
     assert run_main(failing(OSError(errno.EACCES, "Permission denied"))).returncode == 2
+    # A used-up quota (EDQUOT; TensorFlow maps it to ResourceExhaustedError too) is said as
+    # such, without the disk's free space, which says nothing then. This kernel's tmpfs has
+    # no quotas to make one for real.
+    quota = "error: your disk quota is used up: no space left writing "
+    for error, path in (
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/d/q.csv"), "/d/q.csv"),
+        (tf.errors.ResourceExhaustedError(None, None, "/d/q.ckpt; Disk quota exceeded"), None),
+    ):
+        result = run_main(failing(error))
+        assert result.returncode == 5 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"{quota}{path or '/d/q.ckpt'}; free space and run the command again"
+        ), result.stderr
     with pytest.raises(tf.errors.ResourceExhaustedError, match="OOM"):
         run_main(failing(out_of_memory))
 
