@@ -12,6 +12,7 @@ from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.files import replaced_atomically
 
 KERNELS_FILE = "conv1_kernels.png"
+KERNELS_TAG = "conv1_kernels"  # the TensorBoard image's
 KERNEL_TILE_SCALE = 4  # an 11x11 kernel becomes a 44x44-pixel tile
 KERNEL_COLUMNS = 16  # the paper's figure: 3 rows of 16 kernels per group
 TILE_GAP = 2  # pixels between tiles
@@ -146,12 +147,10 @@ def write_kernel_figure(model, path):
 
 
 def log_conv1_kernels(model, summary_writer, step):
-    """Logs the kernel grid as the TensorBoard image "conv1_kernels" (caption as its
+    """Logs the kernel grid as the TensorBoard image KERNELS_TAG (caption as its
     description) at `step`; -> the KernelGrid."""
     grid = kernel_grid(model)
     with summary_writer.as_default():
-        tf.summary.image(
-            "conv1_kernels", grid.image[np.newaxis], step=step, description=grid.caption
-        )
+        tf.summary.image(KERNELS_TAG, grid.image[np.newaxis], step=step, description=grid.caption)
     summary_writer.flush()
     return grid

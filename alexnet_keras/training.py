@@ -33,6 +33,7 @@ from alexnet_keras.layers import LRN_PAPER
 from alexnet_keras.model import build_alexnet, mean_layer
 from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.steps import build_optimizer, make_step_functions, weights_fingerprint
+from alexnet_keras.summaries import SummaryLog
 from alexnet_keras.training_loop import (
     EpochData,
     LoopState,
@@ -278,7 +279,7 @@ def _train(run):
     outputs = Outputs(
         model_dir=run.run_dir.path,
         chief=run.chief,
-        summary_writer=tf.summary.create_file_writer(str(run.output_dir.logs_dir)),
+        summaries=SummaryLog(run.output_dir.logs_dir),
     )
     try:
         results = run_epochs(loop, _input(run, start_step), outputs)
@@ -288,7 +289,8 @@ def _train(run):
         raise peer_lost(error, int(step.numpy()), run.run_dir.path) from None
     if run.chief:
         save_model(model, run.run_dir.model_file())
-        kernel_figure.log_conv1_kernels(model, outputs.summary_writer, int(step.numpy()))
+        with outputs.summaries.writing([kernel_figure.KERNELS_TAG]) as writer:
+            kernel_figure.log_conv1_kernels(model, writer, int(step.numpy()))
     run.log(
         f"finished at step {int(step.numpy())}; weights fingerprint {weights_fingerprint(model)}"
     )

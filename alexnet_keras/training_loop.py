@@ -16,6 +16,7 @@ from alexnet_keras.progress import progress_bar
 from alexnet_keras.schedules import ValidationTracker, learning_rate_at
 from alexnet_keras.signals import SigtermFlag
 from alexnet_keras.steps import StepSums
+from alexnet_keras.summaries import SummaryLog
 from alexnet_keras_base.disk_full import new_entries_removed_on_disk_full, writing
 from alexnet_keras_base.errors import Preempted, TrainingDiverged, UsageError
 from alexnet_keras_base.files import replaced_atomically
@@ -238,10 +239,14 @@ def run_epochs(loop, data, outputs):
             history.plot_training_curves(rows, RunDir(outputs.model_dir).curves_file)
             if verdict.improved:
                 save_model(loop.model, RunDir(outputs.model_dir).model_file(best=True))
-        with outputs.summary_writer.as_default(step=int(loop.state.step.numpy())):
-            for name, value in dataclasses.asdict(result).items():
-                if name not in ("epoch", "seconds"):
-                    tf.summary.scalar(name, value)
+        scalars = {
+            name: value
+            for name, value in dataclasses.asdict(result).items()
+            if name not in ("epoch", "seconds")
+        }
+        with outputs.summaries.writing(scalars, step=int(loop.state.step.numpy())):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
         loop.state.epochs_ended.assign(epoch + 1)
         loop.save(StepSums(), 0.0, learning_rate)
         if verdict.rate_reduced:
@@ -267,7 +272,7 @@ class EpochData:
 class Outputs:
     model_dir: pathlib.Path
     chief: bool
-    summary_writer: object
+    summaries: SummaryLog
 
 
 def _describe_data_error(error, train_pattern):

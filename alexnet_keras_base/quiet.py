@@ -9,7 +9,7 @@ import re
 import sys
 import tempfile
 
-from alexnet_keras_base.disk_full import NO_SPACE
+from alexnet_keras_base.disk_full import NO_SPACE, QUOTA_USED_UP
 
 # What TensorFlow prints while it starts, on every run, that is not about the run: CUDA
 # probing on machines without a GPU, CPU-instruction notes, oneDNN notes, factory
@@ -30,9 +30,12 @@ DISTRIBUTED_ITERATOR_NOTE = re.compile(
     r"the dataset does not implement the AsGraphDefInternal\(\) method"
 )
 
-# What TensorFlow's C++ code logs when an op (SaveV2, of a checkpoint or an export) finds the
-# disk full, before the error that a DiskFull then reports in one line.
-DISK_FULL_LOGS = re.compile(rf"(op_kernel|local_rendezvous)\.cc:\d+\].*{NO_SPACE}")
+# What TensorFlow's C++ code logs when an op (SaveV2, of a checkpoint or an export; a summary
+# writer's flush) finds the disk full, before the error that a DiskFull then reports in one
+# line.
+DISK_FULL_LOGS = re.compile(
+    rf"(op_kernel|local_rendezvous)\.cc:\d+\].*({NO_SPACE}|{QUOTA_USED_UP})"
+)
 
 
 @contextlib.contextmanager
@@ -75,13 +78,17 @@ def import_tensorflow_quietly(find_devices=True):
 
 def native_stderr_without(pattern):
     """Runs the block with the process's standard error (file descriptor 2, where
-    TensorFlow's C++ code logs) captured, then writes what it captured except the lines that
-    match `pattern`. For short blocks that make TensorFlow print a known, useless line."""
+    TensorFlow's C++ code logs) captured, then writes what it captured except the entries
+    that match `pattern`: a matching line and the tab-indented lines that continue it (a
+    status of several lines). For short blocks that make TensorFlow print a known, useless
+    entry."""
 
     def replay(text):
-        sys.stderr.writelines(
-            line for line in text.splitlines(keepends=True) if not pattern.search(line)
-        )
+        dropping = False
+        for line in text.splitlines(keepends=True):
+            dropping = bool(pattern.search(line)) or (dropping and line.startswith("\t"))
+            if not dropping:
+                sys.stderr.write(line)
         sys.stderr.flush()
 
     return _native_stderr_captured(replay)

@@ -303,3 +303,41 @@ def test_an_import_keeps_the_earlier_model(tmp_path, disk):
     assert not temporaries(disk)
     assert output.read_bytes() == earlier
     filler.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "room, keeps",
+    [
+        (0, "no checkpoint was written yet"),  # the writer's first event, when it is made
+        (PAGE, "the last checkpoint, {}, is kept"),  # the kernel image after the last epoch
+    ],
+    ids=["first event", "kernel image"],
+)
+def test_training_stops_when_its_tensorboard_log_no_longer_fits(
+    room, keeps, synthetic_records, disk, tmp_path, capfd
+):
+    """The run folder on a disk with room, its TensorBoard folder (a link) on a full one:
+    one line names the events file, and TensorFlow's own logs of it (several lines, on file
+    descriptor 2) are held back; the rerun with room ends with the two epochs."""
+    config = TINY.replace(epochs=2, checkpoint_every_steps=1000)
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (disk / "logs").mkdir()
+    (model_dir / "logs").symlink_to(disk / "logs")
+    filler = fill(disk, room)
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags(config)]
+    capfd.readouterr()
+    result = run_main(train_command.main, *arguments)
+    last = model_dir / "checkpoints" / "ckpt-2"
+    error = assert_disk_full(
+        result, model_dir / "logs" / "events.out.tfevents.", keeps.format(last)
+    )
+    # TensorFlow's logs come through the command's standard error, or file descriptor 2.
+    others = result.stderr.replace(error, "") + capfd.readouterr().err
+    assert "tfevents" not in others and "No space left" not in others, others
+    filler.unlink()
+    result = run_main(train_command.main, *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (model_dir / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["0", "1"]
