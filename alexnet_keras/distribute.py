@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import threading
 
 import tensorflow as tf
@@ -16,7 +17,10 @@ import tensorflow as tf
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context
 
-from alexnet_keras_base.config import DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
+from alexnet_keras_base.config import (
+    DEFAULT_CLUSTER_START_TIMEOUT_SECONDS,
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+)
 from alexnet_keras_base.errors import PeerLost, UsageError
 from alexnet_keras_base.layout import RunDir
 
@@ -57,16 +61,31 @@ def coordination_leader(tf_config):
     return ("chief", 0) if "chief" in tf_config.get("cluster", {}) else ("worker", 0)
 
 
-def select_strategy(devices=None, heartbeat_timeout_seconds=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS):
+def select_strategy(
+    devices=None,
+    heartbeat_timeout_seconds=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+    start_timeout_seconds=DEFAULT_CLUSTER_START_TIMEOUT_SECONDS,
+    model_dir=None,
+):
     """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, its coordination service
-    declaring a task lost after `heartbeat_timeout_seconds` without heartbeats; otherwise
-    MirroredStrategy over `devices` (default: all GPUs, or the CPU when there is none)."""
+    declaring a task lost after `heartbeat_timeout_seconds` without heartbeats, and PeerLost
+    when this worker could not register with it within `start_timeout_seconds` (TensorFlow's
+    default: an hour); otherwise MirroredStrategy over `devices` (default: all GPUs, or the
+    CPU when there is none). The service's own host waits for the others as TensorFlow has
+    it, up to an hour, holding the interpreter's lock meanwhile (no Python timer can run)."""
     tf_config = cluster_spec_from_environment()
     if tf_config is not None:
         if devices:
             raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
-        _configure_coordination_service(tf_config, heartbeat_timeout_seconds)
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _configure_coordination_service(tf_config, heartbeat_timeout_seconds, start_timeout_seconds)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except PEER_ERRORS:  # the coordination service's host never answered
+            raise PeerLost(
+                f"the cluster did not form within {start_timeout_seconds:g} s: "
+                f"{_unreachable(tf_config)}; start every worker that TF_CONFIG names (or give "
+                f"them longer with --cluster_start_timeout_seconds); {resume_text(model_dir)}"
+            ) from None
     # Each MirroredStrategy numbers its collectives from the same start, and the process's
     # collective executor remembers each number's shape: a second strategy in one process (a
     # fine-tuning after a training, in a notebook or the tests) whose gradients have other
@@ -87,8 +106,9 @@ def select_strategy(devices=None, heartbeat_timeout_seconds=DEFAULT_HEARTBEAT_TI
     return tf.distribute.MirroredStrategy(devices=["/cpu:0"])
 
 
-def _configure_coordination_service(tf_config, heartbeat_timeout_seconds):
-    """What MultiWorkerMirroredStrategy would configure, with our heartbeat timeout."""
+def _configure_coordination_service(tf_config, heartbeat_timeout_seconds, start_timeout_seconds):
+    """What MultiWorkerMirroredStrategy would configure, with our heartbeat timeout and how
+    long a worker tries to register with the service."""
     cluster = tf_config.get("cluster", {})
     if tf_config.get("task", {}).get("type") not in COORDINATED_JOBS:
         return  # the strategy configures no coordination service on other tasks (an evaluator)
@@ -97,11 +117,34 @@ def _configure_coordination_service(tf_config, heartbeat_timeout_seconds):
         service_type="standalone",
         service_leader=f"/job:{leader_type}/replica:0/task:{leader_index}",
         heartbeat_timeout_in_ms=int(heartbeat_timeout_seconds * 1000),
+        cluster_register_timeout_in_ms=int(start_timeout_seconds * 1000),
         coordinated_jobs=[
             coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
             for job in COORDINATED_JOBS
             if job in cluster
         ],
+    )
+
+
+def _unreachable(tf_config, timeout_seconds=2.0):
+    """Which other tasks of the cluster nothing answers at (a TCP connection to each)."""
+    own = tf_config.get("task", {})
+    said = []
+    for job in COORDINATED_JOBS:
+        for index, address in enumerate(tf_config.get("cluster", {}).get(job, [])):
+            if (job, index) == (own.get("type"), own.get("index")):
+                continue
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout_seconds).close()
+            except ConnectionRefusedError:
+                said.append(f"{job} {index} ({address}): nothing listens there")
+            except (OSError, ValueError) as error:
+                said.append(f"{job} {index} ({address}): no answer ({error})")
+    return (
+        "; ".join(said)
+        or "every other worker listens, but not all joined (does each TF_CONFIG name the "
+        "same cluster?)"
     )
 
 
@@ -222,13 +265,7 @@ def peer_lost(error, steps_done, model_dir):
     )
     if service_call is not None:
         reason = f"{service_call.group(1).lower()} to the coordination service: {reason}"
-    latest = tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
-    resume = (
-        f"rerunning every worker resumes from {latest} (step "
-        f"{int(tf.train.load_variable(latest, 'step/.ATTRIBUTES/VARIABLE_VALUE'))})"
-        if latest
-        else "no checkpoint was saved yet: rerunning every worker starts over"
-    )
+    resume = resume_text(model_dir)
     host = ""
     if leader != own and leader in named and lost:
         host = (
@@ -241,3 +278,13 @@ def peer_lost(error, steps_done, model_dir):
         f"lost {' and '.join(lost) or 'a worker'} of the cluster{host} during {when} ({reason}); "
         f"{resume}"
     )
+
+
+def resume_text(model_dir):
+    """What rerunning every worker of a multi-worker run does, from `model_dir`'s latest
+    checkpoint."""
+    latest = model_dir and tf.train.latest_checkpoint(str(RunDir(model_dir).checkpoints_dir))
+    if not latest:
+        return "no checkpoint was saved yet: rerunning every worker starts over"
+    step = int(tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    return f"rerunning every worker resumes from {latest} (step {step})"

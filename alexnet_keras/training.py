@@ -165,7 +165,12 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
     info = check_data_dir(data_dir)
     model_dir = pathlib.Path(model_dir)
     run_dir = RunDir(model_dir)
-    strategy = select_strategy(devices, config.heartbeat_timeout_seconds)
+    strategy = select_strategy(
+        devices,
+        config.heartbeat_timeout_seconds,
+        config.cluster_start_timeout_seconds,
+        model_dir,
+    )
     # Installed after the strategy: MultiWorkerMirroredStrategy's coordination service sets
     # a SIGTERM handler of its own (in C++) as it starts, which would silence this one.
     with SigtermFlag() as sigterm:

@@ -25,6 +25,10 @@ DEMO_MODEL_DIR = "runs/demo"
 # a worker lost when none came for the whole timeout (distribute.py, troubleshooting.md).
 DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 10.0
 MIN_HEARTBEAT_TIMEOUT_SECONDS = 1.0
+# How long a worker tries to register with the coordination service on the chief (worker 0)
+# before it ends with the retryable status: long enough for a job controller to schedule
+# every worker and pull its image; TensorFlow's own default is an hour (distribute.py).
+DEFAULT_CLUSTER_START_TIMEOUT_SECONDS = 900.0
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
@@ -149,6 +153,12 @@ class Config:
         "multi-worker: seconds without a heartbeat before a worker, or the coordination "
         "service on the chief, counts as lost (TensorFlow's default: 10)",
     )
+    cluster_start_timeout_seconds: float = _setting(
+        DEFAULT_CLUSTER_START_TIMEOUT_SECONDS,
+        "multi-worker: seconds a worker tries to reach the coordination service on the chief "
+        "(worker 0) as the cluster forms, before it ends with status 200, which a job "
+        "controller retries",
+    )
 
     def __post_init__(self):
         checks = [
@@ -192,6 +202,11 @@ class Config:
                 self.heartbeat_timeout_seconds >= MIN_HEARTBEAT_TIMEOUT_SECONDS,
                 f"heartbeat_timeout_seconds must be >= {MIN_HEARTBEAT_TIMEOUT_SECONDS:g}, "
                 f"got {self.heartbeat_timeout_seconds}",
+            ),
+            (
+                self.cluster_start_timeout_seconds > 0,
+                f"cluster_start_timeout_seconds must be > 0, got "
+                f"{self.cluster_start_timeout_seconds}",
             ),
         ]
         for ok, message in checks:
