@@ -6,16 +6,24 @@ disk, no temporaries, and the earlier results whole."""
 import errno
 import json
 import logging
+import subprocess
 
 import numpy as np
 import pytest
 from test_beam_prediction import export_dir  # noqa: F401 (a fixture)
-from test_disk_full import assert_disk_full, disk, fill, snapshot  # noqa: F401 (disk: a fixture)
+from test_disk_full import (  # noqa: F401 (disk: a fixture)
+    assert_disk_full,
+    disk,
+    fill,
+    snapshot,
+    temporaries,
+)
 from test_serving import encoded
 
 from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_cli import predict as predict_command
+from caffe_files import random_weights, write_caffemodel
 from commands import run_main
 
 IMAGES = 4
@@ -105,3 +113,26 @@ def test_a_full_disk_inside_another_errors_text_and_only_that():
         UsageError("cannot read w.npy: OSError: [Errno 28] No space left on device"),
     ):
         assert not is_disk_full(other), other
+
+
+def test_import_weights_as_a_process_keeps_the_earlier_model(python, repo_root, disk, tmp_path):  # noqa: F811
+    """The command imports the full-size network (244 MB) onto a disk with 8 MB free: one
+    line, status 5, none of TensorFlow's log lines about the disk, the earlier model whole."""
+    weights = write_caffemodel(tmp_path / "bvlc_alexnet.caffemodel", random_weights(seed=1))
+    output = disk / "bvlc_alexnet.keras"
+    output.write_bytes(b"the earlier model")
+    filler = fill(disk, 8_000_000)
+    result = subprocess.run(
+        [python, "import_weights.py", "--weights", weights, "--output", output],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    error = assert_disk_full(result, output, f"{output} is as it was")
+    assert "it needs about 24" in error, error
+    others = result.stderr.replace(error, "")
+    assert "No space left" not in others and "Disk quota" not in others, others
+    assert not temporaries(disk)
+    assert output.read_bytes() == b"the earlier model"
+    filler.unlink()
