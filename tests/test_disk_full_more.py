@@ -8,18 +8,18 @@ import json
 import logging
 import subprocess
 
+import keras
 import numpy as np
 import pytest
-from test_beam_prediction import export_dir  # noqa: F401 (a fixture)
-from test_disk_full import (  # noqa: F401 (disk: a fixture)
+from full_disk import (
     assert_disk_full,
-    disk,
     fill,
     snapshot,
     temporaries,
 )
-from test_serving import encoded
+from test_serving import LABELS, encoded, save_model
 
+from alexnet_keras import serving
 from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_cli import predict as predict_command
@@ -27,6 +27,13 @@ from caffe_files import random_weights, write_caffemodel
 from commands import run_main
 
 IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("beam_export")
+    model = keras.models.load_model(save_model(folder / "alexnet.keras"))
+    return serving.export_model(model, folder / "exports", LABELS, log=lambda message: None)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +52,9 @@ def everything(folder):
 @pytest.mark.parametrize("full", ["rows", "features"])
 def test_the_beam_job_keeps_the_earlier_output_and_no_part_of_its_own(
     full,
-    export_dir,  # noqa: F811
+    export_dir,
     few_images,
-    disk,  # noqa: F811
+    disk,
     tmp_path,
     caplog,
 ):
@@ -115,7 +122,7 @@ def test_a_full_disk_inside_another_errors_text_and_only_that():
         assert not is_disk_full(other), other
 
 
-def test_import_weights_as_a_process_keeps_the_earlier_model(python, repo_root, disk, tmp_path):  # noqa: F811
+def test_import_weights_as_a_process_keeps_the_earlier_model(python, repo_root, disk, tmp_path):
     """The command imports the full-size network (244 MB) onto a disk with 8 MB free: one
     line, status 5, none of TensorFlow's log lines about the disk, the earlier model whole."""
     weights = write_caffemodel(tmp_path / "bvlc_alexnet.caffemodel", random_weights(seed=1))
