@@ -6,7 +6,6 @@ whole), and a full disk met by a worker, which Beam reports wrapped in an error 
 import contextlib
 import errno
 import io
-import logging
 import os
 import pathlib
 import re
@@ -18,7 +17,7 @@ import numpy as np
 from alexnet_keras import prediction_inputs, prediction_outputs
 from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
 from alexnet_keras_base.errors import UsageError
-from alexnet_keras_base.quiet import beam_imported_quietly
+from alexnet_keras_base.quiet import beam_imported_quietly, beam_worker_logs_without_disk_full
 
 with beam_imported_quietly():
     import apache_beam as beam
@@ -32,7 +31,6 @@ FEATURE_SHARDS = "features-*.npy"
 # Beam's file sinks write into a folder beside their output, `beam-temp-NAME-UUID`, and
 # rename its files into place when the job ends.
 _BEAM_TEMPORARY = "beam-temp-{}-*"
-_BEAM_WORKER_LOG = "apache_beam.runners.common"  # logs each failed bundle with a traceback
 
 
 class WriteFeatureShards(beam.DoFn):
@@ -147,10 +145,9 @@ class JobOutputs:
         run's temporaries and fc7 shards are removed; Beam's log of the failed bundle, a
         traceback, is held back."""
         before = self._temporaries()
-        worker_log = logging.getLogger(_BEAM_WORKER_LOG)
-        worker_log.addFilter(_without_disk_full)
         try:
-            yield
+            with beam_worker_logs_without_disk_full():
+                yield
         except Exception as error:
             if not is_disk_full(error):
                 raise
@@ -169,9 +166,3 @@ class JobOutputs:
                 + ": free space and run the same command again"
             )
             raise full from error
-        finally:
-            worker_log.removeFilter(_without_disk_full)
-
-
-def _without_disk_full(record):
-    return not (record.exc_info and is_disk_full(record.exc_info[1]))

@@ -12,16 +12,18 @@ import keras
 import numpy as np
 import pytest
 from full_disk import (
+    PAGE,
     assert_disk_full,
     fill,
     snapshot,
     temporaries,
 )
 from test_serving import LABELS, encoded, save_model
+from test_training import Worker, free_port, stop_cluster, tiny_flags
 
 from alexnet_keras import serving
 from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
-from alexnet_keras_base.errors import UsageError
+from alexnet_keras_base.errors import DiskFull, PeerLost, UsageError
 from alexnet_keras_cli import predict as predict_command
 from caffe_files import random_weights, write_caffemodel
 from commands import run_main
@@ -142,4 +144,36 @@ def test_import_weights_as_a_process_keeps_the_earlier_model(python, repo_root, 
     assert "No space left" not in others and "Disk quota" not in others, others
     assert not temporaries(disk)
     assert output.read_bytes() == b"the earlier model"
+    filler.unlink()
+
+
+@pytest.mark.slow
+def test_a_worker_whose_scratch_folder_is_full(
+    synthetic_records, python, repo_root, disk, tmp_path
+):
+    """Two workers; the non-chief's scratch folder, where its part of each checkpoint goes, on
+    a full disk (its TMPDIR). It stops on its first checkpoint with one line naming it, status
+    5, its scratch folder removed; the chief, whose checkpoint was whole, reports the worker
+    lost and the checkpoint that every worker's rerun resumes from."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    model_dir = tmp_path / "model"
+    arguments = ["--data_dir", synthetic_records, "--model_dir", model_dir, *tiny_flags()]
+    filler = fill(disk, 3 * PAGE)  # Python's tempfile takes a folder only if it can write there
+    workers = [
+        Worker(python, repo_root, arguments, cluster, index, folder)
+        for index, folder in enumerate((tmp_path, disk))
+    ]
+    try:
+        codes = [worker.finish(timeout=300) for worker in workers]
+    finally:
+        stop_cluster(workers)
+    chief, other = (worker.output for worker in workers)
+    assert codes == [PeerLost.exit_code, DiskFull.exit_code], [chief[-3000:], other[-3000:]]
+    result = subprocess.CompletedProcess(arguments, codes[1], "", other)
+    error = assert_disk_full(result, disk / "alexnet-worker-", "run the same command again")
+    assert "/checkpoints/ckpt-1 (it needs about " in error, error
+    assert not list(disk.glob("alexnet-worker-*"))
+    resumed = f"rerunning every worker resumes from {model_dir / 'checkpoints' / 'ckpt-1'} "
+    assert f"error: lost worker 1 ({workers[1].address})" in chief and resumed in chief, chief
+    assert "Traceback" not in chief
     filler.unlink()
