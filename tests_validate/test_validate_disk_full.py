@@ -9,7 +9,8 @@ import sys
 
 from conftest import REPO_ROOT
 
-sys.path.append(str(REPO_ROOT / "tests"))  # standard library and pytest only
+# tests/full_disk.py: standard library, pytest and the foundation (as data/validate_data.py).
+sys.path += [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from full_disk import (
     assert_disk_full,
