@@ -16,12 +16,17 @@ import csv
 import io
 import json
 import logging
-import uuid
 
-import numpy as np
 import tensorflow as tf
 
-from alexnet_keras import prediction, prediction_inputs, prediction_outputs, predictors, serving
+from alexnet_keras import (
+    beam_outputs,
+    prediction,
+    prediction_inputs,
+    prediction_outputs,
+    predictors,
+    serving,
+)
 from alexnet_keras.beam_inputs import (
     ReadImage,
     is_answered_file,
@@ -36,7 +41,6 @@ from alexnet_keras_base.quiet import beam_imported_quietly
 with beam_imported_quietly():
     import apache_beam as beam
     from apache_beam.io import fileio
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.io.tfrecordio import ReadAllFromTFRecord
     from apache_beam.metrics import Metrics
     from apache_beam.metrics.metric import MetricsFilter
@@ -158,7 +162,7 @@ def build(
         header = ",".join(prediction_outputs.csv_header(top_k))
     else:
         lines, header = rows | "Format" >> beam.Map(json.dumps), None
-    lines | "Write" >> beam.io.WriteToText(
+    lines | beam_outputs.WRITE_ROWS >> beam.io.WriteToText(
         output_prefix,
         file_name_suffix=output_suffix,
         shard_name_template=SHARD_TEMPLATE,
@@ -168,12 +172,13 @@ def build(
         index = (
             answers
             | "Answered" >> beam.Filter(lambda answer: answer[1] is not None)
-            | "Feature shards" >> beam.ParDo(WriteFeatureShards(features_dir))
+            | beam_outputs.WRITE_FEATURES
+            >> beam.ParDo(beam_outputs.WriteFeatureShards(features_dir))
         )
         (
             index
             | "Index lines" >> beam.Map(_csv_text)
-            | "Write index"
+            | beam_outputs.WRITE_INDEX
             >> beam.io.WriteToText(
                 prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX),
                 shard_name_template="",
@@ -196,45 +201,6 @@ def _csv_text(values):
 
 def _csv_line(row, top_k):
     return _csv_text(prediction_outputs.csv_row(row, top_k))
-
-
-class WriteFeatureShards(beam.DoFn):
-    """fc7 of answered images -> `features-<unique>.npy` shards (float32, at most
-    FEATURES_PER_SHARD rows, one or more per bundle), each written under a hidden name and
-    renamed when whole; yields the index rows (path, file, row). A retried bundle writes new
-    shards and its rows replace the failed attempt's, so the index names each path once
-    (a failed attempt's shard can stay behind, unlisted)."""
-
-    def __init__(self, folder):
-        self._folder = str(folder)
-
-    def start_bundle(self):
-        self._paths, self._features = [], []
-
-    def process(self, answer):
-        row, fc7 = answer
-        self._paths.append(row["path"])
-        self._features.append(fc7)
-        if len(self._paths) == prediction_outputs.FEATURES_PER_SHARD:
-            yield from self._write()
-
-    def finish_bundle(self):
-        for index_row in self._write():
-            yield beam.transforms.window.GlobalWindows.windowed_value(index_row)
-
-    def _write(self):
-        if not self._paths:
-            return
-        name = f"features-{uuid.uuid4().hex[:16]}.npy"
-        buffer = io.BytesIO()
-        np.save(buffer, np.stack(self._features).astype(np.float32))
-        temporary = prediction_inputs.join_path(self._folder, f".{name}.partial")
-        with FileSystems.create(temporary) as handle:
-            handle.write(buffer.getvalue())
-        FileSystems.rename([temporary], [prediction_inputs.join_path(self._folder, name)])
-        paths, self._paths, self._features = self._paths, [], []
-        for row, path in enumerate(paths):
-            yield path, name, row
 
 
 # === The job ===
@@ -261,35 +227,6 @@ def resolve_export(model):
     except OSError as error:
         raise UsageError(f"--model {model} is not an export version folder: {error}") from None
     return model, set(saved_model.meta_graphs[0].signature_def)
-
-
-def remove_previous_outputs(output_prefix, output_suffix, features_dir, overwrite):
-    """A finished output is never overwritten unless asked, as in the local command; when
-    asked, its old shards go first (the new run may write fewer)."""
-    old = [
-        metadata.path
-        for result in FileSystems.match([f"{output_prefix}-*-of-*{output_suffix}"])
-        for metadata in result.metadata_list
-    ]
-    index = (
-        prediction_inputs.join_path(features_dir, prediction_outputs.FEATURES_INDEX)
-        if features_dir
-        else None
-    )
-    if index and FileSystems.exists(index):
-        old += [index] + [
-            metadata.path
-            for metadata in FileSystems.match(
-                [prediction_inputs.join_path(features_dir, "features-*.npy")]
-            )[0].metadata_list
-        ]
-    if old and not overwrite:
-        raise UsageError(
-            f"{old[0]} exists: a finished output is not overwritten (remove it, "
-            f"choose another --output or --features_dir, or pass --overwrite)"
-        )
-    if old:
-        FileSystems.delete(old)
 
 
 def run(
@@ -333,7 +270,8 @@ def run(
     ) as handle:
         labels = handle.read().splitlines()
     plan = plan_inputs(inputs, labels, splits)
-    remove_previous_outputs(prefix, suffix, features_dir, overwrite)
+    outputs = beam_outputs.JobOutputs(output, prefix, suffix, features_dir)
+    earlier = outputs.earlier(overwrite)
     handler = ExportModelHandler(export_dir, batch_size, top_k, features_dir is not None)
     try:
         options = PipelineOptions(beam_args)
@@ -341,8 +279,10 @@ def run(
         raise UsageError(f"Beam pipeline options: {error}") from None
     pipeline = beam.Pipeline(options=options)
     build(pipeline, plan, handler, labels, prefix, suffix, features_dir, top_k)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with outputs.disk_full_reported(earlier):
+        result = pipeline.run()
+        result.wait_until_finish()
+    outputs.remove_replaced(earlier)
     return counters(result)
 
 

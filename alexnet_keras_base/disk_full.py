@@ -1,6 +1,7 @@
 """A full disk, recognised in one place, in each of the forms it takes (Python's OSError
-ENOSPC, numpy's short write, TensorFlow's ResourceExhaustedError "No space left on device"),
-and a used-up disk quota in the same forms (EDQUOT, "Disk quota exceeded"),
+ENOSPC, numpy's short write, TensorFlow's ResourceExhaustedError "No space left on device",
+and either of them as the text of another error, as Apache Beam reports a worker's), and a
+used-up disk quota in the same forms (EDQUOT, "Disk quota exceeded"),
 and turned into `DiskFull`, which names the file being written. Standard library only: the
 TensorFlow error is recognised by its class name and message, and TensorFlow's other
 ResourceExhaustedError, out of memory, keeps its own meaning."""
@@ -12,7 +13,7 @@ import pathlib
 import re
 import shutil
 
-from alexnet_keras_base.errors import DiskFull
+from alexnet_keras_base.errors import CommandError, DiskFull
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", also in TensorFlow's message
 # numpy's ndarray.tofile (np.save to a path) reports a short write without an errno.
@@ -20,23 +21,33 @@ _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
 QUOTA_USED_UP = os.strerror(errno.EDQUOT)  # "Disk quota exceeded"
 # TensorFlow's file errors read "PATH; No space left on device" (or "; Disk quota exceeded").
 _TENSORFLOW_PATH = re.compile(rf"(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})")
+# Apache Beam wraps a worker's exception in one of its own (in this process a RuntimeError,
+# "OSError: [Errno 28] No space left on device [while running 'STEP']"; from a remote worker
+# the job's error, with the worker's traceback in its text): the wrapped error's own text, an
+# OSError's errno and reason (and file, when it names one) or TensorFlow's error class and
+# "PATH; reason", is what says that the disk is full.
+_WRAPPED = re.compile(
+    rf"\[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\] (?:{NO_SPACE}|{QUOTA_USED_UP})(?:: '([^']+)')?"
+    rf"|ResourceExhaustedError: \S+; (?:{NO_SPACE}|{QUOTA_USED_UP})"
+)
 
 
 def is_disk_full(error):
     """Whether `error` says that the disk is full."""
     if isinstance(error, DiskFull):
         return True
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT) or (
-            error.errno is None and bool(_SHORT_WRITE.match(str(error)))
-        )
-    return type(error).__name__ == "ResourceExhaustedError" and (
-        NO_SPACE in str(error) or QUOTA_USED_UP in str(error)
-    )
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, OSError) and error.errno is None and _SHORT_WRITE.match(str(error)):
+        return True
+    if type(error).__name__ == "ResourceExhaustedError":
+        return NO_SPACE in str(error) or QUOTA_USED_UP in str(error)
+    # A message of ours that quotes a full disk says something else on purpose.
+    return not isinstance(error, CommandError) and bool(_WRAPPED.search(str(error)))
 
 
 def _is_quota(error):
-    if isinstance(error, OSError):
+    if isinstance(error, OSError) and isinstance(error.errno, int):
         return error.errno == errno.EDQUOT
     return QUOTA_USED_UP in str(error)
 
@@ -49,7 +60,8 @@ def as_disk_full(error, path=None, needed_bytes=None):
     if path is None:
         path = getattr(error, "filename", None)
         found = _TENSORFLOW_PATH.search(str(error))
-        path = path or (found[1] if found else None)
+        wrapped = _WRAPPED.search(str(error))
+        path = path or (found or wrapped or [None, None])[1]
     return DiskFull(path, needed_bytes, quota=_is_quota(error))
 
 

@@ -9,7 +9,7 @@ import re
 import sys
 import tempfile
 
-from alexnet_keras_base.disk_full import NO_SPACE, QUOTA_USED_UP
+from alexnet_keras_base.disk_full import NO_SPACE, QUOTA_USED_UP, is_disk_full
 
 # What TensorFlow prints while it starts, on every run, that is not about the run: CUDA
 # probing on machines without a GPU, CPU-instruction notes, oneDNN notes, factory
@@ -52,6 +52,24 @@ def beam_imported_quietly():
         yield
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def beam_worker_logs_without_disk_full():
+    """Around running a Beam pipeline in this process: Beam logs a bundle that failed, with
+    its traceback, before the job's error reaches the caller; for a full disk, which the
+    caller reports in one line, that log is held back."""
+    import logging
+
+    def without_disk_full(record):
+        return not (record.exc_info and is_disk_full(record.exc_info[1]))
+
+    worker_log = logging.getLogger("apache_beam.runners.common")
+    worker_log.addFilter(without_disk_full)
+    try:
+        yield
+    finally:
+        worker_log.removeFilter(without_disk_full)
 
 
 def import_tensorflow_quietly(find_devices=True):

@@ -35,7 +35,8 @@ finished output is never overwritten unless --overwrite is given.
 Exit status: 0 every image answered; 4 the output is complete but some images could not be
 answered (their rows have an error); 2 a usage error (bad flag, model or input; nothing
 written); 5 the disk is full (the rows answered so far are kept: free space and rerun to
-answer the rest); 143 stopped by SIGTERM (rerun to resume).
+answer the rest; with --runner nothing is kept and a rerun answers every image); 143 stopped
+by SIGTERM (rerun to resume).
 """
 
 import argparse

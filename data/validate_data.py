@@ -21,7 +21,8 @@ validate   Validates a split, or any TFRecords (--records), against D/schema.pbt
            D/anomalies_NAME.pbtxt (TFDV's), D/validation_NAME.txt (printed too) and
            D/validation_NAME.json, which `train.py --require_validation` reads.
 
-Exit status: 0 done / no anomaly, 1 anomalies found, 2 usage error.
+Exit status: 0 done / no anomaly, 1 anomalies found, 2 usage error, 5 the disk is full (every
+file written is whole, old or new; validate's rerun reuses the statistics written).
 Every other --flag is an Apache Beam pipeline option, so the same command runs on Dataflow,
 Flink or Spark, e.g. --runner DataflowRunner --project P --region R --temp_location gs://B/tmp
 (README, "Validate the data"). Without one, Beam's DirectRunner runs here.
@@ -43,9 +44,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from alexnet_keras_base import validation_report as report_lib
+from alexnet_keras_base.disk_full import rerun_keeps, writing
 from alexnet_keras_base.errors import UsageError
 from alexnet_keras_base.layout import STORED_FORMAT, STORED_SIZE, DataDir, Feature
-from alexnet_keras_base.quiet import import_tensorflow_quietly
+from alexnet_keras_base.quiet import beam_worker_logs_without_disk_full, import_tensorflow_quietly
 from alexnet_keras_cli import command as run_command
 
 DEFAULT_DRIFT_THRESHOLD = 0.1
@@ -187,14 +189,23 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
     # The pipeline's own output must be reachable by remote workers: it goes beside the
     # final file (a gs:// folder on Dataflow), then becomes a plain binary proto.
     pipeline_output = os.path.join(stats_dir, f".{name}.stats-tfrecord")
-    stats = tfdv.generate_statistics_from_tfrecord(
-        pattern, output_path=pipeline_output, stats_options=options, pipeline_options=beam_options
-    )
-    tf.io.gfile.remove(pipeline_output)
-    with tf.io.gfile.GFile(_stats_path(data_dir, name), "wb") as file:
-        file.write(stats.SerializeToString())
-    with tf.io.gfile.GFile(os.path.join(stats_dir, f"{name}.json"), "w") as file:
-        file.write(json.dumps({"pattern": pattern, "records": records}, indent=2))
+    try:
+        with writing(_stats_path(data_dir, name)), beam_worker_logs_without_disk_full():
+            stats = tfdv.generate_statistics_from_tfrecord(
+                pattern,
+                output_path=pipeline_output,
+                stats_options=options,
+                pipeline_options=beam_options,
+            )
+    finally:
+        # Beam's sink writes into beam-temp-NAME-UUID beside its output, left by a failed job.
+        for path in _glob(f"{pipeline_output}*") + _glob(
+            os.path.join(stats_dir, f"beam-temp-{os.path.basename(pipeline_output)}-*")
+        ):
+            (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+    write_atomically(_stats_path(data_dir, name), stats.SerializeToString())
+    sidecar = {"pattern": pattern, "records": records}
+    write_atomically(os.path.join(stats_dir, f"{name}.json"), json.dumps(sidecar, indent=2))
     return stats
 
 
@@ -230,17 +241,15 @@ def reusable_statistics(data_dir, name, pattern, records):
 
 def write_statistics_html(path, stats, name, baseline=None, baseline_name=None):
     """TFDV's Facets view (it loads the Facets component from the web when opened)."""
-    import tensorflow as tf
-
     import_tfdv()
     from tensorflow_data_validation.utils.display_util import get_statistics_html
 
     html = get_statistics_html(stats, baseline, lhs_name=name, rhs_name=baseline_name or "")
-    with tf.io.gfile.GFile(path, "w") as file:
-        file.write(
-            f"<!doctype html><meta charset='utf-8'><title>TFDV statistics: {name}"
-            f"</title><h1>{name}</h1>\n{html}\n"
-        )
+    write_atomically(
+        path,
+        f"<!doctype html><meta charset='utf-8'><title>TFDV statistics: {name}</title>"
+        f"<h1>{name}</h1>\n{html}\n",
+    )
 
 
 def _feature(stats, name):
@@ -412,11 +421,22 @@ def text_report(name, examples, records, rows, drift, schema_path, baseline_name
 # === Commands ===
 
 
-def _write_text(path, text):
+def write_atomically(path, data):
+    """Writes `data` (text or bytes) under a hidden name beside `path` and renames it into
+    place, so that no reader (train.py --require_validation) sees half a file; a full disk is
+    a DiskFull naming `path`, and leaves neither file."""
     import tensorflow as tf
 
-    with tf.io.gfile.GFile(path, "w") as file:
-        file.write(text)
+    folder, base = os.path.split(path)
+    temporary = os.path.join(folder, f".{base}.tmp-{os.getpid()}")
+    try:
+        with writing(path):
+            with tf.io.gfile.GFile(temporary, "wb" if isinstance(data, bytes) else "w") as file:
+                file.write(data)
+            tf.io.gfile.rename(temporary, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
 
 
 def command_stats(args, beam_options):
@@ -438,6 +458,7 @@ def command_stats(args, beam_options):
 
 def command_schema(args, beam_options):
     import tensorflow as tf
+    from google.protobuf import text_format
 
     tfdv = import_tfdv()
 
@@ -455,7 +476,7 @@ def command_schema(args, beam_options):
         raise UsageError(f"{args.data_dir}/labels.txt lists no classes")
     stats = load_statistics(args.data_dir, "train", hint=" (the schema is inferred from them)")
     schema = curate_schema(tfdv.infer_schema(stats), class_names, args.drift_threshold)
-    tfdv.write_schema_text(schema, path)
+    write_atomically(path, text_format.MessageToString(schema))  # tfdv.write_schema_text's
     print(
         f"wrote {path}: {len(schema.feature)} features, labels 0-{len(class_names) - 1} "
         f"({len(class_names)} classes), {STORED_SIZE}x{STORED_SIZE} {STORED_FORMAT} images, "
@@ -467,6 +488,7 @@ def command_schema(args, beam_options):
 
 def command_validate(args, beam_options):
     import tensorflow as tf
+    from google.protobuf import text_format
 
     tfdv = import_tfdv()
 
@@ -503,14 +525,15 @@ def command_validate(args, beam_options):
     report = text_report(
         name, examples, records, rows, drift_lines(anomalies), schema_path, baseline_name
     )
-    tfdv.write_anomalies_text(anomalies, os.path.join(args.data_dir, f"anomalies_{name}.pbtxt"))
-    _write_text(os.path.join(args.data_dir, DataDir.report_name(name, ".txt")), report)
+    anomalies_path = os.path.join(args.data_dir, f"anomalies_{name}.pbtxt")
+    write_atomically(anomalies_path, text_format.MessageToString(anomalies))
+    write_atomically(os.path.join(args.data_dir, DataDir.report_name(name, ".txt")), report)
     with tf.io.gfile.GFile(schema_path, "rb") as file:
         schema_sha256 = report_lib.sha256_of_bytes(file.read())
     contract = report_lib.build_report(
         name, records, schema_sha256, rows, examples, baseline=baseline_name
     )
-    _write_text(report_lib.report_path(args.data_dir, name), json.dumps(contract, indent=2))
+    write_atomically(report_lib.report_path(args.data_dir, name), json.dumps(contract, indent=2))
     if baseline is not None:
         write_statistics_html(
             os.path.join(args.data_dir, DataDir.stats_name(f"{name}_vs_{baseline_name}", ".html")),
@@ -625,7 +648,11 @@ def main(argv=None):
     # This environment's TensorFlow logs CUDA plugin clashes and a missing TensorRT as it
     # starts: dropped as the other commands drop TensorFlow's start-up chatter.
     import_tensorflow_quietly(find_devices=False)
-    return command[args.command](args, beam_options)
+    with rerun_keeps(
+        f"the files in {args.data_dir} are whole, old or new (validate reuses the statistics "
+        f"written): free space and run the same command again"
+    ):
+        return command[args.command](args, beam_options)
 
 
 if __name__ == "__main__":

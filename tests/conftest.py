@@ -21,6 +21,8 @@ from alexnet_keras_base.quiet import NO_GPU, import_tensorflow_quietly, native_s
 tf = import_tensorflow_quietly(find_devices=False)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The `disk` fixture: a small tmpfs of a test's own, to fill (tests/full_disk.py).
+pytest_plugins = ("full_disk",)
 
 # Two logical CPU devices stand in for the paper's two GPUs. This must happen before
 # TensorFlow initialises its devices, so it lives here, at collection time.
