@@ -11,13 +11,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from full_disk import (
-    PAGE,
-    assert_disk_full,
-    fill,
-    snapshot,
-    temporaries,
-)
 from PIL import Image
 from test_training import TINY, tiny_flags
 
@@ -34,6 +27,13 @@ from alexnet_keras_cli import predict as predict_command
 from alexnet_keras_cli import train as train_command
 from caffe_files import random_weights, write_npy
 from commands import run_main
+from full_disk import (
+    PAGE,
+    assert_disk_full,
+    fill,
+    snapshot,
+    temporaries,
+)
 
 NUM_CLASSES = 4  # as the synthetic_records fixture
 

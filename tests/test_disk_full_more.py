@@ -11,13 +11,6 @@ import subprocess
 import keras
 import numpy as np
 import pytest
-from full_disk import (
-    PAGE,
-    assert_disk_full,
-    fill,
-    snapshot,
-    temporaries,
-)
 from test_serving import LABELS, encoded, save_model
 from test_training import Worker, free_port, stop_cluster, tiny_flags
 
@@ -27,6 +20,13 @@ from alexnet_keras_base.errors import DiskFull, PeerLost, UsageError
 from alexnet_keras_cli import predict as predict_command
 from caffe_files import random_weights, write_caffemodel
 from commands import run_main
+from full_disk import (
+    PAGE,
+    assert_disk_full,
+    fill,
+    snapshot,
+    temporaries,
+)
 
 IMAGES = 4
 

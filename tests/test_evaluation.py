@@ -24,6 +24,7 @@ from alexnet_keras import (
 )
 from alexnet_keras_cli import evaluate
 from commands import run_main
+from small_models import small_alexnet
 
 
 def write_records(path, examples):
@@ -150,10 +151,7 @@ def test_ten_crop_averages_softmax_outputs_not_logits(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_file(synthetic_records, tmp_path_factory):
-    keras.utils.set_random_seed(4)
-    model = build_alexnet(
-        num_classes=4, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
-    )
+    model = small_alexnet(4, seed=4)
     mean_layer(model).set_mean(input_pipeline.load_dataset_info(synthetic_records)["rgb_mean"])
     path = tmp_path_factory.mktemp("model") / "alexnet.keras"
     model.save(path)

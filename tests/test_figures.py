@@ -25,13 +25,11 @@ from alexnet_keras import (
 from alexnet_keras.synthetic import CLASS_NAMES, make_synthetic_dataset
 from alexnet_keras_cli import evaluate
 from commands import run_main
+from small_models import small_alexnet
 
 
 def tiny_model(seed=4):
-    keras.utils.set_random_seed(seed)
-    return build_alexnet(
-        num_classes=4, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
-    )
+    return small_alexnet(4, seed)
 
 
 def mark_kernels(model):

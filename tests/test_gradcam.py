@@ -11,24 +11,19 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_keras import build_alexnet, gradcam, input_pipeline, mean_layer
+from alexnet_keras import gradcam, input_pipeline, mean_layer
 from alexnet_keras.gradcam import GradCam, overlay, weighted_heatmaps, write_explanation
 from alexnet_keras.synthetic import CLASS_NAMES, draw_image_with_box
 from alexnet_keras_base.layout import STORED_SIZE
+from small_models import small_alexnet
 
 CROP = input_pipeline.CROP_SIZE
 CROP_OFFSET = (STORED_SIZE - CROP) // 2  # preprocess_for_eval's central crop
 
 
 def tiny_model(seed=4, num_classes=4, width_multiplier=0.125):
-    keras.utils.set_random_seed(seed)
-    return build_alexnet(
-        num_classes=num_classes,
-        width_multiplier=width_multiplier,
-        kernel_init="he_normal",
-        input_scale=1 / 64,
-        bias_init=0.1,
-        dropout_rate=0.0,
+    return small_alexnet(
+        num_classes, seed, width_multiplier=width_multiplier, bias_init=0.1, dropout_rate=0.0
     )
 
 

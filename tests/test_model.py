@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from alexnet_keras import build_alexnet, mean_layer
 from alexnet_keras.layers import IMAGENET_RGB_MEAN
+from small_models import small_alexnet
 
 # PAPER.md's table: layer -> (output shape without batch, parameter count).
 PAPER_TABLE = {
@@ -84,10 +85,7 @@ def test_output_is_float32_logits_for_raw_pixels():
 def test_mean_subtraction_is_the_first_layer_and_settable():
     # Seeded, and He-initialised so a change of the input reaches the logits (the paper's
     # N(0, 0.01) weights under biases of 1 make the logits almost constant).
-    keras.utils.set_random_seed(5)
-    model = build_alexnet(
-        num_classes=10, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
-    )
+    model = small_alexnet(10, seed=5)
     layer = mean_layer(model)
     assert model.layers[1] is layer
     np.testing.assert_allclose(layer.get_weights()[0], IMAGENET_RGB_MEAN, rtol=1e-6)

@@ -12,7 +12,6 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
-import alexnet_keras
 from alexnet_keras import (
     caffe_weights,
     input_pipeline,
@@ -24,6 +23,7 @@ from alexnet_keras_base.layout import VALIDATION, DataDir
 from alexnet_keras_cli import export_model
 from caffe_files import CAFFE_LRN, random_weights
 from commands import run_main
+from small_models import saved_small_alexnet, written_labels
 
 NUM_CLASSES = 4  # as the synthetic_records fixture
 LABELS = ["circle", "crème brûlée", "star", "ring"]
@@ -46,20 +46,12 @@ BUILT_IN_NETWORK_OPERATORS = {
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    keras.utils.set_random_seed(11)
-    model = alexnet_keras.build_alexnet(
-        num_classes=NUM_CLASSES, width_multiplier=0.125, kernel_init="he_normal", input_scale=1 / 64
-    )
-    path = tmp_path_factory.mktemp("model") / "alexnet.keras"
-    model.save(path)
-    return path
+    return saved_small_alexnet(tmp_path_factory.mktemp("model") / "alexnet.keras", NUM_CLASSES, 11)
 
 
 @pytest.fixture(scope="module")
 def labels_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("labels") / "labels.txt"
-    path.write_text("".join(f"{label}\n" for label in LABELS))
-    return path
+    return written_labels(tmp_path_factory.mktemp("labels") / "labels.txt", LABELS)
 
 
 @pytest.fixture(scope="module")

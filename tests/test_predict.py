@@ -26,6 +26,7 @@ from alexnet_keras_base.layout import DataDir
 from alexnet_keras_cli import evaluate as evaluate_command
 from alexnet_keras_cli import predict as predict_command
 from commands import run_main
+from small_models import saved_small_alexnet, written_labels
 
 CLASSES = ("circle", "square", "star")  # the labels, in the model's class order
 GOOD_PER_CLASS = 5
@@ -72,23 +73,13 @@ def collection(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    keras.utils.set_random_seed(11)
-    model = alexnet_keras.build_alexnet(
-        num_classes=len(CLASSES),
-        width_multiplier=0.125,
-        kernel_init="he_normal",
-        input_scale=1 / 64,
-    )
     path = tmp_path_factory.mktemp("model") / "alexnet.keras"
-    model.save(path)
-    return path
+    return saved_small_alexnet(path, len(CLASSES), 11)
 
 
 @pytest.fixture(scope="module")
 def labels_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("labels") / "labels.txt"
-    path.write_text("".join(f"{name}\n" for name in CLASSES))
-    return path
+    return written_labels(tmp_path_factory.mktemp("labels") / "labels.txt", CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -220,17 +211,8 @@ def test_records_rows_and_their_error_equal_evaluate(synthetic_records, tmp_path
     """On our records, the true labels are the records' and the printed top-1 / top-5 error
     equals evaluate.py's central-crop figure on the same split."""
     class_names = DataDir(synthetic_records).read_labels()
-    keras.utils.set_random_seed(5)
-    model = alexnet_keras.build_alexnet(
-        num_classes=len(class_names),
-        width_multiplier=0.125,
-        kernel_init="he_normal",
-        input_scale=1 / 64,
-    )
-    model_path = tmp_path / "alexnet.keras"
-    model.save(model_path)
-    labels = tmp_path / "labels.txt"
-    labels.write_text(DataDir.labels_text(class_names))
+    model_path = saved_small_alexnet(tmp_path / "alexnet.keras", len(class_names), 5)
+    labels = written_labels(tmp_path / "labels.txt", class_names)
     output = tmp_path / "rows.jsonl"
     result = predict(
         "--model",

@@ -25,6 +25,7 @@ from alexnet_keras import image_headers, serving
 from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 from alexnet_keras_cli import export_model
 from commands import run_main
+from small_models import saved_small_alexnet, written_labels
 from tf_serving_standin import (
     classification,
     classify_inputs,
@@ -57,14 +58,7 @@ def save_model(path, seed=7, policy="float32"):
     """A small AlexNet with every layer of the paper's, saved as a .keras file."""
     keras.config.set_dtype_policy(policy)
     try:
-        keras.utils.set_random_seed(seed)
-        model = alexnet_keras.build_alexnet(
-            num_classes=NUM_CLASSES,
-            width_multiplier=0.125,
-            kernel_init="he_normal",
-            input_scale=1 / 64,
-        )
-        model.save(path)
+        saved_small_alexnet(path, NUM_CLASSES, seed)
     finally:
         keras.config.set_dtype_policy("float32")
     return path
@@ -87,9 +81,7 @@ def model_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labels_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("labels") / "labels.txt"
-    path.write_text("".join(f"{label}\n" for label in LABELS))
-    return path
+    return written_labels(tmp_path_factory.mktemp("labels") / "labels.txt", LABELS)
 
 
 @pytest.fixture(scope="module")
