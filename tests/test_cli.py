@@ -172,6 +172,7 @@ def wheel(repo_root, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_the_library_and_console_scripts_outside_the_checkout(
     wheel, repo_root, tmp_path
 ):

@@ -213,6 +213,7 @@ def demo_project(tmp_path, repo_root, synthetic_records):
     return copy
 
 
+@pytest.mark.slow
 def test_the_demo_as_pid_1_stops_with_143_on_sigterm(demo_project, python_on_path):
     """docker stop sends SIGTERM to the container's PID 1 only: the entry point, as PID 1 of a
     PID namespace, passes it on to train.py and ends with its 143, running no later step."""
