@@ -124,8 +124,15 @@ def _check_workers_agree(strategy, start_step, model_dir):
         )
 
 
-def _kept_checkpoint(run_dir):
-    """What a rerun after a full disk resumes from."""
+def _kept_checkpoint(run_dir, chief=True):
+    """What a rerun after a full disk resumes from. A worker other than the chief writes
+    its part of each checkpoint to a scratch folder of its own, and cannot tell whether the
+    chief's copy of the one it failed on is whole yet."""
+    if not chief:
+        return (
+            f"the run's checkpoints are the chief's, in {run_dir.checkpoints_dir}: free space "
+            f"here and rerun every worker, which resume from the latest whole one there"
+        )
     latest = tf.train.latest_checkpoint(str(run_dir.checkpoints_dir))
     if latest is None:
         return "no checkpoint was written yet: free space and run the same command again"
@@ -214,7 +221,7 @@ def train(config, data_dir, model_dir, devices=None, log=print, progress=None):
         keras.config.set_dtype_policy(policy[config.mixed_precision])
         try:
             with (
-                rerun_keeps(lambda: _kept_checkpoint(run_dir)),
+                rerun_keeps(lambda: _kept_checkpoint(run_dir, chief)),
                 watch_peers(strategy, config.heartbeat_timeout_seconds),
             ):
                 return _train(run)

@@ -170,7 +170,9 @@ def test_a_worker_whose_scratch_folder_is_full(
     chief, other = (worker.output for worker in workers)
     assert codes == [PeerLost.exit_code, DiskFull.exit_code], [chief[-3000:], other[-3000:]]
     result = subprocess.CompletedProcess(arguments, codes[1], "", other)
-    error = assert_disk_full(result, disk / "alexnet-worker-", "run the same command again")
+    error = assert_disk_full(
+        result, disk / "alexnet-worker-", "rerun every worker, which resume from the latest"
+    )
     assert "/checkpoints/ckpt-1 (it needs about " in error, error
     assert not list(disk.glob("alexnet-worker-*"))
     resumed = f"rerunning every worker resumes from {model_dir / 'checkpoints' / 'ckpt-1'} "
