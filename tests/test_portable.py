@@ -3,6 +3,11 @@ interpreter of ai-edge-litert, ONNX Runtime) against the Keras model on the demo
 images, and at full width on an imported bvlc_alexnet; their operators, LRN constants, class
 names, quantization; the refusals, which write nothing."""
 
+import os
+import signal
+import subprocess
+import time
+
 import keras
 import numpy as np
 import onnx
@@ -343,3 +348,39 @@ def test_a_file_that_cannot_be_renamed_into_place_leaves_nothing(model_file, tmp
     assert "Traceback" not in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["alexnet.onnx"]
     assert list((tmp_path / "alexnet.onnx").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "suffix, scratch_prefix", [(".tflite", "alexnet-litert-"), (".onnx", "alexnet-onnx-")]
+)
+def test_a_killed_conversion_leaves_no_file_under_its_name(
+    suffix, scratch_prefix, model_file, labels_file, tmp_path, python, repo_root
+):
+    """kill -9 in the middle of the conversion, once its scratch folder (in TMPDIR) exists:
+    nothing in the output's folder, and the same command then writes the file whole."""
+    scratch, folder = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    folder.mkdir()
+    output = folder / f"alexnet{suffix}"
+    arguments = ["--model", model_file, "--labels", labels_file, "--output", output]
+    process = subprocess.Popen(
+        [python, "export/export_model.py", *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(scratch.glob(f"{scratch_prefix}*")):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the conversion ended before its scratch folder was seen"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(folder.iterdir()) == []
+
+    result = run_main(export_model.main, *arguments)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [path.name for path in folder.iterdir()] == [output.name]
