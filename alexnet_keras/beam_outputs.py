@@ -28,9 +28,12 @@ with beam_imported_quietly():
 WRITE_ROWS, WRITE_FEATURES, WRITE_INDEX = "Write", "Feature shards", "Write index"
 _FAILED_STEP = re.compile(r"\[while running '([^'/]+)")
 FEATURE_SHARDS = "features-*.npy"
-# Beam's file sinks write into a folder beside their output, `beam-temp-NAME-UUID`, and
-# rename its files into place when the job ends.
-_BEAM_TEMPORARY = "beam-temp-{}-*"
+# Beam's file sinks write into a folder beside their output, `beam-temp-NAME-UUID` (a uuid1's
+# 32 hex digits), and rename its files into place when the job ends. Spelled out digit by
+# digit, so that another output's (`NAME-val`'s) never matches.
+_BEAM_TEMPORARY = "beam-temp-{}-" + "[0-9a-f]" * 32
+# The rows' shards, PREFIX-SSSSS-of-NNNNN.SUFFIX (SHARD_TEMPLATE), digit by digit likewise.
+_SHARD = "-" + "[0-9]" * 5 + "-of-" + "[0-9]" * 5
 
 
 class WriteFeatureShards(beam.DoFn):
@@ -97,7 +100,7 @@ class JobOutputs:
     def _finished(self):
         """{path: (size, time)} of the finished output there: the rows' shards, and the
         features when their index is there."""
-        patterns = [f"{self.prefix}-*-of-*{self.suffix}"]
+        patterns = [f"{self.prefix}{_SHARD}{self.suffix}"]
         if self.index and FileSystems.exists(self.index):
             patterns += [self.index, prediction_inputs.join_path(self.features_dir, FEATURE_SHARDS)]
         return {

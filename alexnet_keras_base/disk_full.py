@@ -23,12 +23,15 @@ QUOTA_USED_UP = os.strerror(errno.EDQUOT)  # "Disk quota exceeded"
 _TENSORFLOW_PATH = re.compile(rf"(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})")
 # Apache Beam wraps a worker's exception in one of its own (in this process a RuntimeError,
 # "OSError: [Errno 28] No space left on device [while running 'STEP']"; from a remote worker
-# the job's error, with the worker's traceback in its text): the wrapped error's own text, an
-# OSError's errno and reason (and file, when it names one) or TensorFlow's error class and
-# "PATH; reason", is what says that the disk is full.
+# the job's error, with the worker's traceback in its text): the wrapped error's own line, an
+# exception's name and the OSError's errno and reason (and file, when it names one), or
+# TensorFlow's ResourceExhaustedError and "PATH; reason", at the start of the text or of one
+# of its lines, is what says that the disk is full; the phrase quoted elsewhere is not.
 _WRAPPED = re.compile(
-    rf"\[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\] (?:{NO_SPACE}|{QUOTA_USED_UP})(?:: '([^']+)')?"
-    rf"|ResourceExhaustedError: \S+; (?:{NO_SPACE}|{QUOTA_USED_UP})"
+    rf"^(?:\w+\.)*\w+: \[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\] "
+    rf"(?:{NO_SPACE}|{QUOTA_USED_UP})(?:: '([^']+)')?"
+    rf"|^(?:\w+\.)*ResourceExhaustedError: [^\n]*?(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})",
+    re.MULTILINE,
 )
 
 
@@ -36,9 +39,9 @@ def is_disk_full(error):
     """Whether `error` says that the disk is full."""
     if isinstance(error, DiskFull):
         return True
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(error, OSError) and error.errno is None and _SHORT_WRITE.match(str(error)):
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)  # another errno: another failure
+    if isinstance(error, OSError) and _SHORT_WRITE.match(str(error)):
         return True
     if type(error).__name__ == "ResourceExhaustedError":
         return NO_SPACE in str(error) or QUOTA_USED_UP in str(error)
@@ -61,7 +64,7 @@ def as_disk_full(error, path=None, needed_bytes=None):
         path = getattr(error, "filename", None)
         found = _TENSORFLOW_PATH.search(str(error))
         wrapped = _WRAPPED.search(str(error))
-        path = path or (found or wrapped or [None, None])[1]
+        path = path or (found[1] if found else None) or (wrapped and (wrapped[1] or wrapped[2]))
     return DiskFull(path, needed_bytes, quota=_is_quota(error))
 
 

@@ -13,7 +13,14 @@ import pytest
 import tensorflow as tf
 from test_serving import LABELS, encoded, save_model
 
-from alexnet_keras import beam_inputs, beam_prediction, prediction, prediction_outputs, serving
+from alexnet_keras import (
+    beam_inputs,
+    beam_outputs,
+    beam_prediction,
+    prediction,
+    prediction_outputs,
+    serving,
+)
 from alexnet_keras_base.layout import Feature
 from alexnet_keras_cli import predict
 from commands import run_main
@@ -338,3 +345,19 @@ def test_beam_options_keep_their_values_apart_from_the_inputs():
         "--labels",
         "team=vision",
     ]
+
+
+def test_a_jobs_output_is_its_own_shards_and_temporaries_not_another_outputs(tmp_path):
+    """`rows.jsonl`'s shards and Beam's temporary folder, beside those of `rows-val.jsonl`:
+    only its own count as its finished output (refused, or removed by --overwrite) and as
+    its temporaries (removed after a full disk)."""
+    for name in ("rows-00000-of-00001.jsonl", "rows-val-00000-of-00001.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    own, other = (tmp_path / f"beam-temp-{name}-{'ab12' * 8}" for name in ("rows", "rows-val"))
+    own.mkdir()
+    other.mkdir()
+    outputs = beam_outputs.JobOutputs(
+        str(tmp_path / "rows.jsonl"), str(tmp_path / "rows"), ".jsonl"
+    )
+    assert list(outputs.earlier(overwrite=True)) == [str(tmp_path / "rows-00000-of-00001.jsonl")]
+    assert outputs._temporaries() == {own}

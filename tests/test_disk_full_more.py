@@ -120,6 +120,10 @@ def test_a_full_disk_inside_another_errors_text_and_only_that():
         RuntimeError(f"OSError: [Errno 13] Permission denied: '/d/f.npy'{step}"),
         RuntimeError(f"ResourceExhaustedError: OOM when allocating tensor{step}"),
         UsageError("cannot read w.npy: OSError: [Errno 28] No space left on device"),
+        # The phrase inside another failure's text: a file named after it, a quoted log line.
+        FileNotFoundError(2, "No such file or directory", "/x/[Errno 28] No space left on device"),
+        RuntimeError("ValueError: cannot parse 'OSError: [Errno 28] No space left on device'"),
+        Exception("a log line quoted: ResourceExhaustedError: /d/x.pb; No space left on device"),
     ):
         assert not is_disk_full(other), other
 
