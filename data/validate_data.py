@@ -203,9 +203,15 @@ def compute_statistics(data_dir, name, pattern, records, beam_options):
             os.path.join(stats_dir, f"beam-temp-{os.path.basename(pipeline_output)}-*")
         ):
             (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+    # The sidecar says which records the statistics describe, and a rerun trusts the pair:
+    # the old one goes first, so that a full disk between the two files leaves new
+    # statistics without a sidecar (computed again), never beside the old one.
+    sidecar_path = os.path.join(stats_dir, f"{name}.json")
+    if tf.io.gfile.exists(sidecar_path):
+        tf.io.gfile.remove(sidecar_path)
     write_atomically(_stats_path(data_dir, name), stats.SerializeToString())
     sidecar = {"pattern": pattern, "records": records}
-    write_atomically(os.path.join(stats_dir, f"{name}.json"), json.dumps(sidecar, indent=2))
+    write_atomically(sidecar_path, json.dumps(sidecar, indent=2))
     return stats
 
 
