@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import threading
+import time
 
 import tensorflow as tf
 
@@ -78,11 +79,19 @@ def select_strategy(
         if devices:
             raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
         _configure_coordination_service(tf_config, heartbeat_timeout_seconds, start_timeout_seconds)
+        started = time.monotonic()
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
-        except PEER_ERRORS:  # the coordination service's host never answered
+        except PEER_ERRORS as error:  # the service's host, or a worker, never answered
+            seconds = time.monotonic() - started
+            # Our timeout, or another end: the host's own wait (an hour), a peer restarting.
+            within = (
+                f"within {start_timeout_seconds:g} s"
+                if seconds >= start_timeout_seconds
+                else f"in {seconds:.0f} s ({error.message.strip().splitlines()[0]})"
+            )
             raise PeerLost(
-                f"the cluster did not form within {start_timeout_seconds:g} s: "
+                f"the cluster did not form {within}: "
                 f"{_unreachable(tf_config)}; start every worker that TF_CONFIG names (or give "
                 f"them longer with --cluster_start_timeout_seconds); {resume_text(model_dir)}"
             ) from None

@@ -8,6 +8,7 @@ disk is full."""
 import contextlib
 import os
 import pathlib
+import shutil
 import struct
 
 import tensorflow as tf
@@ -18,6 +19,7 @@ from alexnet_keras_base.quiet import DISK_FULL_LOGS, native_stderr_without
 # A TFRecord: the data's length (8 bytes, little-endian), its CRC (4), the data, its CRC (4).
 _LENGTH = struct.Struct("<Q")
 _CRC = 4
+QUOTA_ROOM_BYTES = 1_000_000
 
 
 class SummaryLog:
@@ -56,7 +58,10 @@ class SummaryLog:
             events.seek(self.size)
             written = events.read()
         if _whole_records(written) < len(tags):
-            raise DiskFull(self.path)
+            # The writer's error, dropped, would have said which; a disk with room left
+            # (a megabyte) cut the record through its quota.
+            free = shutil.disk_usage(self.path.parent).free
+            raise DiskFull(self.path, quota=free > QUOTA_ROOM_BYTES)
         self.size += len(written)
 
 

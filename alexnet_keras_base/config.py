@@ -29,6 +29,8 @@ MIN_HEARTBEAT_TIMEOUT_SECONDS = 1.0
 # before it ends with the retryable status: long enough for a job controller to schedule
 # every worker and pull its image; TensorFlow's own default is an hour (distribute.py).
 DEFAULT_CLUSTER_START_TIMEOUT_SECONDS = 900.0
+# A week: both timeouts reach TensorFlow as whole milliseconds, which inf and nan are not.
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 
 LR_SCHEDULES = ("plateau", "step", "cosine")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
@@ -199,14 +201,16 @@ class Config:
             (self.pca_noise_std >= 0, f"pca_noise_std must be >= 0, got {self.pca_noise_std}"),
             (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),
             (
-                self.heartbeat_timeout_seconds >= MIN_HEARTBEAT_TIMEOUT_SECONDS,
-                f"heartbeat_timeout_seconds must be >= {MIN_HEARTBEAT_TIMEOUT_SECONDS:g}, "
-                f"got {self.heartbeat_timeout_seconds}",
+                MIN_HEARTBEAT_TIMEOUT_SECONDS
+                <= self.heartbeat_timeout_seconds
+                <= MAX_TIMEOUT_SECONDS,
+                f"heartbeat_timeout_seconds must be >= {MIN_HEARTBEAT_TIMEOUT_SECONDS:g} and <= "
+                f"{MAX_TIMEOUT_SECONDS:g}, got {self.heartbeat_timeout_seconds}",
             ),
             (
-                self.cluster_start_timeout_seconds > 0,
-                f"cluster_start_timeout_seconds must be > 0, got "
-                f"{self.cluster_start_timeout_seconds}",
+                1 <= self.cluster_start_timeout_seconds <= MAX_TIMEOUT_SECONDS,
+                f"cluster_start_timeout_seconds must be >= 1 and <= {MAX_TIMEOUT_SECONDS:g}, "
+                f"got {self.cluster_start_timeout_seconds}",
             ),
         ]
         for ok, message in checks:

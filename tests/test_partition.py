@@ -371,7 +371,15 @@ def test_a_lost_peer_or_coordination_service_is_named(
     assert message == f"{lost}; no checkpoint was saved yet: rerunning every worker starts over"
 
 
-def test_a_heartbeat_timeout_below_a_second_is_refused():
-    """Below a second is a mistake (milliseconds meant?): each heartbeat would wait < 0.5 s."""
-    with pytest.raises(UsageError, match="heartbeat_timeout_seconds must be >= 1, got 0.5"):
+def test_a_timeout_below_a_second_or_beyond_a_week_is_refused():
+    """Below a second is a mistake (milliseconds meant?): each heartbeat would wait < 0.5 s;
+    beyond a week (or inf, nan) TensorFlow's whole milliseconds would overflow or mean nothing."""
+    with pytest.raises(
+        UsageError, match="heartbeat_timeout_seconds must be >= 1 and <= 604800, got 0.5"
+    ):
         TINY.replace(heartbeat_timeout_seconds=0.5)
+    # Neither timeout may be what TensorFlow's milliseconds cannot hold.
+    for name in ("heartbeat_timeout_seconds", "cluster_start_timeout_seconds"):
+        for value in (float("inf"), float("nan"), 1e17, 0.0001):
+            with pytest.raises(UsageError, match=f"{name} must be >= 1 and <= 604800, got"):
+                TINY.replace(**{name: value})
