@@ -71,15 +71,18 @@ def select_strategy(
     """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, its coordination service
     declaring a task lost after `heartbeat_timeout_seconds` without heartbeats, and PeerLost
     when this worker could not register with it within `start_timeout_seconds` (TensorFlow's
-    default: an hour); otherwise MirroredStrategy over `devices` (default: all GPUs, or the
-    CPU when there is none). The service's own host waits for the others as TensorFlow has
-    it, up to an hour, holding the interpreter's lock meanwhile (no Python timer can run)."""
+    default: an hour), or, on the service's host, when the others did not all start within
+    it; otherwise MirroredStrategy over `devices` (default: all GPUs, or the CPU when there is
+    none)."""
     tf_config = cluster_spec_from_environment()
     if tf_config is not None:
         if devices:
             raise UsageError("--devices cannot be combined with a multi-worker TF_CONFIG")
         _configure_coordination_service(tf_config, heartbeat_timeout_seconds, start_timeout_seconds)
         started = time.monotonic()
+        own = tf_config.get("task", {})
+        if coordination_leader(tf_config) == (own.get("type"), own.get("index")):
+            _await_the_others(tf_config, start_timeout_seconds, model_dir)
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except PEER_ERRORS as error:  # the service's host, or a worker, never answered
@@ -90,11 +93,7 @@ def select_strategy(
                 if seconds >= start_timeout_seconds
                 else f"in {seconds:.0f} s ({error.message.strip().splitlines()[0]})"
             )
-            raise PeerLost(
-                f"the cluster did not form {within}: "
-                f"{_unreachable(tf_config)}; start every worker that TF_CONFIG names (or give "
-                f"them longer with --cluster_start_timeout_seconds); {resume_text(model_dir)}"
-            ) from None
+            raise _not_formed(tf_config, within, model_dir) from None
     # Each MirroredStrategy numbers its collectives from the same start, and the process's
     # collective executor remembers each number's shape: a second strategy in one process (a
     # fine-tuning after a training, in a notebook or the tests) whose gradients have other
@@ -136,7 +135,8 @@ def _configure_coordination_service(tf_config, heartbeat_timeout_seconds, start_
 
 
 def _unreachable(tf_config, timeout_seconds=2.0):
-    """Which other tasks of the cluster nothing answers at (a TCP connection to each)."""
+    """The other tasks of the cluster that nothing answers at (a TCP connection to each),
+    each said with why."""
     own = tf_config.get("task", {})
     said = []
     for job in COORDINATED_JOBS:
@@ -150,11 +150,34 @@ def _unreachable(tf_config, timeout_seconds=2.0):
                 said.append(f"{job} {index} ({address}): nothing listens there")
             except (OSError, ValueError) as error:
                 said.append(f"{job} {index} ({address}): no answer ({error})")
-    return (
-        "; ".join(said)
-        or "every other worker listens, but not all joined (does each TF_CONFIG name the "
-        "same cluster?)"
+    return said
+
+
+def _not_formed(tf_config, within, model_dir):
+    said = _unreachable(tf_config)
+    return PeerLost(
+        f"the cluster did not form {within}: "
+        + (
+            "; ".join(said)
+            or "every other worker listens, but not all joined (does each TF_CONFIG name the "
+            "same cluster?)"
+        )
+        + "; start every worker that TF_CONFIG names (or give them longer with "
+        f"--cluster_start_timeout_seconds); {resume_text(model_dir)}"
     )
+
+
+def _await_the_others(tf_config, timeout_seconds, model_dir):
+    """On the host of the coordination service, before the strategy is made: waits until
+    every other task listens at its address (each starts its server first thing, then tries
+    to register with the service), or raises PeerLost once `timeout_seconds` have passed.
+    TensorFlow's own wait for them lasts an hour and holds the interpreter's lock: no Python
+    timer can end it, and SIGTERM goes to TensorFlow's preemption notifier."""
+    deadline = time.monotonic() + timeout_seconds
+    while _unreachable(tf_config):
+        if time.monotonic() >= deadline:
+            raise _not_formed(tf_config, f"within {timeout_seconds:g} s", model_dir)
+        time.sleep(1)
 
 
 class PeerWatch:

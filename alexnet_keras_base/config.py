@@ -25,9 +25,10 @@ DEMO_MODEL_DIR = "runs/demo"
 # a worker lost when none came for the whole timeout (distribute.py, troubleshooting.md).
 DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 10.0
 MIN_HEARTBEAT_TIMEOUT_SECONDS = 1.0
-# How long a worker tries to register with the coordination service on the chief (worker 0)
-# before it ends with the retryable status: long enough for a job controller to schedule
-# every worker and pull its image; TensorFlow's own default is an hour (distribute.py).
+# How long each worker waits for the others as the cluster forms (the chief until each
+# listens, the others to register with its coordination service) before it ends with the
+# retryable status: long enough for a job controller to schedule every worker and pull its
+# image; TensorFlow's own waits last an hour (distribute.py).
 DEFAULT_CLUSTER_START_TIMEOUT_SECONDS = 900.0
 # A week: both timeouts reach TensorFlow as whole milliseconds, which inf and nan are not.
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
@@ -157,9 +158,8 @@ class Config:
     )
     cluster_start_timeout_seconds: float = _setting(
         DEFAULT_CLUSTER_START_TIMEOUT_SECONDS,
-        "multi-worker: seconds a worker tries to reach the coordination service on the chief "
-        "(worker 0) as the cluster forms, before it ends with status 200, which a job "
-        "controller retries",
+        "multi-worker: seconds each worker waits for the others as the cluster forms, "
+        "before it ends with status 200, which a job controller retries",
     )
 
     def __post_init__(self):

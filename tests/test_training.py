@@ -293,32 +293,37 @@ def test_a_worker_lost_while_the_cluster_starts_stops_the_other_with_the_retryab
 
 
 @pytest.mark.slow
-def test_a_worker_whose_chief_never_starts_ends_with_the_retryable_status(
+def test_a_cluster_that_never_forms_ends_each_waiting_worker_with_the_retryable_status(
     synthetic_records, tmp_path, python, repo_root
 ):
-    """Worker 1 of a cluster whose worker 0, the host of the coordination service, never
-    starts: TensorFlow would let it try to register for an hour and then end with a
-    traceback and status 1; it ends with 200 once --cluster_start_timeout_seconds has passed,
-    naming the worker nothing answers at."""
+    """Two clusters, each with one of its two workers never started. Worker 1 waits for the
+    host of the coordination service, worker 0: TensorFlow would let it try to register for
+    an hour, then end with a traceback and status 1. Worker 0 waits for worker 1: TensorFlow
+    would wait an hour, deaf to SIGTERM. Each ends with 200 once
+    --cluster_start_timeout_seconds has passed, naming the worker nothing answers at."""
     temporary_dir = tmp_path / "worker_tmp"
     temporary_dir.mkdir()
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / "model"]
-    arguments += [*tiny_flags(), "--cluster_start_timeout_seconds", "3"]
-    worker = Worker(python, repo_root, arguments, cluster, 1, temporary_dir)
+    workers, clusters = [], []
+    for index in (0, 1):
+        clusters.append({"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]})
+        arguments = ["--data_dir", synthetic_records, "--model_dir", tmp_path / f"model{index}"]
+        arguments += [*tiny_flags(), "--cluster_start_timeout_seconds", "3"]
+        workers.append(Worker(python, repo_root, arguments, clusters[-1], index, temporary_dir))
     try:
-        code = worker.finish(timeout=180)
+        codes = [worker.finish(timeout=180) for worker in workers]
     finally:
-        stop_cluster([worker])
-    errors = [line for line in worker.output.splitlines() if line.startswith("error:")]
-    assert code == 200, worker.output[-3000:]
-    assert errors == [
-        f"error: the cluster did not form within 3 s: worker 0 ({cluster['worker'][0]}): "
-        f"nothing listens there; start every worker that TF_CONFIG names (or give them "
-        f"longer with --cluster_start_timeout_seconds); no checkpoint was saved yet: "
-        f"rerunning every worker starts over"
-    ], worker.output[-3000:]
-    assert "Traceback" not in worker.output and "strategy:" not in worker.output
+        stop_cluster(workers)
+    for index, worker in enumerate(workers):
+        absent = clusters[index]["worker"][1 - index]
+        errors = [line for line in worker.output.splitlines() if line.startswith("error:")]
+        assert codes[index] == 200, worker.output[-3000:]
+        assert errors == [
+            f"error: the cluster did not form within 3 s: worker {1 - index} ({absent}): "
+            f"nothing listens there; start every worker that TF_CONFIG names (or give them "
+            f"longer with --cluster_start_timeout_seconds); no checkpoint was saved yet: "
+            f"rerunning every worker starts over"
+        ], worker.output[-3000:]
+        assert "Traceback" not in worker.output and "strategy:" not in worker.output
 
 
 @pytest.mark.slow
