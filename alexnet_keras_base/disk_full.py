@@ -30,7 +30,10 @@ _TENSORFLOW_PATH = re.compile(rf"(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})")
 _WRAPPED = re.compile(
     rf"^(?:\w+\.)*\w+: \[Errno (?:{errno.ENOSPC}|{errno.EDQUOT})\] "
     rf"(?:{NO_SPACE}|{QUOTA_USED_UP})(?:: '([^']+)')?"
-    rf"|^(?:\w+\.)*ResourceExhaustedError: [^\n]*?(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})",
+    rf"|^(?:\w+\.)*ResourceExhaustedError: [^\n]*?(\S+); (?:{NO_SPACE}|{QUOTA_USED_UP})"
+    # Beam's BeamIOError of a batch of renames or deletes, its failures' reprs in its text.
+    rf"|^(?:\w+\.)*BeamIOError: [^\n]*?\w+\((?:{errno.ENOSPC}|{errno.EDQUOT}), "
+    rf"'(?:{NO_SPACE}|{QUOTA_USED_UP})'\)",
     re.MULTILINE,
 )
 
@@ -41,6 +44,12 @@ def is_disk_full(error):
         return True
     if isinstance(error, OSError) and error.errno is not None:
         return error.errno in (errno.ENOSPC, errno.EDQUOT)  # another errno: another failure
+    # Beam's BeamIOError: a batch of file operations, each failure under its file's name.
+    details = getattr(error, "exception_details", None)
+    if isinstance(details, dict) and any(
+        isinstance(failure, BaseException) and is_disk_full(failure) for failure in details.values()
+    ):
+        return True
     if isinstance(error, OSError) and _SHORT_WRITE.match(str(error)):
         return True
     if type(error).__name__ == "ResourceExhaustedError":

@@ -11,11 +11,12 @@ import subprocess
 import keras
 import numpy as np
 import pytest
+from apache_beam.io.filesystem import BeamIOError
 from test_serving import LABELS, encoded, save_model
 from test_training import Worker, free_port, stop_cluster, tiny_flags
 
 from alexnet_keras import serving
-from alexnet_keras_base.disk_full import as_disk_full, is_disk_full
+from alexnet_keras_base.disk_full import NO_SPACE, as_disk_full, is_disk_full
 from alexnet_keras_base.errors import DiskFull, PeerLost, UsageError
 from alexnet_keras_cli import predict as predict_command
 from caffe_files import random_weights, write_caffemodel
@@ -115,7 +116,15 @@ def test_a_full_disk_inside_another_errors_text_and_only_that():
     assert is_disk_full(remote) and as_disk_full(remote).path == "/d/x.pb"
     quota = RuntimeError(f"OSError: [Errno {errno.EDQUOT}] Disk quota exceeded{step}")
     assert is_disk_full(quota) and as_disk_full(quota).quota
+    # Beam's batch of renames (its sink's last step), raised here or wrapped by a worker.
+    renames = BeamIOError(
+        "Rename operation failed",
+        {("/d/tmp/a", "/d/a"): OSError(errno.ENOSPC, NO_SPACE), ("/d/tmp/b", "/d/b"): None},
+    )
+    assert is_disk_full(renames)
+    assert is_disk_full(RuntimeError(f"apache_beam.io.filesystem.BeamIOError: {renames}{step}"))
     for other in (
+        BeamIOError("Delete operation failed", {"/d/a": OSError(errno.EACCES, "Permission")}),
         RuntimeError(f"ValueError: no space left for the label{step}"),
         RuntimeError(f"OSError: [Errno 13] Permission denied: '/d/f.npy'{step}"),
         RuntimeError(f"ResourceExhaustedError: OOM when allocating tensor{step}"),
