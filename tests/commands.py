@@ -5,6 +5,7 @@ status, kill -9, SIGTERM)."""
 
 import contextlib
 import io
+import os
 import subprocess
 
 
@@ -24,3 +25,15 @@ def run_main(main, *arguments):
                 print(status, file=stderr)
                 status = 1
     return subprocess.CompletedProcess(arguments, status, stdout.getvalue(), stderr.getvalue())
+
+
+def start_script(python, repo_root, script, *arguments, env=None):
+    """`script` (a path from the checkout's root) as a process of its own, with `env` added
+    to this one's and its output discarded: for the tests that kill it on the way."""
+    return subprocess.Popen(
+        [python, script, *map(str, arguments)],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )

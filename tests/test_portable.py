@@ -3,9 +3,7 @@ interpreter of ai-edge-litert, ONNX Runtime) against the Keras model on the demo
 images, and at full width on an imported bvlc_alexnet; their operators, LRN constants, class
 names, quantization; the refusals, which write nothing."""
 
-import os
 import signal
-import subprocess
 import time
 
 import keras
@@ -27,7 +25,7 @@ from alexnet_keras import (
 from alexnet_keras_base.layout import VALIDATION, DataDir
 from alexnet_keras_cli import export_model
 from caffe_files import CAFFE_LRN, random_weights
-from commands import run_main
+from commands import run_main, start_script
 from small_models import saved_small_alexnet, written_labels
 
 NUM_CLASSES = 4  # as the synthetic_records fixture
@@ -364,13 +362,8 @@ def test_a_killed_conversion_leaves_no_file_under_its_name(
     folder.mkdir()
     output = folder / f"alexnet{suffix}"
     arguments = ["--model", model_file, "--labels", labels_file, "--output", output]
-    process = subprocess.Popen(
-        [python, "export/export_model.py", *map(str, arguments)],
-        cwd=repo_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(scratch)},
-    )
+    script = "export/export_model.py"
+    process = start_script(python, repo_root, script, *arguments, env={"TMPDIR": str(scratch)})
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
         if list(scratch.glob(f"{scratch_prefix}*")):

@@ -24,7 +24,7 @@ import alexnet_keras
 from alexnet_keras import image_headers, serving
 from alexnet_keras_base.layout import DataDir, ExportBase, Feature
 from alexnet_keras_cli import export_model
-from commands import run_main
+from commands import run_main, start_script
 from small_models import saved_small_alexnet, written_labels
 from tf_serving_standin import (
     classification,
@@ -584,12 +584,7 @@ def test_kill_9_during_an_export_leaves_no_version_and_versions_count_up(
 ):
     base = tmp_path / "exports" / "alexnet"
     arguments = ["--model", model_file, "--export_base", base, "--labels", labels_file]
-    process = subprocess.Popen(
-        [python, "export/export_model.py", *map(str, arguments)],
-        cwd=repo_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_script(python, repo_root, "export/export_model.py", *arguments)
     deadline = time.monotonic() + 300
     temporaries = []
     while not temporaries and process.poll() is None and time.monotonic() < deadline:
