@@ -4,7 +4,6 @@ whole), and a full disk met by a worker, which Beam reports wrapped in an error 
 (`JobOutputs.disk_full_reported`)."""
 
 import contextlib
-import errno
 import io
 import os
 import pathlib
@@ -75,7 +74,7 @@ class WriteFeatureShards(beam.DoFn):
         except OSError as error:
             with contextlib.suppress(OSError):  # Beam's BeamIOError is one
                 FileSystems.delete([temporary])
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the text Beam passes on
+            if is_disk_full(error) and error.errno:  # the shard's name, in the text Beam passes on
                 raise OSError(error.errno, os.strerror(error.errno), shard) from error
             raise
         FileSystems.rename([temporary], [shard])

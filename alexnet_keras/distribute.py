@@ -93,7 +93,7 @@ def select_strategy(
                 if seconds >= start_timeout_seconds
                 else f"in {seconds:.0f} s ({error.message.strip().splitlines()[0]})"
             )
-            raise _not_formed(tf_config, within, model_dir) from None
+            raise _not_formed(_unreachable(tf_config), within, model_dir) from None
     # Each MirroredStrategy numbers its collectives from the same start, and the process's
     # collective executor remembers each number's shape: a second strategy in one process (a
     # fine-tuning after a training, in a notebook or the tests) whose gradients have other
@@ -153,8 +153,8 @@ def _unreachable(tf_config, timeout_seconds=2.0):
     return said
 
 
-def _not_formed(tf_config, within, model_dir):
-    said = _unreachable(tf_config)
+def _not_formed(said, within, model_dir):
+    """PeerLost for a cluster that did not form, naming the tasks `said` (_unreachable's)."""
     return PeerLost(
         f"the cluster did not form {within}: "
         + (
@@ -174,9 +174,9 @@ def _await_the_others(tf_config, timeout_seconds, model_dir):
     TensorFlow's own wait for them lasts an hour and holds the interpreter's lock: no Python
     timer can end it, and SIGTERM goes to TensorFlow's preemption notifier."""
     deadline = time.monotonic() + timeout_seconds
-    while _unreachable(tf_config):
+    while said := _unreachable(tf_config):
         if time.monotonic() >= deadline:
-            raise _not_formed(tf_config, f"within {timeout_seconds:g} s", model_dir)
+            raise _not_formed(said, f"within {timeout_seconds:g} s", model_dir)
         time.sleep(1)
 
 
